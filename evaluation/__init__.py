@@ -1,0 +1,1 @@
+"""Metrics over stored run outputs, tables and reports."""

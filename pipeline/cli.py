@@ -1,0 +1,49 @@
+"""The `splice` command line: one sub-command per module in `COMMAND_MODULES`, each exposing `register(subparsers)`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMAND_MODULES = [
+    "pipeline.commands.train",  # splice train
+    "pipeline.commands.manifest",  # splice manifest build|validate
+    "pipeline.commands.run",  # splice run
+    "pipeline.commands.demo",  # splice demo
+    "pipeline.commands.status",  # splice status
+    "evaluation.commands",  # splice evaluate | report | import
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="splice",
+        description="Semantic appearance transfer (Splice) over whole datasets: train, run, evaluate, report.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # a command still being built
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
