@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import SpliceError
+
 log = logging.getLogger(__name__)
 
 DINO_BACKBONES = {
@@ -38,7 +40,7 @@ LONG_SIDE_MAX = 480  # ... unless the long side would exceed this
 RANDOM_WEIGHTS_ID = "random"
 
 
-class BackboneUnavailable(RuntimeError):
+class BackboneUnavailable(SpliceError, RuntimeError):
     """The backbone's weights cannot be had (offline and not cached, bad file, unknown spec)."""
 
 

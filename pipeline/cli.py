@@ -6,6 +6,8 @@ import importlib
 import logging
 import sys
 
+from .errors import SpliceError
+
 COMMAND_MODULES = [
     "pipeline.commands.train",  # splice train
     "pipeline.commands.manifest",  # splice manifest build|validate
@@ -40,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.handler(args) or 0)
+    except SpliceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130

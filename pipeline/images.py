@@ -13,10 +13,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import SpliceError
+
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels
 
 
-class ImageError(ValueError):
+class ImageError(SpliceError, ValueError):
     """An input image that cannot be used; the message names the image and what to do."""
 
 
