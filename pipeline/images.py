@@ -49,7 +49,7 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
         array = _to_rgb8(image)
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"image {name} is not a readable image ({_reason(exc)}): re-export or replace it") from exc
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()  # (3, H, W) uint8
+    return torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1).contiguous()  # (3, H, W) uint8
 
 
 def encode_png(image: torch.Tensor) -> bytes:
