@@ -1,0 +1,55 @@
+"""`splice demo`: draw a few pairs, build their manifest and run them; works offline with a random: backbone."""
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    from ..demo import DEMO_PAIRS, DEMO_SIZE, DEMO_STEPS
+    from ..methods import METHODS
+
+    parser = subparsers.add_parser(
+        "demo", help="run a small demo on generated images (no downloads with --backbone random:...)",
+        description="Draw a few (structure, appearance) pairs, build their manifest and run them with the preview "
+                    "preset. The default backbone (DINO ViT-S/16) is downloaded on first use; "
+                    "--backbone random:vit_tiny_patch16_224 needs no network (its outputs are meaningless).")
+    parser.add_argument("--out", help="demo folder (default ./demo-run): inputs/ and run/ go there")
+    parser.add_argument("--backbone", help="backbone spec (default: the preview preset's dino_vits16)")
+    parser.add_argument("--method", default="splice", choices=list(METHODS))
+    parser.add_argument("--pairs", type=int, default=DEMO_PAIRS, help=f"pairs to draw (default {DEMO_PAIRS})")
+    parser.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"steps per pair (default {DEMO_STEPS})")
+    parser.add_argument("--size", type=int, default=DEMO_SIZE, help=f"image side in pixels (default {DEMO_SIZE})")
+    parser.add_argument("--address", help="Ray cluster address (default: an embedded Ray here)")
+    parser.add_argument("--force", action="store_true", help="redo pairs already done in this demo folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=demo)
+
+
+def demo(args) -> int:
+    from ..config import preset
+    from ..demo import default_out, run_demo
+    from ..errors import SpliceError
+    from ..fanout import RunSettings
+    from ..storage import redact_url
+    from .run import print_summary
+
+    if args.pairs < 1 or args.size < 32:
+        raise SpliceError("splice demo needs --pairs >= 1 and --size >= 32")
+    try:
+        config = preset("preview", backbone=args.backbone, steps=args.steps, checkpoint_every=0)
+    except ValueError as exc:
+        raise SpliceError(f"invalid demo settings: {exc}") from exc
+    out = args.out or default_out()
+    if args.method == "splice":  # fail fast and clearly if the backbone cannot be had (e.g. offline)
+        from ..backbone import load_backbone
+
+        load_backbone(config.backbone, "cpu")
+    from ..layout import join
+
+    settings = RunSettings(out=join(out, "run"), method=args.method, config=config, address=args.address,
+                           force=args.force, progress=not args.no_progress)
+    manifest_url, summary = run_demo(out, settings, pairs=args.pairs, size=args.size)
+    print_summary(summary)
+    print(f"demo inputs: {redact_url(join(out, 'inputs'))}/<pair_id>/{{structure,appearance}}.png "
+          f"(manifest {redact_url(manifest_url)})")
+    print(f"demo outputs: {redact_url(settings.out)}/pairs/<pair_id>/output.png; "
+          f"progress: splice status {redact_url(settings.out)}")
+    return summary.exit_code

@@ -1,0 +1,88 @@
+"""`splice run M.parquet --out URL`: every pair of a manifest, one Ray task each, outputs in storage."""
+from __future__ import annotations
+
+import argparse
+
+from ..config import PRESETS, preset
+from ..errors import SpliceError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run", help="run a method over every pair of a manifest (Ray fan-out, resumable)",
+        description="Run a method over every pair of a manifest, one Ray task per pair, writing "
+                    "<out>/pairs/<pair_id>/{output.png,meta.json,losses.parquet,_SUCCESS} and <out>/results.parquet. "
+                    "Pairs already done are skipped, so running the same command again resumes.")
+    parser.add_argument("manifest", help="manifest Parquet file (local path or fsspec URL)")
+    parser.add_argument("--out", required=True, help="run folder: local path, file://, s3://, gs://, ...")
+    add_method_arguments(parser)
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded Ray here)")
+    parser.add_argument("--gpus-per-pair", type=float, default=1.0,
+                        help="GPUs per pair where the cluster has GPUs; 0.5 or 0.25 pack pairs on one GPU (default 1)")
+    parser.add_argument("--cpus-per-pair", type=float, default=1.0, help="CPUs per pair (default 1)")
+    parser.add_argument("--max-retries", type=int, default=2, help="re-runs of a pair whose worker died (default 2)")
+    parser.add_argument("--limit", type=int, help="only the first N pairs of the manifest")
+    parser.add_argument("--only", nargs="+", action="extend", default=[], metavar="PAIR_ID", help="only these pairs")
+    parser.add_argument("--force", action="store_true", help="redo pairs that are already done")
+    parser.add_argument("--break-lock", action="store_true",
+                        help="remove the run folder's lock left by a run that died (only if no other run is writing)")
+    add_storage_arguments(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..methods import METHODS
+
+    parser.add_argument("--method", default="splice", choices=list(METHODS), help="method (default splice)")
+    parser.add_argument("--preset", default="paper", choices=list(PRESETS), help="training preset (default paper)")
+    parser.add_argument("--backbone", help="backbone spec, e.g. dino_vitb8, file:PATH, random:vit_tiny_patch16_224")
+    parser.add_argument("--steps", type=int, help="optimisation steps per pair (default: the preset's)")
+    parser.add_argument("--seed", type=int, help="training seed (a manifest 'seed' column overrides it per pair)")
+    parser.add_argument("--max-side", type=int, help="downscale inputs so the long side is at most this")
+    parser.add_argument("--checkpoint-every", type=int, default=100,
+                        help="save a resumable checkpoint every N steps (default 100; 0: never)")
+
+
+def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage-option", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="fsspec option for non-local storage, e.g. endpoint_url=http://host:9000 key=... "
+                             "(s3 endpoint also from AWS_ENDPOINT_URL); never logged")
+
+
+def config_from_args(args):
+    try:
+        return preset(args.preset, backbone=args.backbone, steps=args.steps, seed=args.seed, max_side=args.max_side,
+                      checkpoint_every=args.checkpoint_every)
+    except ValueError as exc:
+        raise SpliceError(f"invalid training settings: {exc}") from exc
+
+
+def run(args) -> int:
+    from ..fanout import RunSettings, run_manifest
+    from ..storage import parse_storage_options
+
+    settings = RunSettings(
+        out=args.out, method=args.method, config=config_from_args(args), address=args.address,
+        gpus_per_pair=args.gpus_per_pair, cpus_per_pair=args.cpus_per_pair, max_retries=args.max_retries,
+        limit=args.limit, only=tuple(args.only), force=args.force, break_lock=args.break_lock,
+        storage_options=parse_storage_options(args.storage_option), progress=not args.no_progress,
+    )
+    summary = run_manifest(args.manifest, settings)
+    print_summary(summary)
+    return summary.exit_code
+
+
+def print_summary(summary) -> None:
+    from ..storage import redact_url
+
+    out = redact_url(summary.out)
+    print(f"run {out}: {summary.total} pair(s): {summary.done} done ({summary.skipped} skipped as already done), "
+          f"{summary.failed} failed, {summary.pending} pending, in {summary.seconds:.1f}s")
+    if summary.failures:
+        print(f"failed pairs (also in {out}/results.parquet); fix them and run again to retry:")
+        for _, error in summary.failures[:20]:
+            print(f"  {error}")
+        if len(summary.failures) > 20:
+            print(f"  ... and {len(summary.failures) - 20} more")
+    print(f"outputs: {out}/pairs/<pair_id>/output.png")

@@ -1,0 +1,61 @@
+"""`splice status RUN_URL`: how far a run has got, read from its storage alone."""
+from __future__ import annotations
+
+from ..errors import SpliceError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("status", help="done / failed / pending pairs of a run folder",
+                                   description="Count a run's done, failed and pending pairs from its folder alone.")
+    parser.add_argument("run", help="run folder (local path or fsspec URL)")
+    parser.add_argument("--failed", action="store_true", help="list every failed pair with its error")
+    from .run import add_storage_arguments
+
+    add_storage_arguments(parser)
+    parser.set_defaults(handler=status)
+
+
+def run_status(run: str, storage) -> dict:
+    """{'method', 'total', 'done', 'failed', 'pending', 'failures': [(id, error)], 'lock': dict|None}."""
+    import io
+
+    import pandas as pd
+
+    from .. import layout
+    from ..run_state import done_pair_ids, read_results, read_run_record
+    from ..storage import redact_url
+
+    record = read_run_record(storage, run)
+    try:
+        manifest = pd.read_parquet(io.BytesIO(storage.read_bytes(layout.join(run, layout.MANIFEST))), columns=["pair_id"])
+    except FileNotFoundError:
+        raise SpliceError(f"{redact_url(run)} is not a run folder (no {layout.MANIFEST}): give the --out of a `splice run`") from None
+    pair_ids = list(manifest["pair_id"])
+    done = done_pair_ids(storage, run) & set(pair_ids)
+    results = read_results(storage, run)
+    errors = {} if results is None else {r["pair_id"]: r.get("error") or "" for r in results.to_dict("records")
+                                         if r["status"] == "failed"}
+    failures = [(p, errors[p]) for p in pair_ids if p in errors and p not in done]
+    try:
+        lock = storage.read_json(layout.join(run, layout.LOCK))
+    except (FileNotFoundError, ValueError):
+        lock = None
+    return {"method": (record or {}).get("method"), "total": len(pair_ids), "done": len(done), "failed": len(failures),
+            "pending": len(pair_ids) - len(done) - len(failures), "failures": failures, "lock": lock}
+
+
+def status(args) -> int:
+    from ..storage import Storage, parse_storage_options, redact_url
+
+    report = run_status(args.run, Storage(parse_storage_options(args.storage_option)))
+    print(f"run {redact_url(args.run)} (method {report['method']}): {report['total']} pair(s): {report['done']} done, "
+          f"{report['failed']} failed, {report['pending']} pending")
+    if report["lock"]:
+        lock = report["lock"]
+        print(f"a run is in progress (lock held by host {lock.get('host')}, pid {lock.get('pid')}, since {lock.get('since')})")
+    shown = report["failures"] if args.failed else report["failures"][:5]
+    for _, error in shown:
+        print(f"  {error}")
+    if len(shown) < len(report["failures"]):
+        print(f"  ... and {len(report['failures']) - len(shown)} more (--failed lists them all)")
+    return 0

@@ -1,0 +1,353 @@
+"""The Ray layer of `splice run`: one task per pair, results collected as they finish.
+
+Driver (`run_manifest`): validate the manifest, lock the run folder, record run.json and manifest.parquet,
+skip pairs that have `_SUCCESS`, submit the rest (a bounded window of tasks in flight), collect them with
+ray.wait, and keep results.parquet up to date so an interrupted driver loses nothing.
+
+Worker (`run_pair`, a plain function; `_pair_task` is its Ray wrapper): read the two images through storage,
+apply the method (the backbone is loaded once per worker process and cached), write the pair through pair_io
+with `_SUCCESS` last. A bad pair returns a 'failed' row instead of raising, so it fails alone; a worker that
+dies mid-pair is re-run by Ray (`max_retries`) and the half-written folder, lacking `_SUCCESS`, is redone.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import ray
+
+from . import layout, pair_io
+from .config import TrainConfig
+from .errors import SpliceError
+from .images import ImageError, decode_image
+from .manifest import Manifest, ManifestError, PairSpec, read_manifest, write_manifest
+from .methods import get_method, run_method
+from .run_state import ResultsTable, done_pair_ids, write_run_record
+from .storage import RunLock, Storage, redact_url, with_retries
+
+log = logging.getLogger(__name__)
+ATTEMPTS = "attempts.json"  # per pair: one entry per time a worker started it
+FAULT_ENV = "SPLICE_FAULT_INJECTION"  # TEST-ONLY hook, see _fault_plan
+WAIT_SECONDS = 1.0  # ray.wait timeout: how often the driver wakes to flush results and notice Ctrl-C
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    out: str  # the run folder (any fsspec URL)
+    method: str = "splice"  # see pipeline.methods.METHODS
+    config: TrainConfig = field(default_factory=TrainConfig)  # training settings (splice) / max_side (others)
+    address: str | None = None  # Ray cluster address; None: RAY_ADDRESS, else an embedded Ray on this machine
+    gpus_per_pair: float = 1.0  # GPUs each pair asks for where the cluster has GPUs (0.25: four pairs per GPU)
+    cpus_per_pair: float = 1.0  # CPUs each pair asks for
+    max_retries: int = 2  # re-runs of a pair whose worker process died
+    limit: int | None = None  # only the first N pairs of the manifest
+    only: tuple[str, ...] = ()  # only these pair ids
+    force: bool = False  # redo pairs that are already done
+    break_lock: bool = False  # remove a stale lock left by a dead run
+    storage_options: dict = field(default_factory=dict)  # for non-local filesystems; never logged
+    progress: bool = True  # show a progress bar
+
+
+@dataclass(frozen=True)
+class PairJob:
+    """Everything a worker needs for one pair (sent to Ray; holds credentials, so never logged)."""
+    pair_id: str
+    structure_uri: str
+    appearance_uri: str
+    pair_dir: str
+    method: str
+    config: TrainConfig
+    storage_options: dict
+    force: bool
+    labels: dict
+    fault: dict | None = None  # TEST-ONLY fault injection
+
+
+@dataclass
+class RunSummary:
+    out: str
+    total: int  # pairs in the manifest
+    done: int  # done, including skipped
+    skipped: int  # done before this invocation
+    failed: int
+    pending: int  # not run (outside --limit/--only, or interrupted)
+    seconds: float
+    failures: list[tuple[str, str]]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+# --- driver --------------------------------------------------------------------------------------------------
+
+def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
+    started = time.perf_counter()
+    # 1. validate everything before any work: method, manifest, selection, per-pair settings
+    storage = Storage(settings.storage_options)
+    method = get_method(settings.method)
+    manifest = read_manifest(manifest_url, storage)
+    jobs = [_job(pair, settings) for pair in select_pairs(manifest, settings.only, settings.limit)]
+
+    # 2. one driver per run folder
+    with RunLock(storage, settings.out, break_lock=settings.break_lock):
+        # 3. record the run, then find what is left to do
+        record = write_run_record(storage, settings, method, manifest)
+        write_manifest(manifest.frame, layout.join(settings.out, layout.MANIFEST), storage)
+        done = set() if settings.force else done_pair_ids(storage, settings.out)
+        results = ResultsTable(storage, settings.out, manifest.pair_ids, done)
+        todo = [job for job in jobs if job.pair_id not in done]
+        skipped = len(jobs) - len(todo)
+        log.info("%d pair(s) selected: %d already done, %d to run with method %s -> %s",
+                 len(jobs), skipped, len(todo), method.name, redact_url(settings.out))
+
+        # 4. fan out and collect
+        try:
+            if todo:
+                _fan_out(todo, settings, results, skipped)
+        finally:
+            results.write()
+            counts = results.counts()
+            write_run_record(storage, settings, method, manifest, previous=record, finished=counts,
+                             weights_ids=results.weights_ids())
+    return RunSummary(out=settings.out, total=len(manifest), done=counts["done"], skipped=skipped,
+                      failed=counts["failed"], pending=counts["pending"], seconds=time.perf_counter() - started,
+                      failures=results.failures())
+
+
+def select_pairs(manifest: Manifest, only: tuple[str, ...] = (), limit: int | None = None) -> list[PairSpec]:
+    pairs = manifest.pairs()
+    if only:
+        unknown = sorted(set(only) - set(manifest.pair_ids))
+        if unknown:
+            raise ManifestError(f"--only names pair(s) not in manifest {redact_url(manifest.url)}: {', '.join(unknown[:10])}")
+        pairs = [pair for pair in pairs if pair.pair_id in set(only)]
+    if limit is not None:
+        if limit < 1:
+            raise SpliceError(f"--limit must be at least 1, got {limit}")
+        pairs = pairs[:limit]
+    return pairs
+
+
+def _job(pair: PairSpec, settings: RunSettings) -> PairJob:
+    try:  # per-pair overrides from the manifest's seed / steps / backbone columns
+        config = settings.config.replace(seed=pair.seed, steps=pair.steps, backbone=pair.backbone)
+    except ValueError as exc:
+        raise ManifestError(f"pair {pair.pair_id!r}: {exc}; fix its row in the manifest") from exc
+    return PairJob(pair_id=pair.pair_id, structure_uri=pair.structure_uri, appearance_uri=pair.appearance_uri,
+                   pair_dir=layout.pair_dir(settings.out, pair.pair_id), method=settings.method, config=config,
+                   storage_options=settings.storage_options, force=settings.force, labels=pair.labels,
+                   fault=_fault_plan(pair.pair_id))
+
+
+def _fan_out(todo: list[PairJob], settings: RunSettings, results: ResultsTable, skipped: int) -> None:
+    from tqdm import tqdm
+
+    started_ray = _ensure_ray(settings.address)
+    try:
+        gpus = settings.gpus_per_pair if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        task = _pair_task.options(num_cpus=settings.cpus_per_pair, num_gpus=gpus, max_retries=settings.max_retries,
+                                  retry_exceptions=False)
+        window = max(8, 2 * _slots(settings.cpus_per_pair, gpus))
+        queue, pending = deque(todo), {}
+        counts = {"done": 0, "failed": 0}
+        bar = tqdm(total=len(todo), unit="pair", desc="splice run", dynamic_ncols=True, disable=not settings.progress)
+        bar.set_postfix(done=0, failed=0, skipped=skipped)
+        try:
+            while queue or pending:
+                while queue and len(pending) < window:
+                    job = queue.popleft()
+                    pending[task.remote(job)] = job
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
+                for ref in ready:
+                    row = _collect(ref, pending.pop(ref), settings.max_retries)
+                    results.update(row)
+                    counts[row["status"]] += 1
+                    bar.update(1)
+                    bar.set_postfix(done=counts["done"], failed=counts["failed"], skipped=skipped)
+                    if row["status"] == "failed":
+                        bar.write(f"failed: {row['error']}")
+                results.maybe_write()
+        finally:
+            bar.close()
+            if pending:  # interrupted: stop in-flight pairs so none outlives this driver, then let them settle
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+                ray.wait(list(pending), num_returns=len(pending), timeout=10)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _collect(ref, job: PairJob, max_retries: int) -> dict:
+    try:
+        return ray.get(ref)
+    except ray.exceptions.WorkerCrashedError:
+        error = f"pair {job.pair_id!r}: its worker process died {max_retries + 1} time(s) (out of memory?); run again to retry it"
+    except ray.exceptions.RayError as exc:
+        error = f"pair {job.pair_id!r}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+    return {"pair_id": job.pair_id, "status": "failed", "error": error, "method": job.method,
+            "attempts": max_retries + 1}
+
+
+def _ensure_ray(address: str | None) -> bool:
+    """Use an initialised Ray as it is; else connect to address / RAY_ADDRESS, else start one here."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(include_dashboard=False)
+    return True
+
+
+def _slots(cpus_per_pair: float, gpus_per_pair: float) -> int:
+    resources = ray.cluster_resources()
+    if gpus_per_pair:
+        return max(1, int(resources.get("GPU", 0) / gpus_per_pair))
+    return max(1, int(resources.get("CPU", 1) / max(cpus_per_pair, 1e-3)))
+
+
+# --- worker --------------------------------------------------------------------------------------------------
+
+@ray.remote(max_calls=0)  # keep workers (and their cached backbone) alive across pairs, GPU tasks included
+def _pair_task(job: PairJob) -> dict:
+    return run_pair(job)
+
+
+def run_pair(job: PairJob) -> dict:
+    """Do one pair end to end; returns its results row. Never raises for a bad pair."""
+    started_at, clock = _now(), time.perf_counter()
+    storage = Storage(job.storage_options)
+    fs, pair_dir = storage.fs(job.pair_dir)
+    if job.force:  # forget the old result first, so a crash now cannot leave an old _SUCCESS over new files
+        for name in (layout.SUCCESS, layout.CHECKPOINT, ATTEMPTS):
+            storage.remove(layout.join(job.pair_dir, name))
+    attempt = _record_attempt(storage, job, started_at)
+    _inject_fault(job, attempt, storage)
+    row = {"pair_id": job.pair_id, "method": job.method, "attempts": attempt, "started_at": started_at}
+    try:
+        # 1. inputs
+        structure = _read_image(storage, job, "structure", job.structure_uri)
+        appearance = _read_image(storage, job, "appearance", job.appearance_uri)
+        if job.fault and job.fault.get("sleep"):
+            time.sleep(float(job.fault["sleep"]))
+        # 2. method (backbone cached per worker process)
+        method = get_method(job.method)
+        backbone = device = None
+        loaded = False
+        if method.uses_backbone:
+            from .trainer import default_device
+
+            device = default_device()
+            misses = cached_backbone.cache_info().misses
+            backbone = cached_backbone(job.config.backbone, str(device))
+            loaded = cached_backbone.cache_info().misses > misses
+        checkpoint = with_retries(lambda: pair_io.load_checkpoint(fs, pair_dir), what="reading checkpoint") if method.resumable else None
+        save = functools.partial(_save_checkpoint, fs, pair_dir) if method.resumable else None
+        result = run_method(job.method, structure, appearance, job.config, backbone=backbone, device=device,
+                            checkpoint=checkpoint, save_checkpoint=save)
+        # 3. outputs, _SUCCESS last
+        finished_at = _now()
+        extra = {"pair_id": job.pair_id, "method": job.method, "attempt": attempt, "labels": job.labels,
+                 "structure_uri": redact_url(job.structure_uri), "appearance_uri": redact_url(job.appearance_uri),
+                 "started_at": started_at, "finished_at": finished_at,
+                 "worker": {"host": socket.gethostname(), "pid": os.getpid(), "backbone_loaded": loaded}}
+        with_retries(lambda: pair_io.write_pair_result(fs, pair_dir, result, extra), what=f"writing pair {job.pair_id}")
+        meta = result.meta
+        return {**row, "status": "done", "error": None, "seconds": float(meta.get("seconds", 0.0)),
+                "device": meta.get("device_name") or meta.get("device"), "weights_id": meta.get("weights_id"),
+                "finished_at": finished_at, "wall_seconds": time.perf_counter() - clock}
+    except Exception as exc:  # a bad pair fails alone; the error goes to results.parquet
+        log.warning("pair %s failed:\n%s", job.pair_id, traceback.format_exc())
+        return {**row, "status": "failed", "error": _describe(job, exc), "finished_at": _now(),
+                "wall_seconds": time.perf_counter() - clock}
+    finally:
+        _release_device_memory()
+
+
+@functools.lru_cache(maxsize=2)
+def cached_backbone(spec: str, device: str):
+    from .backbone import load_backbone
+
+    return load_backbone(spec, device)
+
+
+def _read_image(storage: Storage, job: PairJob, role: str, uri: str):
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise SpliceError(f"{role} image {redact_url(uri)} does not exist: fix {role}_uri in the manifest") from None
+    except OSError as exc:
+        raise SpliceError(f"{role} image {redact_url(uri)} cannot be read ({exc}): check it and the storage options") from exc
+    try:
+        return decode_image(data, redact_url(uri), job.config.max_pixels)
+    except ImageError as exc:  # "image X is not ..." -> "structure image X is not ..."
+        raise ImageError(f"{role} {exc}") from exc
+
+
+def _describe(job: PairJob, exc: Exception) -> str:
+    if isinstance(exc, SpliceError):
+        return f"pair {job.pair_id!r}: {exc}"
+    return f"pair {job.pair_id!r}: {type(exc).__name__}: {str(exc)[:500]} (a bug? the worker log has the traceback)"
+
+
+def _save_checkpoint(fs, pair_dir: str, state: dict) -> None:
+    with_retries(lambda: pair_io.save_checkpoint(fs, pair_dir, state), what="writing checkpoint")
+
+
+def _record_attempt(storage: Storage, job: PairJob, started_at: str) -> int:
+    """Append this start to pairs/<id>/attempts.json; only one driver (the lock) and one task per pair write it."""
+    url = layout.join(job.pair_dir, ATTEMPTS)
+    try:
+        attempts = storage.read_json(url).get("attempts", [])
+    except (FileNotFoundError, ValueError):
+        attempts = []
+    attempts.append({"attempt": len(attempts) + 1, "started_at": started_at, "host": socket.gethostname(), "pid": os.getpid()})
+    storage.write_json(url, {"pair_id": job.pair_id, "attempts": attempts})
+    return len(attempts)
+
+
+def _release_device_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+# --- TEST-ONLY fault injection ------------------------------------------------------------------------------
+# SPLICE_FAULT_INJECTION="kill-once=ID1,ID2;sleep=1.5", read by the driver and carried in each job:
+#   kill-once: the worker writes a partial output.png and exits hard (os._exit) on the pair's first attempt;
+#   sleep:     every pair sleeps that many seconds after reading its images.
+# Used by tests/test_run.py to simulate crashed workers and slow pairs. Never set it in production.
+
+def _fault_plan(pair_id: str) -> dict | None:
+    text = os.environ.get(FAULT_ENV)
+    if not text:
+        return None
+    plan = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        name, _, value = part.partition("=")
+        if name == "kill-once" and pair_id in value.split(","):
+            plan["kill_once"] = True
+        elif name == "sleep":
+            plan["sleep"] = float(value)
+    return plan or None
+
+
+def _inject_fault(job: PairJob, attempt: int, storage: Storage) -> None:
+    if job.fault and job.fault.get("kill_once") and attempt == 1:
+        storage.write_bytes(layout.join(job.pair_dir, layout.OUTPUT_PNG), b"\x89PNG half-written")
+        os._exit(1)

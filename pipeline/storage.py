@@ -1,0 +1,323 @@
+"""Where files live: fsspec URLs to filesystems, storage options, retries, redaction and the run lock.
+
+Every location (manifest, images, run folder) is an fsspec URL: a local path, file://, s3://, gs://, ...
+`--storage-option KEY=VALUE` options go to every non-local filesystem; dotted keys nest
+(`client_kwargs.region_name=eu-west-1`). For s3://, the endpoint comes from `endpoint_url` or, failing that,
+AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (any S3-compatible store: MinIO, Ceph, R2, ...).
+
+Transient errors (connection resets, timeouts, throttling) are retried with exponential backoff; errors that
+will not go away by retrying (not found, permission denied, already exists) are raised at once.
+Credentials never leave this module in readable form: `redact` is applied to whatever is logged or recorded.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import random
+import re
+import socket
+import time
+import urllib.parse
+import uuid
+from datetime import datetime, timezone
+from typing import Callable, TypeVar
+
+import fsspec
+
+from . import layout
+from .errors import SpliceError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+LOCAL_PROTOCOLS = ("file", "local")
+SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "session", "auth", "signature")
+REDACTED = "***"
+PERMANENT_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+PERMANENT_ERRNOS = {errno.EINVAL, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.ENOENT, errno.EEXIST}
+
+
+class StorageError(SpliceError, OSError):
+    """A location that cannot be read or written; the message names the URL."""
+
+
+class RunLocked(SpliceError):
+    """Another `splice run` holds the run folder's lock."""
+
+
+# --- options -------------------------------------------------------------------------------------------------
+
+def parse_storage_options(pairs: list[str] | None) -> dict:
+    """['key=v', 'client_kwargs.region_name=x', 'anon=true'] -> nested dict with ints/bools/JSON parsed."""
+    options: dict = {}
+    for item in pairs or []:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise SpliceError(f"storage option {item!r} is not KEY=VALUE (e.g. endpoint_url=http://127.0.0.1:9000)")
+        target = options
+        *parents, leaf = name.strip().split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = _parse_value(raw)
+    return options
+
+
+def _parse_value(raw: str):
+    text = raw.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
+    if text[:1] in "{[":
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return raw
+
+
+def redact(options):
+    """A copy of `options` with every credential-like value replaced by '***' (nested dicts too)."""
+    if isinstance(options, dict):
+        return {k: REDACTED if _is_secret(k) and v not in (None, "") else redact(v) for k, v in options.items()}
+    if isinstance(options, list):
+        return [redact(v) for v in options]
+    if isinstance(options, str):
+        return redact_url(options)
+    return options
+
+
+def redact_url(url: str) -> str:
+    """Drop user:password@ and credential-like query parameters from a URL."""
+    if "://" not in url:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1] if "@" in parts.netloc else parts.netloc
+    query = urllib.parse.urlencode(
+        [(k, REDACTED if _is_secret(k) else v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
+    )
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _is_secret(name) -> bool:
+    lowered = str(name).lower()
+    return any(word in lowered for word in SECRET_WORDS) and lowered not in ("key_prefix",)
+
+
+# --- filesystems ---------------------------------------------------------------------------------------------
+
+def protocol_of(url: str) -> str:
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    return match.group(1).lower() if match else "file"
+
+
+def is_local(url: str) -> bool:
+    return protocol_of(url) in LOCAL_PROTOCOLS
+
+
+class Storage:
+    """Turns URLs into (filesystem, path) with the user's storage options; one filesystem per protocol."""
+
+    def __init__(self, options: dict | None = None):
+        self.options = dict(options or {})
+        self._filesystems: dict[str, fsspec.AbstractFileSystem] = {}
+
+    def fs(self, url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+        protocol = protocol_of(url)
+        if protocol not in self._filesystems:
+            try:
+                self._filesystems[protocol] = fsspec.filesystem(protocol, **self._options_for(protocol))
+            except (ImportError, ValueError) as exc:
+                raise StorageError(f"cannot open {redact_url(url)}: {exc}") from exc
+        fs = self._filesystems[protocol]
+        path = fs._strip_protocol(url)
+        if protocol in LOCAL_PROTOCOLS:
+            path = os.path.abspath(os.path.expanduser(path))
+        return fs, path
+
+    def _options_for(self, protocol: str) -> dict:
+        if protocol in LOCAL_PROTOCOLS:
+            return {"auto_mkdir": True}
+        options = dict(self.options)
+        if protocol in ("s3", "s3a"):
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            if endpoint and "endpoint_url" not in options and "endpoint_url" not in options.get("client_kwargs", {}):
+                options["endpoint_url"] = endpoint
+        return options
+
+    def url(self, fs: fsspec.AbstractFileSystem, path: str) -> str:
+        """The URL of `path` on `fs` (plain paths for local files)."""
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        return path if protocol in LOCAL_PROTOCOLS else fs.unstrip_protocol(path)
+
+    # small helpers, all retried on transient errors
+
+    def read_bytes(self, url: str) -> bytes:
+        fs, path = self.fs(url)
+        return with_retries(lambda: fs.cat_file(path), what=f"reading {redact_url(url)}")
+
+    def write_bytes(self, url: str, data: bytes) -> None:
+        """Write a whole file so a reader sees the old or the new content, never a part (local: temp + rename)."""
+        fs, path = self.fs(url)
+
+        def write():
+            if is_local(url):
+                fs.makedirs(os.path.dirname(path), exist_ok=True)
+                temporary = f"{path}.{uuid.uuid4().hex}.tmp"
+                fs.pipe_file(temporary, data)
+                os.replace(temporary, path)
+            else:
+                fs.pipe_file(path, data)
+
+        with_retries(write, what=f"writing {redact_url(url)}")
+
+    def exists(self, url: str) -> bool:
+        fs, path = self.fs(url)
+        fs.invalidate_cache(path)  # another process may have written it since we last listed
+        return with_retries(lambda: fs.exists(path), what=f"checking {redact_url(url)}")
+
+    def read_json(self, url: str) -> dict:
+        return json.loads(self.read_bytes(url))
+
+    def write_json(self, url: str, value: dict) -> None:
+        self.write_bytes(url, json.dumps(value, indent=2, default=str).encode())
+
+    def remove(self, url: str) -> None:
+        fs, path = self.fs(url)
+
+        def remove():
+            try:
+                fs.rm_file(path)
+            except FileNotFoundError:
+                pass
+
+        with_retries(remove, what=f"removing {redact_url(url)}")
+
+    def glob(self, pattern: str) -> list[str]:
+        fs, path = self.fs(pattern)
+        fs.invalidate_cache()  # other processes write here: never answer from a stale listing
+        return [self.url(fs, p) for p in sorted(with_retries(lambda: fs.glob(path), what=f"listing {redact_url(pattern)}"))]
+
+
+# --- retries -------------------------------------------------------------------------------------------------
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: network trouble, timeouts, throttling; not a missing file or a refusal."""
+    if isinstance(exc, PERMANENT_ERRORS):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
+        return True
+    name = type(exc).__name__.lower()
+    if any(word in name for word in ("timeout", "connection", "throttl", "slowdown", "unavailable", "endpoint")):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno not in PERMANENT_ERRNOS
+    return False
+
+
+def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 5, base_delay: float = 0.25,
+                 max_delay: float = 8.0, sleep: Callable[[float], None] = time.sleep) -> T:
+    """Call fn(); on a transient error wait base_delay * 2**n (with jitter) and try again, `attempts` times in all."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_transient(exc) or attempt == attempts:
+                raise
+            delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
+            log.warning("%s failed (%s: %s); retrying in %.2fs (%d/%d)", what, type(exc).__name__,
+                        redact_url(str(exc)), delay, attempt, attempts - 1)
+            sleep(delay)
+    raise AssertionError("unreachable")
+
+
+# --- the run lock --------------------------------------------------------------------------------------------
+
+class RunLock:
+    """`<run>/_LOCK`, created exclusively, so that two `splice run`s never write the same run folder.
+
+    Creation uses exclusive mode ("xb": O_EXCL locally, a conditional put with If-None-Match on S3); a
+    filesystem without it falls back to check-then-write and reads the lock back to confirm it is ours.
+    """
+
+    def __init__(self, storage: Storage, run_url: str, *, break_lock: bool = False):
+        self.storage = storage
+        self.url = layout.join(run_url, layout.LOCK)
+        self.break_lock = break_lock
+        self.token = uuid.uuid4().hex
+        self.held = False
+
+    def acquire(self) -> "RunLock":
+        if self.break_lock and self.storage.exists(self.url):
+            log.warning("breaking the lock %s (held by %s)", redact_url(self.url), self._describe(self._read()))
+            self.storage.remove(self.url)
+        body = json.dumps({"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
+                           "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}).encode()
+        fs, path = self.storage.fs(self.url)
+        try:
+            with_retries(lambda: self._create_exclusive(fs, path, body), what=f"locking {redact_url(self.url)}")
+        except FileExistsError:
+            pass  # ours if a retried conditional put had in fact succeeded the first time: read it back
+        if (self._read() or {}).get("token") != self.token:  # held by another, or lost a check-then-write race
+            raise self._locked_error()
+        self.held = True
+        return self
+
+    def release(self) -> None:
+        if self.held and (self._read() or {}).get("token") == self.token:
+            self.storage.remove(self.url)
+        self.held = False
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    @staticmethod
+    def _create_exclusive(fs, path: str, body: bytes) -> None:
+        fs.makedirs(fs._parent(path), exist_ok=True)
+        try:
+            with fs.open(path, "xb") as handle:
+                handle.write(body)
+            return
+        except (ValueError, NotImplementedError, TypeError):  # no exclusive mode here: check, then write
+            pass
+        if fs.exists(path):
+            raise FileExistsError(path)
+        fs.pipe_file(path, body)
+
+    def _read(self) -> dict | None:
+        try:
+            return json.loads(self.storage.read_bytes(self.url))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _locked_error(self) -> RunLocked:
+        holder = self._read()
+        stale = ""
+        if holder and holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid")):
+            stale = " That process is no longer running on this host, so the lock looks stale."
+        return RunLocked(
+            f"run folder {redact_url(self.url.rsplit('/', 1)[0])} is locked by another `splice run` "
+            f"({self._describe(holder)}).{stale} Wait for it to finish, write to another --out, or, if that run "
+            f"is certainly dead, run again with --break-lock"
+        )
+
+    @staticmethod
+    def _describe(holder: dict | None) -> str:
+        if not holder:
+            return "holder unknown"
+        return f"host {holder.get('host')}, pid {holder.get('pid')}, since {holder.get('since')}"
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError) as exc:
+        return isinstance(exc, PermissionError)
+    return True
