@@ -10,12 +10,14 @@ manifest and the bad rows.
 from __future__ import annotations
 
 import io
+import numbers
 import os
 import posixpath
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from .errors import SpliceError
@@ -140,7 +142,7 @@ def _check_strings(frame: pd.DataFrame, column: str, required: bool) -> list[str
     wrong = frame.index[values.map(lambda v: v is not None and not _is_null(v) and not isinstance(v, str))]
     problems = []
     if len(wrong):
-        kinds = sorted({type(values[i]).__name__ for i in wrong})
+        kinds = sorted({_kind(values[i]) for i in wrong})
         problems.append(f"column {column!r} must hold text, found {'/'.join(kinds)} in {_rows(frame, wrong)}")
     if required:
         empty = frame.index[values.map(lambda v: _is_null(v) or (isinstance(v, str) and not v.strip()))]
@@ -155,7 +157,7 @@ def _to_integers(frame: pd.DataFrame, column: str) -> tuple[pd.Series | None, li
         numeric = values.map(lambda v: v if _is_null(v) or (isinstance(v, (int, float)) and not isinstance(v, bool)) else None)
         wrong = frame.index[values.notna() & numeric.isna()]
         if len(wrong):
-            kinds = sorted({type(values[i]).__name__ for i in wrong})
+            kinds = sorted({_kind(values[i]) for i in wrong})
             return None, [f"column {column!r} must hold integers, found {'/'.join(kinds)} in {_rows(frame, wrong)}"]
         values = pd.to_numeric(numeric)
     fractional = frame.index[values.notna() & (values.fillna(0) % 1 != 0)]
@@ -188,6 +190,13 @@ def _rows(frame: pd.DataFrame, index) -> str:
         shown.append(f"row {i}" + (f" (pair_id {pair_id!r})" if isinstance(pair_id, str) else ""))
     more = f" and {len(index) - MAX_ROWS_SHOWN} more" if len(index) > MAX_ROWS_SHOWN else ""
     return ", ".join(shown) + more
+
+
+def _kind(value) -> str:
+    for kind, types in (("bool", (bool, np.bool_)), ("int", numbers.Integral), ("float", numbers.Real), ("str", str)):
+        if isinstance(value, types):
+            return kind
+    return type(value).__name__
 
 
 def _is_null(value) -> bool:
