@@ -1,0 +1,151 @@
+"""The evaluation's settings and the models its metrics need, each loaded once per evaluation.
+
+A metric whose weights cannot be had offline is skipped with a message saying how to provide them, unless the user
+named it (`explicit`), in which case `MetricUnavailable` is raised.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from pipeline.backbone import BackboneUnavailable, load_backbone
+from pipeline.images import DEFAULT_MAX_PIXELS
+
+from .metrics import DEFAULT_METRICS, METRICS
+from .segmenter import DEFAULT_SEGMENTER, load_segmenter
+from .weights import MetricUnavailable, load_state_dict
+
+log = logging.getLogger(__name__)
+
+DINO_ROLES = {"vitb8": "dino_vitb8", "vits16": "dino_vits16"}  # model role -> default backbone spec
+LPIPS_NAME = "lpips-v0.1-alex"
+RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    metrics: tuple[str, ...] = DEFAULT_METRICS  # metric names, see evaluation.metrics.METRICS
+    explicit: bool = False  # the user named the metrics: an unavailable one is an error rather than skipped
+    metric_backbone: str | None = None  # overrides the DINO backbones: SPEC, or dino_vitb8=SPEC,dino_vits16=SPEC
+    lpips_weights: str = "pretrained"  # AlexNet trunk of LPIPS: pretrained | random | file:PATH (torchvision state dict)
+    segmenter: object = DEFAULT_SEGMENTER  # segmenter spec (evaluation.segmenter) or a segmenter object
+    segmenter_weights: str | None = None  # local weights file for a torchvision segmenter
+    batch_size: int = 8  # pairs per backbone batch
+    max_pixels: int = DEFAULT_MAX_PIXELS  # refuse images above this many pixels (decompression-bomb guard)
+
+    def __post_init__(self):
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown:
+            raise MetricUnavailable(f"unknown metric(s) {', '.join(unknown)}: use {','.join(METRICS)}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def backbone_specs(self) -> dict[str, str]:
+        """Backbone spec per DINO role, after --metric-backbone."""
+        specs = {role: default for role, default in DINO_ROLES.items()}
+        override = self.metric_backbone
+        if not override:
+            return specs
+        by_default = {default: role for role, default in DINO_ROLES.items()}
+        if override.split("=", 1)[0] in by_default:
+            for item in override.split(","):
+                name, _, spec = item.partition("=")
+                if name not in by_default or not spec:
+                    raise MetricUnavailable(f"--metric-backbone {override!r}: use SPEC or dino_vitb8=SPEC,dino_vits16=SPEC")
+                specs[by_default[name]] = spec
+            return specs
+        return {role: override for role in specs}
+
+
+@dataclass
+class MetricModels:
+    """Loaded models by role, the provenance id of each available metric, and why the others were skipped."""
+    vitb8: torch.nn.Module | None = None
+    vits16: torch.nn.Module | None = None
+    lpips: torch.nn.Module | None = None
+    segmenter: object = None
+    ids: dict[str, str] = field(default_factory=dict)  # metric -> "model spec@weights id"
+    skipped: dict[str, str] = field(default_factory=dict)  # metric -> reason and how to fix it
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.ids)
+
+
+def best_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def load_metric_models(settings: EvalSettings, device: torch.device | str) -> MetricModels:
+    """Load what the asked-for metrics need, sharing one model between metrics (and roles) where they agree."""
+    models = MetricModels()
+    loaded: dict[str, object] = {}  # spec -> model, so one ViT serves every role and metric that names it
+    for name in settings.metrics:
+        role = METRICS[name].model
+        try:
+            model, model_id = _load_role(role, settings, device, loaded)
+        except (MetricUnavailable, BackboneUnavailable) as exc:
+            if settings.explicit:
+                raise MetricUnavailable(f"metric {name} was asked for but cannot be computed: {exc}") from exc
+            log.warning("skipping metric %s: %s", name, exc)
+            models.skipped[name] = str(exc)
+            continue
+        setattr(models, role, model)
+        models.ids[name] = model_id
+        if model_id.endswith("@" + RANDOM):
+            log.warning("metric %s uses RANDOM weights (%s): its values are for smoke tests only", name, model_id)
+    return models
+
+
+def _load_role(role: str, settings: EvalSettings, device, loaded: dict):
+    if role in DINO_ROLES:
+        spec = settings.backbone_specs()[role]
+        key = f"dino:{spec}"
+        if key not in loaded:
+            loaded[key] = load_backbone(spec, device)
+        backbone = loaded[key]
+        return backbone, f"{backbone.spec}@{backbone.weights_id}"
+    if role == "lpips":
+        key = f"lpips:{settings.lpips_weights}"
+        if key not in loaded:
+            loaded[key] = load_lpips(settings.lpips_weights, device)
+        return loaded[key]
+    if role == "segmenter":
+        key = f"segmenter:{settings.segmenter!r}"
+        if key not in loaded:
+            loaded[key] = load_segmenter(settings.segmenter, device, settings.segmenter_weights)
+        segmenter = loaded[key]
+        return segmenter, f"{segmenter.name}@{segmenter.weights_id}"
+    raise AssertionError(role)
+
+
+def load_lpips(weights: str, device) -> tuple[torch.nn.Module, str]:
+    """LPIPS v0.1 with AlexNet. The linear layers ship with the `lpips` package; the AlexNet trunk is torchvision's
+    ImageNet weights (torch hub cache, a local file, or random for tests)."""
+    import lpips
+    from torchvision.models import AlexNet_Weights
+
+    # pnet_rand=True builds the trunk without torchvision's own download; real weights are loaded below
+    with warnings.catch_warnings():  # lpips calls torchvision's deprecated `pretrained=` argument
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(net="alex", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
+    if weights == RANDOM:
+        weights_id = RANDOM
+    elif weights == "pretrained" or weights.startswith("file:"):
+        local = weights.split(":", 1)[1] if weights.startswith("file:") else None
+        state, weights_id = load_state_dict(AlexNet_Weights.IMAGENET1K_V1.url, "LPIPS AlexNet trunk (metric lpips_structure)",
+                                            local, option="--lpips-weights file:PATH")
+        features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+        for stage in (model.net.slice1, model.net.slice2, model.net.slice3, model.net.slice4, model.net.slice5):
+            stage.load_state_dict({k: features[k] for k in stage.state_dict()})
+    else:
+        raise MetricUnavailable(f"--lpips-weights {weights!r}: use pretrained, random or file:PATH")
+    model = model.eval().requires_grad_(False).to(device)
+    return model, f"{LPIPS_NAME}@{weights_id}"

@@ -1,0 +1,87 @@
+"""Pretrained weights the metrics need from torchvision's download server: from a local file, the torch hub cache,
+or a download when the server can be reached. Never a download attempt when offline: that fails fast instead.
+
+Set SPLICE_OFFLINE=1 (or TORCH_HUB_OFFLINE=1) to forbid downloads altogether.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import urllib.parse
+
+import torch
+
+from pipeline.errors import SpliceError
+
+log = logging.getLogger(__name__)
+
+
+class MetricUnavailable(SpliceError, RuntimeError):
+    """A metric whose model or weights cannot be had; the message says how to provide them."""
+
+
+def hub_cache_path(url: str) -> str:
+    """Where torch.hub keeps the file downloaded from `url` (honours TORCH_HOME)."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urllib.parse.urlparse(url).path))
+
+
+def load_state_dict(url: str, what: str, local_file: str | None = None, option: str = "") -> tuple[dict, str]:
+    """The state dict published at `url`, and an id for provenance ('<file name>' or 'sha256:...' for a local file).
+
+    Order: `local_file` if given; the torch hub cache; a download if the server answers. Otherwise
+    `MetricUnavailable` naming the file and the two ways to provide it.
+    """
+    if local_file:
+        if not os.path.isfile(local_file):
+            raise MetricUnavailable(f"{what}: weights file {local_file} does not exist; give the path to {os.path.basename(url)}")
+        return _load(local_file, what), "sha256:" + _file_hash(local_file)
+    cached = hub_cache_path(url)
+    if os.path.isfile(cached):
+        return _load(cached, what), os.path.basename(cached)
+    if not reachable(url):
+        how = f"pass {option}, or " if option else ""
+        raise MetricUnavailable(
+            f"{what}: pretrained weights {os.path.basename(url)} are not in the torch hub cache and {_host(url)} cannot be "
+            f"reached (offline). To provide them: {how}download {url} elsewhere and copy it to {cached} "
+            f"(the cache folder follows TORCH_HOME)"
+        )
+    log.info("%s: downloading %s to %s", what, url, cached)
+    try:
+        torch.hub.load_state_dict_from_url(url, progress=False, map_location="cpu")
+    except Exception as exc:  # network trouble: say what to do
+        raise MetricUnavailable(f"{what}: downloading {url} failed ({exc}); copy the file to {cached} instead") from exc
+    return _load(cached, what), os.path.basename(cached)
+
+
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether the host of `url` accepts a TCP connection within `timeout` seconds (False when forced offline)."""
+    for variable in ("SPLICE_OFFLINE", "TORCH_HUB_OFFLINE"):
+        if os.environ.get(variable, "0").lower() in ("1", "true", "yes"):
+            return False
+    parsed = urllib.parse.urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _load(path: str, what: str) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise MetricUnavailable(f"{what}: weights file {path} cannot be loaded ({exc}); replace it") from exc
+
+
+def _file_hash(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _host(url: str) -> str:
+    return urllib.parse.urlparse(url).hostname or url
