@@ -141,7 +141,9 @@ def load_backbone(spec: str, device: torch.device | str = "cpu") -> DinoBackbone
         arch = spec.split(":", 1)[1]
         if arch not in timm.list_models():
             raise BackboneUnavailable(f"backbone {spec}: '{arch}' is not a timm architecture (see timm.list_models('vit_*'))")
-        vit = timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the same random network in every process: runs resume and workers agree
+            vit = timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True)
         log.warning("backbone %s has RANDOM weights: outputs are for testing only and are labelled 'random'", spec)
         weights_id = RANDOM_WEIGHTS_ID
     elif spec.startswith("file:"):

@@ -7,6 +7,7 @@ block, a final 1x1 convolution and a sigmoid. Fully convolutional: any input siz
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 DOWN_CHANNELS = (16, 32, 64, 128, 128)
@@ -14,9 +15,22 @@ UP_CHANNELS = (16, 32, 64, 128, 128)
 SKIP_CHANNELS = (4, 4, 4, 4, 4)
 
 
+class _ReflectionPad(nn.Module):
+    """Reflection padding that falls back to replication where a side is too small to reflect (deep scales of tiny
+    inputs shrink to one pixel), so any input size works."""
+
+    def __init__(self, pad: int):
+        super().__init__()
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mode = "reflect" if min(x.shape[-2:]) > self.pad else "replicate"
+        return F.pad(x, (self.pad,) * 4, mode=mode)
+
+
 def _conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Sequential:
     pad = (kernel - 1) // 2
-    layers = [nn.ReflectionPad2d(pad)] if pad else []
+    layers = [_ReflectionPad(pad)] if pad else []
     layers.append(nn.Conv2d(in_channels, out_channels, kernel, stride=stride, bias=True))
     return nn.Sequential(*layers)
 

@@ -170,12 +170,13 @@ def _fingerprint(*images: torch.Tensor) -> str:
 
 
 def _checkpoint_state(next_step, generator, optimizer, rng, losses, config, fingerprint) -> dict:
+    # a snapshot on the host: state_dict() returns live tensors that the next optimiser step would overwrite
     return {
         "step": next_step,
-        "generator": generator.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "generator": _to_host(generator.state_dict()),
+        "optimizer": _to_host(optimizer.state_dict()),
         "rng_state": _rng_state_to_lists(rng.getstate()),
-        "losses": losses,
+        "losses": list(losses),
         "config": config.to_dict(),
         "inputs": fingerprint,
     }
@@ -195,6 +196,16 @@ def _checkpoint_fits(checkpoint: dict, config: TrainConfig, fingerprint: str) ->
         log.warning("checkpoint is at step %s, past the %d steps asked for: starting from scratch", checkpoint["step"], config.steps)
         return False
     return True
+
+
+def _to_host(value):
+    if torch.is_tensor(value):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _to_host(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_host(v) for v in value)
+    return value
 
 
 def _rng_state_to_lists(state: tuple) -> list:
