@@ -109,7 +109,10 @@ def _load_role(role: str, settings: EvalSettings, device, loaded: dict):
         spec = settings.backbone_specs()[role]
         key = f"dino:{spec}"
         if key not in loaded:
-            loaded[key] = load_backbone(spec, device)
+            try:
+                loaded[key] = load_backbone(spec, device)
+            except BackboneUnavailable as exc:
+                raise MetricUnavailable(f"{exc} (here: --metric-backbone {DINO_ROLES[role]}=file:PATH)") from exc
         backbone = loaded[key]
         return backbone, f"{backbone.spec}@{backbone.weights_id}"
     if role == "lpips":

@@ -1,0 +1,306 @@
+"""`splice evaluate`: metrics of a run's stored outputs, computed incrementally into <run>/eval/metrics.parquet.
+
+One row per manifest pair: pair_id, method, dataset, domain, status ('ok' | 'failed' | 'missing' | 'error'),
+error, the output's content hash, training cost copied from meta.json (train_seconds, train_device,
+train_peak_memory_bytes), and per metric its value with provenance columns `<metric>__version` and
+`<metric>__model` (backbone spec and weights id; random weights end in '@random').
+
+Re-running computes only what is missing: pairs not evaluated yet, metrics newly asked for or whose version or
+model changed, and outputs whose content hash changed (an output whose listing stamp, i.e. size and ETag or
+modification time, is unchanged is not re-read). `force` recomputes everything asked for.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import pandas as pd
+import torch
+
+from pipeline import layout
+from pipeline.images import ImageError, decode_image
+from pipeline.storage import Storage, redact_url
+
+from . import runio
+from .engine import PairImages, compute_metrics
+from .metrics import METRICS
+from .models import EvalSettings, MetricModels, best_device, load_metric_models
+
+log = logging.getLogger(__name__)
+
+EVALUATION_JSON = "evaluation.json"  # under <run>/eval/: what the last evaluation used
+COST_KEYS = {"seconds": "train_seconds", "device": "train_device", "peak_memory_bytes": "train_peak_memory_bytes"}
+SAVE_EVERY_S = 30.0  # rewrite metrics.parquet at least this often during a long evaluation
+READ_THREADS = 8
+
+
+@dataclass(frozen=True)
+class PairTask:
+    """One pair to (re)evaluate; small and picklable, so it can travel to a Ray worker."""
+    pair_id: str
+    structure_uri: str
+    appearance_uri: str
+    output_url: str
+    meta_url: str
+    known_hash: str | None  # content hash of the output the stored values were computed on
+    fresh: tuple[str, ...]  # metrics whose stored values stay valid if the hash is unchanged
+    wanted: tuple[str, ...]  # metrics asked for
+
+
+@dataclass
+class PairUpdate:
+    pair_id: str
+    output_sha256: str | None = None
+    values: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    changed: bool = False  # the output's content differs from the one the stored values were computed on
+    image_error: str | None = None
+    cost: dict = field(default_factory=dict)
+
+
+@dataclass
+class EvaluateSummary:
+    run: str
+    computed: int  # pairs that had something (re)computed
+    up_to_date: int
+    statuses: dict[str, int]
+    metrics: list[str]
+    skipped: dict[str, str]
+
+    def line(self) -> str:
+        states = ", ".join(f"{n} {s}" for s, n in sorted(self.statuses.items()))
+        text = (f"{self.run}: {self.computed} pair(s) evaluated, {self.up_to_date} up to date ({states}); metrics "
+                f"{', '.join(self.metrics) or 'none'} -> {runio.metrics_url(self.run)}")
+        return text + "".join(f"\n  skipped {m}: {why}" for m, why in self.skipped.items())
+
+
+def evaluate_run(run_url: str, settings: EvalSettings = EvalSettings(), *, storage: Storage | None = None,
+                 device: torch.device | str | None = None, address: str | None = None, force: bool = False,
+                 progress: bool = True) -> EvaluateSummary:
+    storage = storage or Storage()
+    # 1. read the run: manifest, results, one listing of the pair files, what was evaluated before
+    run = runio.read_run(storage, run_url)
+    files = runio.pair_files(storage, run_url)
+    stored = _stored_rows(storage, run_url)
+
+    # 2. the models (locally, or on the Ray workers) and the provenance id of every available metric
+    if address:
+        from .distributed import RayBackend
+        backend = RayBackend(address, settings, storage.options)
+    else:
+        backend = LocalBackend(settings, device or best_device(), storage)
+    ids, skipped, classes = backend.model_info()
+
+    # 3. plan: which pairs have outputs, and what is stale for each
+    rows, tasks = _plan(run, files, stored, ids, force)
+
+    # 4. compute, merging results into the rows as they come and saving now and then
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(tasks), unit="pair", desc=f"evaluate {run.method}", disable=not progress or not tasks)
+    last_save = time.monotonic()
+    for updates in backend.run(_chunks(tasks, settings.batch_size * 4)):
+        for update in updates:
+            _merge(rows[update.pair_id], update, ids)
+        bar.update(len(updates))
+        if time.monotonic() - last_save > SAVE_EVERY_S:
+            _save(storage, run_url, rows, ids, skipped, classes)
+            last_save = time.monotonic()
+    bar.close()
+    backend.close()
+
+    # 5. write metrics.parquet and evaluation.json
+    _save(storage, run_url, rows, ids, skipped, classes)
+    statuses = pd.Series([r["status"] for r in rows.values()]).value_counts().to_dict() if rows else {}
+    recomputed = {t.pair_id for t in tasks}
+    up_to_date = sum(1 for p, r in rows.items() if p not in recomputed and r.get("status") == "ok")
+    return EvaluateSummary(run_url, len(tasks), up_to_date, statuses, list(ids), skipped)
+
+
+class LocalBackend:
+    """Evaluates in this process, on one device."""
+
+    def __init__(self, settings: EvalSettings, device, storage: Storage):
+        self.settings, self.device, self.storage = settings, torch.device(device), storage
+        self.models = load_metric_models(settings, self.device)
+
+    def model_info(self):
+        return model_info(self.models)
+
+    def run(self, chunks):
+        for chunk in chunks:
+            yield evaluate_chunk(chunk, self.models, self.settings, self.storage, self.device)
+
+    def close(self):
+        pass
+
+
+def model_info(models: MetricModels) -> tuple[dict[str, str], dict[str, str], list[str] | None]:
+    """Provenance id per available metric, why others were skipped, and the segmenter's class names."""
+    classes = list(getattr(models.segmenter, "class_names", []) or []) or None
+    return dict(models.ids), dict(models.skipped), classes
+
+
+def evaluate_chunk(tasks: list[PairTask], models: MetricModels, settings: EvalSettings, storage: Storage,
+                   device) -> list[PairUpdate]:
+    """Read and hash outputs, decide per pair what to compute, decode the images and compute in batches."""
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        loaded = list(pool.map(lambda t: _load_pair(t, storage, settings.max_pixels), tasks))
+    groups: dict[tuple[str, ...], list[PairImages]] = defaultdict(list)
+    updates = []
+    for task, (update, images, needed) in zip(tasks, loaded):
+        updates.append(update)
+        if images is not None and needed:
+            groups[needed].append(images)
+    by_id = {u.pair_id: u for u in updates}
+    for needed, pairs in groups.items():
+        for pair_id, scores in compute_metrics(pairs, list(needed), models, device, settings.batch_size).items():
+            by_id[pair_id].values.update(scores.values)
+            by_id[pair_id].errors.update(scores.errors)
+    return updates
+
+
+def _load_pair(task: PairTask, storage: Storage, max_pixels: int):
+    update = PairUpdate(task.pair_id)
+    try:
+        data = storage.read_bytes(task.output_url)
+        update.output_sha256 = "sha256:" + hashlib.sha256(data).hexdigest()
+        update.changed = update.output_sha256 != task.known_hash
+        needed = tuple(m for m in task.wanted if update.changed or m not in task.fresh)
+        update.cost = _cost(storage, task.meta_url)
+        if not needed:
+            return update, None, needed
+        images = PairImages(
+            task.pair_id,
+            structure=decode_image(storage.read_bytes(task.structure_uri), f"structure image {redact_url(task.structure_uri)}", max_pixels),
+            appearance=decode_image(storage.read_bytes(task.appearance_uri), f"appearance image {redact_url(task.appearance_uri)}", max_pixels),
+            output=decode_image(data, f"output {redact_url(task.output_url)}", max_pixels),
+        )
+        return update, images, needed
+    except (ImageError, OSError) as exc:
+        update.image_error = f"pair '{task.pair_id}': {exc}"
+        return update, None, ()
+
+
+def _cost(storage: Storage, meta_url: str) -> dict:
+    try:
+        meta = runio.read_json_if_any(storage, meta_url)
+    except runio.RunError:
+        return {}
+    cost = {column: meta.get(key) for key, column in COST_KEYS.items()}
+    cost["train_device"] = meta.get("device_name") or meta.get("device")  # e.g. 'NVIDIA H100 80GB HBM3', else 'cuda'
+    return cost
+
+
+def _plan(run: runio.Run, files, stored, ids, force):
+    """Rows for every manifest pair (stored values kept where still valid) and the tasks of pairs to (re)compute."""
+    results = {}
+    if run.results is not None and "pair_id" in run.results:
+        results = run.results.drop_duplicates("pair_id", keep="last").set_index("pair_id").to_dict("index")
+    rows, tasks = {}, []
+    for record in run.manifest.to_dict("records"):
+        pair_id = str(record["pair_id"])
+        old = stored.get(pair_id, {})
+        row = {**old, "pair_id": pair_id, "method": run.method, "dataset": _text(record.get("dataset")),
+               "domain": _text(record.get("domain"))}
+        rows[pair_id] = row
+        present = files.get(pair_id, {})
+        if layout.OUTPUT_PNG not in present or layout.SUCCESS not in present:
+            _clear_metrics(row)
+            row.update(output_sha256=None, output_stamp=None, **_failure(pair_id, results.get(pair_id)))
+            continue
+        stamp = present[layout.OUTPUT_PNG]
+        fresh = () if force else tuple(m for m in ids if _is_fresh(old, m, ids[m]))
+        same_stamp = not force and old.get("output_stamp") == stamp and old.get("status") == "ok"
+        if same_stamp and all(m in fresh for m in ids):
+            continue  # nothing to do
+        row["output_stamp"] = stamp
+        tasks.append(PairTask(
+            pair_id, record["structure_uri"], record["appearance_uri"],
+            output_url=layout.pair_file(run.url, pair_id, layout.OUTPUT_PNG),
+            meta_url=layout.pair_file(run.url, pair_id, layout.META_JSON),
+            known_hash=old.get("output_sha256") if not force else None, fresh=fresh, wanted=tuple(ids),
+        ))
+    return rows, tasks
+
+
+def _is_fresh(old: dict, metric: str, model_id: str) -> bool:
+    value = old.get(metric)
+    return (value is not None and not _isnan(value) and old.get(f"{metric}__version") == METRICS[metric].version
+            and old.get(f"{metric}__model") == model_id)
+
+
+def _merge(row: dict, update: PairUpdate, ids: dict[str, str]) -> None:
+    row["evaluated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if update.changed:
+        _clear_metrics(row)  # values of another output are no longer this pair's
+    if update.output_sha256:
+        row["output_sha256"] = update.output_sha256
+    row.update(update.cost)
+    for metric, value in update.values.items():
+        row.update({metric: value, f"{metric}__version": METRICS[metric].version, f"{metric}__model": ids[metric]})
+    if update.image_error:
+        row.update(status="error", error=update.image_error)
+    elif update.errors:
+        row.update(status="error", error="; ".join(f"{m}: {e}" for m, e in update.errors.items()))
+    else:
+        row.update(status="ok", error=None)
+
+
+def _failure(pair_id: str, result: dict | None) -> dict:
+    if result and str(result.get("status")) == "failed":
+        return {"status": "failed", "error": _text(result.get("error")) or "failed in the run (no error recorded)"}
+    if result and str(result.get("status")) not in ("done", "None"):
+        return {"status": "missing", "error": _text(result.get("error")) or f"no output (status {result.get('status')})"}
+    return {"status": "missing", "error": f"pair '{pair_id}' has no {layout.OUTPUT_PNG} with {layout.SUCCESS}: "
+                                         f"not run or not finished yet"}
+
+
+def _clear_metrics(row: dict) -> None:
+    for metric in METRICS:
+        for key in (metric, f"{metric}__version", f"{metric}__model"):
+            row.pop(key, None)
+
+
+def _stored_rows(storage: Storage, run_url: str) -> dict[str, dict]:
+    url = runio.metrics_url(run_url)
+    if not storage.exists(url):
+        return {}
+    frame = runio.read_parquet(storage, url)
+    return {str(r["pair_id"]): {k: v for k, v in r.items() if not _isnan(v)} for r in frame.to_dict("records")}
+
+
+def _save(storage: Storage, run_url: str, rows: dict, ids: dict, skipped: dict, classes: list | None) -> None:
+    front = ["pair_id", "method", "dataset", "domain", "status", "error", "output_sha256", "output_stamp",
+             *COST_KEYS.values(), "evaluated_at"]
+    frame = pd.DataFrame(list(rows.values()))
+    metric_columns = [c for m in METRICS for c in (m, f"{m}__version", f"{m}__model") if c in frame.columns]
+    frame = frame.reindex(columns=front + metric_columns)
+    for metric in METRICS:
+        if metric in frame.columns:
+            frame[metric] = frame[metric].astype("float64")
+    runio.write_parquet(storage, runio.metrics_url(run_url), frame)
+    described = {m: {"version": METRICS[m].version, "model": ids[m], "better": METRICS[m].better,
+                     "summary": METRICS[m].summary} for m in ids}
+    storage.write_json(layout.join(run_url, layout.EVAL, EVALUATION_JSON), {
+        "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "metrics": described, "skipped": skipped,
+        "layout_classes": classes,  # the segmenter's classes, all counted by layout_miou
+    })
+
+
+def _chunks(tasks: list, size: int):
+    for start in range(0, len(tasks), size):
+        yield tasks[start:start + size]
+
+
+def _text(value) -> str | None:
+    return None if value is None or _isnan(value) else str(value)
+
+
+def _isnan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)

@@ -1,0 +1,143 @@
+"""Reading a run's stored files for evaluation and reports (layout: pipeline/layout.py, storage: pipeline/storage.py).
+
+Evaluation reads run.json (the method's name), manifest.parquet, results.parquet (why a pair failed), and per pair
+output.png, meta.json (cost) and _SUCCESS; it writes only under <run>/eval/.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import posixpath
+import re
+from dataclasses import dataclass
+
+import pandas as pd
+
+from pipeline import layout
+from pipeline.errors import SpliceError
+from pipeline.storage import Storage, redact_url
+
+log = logging.getLogger(__name__)
+
+METRICS_PARQUET = "metrics.parquet"  # under <run>/eval/
+REQUIRED_COLUMNS = ("pair_id", "structure_uri", "appearance_uri")
+PAIR_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+class RunError(SpliceError, ValueError):
+    """A run folder that cannot be evaluated or reported as it stands; the message says which and why."""
+
+
+@dataclass
+class Run:
+    url: str
+    method: str
+    info: dict  # run.json
+    manifest: pd.DataFrame  # pair_id, structure_uri, appearance_uri (absolute), dataset, domain, ...
+    results: pd.DataFrame | None  # results.parquet, if written
+
+
+def metrics_url(run_url: str) -> str:
+    return layout.join(run_url, layout.EVAL, METRICS_PARQUET)
+
+
+def read_run(storage: Storage, run_url: str) -> Run:
+    """run.json, manifest.parquet and results.parquet of a run; a folder without them is a `RunError`."""
+    manifest_url = layout.join(run_url, layout.MANIFEST)
+    if not storage.exists(manifest_url):
+        raise RunError(f"{redact_url(run_url)} is not a run folder: it has no {layout.MANIFEST}. Give the --out of a "
+                       f"`splice run`, or create one from another method's outputs with `splice import`")
+    info = read_json_if_any(storage, layout.join(run_url, layout.RUN_JSON))
+    method = info.get("method") or posixpath.basename(run_url.rstrip("/"))
+    if "method" not in info:
+        log.warning("%s: run.json names no method; calling it %r", redact_url(run_url), method)
+    manifest = read_parquet(storage, manifest_url)
+    check_manifest(manifest, manifest_url)
+    manifest = manifest.assign(
+        structure_uri=[resolve_uri(u, run_url) for u in manifest["structure_uri"]],
+        appearance_uri=[resolve_uri(u, run_url) for u in manifest["appearance_uri"]],
+    )
+    results_url = layout.join(run_url, layout.RESULTS)
+    results = read_parquet(storage, results_url) if storage.exists(results_url) else None
+    return Run(run_url, str(method), info, manifest.reset_index(drop=True), results)
+
+
+def check_manifest(manifest: pd.DataFrame, name: str) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise RunError(f"manifest {redact_url(name)} has no column(s) {', '.join(missing)}; it needs "
+                       f"{', '.join(REQUIRED_COLUMNS)} (see DESIGN.md, 'Manifest')")
+    ids = manifest["pair_id"].astype(str)
+    bad = [p for p in ids if not PAIR_ID.fullmatch(p)]
+    if bad:
+        raise RunError(f"manifest {redact_url(name)}: pair_id {bad[0]!r} is not [A-Za-z0-9._-]{{1,128}}; rename it")
+    duplicated = ids[ids.duplicated()].tolist()
+    if duplicated:
+        raise RunError(f"manifest {redact_url(name)}: pair_id {duplicated[0]!r} appears more than once; pair ids must be unique")
+
+
+def resolve_uri(uri: str, base_url: str) -> str:
+    """An image URI as stored in a manifest: absolute URLs and paths as they are, relative ones against `base_url`
+    (a folder)."""
+    uri = str(uri)
+    if "://" in uri or os.path.isabs(uri):
+        return uri
+    if "://" in base_url:
+        return layout.join(base_url, uri)
+    return os.path.abspath(os.path.join(base_url, uri))
+
+
+def pair_files(storage: Storage, run_url: str) -> dict[str, dict[str, str]]:
+    """pair_id -> {file name -> stamp} for every file under <run>/pairs/, in one listing.
+
+    A stamp (size and ETag, checksum or modification time) changes when the file is rewritten; evaluation uses it
+    to avoid re-reading outputs whose content hash it already knows.
+    """
+    fs, root = storage.fs(layout.join(run_url, layout.PAIRS))
+    try:
+        fs.invalidate_cache(root)
+        found = fs.find(root, detail=True)
+    except FileNotFoundError:
+        return {}
+    files: dict[str, dict[str, str]] = {}
+    prefix = root.rstrip("/") + "/"
+    for path, info in found.items():
+        relative = path[len(prefix):] if path.startswith(prefix) else None
+        if not relative or relative.count("/") != 1:
+            continue
+        pair_id, name = relative.split("/")
+        files.setdefault(pair_id, {})[name] = _stamp(info)
+    return files
+
+
+def _stamp(info: dict) -> str:
+    version = next((info[k] for k in ("ETag", "etag", "md5Hash", "crc32c", "mtime", "LastModified", "last_modified",
+                                      "updated", "created") if info.get(k) is not None), "")
+    return f"{info.get('size')}:{version}"
+
+
+def read_parquet(storage: Storage, url: str) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(io.BytesIO(storage.read_bytes(url)))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise RunError(f"{redact_url(url)} is not a readable Parquet file ({exc}); rewrite it") from exc
+
+
+def write_parquet(storage: Storage, url: str, frame: pd.DataFrame) -> None:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    storage.write_bytes(url, buffer.getvalue())
+
+
+def read_json_if_any(storage: Storage, url: str) -> dict:
+    """A JSON object file, or {} if it does not exist."""
+    try:
+        value = storage.read_json(url)
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        raise RunError(f"{redact_url(url)} is not valid JSON ({exc}); fix or remove it") from exc
+    return value if isinstance(value, dict) else {}
