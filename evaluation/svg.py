@@ -1,0 +1,125 @@
+"""Small inline SVG charts for the HTML report: no plotting library, nothing to load, valid standalone XML."""
+from __future__ import annotations
+
+import math
+from html import escape
+
+import numpy as np
+
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf", "#bcbd22"]
+FONT = 'font-family="sans-serif" font-size="11"'
+
+
+def color(index: int) -> str:
+    return PALETTE[index % len(PALETTE)]
+
+
+def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    if not math.isfinite(low) or not math.isfinite(high):
+        return []
+    if high <= low:
+        return [low]
+    step = 10 ** math.floor(math.log10((high - low) / count))
+    for multiple in (1, 2, 2.5, 5, 10):
+        if (high - low) / (step * multiple) <= count:
+            step *= multiple
+            break
+    first = math.ceil(low / step) * step
+    return [round(first + i * step, 12) for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def strip_plot(title: str, series: dict[str, np.ndarray], note: str = "", seed: int = 0) -> str:
+    """One row per label: jittered points, the interquartile box, the median line and the mean (diamond)."""
+    width, left, right, row_h, top = 640, 150, 20, 34, 28
+    values = [np.asarray(v, dtype=float)[np.isfinite(v)] for v in series.values()]
+    everything = np.concatenate([v for v in values if len(v)] or [np.zeros(1)])
+    low, high = float(everything.min()), float(everything.max())
+    if high - low < 1e-12:
+        low, high = low - 0.5 * (abs(low) or 1), high + 0.5 * (abs(high) or 1)
+    pad = 0.04 * (high - low)
+    low, high = low - pad, high + pad
+    height = top + row_h * len(series) + 36
+
+    def x(v):
+        return left + (v - low) / (high - low) * (width - left - right)
+
+    parts = [_open(width, height, title), f'<text x="{left}" y="16" {FONT} font-weight="bold">{escape(title)}</text>']
+    if note:
+        parts.append(f'<text x="{width - right}" y="16" {FONT} text-anchor="end" fill="#555">{escape(note)}</text>')
+    rng = np.random.default_rng(seed)
+    for index, (label, data) in enumerate(zip(series, values)):
+        y = top + row_h * index + row_h / 2
+        parts.append(f'<text x="{left - 8}" y="{y + 4:.1f}" {FONT} text-anchor="end">{escape(label)} (n={len(data)})</text>')
+        if not len(data):
+            continue
+        shown = data if len(data) <= 400 else rng.choice(data, 400, replace=False)
+        for v, jitter in zip(shown, rng.uniform(-0.3, 0.3, len(shown))):
+            parts.append(f'<circle cx="{x(v):.1f}" cy="{y + jitter * row_h:.1f}" r="3" fill="{color(index)}" fill-opacity="0.5"/>')
+        q1, median, q3 = np.percentile(data, [25, 50, 75])
+        parts.append(f'<rect x="{x(q1):.1f}" y="{y - row_h * 0.3:.1f}" width="{max(1.0, x(q3) - x(q1)):.1f}" '
+                     f'height="{row_h * 0.6:.1f}" fill="none" stroke="#222"/>')
+        parts.append(f'<line x1="{x(median):.1f}" x2="{x(median):.1f}" y1="{y - row_h * 0.3:.1f}" y2="{y + row_h * 0.3:.1f}" stroke="#222" stroke-width="2"/>')
+        mean = float(data.mean())
+        parts.append(f'<path d="M{x(mean):.1f},{y - 6:.1f} l5,6 l-5,6 l-5,-6 z" fill="#000"><title>mean {mean:.4g}</title></path>')
+    parts += _x_axis(low, high, x, top + row_h * len(series), left, width - right)
+    return "".join(parts) + "</svg>"
+
+
+def line_plot(title: str, lines: list[dict], log_y: bool = True, x_label: str = "step") -> str:
+    """lines: dicts with label, x, y, and optionally color, width, opacity, legend (bool)."""
+    width, height, left, right, top, bottom = 640, 300, 60, 130, 28, 36
+    points = [(np.asarray(l["x"], float), np.asarray(l["y"], float)) for l in lines]
+    xs = np.concatenate([p[0] for p in points] or [np.zeros(1)])
+    ys = np.concatenate([p[1] for p in points] or [np.ones(1)])
+    ys = ys[np.isfinite(ys) & ((ys > 0) if log_y else True)]
+    if not len(ys):
+        ys, log_y = np.zeros(1), False
+    transform = (lambda v: np.log10(np.maximum(v, 1e-30))) if log_y else (lambda v: v)
+    y_low, y_high = float(transform(ys).min()), float(transform(ys).max())
+    if y_high - y_low < 1e-12:
+        y_low, y_high = y_low - 1, y_high + 1
+    x_low, x_high = float(xs.min()), float(max(xs.max(), xs.min() + 1))
+
+    def px(v):
+        return left + (v - x_low) / (x_high - x_low) * (width - left - right)
+
+    def py(v):
+        return top + (1 - (transform(v) - y_low) / (y_high - y_low)) * (height - top - bottom)
+
+    parts = [_open(width, height, title), f'<text x="{left}" y="16" {FONT} font-weight="bold">{escape(title)}</text>']
+    legend = 0
+    for index, (line, (x, y)) in enumerate(zip(lines, points)):
+        keep = np.isfinite(y) & ((y > 0) if log_y else True)
+        if keep.sum() < 1:
+            continue
+        path = " ".join(f"{'M' if i == 0 else 'L'}{px(a):.1f},{py(b):.1f}" for i, (a, b) in enumerate(zip(x[keep], y[keep])))
+        stroke = line.get("color", color(index))
+        parts.append(f'<path d="{path}" fill="none" stroke="{stroke}" stroke-width="{line.get("width", 1.5)}" '
+                     f'stroke-opacity="{line.get("opacity", 1)}"><title>{escape(line["label"])}</title></path>')
+        if line.get("legend", True):
+            ly = top + 14 * legend + 6
+            parts.append(f'<line x1="{width - right + 8}" x2="{width - right + 26}" y1="{ly}" y2="{ly}" stroke="{stroke}" stroke-width="2"/>'
+                         f'<text x="{width - right + 30}" y="{ly + 4}" {FONT}>{escape(line["label"])}</text>')
+            legend += 1
+    parts += _x_axis(x_low, x_high, px, height - bottom, left, width - right, label=x_label)
+    for tick in nice_ticks(y_low, y_high, 5):
+        value = 10 ** tick if log_y else tick
+        y = top + (1 - (tick - y_low) / (y_high - y_low)) * (height - top - bottom)
+        parts.append(f'<line x1="{left - 4}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>'
+                     f'<text x="{left - 6}" y="{y + 4:.1f}" {FONT} text-anchor="end">{value:.3g}</text>')
+    return "".join(parts) + "</svg>"
+
+
+def _open(width: int, height: int, title: str) -> str:
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+            f'role="img" aria-label="{escape(title)}">')
+
+
+def _x_axis(low, high, x, y, left, right, label: str = "") -> list[str]:
+    parts = [f'<line x1="{left}" x2="{right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#222"/>']
+    for tick in nice_ticks(low, high, 6):
+        parts.append(f'<line x1="{x(tick):.1f}" x2="{x(tick):.1f}" y1="{y:.1f}" y2="{y + 4:.1f}" stroke="#222"/>'
+                     f'<text x="{x(tick):.1f}" y="{y + 16:.1f}" {FONT} text-anchor="middle">{tick:.4g}</text>')
+    if label:
+        parts.append(f'<text x="{right}" y="{y + 30:.1f}" {FONT} text-anchor="end">{escape(label)}</text>')
+    return parts

@@ -1,0 +1,311 @@
+"""Benchmark tables from per-pair metrics: mean and 95% bootstrap CI per method and metric, counts, cost, and win
+rates against a reference method; rendered as Markdown, CSV and LaTeX.
+
+Input is one frame of metrics.parquet rows from several runs (columns method, pair_id, status, dataset, domain, one
+column per metric, `<metric>__model`, train_seconds, train_device, train_peak_memory_bytes). A row whose status is
+not 'ok' (failed, missing, error, not evaluated) is counted in "n failed" and never silently dropped; a metric's
+mean is over the pairs that have a value for it, and its own n is shown where it differs from "n evaluated".
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .metrics import METRICS
+
+ARROWS = {"lower": "↓", "higher": "↑"}
+TEX_ARROWS = {"lower": r"$\downarrow$", "higher": r"$\uparrow$"}
+WIN_RATE_NOTE = ("win rate: share of the pairs where the method is better than the reference; ties count half; a pair "
+                 "that one of the two failed on counts as a loss for it")
+
+
+@dataclass(frozen=True)
+class Cell:
+    mean: float
+    low: float  # 95% percentile-bootstrap interval of the mean
+    high: float
+    n: int
+
+
+@dataclass(frozen=True)
+class WinRate:
+    wins: int
+    losses: int
+    ties: int
+
+    @property
+    def n(self) -> int:
+        return self.wins + self.losses + self.ties
+
+    @property
+    def rate(self) -> float:
+        return (self.wins + 0.5 * self.ties) / self.n if self.n else math.nan
+
+
+@dataclass
+class MethodRow:
+    method: str
+    cells: dict[str, Cell | None]
+    n_pairs: int
+    n_evaluated: int  # status ok
+    n_failed: int  # failed, missing, error or not evaluated
+    train_seconds: float | None  # mean over pairs that recorded it
+    train_device: str | None  # the most common
+    train_peak_memory_bytes: float | None  # the largest
+    random_metrics: list[str] = field(default_factory=list)  # metrics computed with random weights (smoke tests)
+
+
+@dataclass
+class GroupTable:
+    key: dict[str, str]  # e.g. {"domain": "cat"}; {} for all pairs
+    rows: list[MethodRow]
+    win_rates: dict[str, dict[str, WinRate]]  # method -> metric -> against the reference
+
+    @property
+    def title(self) -> str:
+        return ", ".join(f"{k} = {v}" for k, v in self.key.items()) or "all pairs"
+
+
+@dataclass
+class Tables:
+    metrics: list[str]
+    groups: list[GroupTable]
+    reference: str | None
+    group_by: list[str]
+
+
+def build_tables(frame: pd.DataFrame, metrics: list[str] | None = None, group_by: list[str] | None = None,
+                 reference: str | None = None, n_boot: int = 2000, seed: int = 0) -> Tables:
+    methods = list(dict.fromkeys(frame["method"]))
+    metrics = [m for m in (metrics or METRICS) if m in frame.columns]
+    group_by = list(group_by or [])
+    for column in group_by:
+        if column not in frame.columns:
+            raise ValueError(f"--group-by {column}: no such column; use dataset, domain or split")
+    if reference is not None and reference not in methods:
+        raise ValueError(f"--reference {reference!r} is not one of the methods: {', '.join(methods)}")
+    groups = [_group({}, frame, methods, metrics, reference, n_boot, seed)]
+    if group_by:
+        keyed = frame.assign(**{c: frame[c].fillna("(none)").astype(str) for c in group_by})
+        for values, part in keyed.groupby(group_by, sort=True):
+            values = values if isinstance(values, tuple) else (values,)
+            groups.append(_group(dict(zip(group_by, values)), part, methods, metrics, reference, n_boot, seed))
+    return Tables(metrics, groups, reference, group_by)
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return (float(values[0]),) * 2 if len(values) else (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([values[rng.integers(0, len(values), (min(256, n_boot - s), len(values)))].mean(1)
+                            for s in range(0, n_boot, 256)])
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def _group(key, frame, methods, metrics, reference, n_boot, seed) -> GroupTable:
+    rows = [_method_row(method, frame[frame["method"] == method], metrics, n_boot, seed) for method in methods]
+    win_rates = {}
+    if reference is not None:
+        ref = frame[frame["method"] == reference].set_index("pair_id")
+        for method in methods:
+            if method != reference:
+                other = frame[frame["method"] == method].set_index("pair_id")
+                win_rates[method] = {m: _win_rate(other, ref, m) for m in metrics}
+    return GroupTable(key, rows, win_rates)
+
+
+def _method_row(method, part, metrics, n_boot, seed) -> MethodRow:
+    ok = part["status"] == "ok"
+    cells, random = {}, []
+    for metric in metrics:
+        values = part.loc[ok, metric].dropna().to_numpy(dtype=np.float64)
+        if len(values):
+            low, high = bootstrap_ci(values, n_boot, seed)
+            cells[metric] = Cell(float(values.mean()), low, high, len(values))
+        else:
+            cells[metric] = None
+        models = part.get(f"{metric}__model")
+        if models is not None and models.dropna().astype(str).str.endswith("@random").any():
+            random.append(metric)
+    seconds = _column(part, "train_seconds").dropna()
+    devices = _column(part, "train_device").dropna()
+    memory = _column(part, "train_peak_memory_bytes").dropna()
+    return MethodRow(method, cells, len(part), int(ok.sum()), int((~ok).sum()),
+                     float(seconds.astype(float).mean()) if len(seconds) else None,
+                     str(devices.mode().iloc[0]) if len(devices) else None,
+                     float(memory.astype(float).max()) if len(memory) else None, random)
+
+
+def _win_rate(other: pd.DataFrame, ref: pd.DataFrame, metric: str) -> WinRate:
+    if metric not in other or metric not in ref or other[metric].isna().all() or ref[metric].isna().all():
+        return WinRate(0, 0, 0)  # a metric one of the two was not evaluated on at all: no win rate
+    sign = -1.0 if METRICS[metric].better == "lower" else 1.0
+    wins = losses = ties = 0
+    for pair_id in other.index.union(ref.index):
+        a, a_failed = _outcome(other, pair_id, metric)
+        b, b_failed = _outcome(ref, pair_id, metric)
+        if a is not None and b is not None:
+            difference = sign * (a - b)
+            wins += difference > 1e-12
+            losses += difference < -1e-12
+            ties += abs(difference) <= 1e-12
+        elif a is not None and b_failed:
+            wins += 1
+        elif b is not None and a_failed:
+            losses += 1
+    return WinRate(int(wins), int(losses), int(ties))
+
+
+def _outcome(frame: pd.DataFrame, pair_id: str, metric: str) -> tuple[float | None, bool]:
+    """(value, failed) of one pair: failed means the method has no usable output for it."""
+    if pair_id not in frame.index:
+        return None, True
+    row = frame.loc[pair_id]
+    if row["status"] != "ok":
+        return None, True
+    value = row.get(metric)
+    return (None, False) if value is None or pd.isna(value) else (float(value), False)
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    return frame[name] if name in frame.columns else pd.Series([], dtype=object)
+
+
+# --- rendering -----------------------------------------------------------------------------------------------
+
+def fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.3f}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:.3g}"
+
+
+def best_methods(group: GroupTable, metric: str) -> set[str]:
+    cells = {r.method: r.cells[metric] for r in group.rows if r.cells.get(metric) is not None}
+    if len(cells) < 2:
+        return set()
+    pick = min if METRICS[metric].better == "lower" else max
+    best = pick(c.mean for c in cells.values())
+    return {m for m, c in cells.items() if c.mean == best}
+
+
+def cell_text(row: MethodRow, metric: str) -> str:
+    cell = row.cells.get(metric)
+    if cell is None:
+        return "–"
+    text = f"{fmt(cell.mean)} [{fmt(cell.low)}, {fmt(cell.high)}]"
+    if cell.n != row.n_evaluated:
+        text += f" (n={cell.n})"
+    return text + (" †" if metric in row.random_metrics else "")
+
+
+def cost_texts(row: MethodRow) -> list[str]:
+    memory = f"{row.train_peak_memory_bytes / 2**30:.1f}" if row.train_peak_memory_bytes is not None else "–"
+    seconds = f"{row.train_seconds:.0f}" if row.train_seconds is not None else "–"
+    return [seconds, row.train_device or "–", memory]
+
+
+COST_HEADERS = ["train s/pair", "device", "peak GiB"]
+
+
+def header(metric: str) -> str:
+    return f"{metric} {ARROWS[METRICS[metric].better]}"
+
+
+def to_markdown(tables: Tables) -> str:
+    out = ["# Benchmark", "", "Cells: mean [95% bootstrap CI] over evaluated pairs; ↓ lower is better, ↑ higher is "
+           "better; best mean in bold; † computed with random weights (smoke test, not comparable).", ""]
+    for group in tables.groups:
+        out += [f"## {group.title}", ""]
+        head = ["method", *map(header, tables.metrics), "n evaluated", "n failed", *COST_HEADERS]
+        out += [_md_row(head), _md_row(["---"] * len(head))]
+        for row in group.rows:
+            cells = [f"**{cell_text(row, m)}**" if row.method in best_methods(group, m) else cell_text(row, m)
+                     for m in tables.metrics]
+            out.append(_md_row([row.method, *cells, str(row.n_evaluated), str(row.n_failed), *cost_texts(row)]))
+        if group.win_rates:
+            out += ["", f"Win rate against **{tables.reference}** ({WIN_RATE_NOTE}):", ""]
+            out += [_md_row(["method", *map(header, tables.metrics)]), _md_row(["---"] * (1 + len(tables.metrics)))]
+            for method, rates in group.win_rates.items():
+                out.append(_md_row([method, *(rate_text(rates[m]) for m in tables.metrics)]))
+        out.append("")
+    return "\n".join(out)
+
+
+def rate_text(rate: WinRate) -> str:
+    return f"{rate.rate:.0%} (n={rate.n})" if rate.n else "–"
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def to_csv(tables: Tables) -> str:
+    records = []
+    for group in tables.groups:
+        for row in group.rows:
+            record = {"group": group.title, **{c: group.key.get(c, "(all)") for c in tables.group_by},
+                      "method": row.method, "n_pairs": row.n_pairs, "n_evaluated": row.n_evaluated,
+                      "n_failed": row.n_failed}
+            for metric in tables.metrics:
+                cell = row.cells.get(metric)
+                record.update({f"{metric}_mean": cell and cell.mean, f"{metric}_ci_low": cell and cell.low,
+                               f"{metric}_ci_high": cell and cell.high, f"{metric}_n": cell.n if cell else 0,
+                               f"{metric}_better": METRICS[metric].better})
+                rate = group.win_rates.get(row.method, {}).get(metric)
+                record.update({f"{metric}_win_rate": rate.rate if rate and rate.n else None,
+                               f"{metric}_win_n": rate.n if rate else None})
+            record.update(train_seconds_mean=row.train_seconds, train_device=row.train_device,
+                          train_peak_memory_bytes_max=row.train_peak_memory_bytes,
+                          random_weights=",".join(row.random_metrics))
+            records.append(record)
+    buffer = io.StringIO()
+    pd.DataFrame(records).to_csv(buffer, index=False)
+    return buffer.getvalue()
+
+
+def to_latex(tables: Tables) -> str:
+    out = ["% Benchmark tables (needs \\usepackage{booktabs}). Cells: mean [95% bootstrap CI];",
+           "% best mean in bold; \\dag: random weights (smoke test)."]
+    for group in tables.groups:
+        columns = len(tables.metrics)
+        out += ["", f"% {group.title}", "\\begin{tabular}{l" + "c" * columns + "rr}", "\\toprule",
+                " & ".join(["Method", *(f"{_tex(m)} {TEX_ARROWS[METRICS[m].better]}" for m in tables.metrics),
+                            "$n$", "failed"]) + " \\\\", "\\midrule"]
+        for row in group.rows:
+            cells = []
+            for metric in tables.metrics:
+                cell = row.cells.get(metric)
+                if cell is None:
+                    cells.append("--")
+                    continue
+                mean = fmt(cell.mean)
+                mean = f"\\textbf{{{mean}}}" if row.method in best_methods(group, metric) else mean
+                dagger = "\\dag" if metric in row.random_metrics else ""
+                cells.append(f"{mean}{dagger} {{\\scriptsize [{fmt(cell.low)}, {fmt(cell.high)}]}}")
+            out.append(" & ".join([_tex(row.method), *cells, str(row.n_evaluated), str(row.n_failed)]) + " \\\\")
+        out += ["\\bottomrule", "\\end{tabular}"]
+        if group.win_rates:
+            out += [f"% win rate against {tables.reference} ({WIN_RATE_NOTE})",
+                    "\\begin{tabular}{l" + "c" * columns + "}", "\\toprule",
+                    " & ".join(["Method", *(f"{_tex(m)} {TEX_ARROWS[METRICS[m].better]}" for m in tables.metrics)]) + " \\\\",
+                    "\\midrule"]
+            for method, rates in group.win_rates.items():
+                out.append(" & ".join([_tex(method), *(_tex(rate_text(rates[m])) for m in tables.metrics)]) + " \\\\")
+            out += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(out) + "\n"
+
+
+TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+               "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "–": "--"}
+
+
+def _tex(text: str) -> str:
+    return "".join(TEX_ESCAPES.get(char, char) for char in text)

@@ -1,0 +1,209 @@
+"""Tables equal hand-computed values and count failures; the report folder is complete, self-contained and renders
+in a real headless browser when one is installed."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from evaluation import tables as T
+from evaluation.evaluate import evaluate_run
+from evaluation.importer import import_outputs
+from evaluation.models import EvalSettings
+from evaluation.report import build_report
+from evaluation.runio import RunError
+from pipeline.cli import main
+
+TINY = "random:vit_tiny_patch16_224"
+NAN = float("nan")
+
+
+def fixture_frame() -> pd.DataFrame:
+    """Two methods on four pairs; method a failed on p3."""
+    rows = []
+    a = {"selfsim_mse": [0.1, 0.2, 0.3, NAN], "dino_i": [0.9, 0.8, 0.7, NAN]}
+    b = {"selfsim_mse": [0.2, 0.1, 0.4, 0.5], "dino_i": [0.5, 0.9, 0.7, 0.6]}
+    for method, values in (("a", a), ("b", b)):
+        for index in range(4):
+            failed = method == "a" and index == 3
+            rows.append({"method": method, "pair_id": f"p{index}", "domain": ["cat", "dog"][index % 2],
+                         "status": "failed" if failed else "ok", "selfsim_mse": values["selfsim_mse"][index],
+                         "dino_i": values["dino_i"][index], "selfsim_mse__model": f"{TINY}@random",
+                         "dino_i__model": "dino_vits16@sha256:0123", "train_seconds": 10.0 if method == "b" else None})
+    return pd.DataFrame(rows)
+
+
+def test_tables_equal_hand_computed_means_with_a_bootstrap_ci_around_them():
+    tables = T.build_tables(fixture_frame(), reference="a", group_by=["domain"])
+    assert tables.metrics == ["selfsim_mse", "dino_i"]
+    overall = tables.groups[0]
+    a, b = overall.rows
+    assert (a.n_pairs, a.n_evaluated, a.n_failed) == (4, 3, 1) and (b.n_evaluated, b.n_failed) == (4, 0)
+    for row, expected in ((a, {"selfsim_mse": 0.2, "dino_i": 0.8}), (b, {"selfsim_mse": 0.3, "dino_i": 0.675})):
+        for metric, mean in expected.items():
+            cell = row.cells[metric]
+            assert cell.mean == pytest.approx(mean)
+            assert cell.low <= mean <= cell.high and cell.low < cell.high
+    assert b.train_seconds == 10.0 and a.train_seconds is None
+    assert a.random_metrics == ["selfsim_mse"]  # labelled: computed with random weights
+    # win rates of b against a: a pair a failed on counts as a win for b; ties count half
+    selfsim, dino = overall.win_rates["b"]["selfsim_mse"], overall.win_rates["b"]["dino_i"]
+    assert (selfsim.wins, selfsim.losses, selfsim.ties, selfsim.rate) == (2, 2, 0, 0.5)
+    assert (dino.wins, dino.losses, dino.ties, dino.rate) == (2, 1, 1, 0.625)
+    assert [g.title for g in tables.groups] == ["all pairs", "domain = cat", "domain = dog"]
+    assert tables.groups[2].rows[0].cells["selfsim_mse"].mean == pytest.approx(0.2)  # a on p1 (p3 failed)
+
+    markdown = T.to_markdown(tables)
+    assert "| a | **0.200 [" in markdown and "| 3 | 1 |" in markdown and "selfsim_mse ↓" in markdown and "dino_i ↑" in markdown
+    assert "50% (n=4)" in markdown and " †" in markdown
+    csv = pd.read_csv(io.StringIO(T.to_csv(tables)))
+    overall_csv = csv[csv["group"] == "all pairs"].set_index("method")
+    assert overall_csv.loc["b", "dino_i_mean"] == pytest.approx(0.675) and overall_csv.loc["a", "n_failed"] == 1
+    assert overall_csv.loc["b", "dino_i_win_rate"] == pytest.approx(0.625)
+    assert overall_csv.loc["a", "dino_i_ci_low"] <= 0.8 <= overall_csv.loc["a", "dino_i_ci_high"]
+    latex = T.to_latex(tables)
+    assert r"selfsim\_mse $\downarrow$" in latex and r"\textbf{0.200}\dag" in latex and r"\textbf{0.800}" in latex
+
+
+def test_bootstrap_ci():
+    values = np.random.default_rng(0).normal(1.0, 0.5, 200)
+    low, high = T.bootstrap_ci(values, seed=1)
+    assert low < values.mean() < high and (low, high) == T.bootstrap_ci(values, seed=1)
+    assert high - low == pytest.approx(2 * 1.96 * values.std() / np.sqrt(200), rel=0.2)
+    assert T.bootstrap_ci(np.array([0.3])) == (0.3, 0.3)
+
+
+def test_unknown_reference_or_group_is_an_error():
+    with pytest.raises(ValueError, match="not one of the methods: a, b"):
+        T.build_tables(fixture_frame(), reference="c")
+    with pytest.raises(ValueError, match="--group-by split"):
+        T.build_tables(fixture_frame(), group_by=["split"])
+
+
+def save_image(path, seed, size=(40, 56)):
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)).resize((size[1], size[0]), Image.BILINEAR).save(path)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """Three evaluated runs (two imported methods and one 'trained' with losses and cost) and their report."""
+    root = tmp_path_factory.mktemp("report")
+    rows = []
+    for index in range(3):
+        save_image(root / "in" / f"p{index}_s.png", 2 * index)
+        save_image(root / "in" / f"p{index}_a.png", 2 * index + 1, (36, 44))
+        rows.append({"pair_id": f"p{index}", "structure_uri": f"in/p{index}_s.png", "appearance_uri": f"in/p{index}_a.png",
+                     "domain": ["cat", "dog", "cat"][index]})
+    pd.DataFrame(rows).to_parquet(root / "m.parquet")
+    runs = []
+    for method, plan in (("strotss", {"p0": "s", "p1": "a"}), ("wct2", {"p0": 9, "p1": "s", "p2": "s"}),
+                         ("splice", {"p0": "s", "p1": 8, "p2": 7})):
+        outputs = root / f"{method}_out"
+        outputs.mkdir()
+        for pair_id, what in plan.items():
+            if isinstance(what, int):
+                save_image(outputs / f"{pair_id}.png", what)
+            else:
+                shutil.copy(root / "in" / f"{pair_id}_{what}.png", outputs / f"{pair_id}.png")
+        import_outputs(method, str(outputs), str(root / "m.parquet"), str(root / method))
+        runs.append(str(root / method))
+    for pair_id in ("p0", "p1", "p2"):  # make 'splice' look trained: loss curves and cost in meta.json
+        pair = root / "splice" / "pairs" / pair_id
+        steps = np.arange(0, 50, 10)
+        pd.DataFrame({"step": steps, "total": np.exp(-steps / 20) + 0.1, "appearance": np.exp(-steps / 10),
+                      "structure": 0.05 + 0 * steps, "identity": 0.02 + 0 * steps}).to_parquet(pair / "losses.parquet")
+        meta = json.loads((pair / "meta.json").read_text())
+        meta.update(seconds=30.0, device="cuda", device_name="NVIDIA H100", peak_memory_bytes=2 * 2**30)
+        (pair / "meta.json").write_text(json.dumps(meta))
+    settings = EvalSettings(metrics=("selfsim_mse", "dino_i"), metric_backbone=TINY)
+    for run in runs:
+        evaluate_run(run, settings, device="cpu", progress=False)
+    out = root / "report"
+    assert main(["report", *runs, "-o", str(out), "--reference", "splice", "--group-by", "domain"]) == 0
+    return out
+
+
+class Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.links = [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        if tag == "a" and "href" in attrs:
+            self.links.append(attrs["href"])
+
+
+def test_report_folder_is_complete_and_self_contained(report):
+    for name in ("tables.md", "tables.csv", "tables.tex", "report.html"):
+        assert (report / name).is_file()
+    markdown = (report / "tables.md").read_text()
+    assert all(f"| {method} |" in markdown for method in ("strotss", "wct2", "splice"))
+    csv = pd.read_csv(report / "tables.csv")
+    overall = csv[csv["group"] == "all pairs"].set_index("method")
+    assert overall.loc["strotss", "n_failed"] == 1 and overall.loc["strotss", "n_evaluated"] == 2
+    assert overall.loc["splice", "train_seconds_mean"] == 30.0 and overall.loc["splice", "train_device"] == "NVIDIA H100"
+    assert overall.loc["strotss", "selfsim_mse_win_n"] == 3  # against splice, p2 (missing for strotss) a loss
+
+    page = (report / "report.html").read_text()
+    parser = Links()
+    parser.feed(page)
+    # 3 pairs x (structure + appearance) + the outputs that exist (2 + 3 + 3): every link is relative and resolves
+    assert len(parser.images) == 14
+    for target in parser.images + parser.links:
+        assert "://" not in target and not target.startswith("/") and (report / target).is_file(), target
+    svgs = re.findall(r"<svg.*?</svg>", page, flags=re.S)
+    assert len(svgs) == 3  # two metric distributions, one loss chart (only 'splice' has losses)
+    for svg in svgs:
+        ET.fromstring(svg)  # well-formed
+    assert "splice: loss terms (3 of 3 pairs)" in page and "random weights" in page
+    assert "layout_miou</b> counts" in page and "has no output for pair" in page
+
+
+def browser() -> str | None:
+    return next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+def dump_dom(page, profile) -> str:
+    command = [browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+               "--virtual-time-budget=10000", "--dump-dom", page.as_uri()]
+    return subprocess.run(command, capture_output=True, text=True, timeout=90, check=True).stdout
+
+
+@pytest.mark.skipif(browser() is None, reason="no headless browser installed (Debian: apt-get install -y chromium)")
+def test_report_renders_in_a_headless_browser(report, tmp_path):
+    dom = dump_dom(report / "report.html", tmp_path / "profile")
+    assert 'data-images-loaded="14"' in dom and 'data-images-broken="0"' in dom
+    assert dom.count("<svg") == 3 and "<table" in dom
+    # moved without its thumbnails: the page says so
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copy(report / "report.html", moved / "report.html")
+    dom = dump_dom(moved / "report.html", tmp_path / "profile2")
+    assert 'data-images-broken="14"' in dom and "keep the thumbs/ folder" in dom
+
+
+def test_report_of_an_unevaluated_run_says_what_to_do(tmp_path, report):
+    run = report.parent / "strotss"
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval"))
+    with pytest.raises(RunError, match="has not been evaluated: run `splice evaluate"):
+        build_report([str(copy)], str(tmp_path / "r"))
+    with pytest.raises(RunError, match="--reference 'nope'"):
+        build_report([str(run)], str(tmp_path / "r"), reference="nope")
+    assert os.listdir(tmp_path) == ["copy"]  # nothing written on error
