@@ -48,6 +48,7 @@ def render(table: T.Tables, *, runs, distributions: list[dict], losses: list[dic
         '<div id="broken" class="warn" hidden></div>',
         _runs_section(runs),
         "<h2>Tables</h2>",
+        *(f'<p class="warn">{escape(text)}</p>' for text in table.warnings()),
         '<p class="note">Cells: mean [95% bootstrap CI] over the evaluated pairs (n where it differs); ↓ lower is better, '
         "↑ higher is better; best mean in bold. <em>n failed</em> counts pairs that failed, have no output or could not "
         'be evaluated: they are in no mean. <span class="random">†</span> computed with random weights: a smoke test, '

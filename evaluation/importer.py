@@ -20,6 +20,7 @@ import pandas as pd
 from pipeline import layout
 from pipeline.errors import SpliceError
 from pipeline.images import DEFAULT_MAX_PIXELS, ImageError, decode_image, encode_png
+from pipeline.manifest import PAIR_ID, read_manifest
 from pipeline.storage import Storage, redact_url
 
 from . import runio
@@ -50,11 +51,11 @@ def import_outputs(method: str, outputs_dir: str, manifest_url: str, out_url: st
                    max_pixels: int = DEFAULT_MAX_PIXELS) -> ImportSummary:
     storage = storage or Storage()
     # 1. validate: a method name, a manifest, an --out that is not the input folder nor another method's run
-    if not method or not runio.PAIR_ID.fullmatch(method):
+    if not method or not PAIR_ID.fullmatch(method):
         raise ImportRefused(f"method name {method!r}: use letters, digits, '.', '_' or '-' (e.g. strotss, wct2)")
     if storage.fs(outputs_dir) == storage.fs(out_url):
         raise ImportRefused(f"--out {redact_url(out_url)} is the outputs folder itself: write the run somewhere else")
-    manifest = _read_manifest(storage, manifest_url)
+    manifest = read_manifest(manifest_url, storage).frame  # validated, image URIs absolute
     existing = runio.read_json_if_any(storage, layout.join(out_url, layout.RUN_JSON))
     if existing.get("method") not in (None, method):
         raise ImportRefused(f"--out {redact_url(out_url)} already holds a run of method {existing['method']!r}: "
@@ -84,19 +85,6 @@ def import_outputs(method: str, outputs_dir: str, manifest_url: str, out_url: st
                             int(counts.get("failed", 0)))
     log.info(summary.line())
     return summary
-
-
-def _read_manifest(storage: Storage, manifest_url: str) -> pd.DataFrame:
-    try:
-        manifest = runio.read_parquet(storage, manifest_url)
-    except FileNotFoundError as exc:
-        raise ImportRefused(f"manifest {redact_url(manifest_url)} does not exist: give the manifest the outputs were made from") from exc
-    runio.check_manifest(manifest, manifest_url)
-    base = manifest_url.rsplit("/", 1)[0] if "/" in manifest_url else "."
-    manifest = manifest.assign(pair_id=manifest["pair_id"].astype(str))
-    for column in ("structure_uri", "appearance_uri"):
-        manifest[column] = [runio.resolve_uri(u, base) for u in manifest[column]]  # the run's copy is absolute
-    return manifest.reset_index(drop=True)
 
 
 def _outputs_by_pair(storage: Storage, outputs_dir: str, pair_ids: set[str]) -> dict[str, str]:

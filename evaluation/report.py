@@ -106,7 +106,9 @@ def _per_pair(run: runio.Run, stored: pd.DataFrame, label: str) -> pd.DataFrame:
     keep = [c for c in run.manifest.columns if c in ("pair_id", "dataset", "domain", "split")]
     merged = run.manifest[keep].merge(stored.drop(columns=[c for c in ("dataset", "domain", "method") if c in stored]),
                                       on="pair_id", how="left")
-    merged["status"] = merged["status"].fillna("not evaluated")
+    never = merged["status"].isna()
+    merged.loc[never, "error"] = f"not evaluated yet: run `splice evaluate {redact_url(run.url)}`"
+    merged.loc[never, "status"] = "not evaluated"
     merged["method"] = label
     return merged
 

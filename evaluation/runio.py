@@ -7,22 +7,19 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import posixpath
-import re
 from dataclasses import dataclass
 
 import pandas as pd
 
 from pipeline import layout
 from pipeline.errors import SpliceError
+from pipeline.manifest import resolve_uris, validate_frame
 from pipeline.storage import Storage, redact_url
 
 log = logging.getLogger(__name__)
 
 METRICS_PARQUET = "metrics.parquet"  # under <run>/eval/
-REQUIRED_COLUMNS = ("pair_id", "structure_uri", "appearance_uri")
-PAIR_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 class RunError(SpliceError, ValueError):
@@ -52,40 +49,11 @@ def read_run(storage: Storage, run_url: str) -> Run:
     method = info.get("method") or posixpath.basename(run_url.rstrip("/"))
     if "method" not in info:
         log.warning("%s: run.json names no method; calling it %r", redact_url(run_url), method)
-    manifest = read_parquet(storage, manifest_url)
-    check_manifest(manifest, manifest_url)
-    manifest = manifest.assign(
-        structure_uri=[resolve_uri(u, run_url) for u in manifest["structure_uri"]],
-        appearance_uri=[resolve_uri(u, run_url) for u in manifest["appearance_uri"]],
-    )
+    # the run's copy holds absolute URIs; any relative one is taken relative to the run folder
+    manifest = resolve_uris(validate_frame(read_parquet(storage, manifest_url), redact_url(manifest_url)), run_url)
     results_url = layout.join(run_url, layout.RESULTS)
     results = read_parquet(storage, results_url) if storage.exists(results_url) else None
     return Run(run_url, str(method), info, manifest.reset_index(drop=True), results)
-
-
-def check_manifest(manifest: pd.DataFrame, name: str) -> None:
-    missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
-    if missing:
-        raise RunError(f"manifest {redact_url(name)} has no column(s) {', '.join(missing)}; it needs "
-                       f"{', '.join(REQUIRED_COLUMNS)} (see DESIGN.md, 'Manifest')")
-    ids = manifest["pair_id"].astype(str)
-    bad = [p for p in ids if not PAIR_ID.fullmatch(p)]
-    if bad:
-        raise RunError(f"manifest {redact_url(name)}: pair_id {bad[0]!r} is not [A-Za-z0-9._-]{{1,128}}; rename it")
-    duplicated = ids[ids.duplicated()].tolist()
-    if duplicated:
-        raise RunError(f"manifest {redact_url(name)}: pair_id {duplicated[0]!r} appears more than once; pair ids must be unique")
-
-
-def resolve_uri(uri: str, base_url: str) -> str:
-    """An image URI as stored in a manifest: absolute URLs and paths as they are, relative ones against `base_url`
-    (a folder)."""
-    uri = str(uri)
-    if "://" in uri or os.path.isabs(uri):
-        return uri
-    if "://" in base_url:
-        return layout.join(base_url, uri)
-    return os.path.abspath(os.path.join(base_url, uri))
 
 
 def pair_files(storage: Storage, run_url: str) -> dict[str, dict[str, str]]:

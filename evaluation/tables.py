@@ -76,6 +76,11 @@ class Tables:
     groups: list[GroupTable]
     reference: str | None
     group_by: list[str]
+    mixed_models: dict[str, list[str]] = field(default_factory=dict)  # metric -> the different models behind it
+
+    def warnings(self) -> list[str]:
+        return [f"{metric} was computed with different models across the runs ({', '.join(ids)}): its values are not "
+                f"comparable; re-run `splice evaluate` with the same --metric-backbone" for metric, ids in self.mixed_models.items()]
 
 
 def build_tables(frame: pd.DataFrame, metrics: list[str] | None = None, group_by: list[str] | None = None,
@@ -94,7 +99,13 @@ def build_tables(frame: pd.DataFrame, metrics: list[str] | None = None, group_by
         for values, part in keyed.groupby(group_by, sort=True):
             values = values if isinstance(values, tuple) else (values,)
             groups.append(_group(dict(zip(group_by, values)), part, methods, metrics, reference, n_boot, seed))
-    return Tables(metrics, groups, reference, group_by)
+    mixed = {}
+    for metric in metrics:
+        column = f"{metric}__model"
+        ids = sorted(frame[column].dropna().astype(str).unique()) if column in frame.columns else []
+        if len(ids) > 1:
+            mixed[metric] = ids
+    return Tables(metrics, groups, reference, group_by, mixed)
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -222,6 +233,7 @@ def header(metric: str) -> str:
 def to_markdown(tables: Tables) -> str:
     out = ["# Benchmark", "", "Cells: mean [95% bootstrap CI] over evaluated pairs; ↓ lower is better, ↑ higher is "
            "better; best mean in bold; † computed with random weights (smoke test, not comparable).", ""]
+    out += [f"**Warning:** {text}" for text in tables.warnings()] + ([""] if tables.mixed_models else [])
     for group in tables.groups:
         out += [f"## {group.title}", ""]
         head = ["method", *map(header, tables.metrics), "n evaluated", "n failed", *COST_HEADERS]
@@ -273,7 +285,7 @@ def to_csv(tables: Tables) -> str:
 
 def to_latex(tables: Tables) -> str:
     out = ["% Benchmark tables (needs \\usepackage{booktabs}). Cells: mean [95% bootstrap CI];",
-           "% best mean in bold; \\dag: random weights (smoke test)."]
+           "% best mean in bold; \\dag: random weights (smoke test).", *(f"% WARNING: {t}" for t in tables.warnings())]
     for group in tables.groups:
         columns = len(tables.metrics)
         out += ["", f"% {group.title}", "\\begin{tabular}{l" + "c" * columns + "rr}", "\\toprule",

@@ -71,6 +71,10 @@ def test_tables_equal_hand_computed_means_with_a_bootstrap_ci_around_them():
     assert overall_csv.loc["b", "dino_i_mean"] == pytest.approx(0.675) and overall_csv.loc["a", "n_failed"] == 1
     assert overall_csv.loc["b", "dino_i_win_rate"] == pytest.approx(0.625)
     assert overall_csv.loc["a", "dino_i_ci_low"] <= 0.8 <= overall_csv.loc["a", "dino_i_ci_high"]
+    assert "dino_i was computed with different models" not in markdown
+    mixed = fixture_frame()
+    mixed.loc[mixed["method"] == "b", "dino_i__model"] = "dino_vits16@sha256:4567"
+    assert "**Warning:** dino_i was computed with different models" in T.to_markdown(T.build_tables(mixed))
     latex = T.to_latex(tables)
     assert r"selfsim\_mse $\downarrow$" in latex and r"\textbf{0.200}\dag" in latex and r"\textbf{0.800}" in latex
 
