@@ -77,9 +77,14 @@ class Tables:
     reference: str | None
     group_by: list[str]
     mixed_models: dict[str, list[str]] = field(default_factory=dict)  # metric -> the different models behind it
+    pairs_differ: tuple[int, int] | None = None  # (pairs common to all methods, pairs in all) where they differ
 
     def warnings(self) -> list[str]:
-        return [f"{metric} was computed with different models across the runs ({', '.join(ids)}): its values are not "
+        texts = []
+        if self.pairs_differ:
+            texts.append(f"the methods were run on different pairs ({self.pairs_differ[0]} of {self.pairs_differ[1]} in "
+                         f"common): their means are over different pairs")
+        return texts + [f"{metric} was computed with different models across the runs ({', '.join(ids)}): its values are not "
                 f"comparable; re-run `splice evaluate` with the same --metric-backbone" for metric, ids in self.mixed_models.items()]
 
 
@@ -105,7 +110,9 @@ def build_tables(frame: pd.DataFrame, metrics: list[str] | None = None, group_by
         ids = sorted(frame[column].dropna().astype(str).unique()) if column in frame.columns else []
         if len(ids) > 1:
             mixed[metric] = ids
-    return Tables(metrics, groups, reference, group_by, mixed)
+    pair_sets = [set(frame.loc[frame["method"] == m, "pair_id"]) for m in methods]
+    common, union = set.intersection(*pair_sets), set.union(*pair_sets)
+    return Tables(metrics, groups, reference, group_by, mixed, None if common == union else (len(common), len(union)))
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -233,7 +240,7 @@ def header(metric: str) -> str:
 def to_markdown(tables: Tables) -> str:
     out = ["# Benchmark", "", "Cells: mean [95% bootstrap CI] over evaluated pairs; ↓ lower is better, ↑ higher is "
            "better; best mean in bold; † computed with random weights (smoke test, not comparable).", ""]
-    out += [f"**Warning:** {text}" for text in tables.warnings()] + ([""] if tables.mixed_models else [])
+    out += [f"**Warning:** {text}" for text in tables.warnings()] + ([""] if tables.warnings() else [])
     for group in tables.groups:
         out += [f"## {group.title}", ""]
         head = ["method", *map(header, tables.metrics), "n evaluated", "n failed", *COST_HEADERS]

@@ -75,6 +75,7 @@ def test_tables_equal_hand_computed_means_with_a_bootstrap_ci_around_them():
     mixed = fixture_frame()
     mixed.loc[mixed["method"] == "b", "dino_i__model"] = "dino_vits16@sha256:4567"
     assert "**Warning:** dino_i was computed with different models" in T.to_markdown(T.build_tables(mixed))
+    assert "different pairs (3 of 4 in common)" in T.to_markdown(T.build_tables(mixed[mixed.index != 7]))
     latex = T.to_latex(tables)
     assert r"selfsim\_mse $\downarrow$" in latex and r"\textbf{0.200}\dag" in latex and r"\textbf{0.800}" in latex
 
