@@ -29,7 +29,7 @@ from .errors import SpliceError
 from .images import ImageError, decode_image
 from .manifest import Manifest, ManifestError, PairSpec, read_manifest, write_manifest
 from .methods import get_method, run_method
-from .run_state import ResultsTable, done_pair_ids, write_run_record
+from .run_state import ResultsTable, done_pair_ids, row_from_meta, write_run_record
 from .storage import RunLock, Storage, redact_url, with_retries
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,10 @@ def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
         # 3. record the run, then find what is left to do
         record = write_run_record(storage, settings, method, manifest)
         write_manifest(manifest.frame, layout.join(settings.out, layout.MANIFEST), storage)
-        done = set() if settings.force else done_pair_ids(storage, settings.out)
+        done = done_pair_ids(storage, settings.out)
+        if settings.force:  # un-mark first, so an interrupted --force run never leaves old outputs marked done
+            _unmark(storage, settings.out, done & {job.pair_id for job in jobs})
+            done -= {job.pair_id for job in jobs}
         results = ResultsTable(storage, settings.out, manifest.pair_ids, done)
         todo = [job for job in jobs if job.pair_id not in done]
         skipped = len(jobs) - len(todo)
@@ -113,6 +116,7 @@ def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
             if todo:
                 _fan_out(todo, settings, results, skipped)
         finally:
+            results.mark_done(done_pair_ids(storage, settings.out))  # storage is the truth: catch uncollected ones
             results.write()
             counts = results.counts()
             write_run_record(storage, settings, method, manifest, previous=record, finished=counts,
@@ -172,18 +176,36 @@ def _fan_out(todo: list[PairJob], settings: RunSettings, results: ResultsTable, 
                     counts[row["status"]] += 1
                     bar.update(1)
                     bar.set_postfix(done=counts["done"], failed=counts["failed"], skipped=skipped)
-                    if row["status"] == "failed":
+                    if row["status"] == "failed" and settings.progress:
                         bar.write(f"failed: {row['error']}")
+                    elif row["status"] == "failed":
+                        log.warning("failed: %s", row["error"])
                 results.maybe_write()
         finally:
             bar.close()
-            if pending:  # interrupted: stop in-flight pairs so none outlives this driver, then let them settle
-                for ref in pending:
-                    ray.cancel(ref, force=True)
-                ray.wait(list(pending), num_returns=len(pending), timeout=10)
+            if pending and not started_ray:  # interrupted, and Ray lives on: stop our in-flight pairs
+                _cancel(list(pending))
     finally:
-        if started_ray:
+        if started_ray:  # ending the driver's job also ends its in-flight tasks
             ray.shutdown()
+
+
+def _cancel(refs: list) -> None:
+    """Stop in-flight pairs (politely, then by killing their workers) so none outlives this driver's lock."""
+    for ref in refs:
+        ray.cancel(ref)
+    _, still = ray.wait(refs, num_returns=len(refs), timeout=5)
+    for ref in still:
+        ray.cancel(ref, force=True)
+    if still:
+        ray.wait(still, num_returns=len(still), timeout=10)
+
+
+def _unmark(storage: Storage, run: str, pair_ids: set[str]) -> None:
+    if pair_ids:
+        fs, _ = storage.fs(run)
+        paths = [storage.fs(layout.pair_file(run, p, layout.SUCCESS))[1] for p in sorted(pair_ids)]
+        with_retries(lambda: fs.rm(paths), what=f"removing {len(paths)} _SUCCESS marker(s) for --force")
 
 
 def _collect(ref, job: PairJob, max_retries: int) -> dict:
@@ -204,8 +226,8 @@ def _ensure_ray(address: str | None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
-    else:
-        ray.init(include_dashboard=False)
+    else:  # "local": always a fresh instance here, never a stray cluster another `ray start` left running
+        ray.init(address="local", include_dashboard=False)
     return True
 
 
@@ -231,6 +253,8 @@ def run_pair(job: PairJob) -> dict:
     if job.force:  # forget the old result first, so a crash now cannot leave an old _SUCCESS over new files
         for name in (layout.SUCCESS, layout.CHECKPOINT, ATTEMPTS):
             storage.remove(layout.join(job.pair_dir, name))
+    elif storage.exists(layout.join(job.pair_dir, layout.SUCCESS)):  # a retry after the pair was finished
+        return row_from_meta(storage, job.pair_dir, job.pair_id)
     attempt = _record_attempt(storage, job, started_at)
     _inject_fault(job, attempt, storage)
     row = {"pair_id": job.pair_id, "method": job.method, "attempts": attempt, "started_at": started_at}
@@ -262,6 +286,7 @@ def run_pair(job: PairJob) -> dict:
                  "started_at": started_at, "finished_at": finished_at,
                  "worker": {"host": socket.gethostname(), "pid": os.getpid(), "backbone_loaded": loaded}}
         with_retries(lambda: pair_io.write_pair_result(fs, pair_dir, result, extra), what=f"writing pair {job.pair_id}")
+        _inject_fault(job, attempt, storage, after_write=True)
         meta = result.meta
         return {**row, "status": "done", "error": None, "seconds": float(meta.get("seconds", 0.0)),
                 "device": meta.get("device_name") or meta.get("device"), "weights_id": meta.get("weights_id"),
@@ -328,9 +353,10 @@ def _now() -> str:
 
 
 # --- TEST-ONLY fault injection ------------------------------------------------------------------------------
-# SPLICE_FAULT_INJECTION="kill-once=ID1,ID2;sleep=1.5", read by the driver and carried in each job:
-#   kill-once: the worker writes a partial output.png and exits hard (os._exit) on the pair's first attempt;
-#   sleep:     every pair sleeps that many seconds after reading its images.
+# SPLICE_FAULT_INJECTION="kill-once=ID1,ID2;kill-after-write=ID3;sleep=1.5", read by the driver, carried in jobs:
+#   kill-once:        on the pair's first attempt the worker writes a partial output.png and exits hard (os._exit);
+#   kill-after-write: on the first attempt the worker exits hard just after writing the complete pair;
+#   sleep:            every pair sleeps that many seconds after reading its images.
 # Used by tests/test_run.py to simulate crashed workers and slow pairs. Never set it in production.
 
 def _fault_plan(pair_id: str) -> dict | None:
@@ -340,14 +366,18 @@ def _fault_plan(pair_id: str) -> dict | None:
     plan = {}
     for part in filter(None, (p.strip() for p in text.split(";"))):
         name, _, value = part.partition("=")
-        if name == "kill-once" and pair_id in value.split(","):
-            plan["kill_once"] = True
+        if name in ("kill-once", "kill-after-write") and pair_id in value.split(","):
+            plan[name.replace("-", "_")] = True
         elif name == "sleep":
             plan["sleep"] = float(value)
     return plan or None
 
 
-def _inject_fault(job: PairJob, attempt: int, storage: Storage) -> None:
-    if job.fault and job.fault.get("kill_once") and attempt == 1:
+def _inject_fault(job: PairJob, attempt: int, storage: Storage, after_write: bool = False) -> None:
+    if not job.fault or attempt != 1:
+        return
+    if job.fault.get("kill_after_write") and after_write:
+        os._exit(1)
+    if job.fault.get("kill_once") and not after_write:
         storage.write_bytes(layout.join(job.pair_dir, layout.OUTPUT_PNG), b"\x89PNG half-written")
         os._exit(1)

@@ -106,15 +106,26 @@ class ResultsTable:
     def weights_ids(self) -> list[str]:
         return sorted({r["weights_id"] for r in self.rows.values() if isinstance(r.get("weights_id"), str)})
 
+    def mark_done(self, done: set[str]) -> None:
+        """Pairs whose _SUCCESS appeared without their row reaching the driver (e.g. interrupted just then)."""
+        for pair_id in done & self.rows.keys():
+            if self.rows[pair_id].get("status") != "done":
+                self.rows[pair_id] = self._row_from_meta(pair_id)
+
     def _row_from_meta(self, pair_id: str) -> dict:
-        try:
-            meta = self.storage.read_json(layout.pair_file(self.run, pair_id, layout.META_JSON))
-        except (OSError, ValueError):
-            meta = {}
-        return {"pair_id": pair_id, "status": "done", "error": None, "seconds": meta.get("seconds"),
-                "device": meta.get("device_name") or meta.get("device"), "attempts": meta.get("attempt"),
-                "method": meta.get("method"), "weights_id": meta.get("weights_id"),
-                "started_at": meta.get("started_at"), "finished_at": meta.get("finished_at")}
+        return row_from_meta(self.storage, layout.pair_dir(self.run, pair_id), pair_id)
+
+
+def row_from_meta(storage: Storage, pair_dir: str, pair_id: str) -> dict:
+    """The results row of a done pair, from its meta.json."""
+    try:
+        meta = storage.read_json(layout.join(pair_dir, layout.META_JSON))
+    except (OSError, ValueError):
+        meta = {}
+    return {"pair_id": pair_id, "status": "done", "error": None, "seconds": meta.get("seconds"),
+            "device": meta.get("device_name") or meta.get("device"), "attempts": meta.get("attempt"),
+            "method": meta.get("method"), "weights_id": meta.get("weights_id"),
+            "started_at": meta.get("started_at"), "finished_at": meta.get("finished_at")}
 
 
 # --- run.json ------------------------------------------------------------------------------------------------

@@ -68,7 +68,8 @@ def ray_session():
 
     os.environ.pop("RAY_ADDRESS", None)
     if not ray.is_initialized():
-        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, namespace="splice-tests")
+        ray.init(address="local", num_cpus=2, num_gpus=0, object_store_memory=256 * 2**20, include_dashboard=False,
+                 log_to_driver=False, namespace="splice-tests")
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
