@@ -1,9 +1,11 @@
 """Fetch pretrained weights into the caches (HF_HOME, TORCH_HOME) at image build time.
 
-    python infra/docker/prefetch_weights.py dino_vitb8 dino_vits16 lpips
+    python infra/docker/prefetch_weights.py dino_vitb8 eval
 
-Uses the same loaders as training and evaluation, so the files land exactly where they look for them; fails
-(non-zero exit) if any weights cannot be had, so a broken build never ships an image that downloads at run time.
+Names: a training backbone (dino_vitb8, dino_vits8, dino_vitb16, dino_vits16) or `eval`, every model the default
+metrics of `splice evaluate` load (DINO ViT-B/8 and ViT-S/16, LPIPS's AlexNet, the layout segmenter). The project's
+own loaders do the fetching, so the files land exactly where training and evaluation look for them; any weights
+that cannot be had fail the build, so an image never ships that would download at run time.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import sys
 
 from pipeline.backbone import DINO_BACKBONES, load_backbone
 
-LPIPS = "lpips"  # the AlexNet trunk LPIPS uses (torchvision weights) plus LPIPS's own linear layers
+EVAL = "eval"
 
 
 def prefetch(name: str) -> str:
@@ -20,17 +22,17 @@ def prefetch(name: str) -> str:
     if name in DINO_BACKBONES or name.startswith("random:"):
         backbone = load_backbone(name)
         return f"{name}: {backbone.weights_id}"
-    if name == LPIPS:
-        import lpips
+    if name == EVAL:
+        from evaluation.models import EvalSettings, load_metric_models
 
-        lpips.LPIPS(net="alex", verbose=False)
-        return f"{name}: alex"
-    raise SystemExit(f"unknown weights {name!r}: use any of {', '.join([*DINO_BACKBONES, LPIPS])}")
+        models = load_metric_models(EvalSettings(explicit=True), "cpu")  # explicit: a missing model is an error
+        return f"{name}: " + ", ".join(f"{metric}={model_id}" for metric, model_id in models.ids.items())
+    raise SystemExit(f"unknown weights {name!r}: use any of {', '.join([*DINO_BACKBONES, EVAL])}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="+", help=f"any of {', '.join([*DINO_BACKBONES, LPIPS])}")
+    parser.add_argument("names", nargs="+", help=f"any of {', '.join([*DINO_BACKBONES, EVAL])}")
     args = parser.parse_args(argv)
     for name in args.names:
         print(prefetch(name), flush=True)

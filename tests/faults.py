@@ -1,0 +1,279 @@
+"""Fault injection for tests/test_fault_tolerance.py: a local S3 store that fails on purpose, and process control.
+
+- `FaultyProxy`: a small HTTP proxy in front of a local S3 server (moto) that fails chosen requests (an error
+  status, an error after the write has landed, a dropped connection, a delay) and logs every request, so a test
+  can check the order in which objects really landed. `FaultyS3` puts one in front of a bucket; clients in any
+  process reach it through the environment from `FaultyS3.client_env()`.
+- `free_port`, `start_session`, `kill_session`: run a command tree (a Ray cluster, a driver with its embedded Ray)
+  in a session of its own and end exactly that session, whatever its processes did with their process groups.
+"""
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+S3_ERRORS = {
+    500: ("InternalError", "We encountered an internal error. Please try again."),
+    503: ("SlowDown", "Please reduce your request rate."),
+}
+
+
+# --- processes -----------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_session(cmd: list[str], *, env: dict, log_path, cwd=None) -> subprocess.Popen:
+    """Start `cmd` as the leader of a new session; everything it spawns stays in that session."""
+    log = open(log_path, "ab")
+    try:
+        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    finally:
+        log.close()
+
+
+def session_pids(sid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    pids.append(int(entry))
+            except (ProcessLookupError, PermissionError):
+                pass
+    return pids
+
+
+def kill_session(process: subprocess.Popen, *, term_first: float = 0.0) -> None:
+    """End every process of the session `process` leads (Ray workers put themselves in process groups of their own,
+    so killpg would miss them). With term_first, send SIGTERM and wait that long before SIGKILL."""
+    sid = process.pid
+    if term_first and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=term_first)
+        except subprocess.TimeoutExpired:
+            pass
+    for _ in range(50):
+        pids = [p for p in session_pids(sid) if p != os.getpid()]
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+    if process.poll() is None:
+        process.wait(timeout=10)
+
+
+def wait_for(predicate, *, timeout: float, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+# --- the faulty store ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rule:
+    """Fail matching requests: the first `times` per object key (None: every one).
+
+    action: 'error' (answer `status` without forwarding: the write never lands), 'error-after' (forward, then answer
+    `status`: the write landed but the client is told it failed), 'reset' (drop the connection without an answer),
+    'delay' (forward after `seconds`).
+    """
+    method: str
+    key: str  # regular expression, searched in the object key
+    action: str = "error"
+    status: int = 500
+    times: int | None = 1
+    seconds: float = 0.0
+    hits: dict = field(default_factory=dict)  # key -> requests matched so far
+
+    def applies(self, method: str, key: str) -> bool:
+        if method != self.method or not re.search(self.key, key):
+            return False
+        count = self.hits.get(key, 0)
+        self.hits[key] = count + 1
+        return self.times is None or count < self.times
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One request the proxy saw: `landed` is whether it reached the store and the store accepted it."""
+    seq: int
+    method: str
+    key: str
+    status: int  # what the client was told (0: connection dropped)
+    landed: bool
+    fault: str | None
+
+
+class FaultyProxy(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, upstream: tuple[str, int]):
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.upstream = upstream
+        self.rules: list[Rule] = []
+        self.log: list[Entry] = []
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def match(self, method: str, key: str) -> Rule | None:
+        with self.lock:
+            for rule in self.rules:
+                if rule.applies(method, key):
+                    return rule
+        return None
+
+    def record(self, method, key, status, landed, fault) -> None:
+        with self.lock:
+            self.log.append(Entry(len(self.log), method, key, status, landed, fault))
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _handle(self):
+        server: FaultyProxy = self.server
+        body = self._read_body()
+        key = _object_key(self.path)
+        rule = server.match(self.command, key)
+        if rule and rule.action == "reset":
+            server.record(self.command, key, 0, False, "reset")
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if rule and rule.action == "error":
+            server.record(self.command, key, rule.status, False, "error")
+            return self._send_error(rule.status)
+        if rule and rule.action == "delay":
+            time.sleep(rule.seconds)
+        status, headers, payload = self._forward(body)
+        landed = 200 <= status < 300
+        if rule and rule.action == "error-after":
+            server.record(self.command, key, rule.status, landed, "error-after")
+            return self._send_error(rule.status)
+        server.record(self.command, key, status, landed, rule.action if rule else None)
+        self.send_response(status)
+        for name, value in headers:
+            if name.lower() not in ("connection", "transfer-encoding", "content-length", "keep-alive", "date", "server"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _forward(self, body: bytes):
+        connection = http.client.HTTPConnection(*self.server.upstream, timeout=60)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "connection")}
+            if body or self.command in ("PUT", "POST"):
+                headers["Content-Length"] = str(len(body))
+            connection.request(self.command, self.path, body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.getheaders(), response.read()
+        finally:
+            connection.close()
+
+    def _send_error(self, status: int):
+        code, message = S3_ERRORS.get(status, ("InternalError", "injected fault"))
+        payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message>'
+                   f"<RequestId>injected-fault</RequestId></Error>").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+
+def _object_key(path: str) -> str:
+    """'/bucket/a/b.png?x=1' -> 'a/b.png' (path-style addressing, as clients use with an IP endpoint)."""
+    parts = urllib.parse.unquote(urllib.parse.urlsplit(path).path).lstrip("/").split("/", 1)
+    return parts[1] if len(parts) == 2 else ""
+
+
+class FaultyS3:
+    """A bucket on a local S3 server (conftest's moto `s3_server`), reached directly or through a FaultyProxy."""
+
+    def __init__(self, endpoint: str, bucket: str, key: str, secret: str):
+        self.direct_url, self.bucket = endpoint, bucket
+        self.credentials = {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1"}
+        parts = urllib.parse.urlsplit(endpoint)
+        self.proxy = FaultyProxy((parts.hostname, parts.port))
+        self._thread = threading.Thread(target=self.proxy.serve_forever, daemon=True)
+        self._thread.start()
+        self.url = self.proxy.url
+
+    def client_env(self, *, through_proxy: bool = True, max_attempts: int = 2) -> dict:
+        """Environment for a process that uses this store: endpoint, credentials, few botocore retries (so that
+        faults reach the pipeline's own retries instead of being absorbed by botocore's)."""
+        return {**self.credentials, "AWS_ENDPOINT_URL": self.url if through_proxy else self.direct_url,
+                "AWS_MAX_ATTEMPTS": str(max_attempts), "AWS_RETRY_MODE": "standard",
+                "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.direct_url, region_name=self.credentials["AWS_DEFAULT_REGION"],
+                            aws_access_key_id=self.credentials["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=self.credentials["AWS_SECRET_ACCESS_KEY"])
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client().put_object(Bucket=self.bucket, Key=key, Body=data)
+
+    def get(self, key: str) -> bytes:
+        return self.client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def keys(self, prefix: str = "") -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+    def close(self) -> None:
+        self.proxy.shutdown()
+        self.proxy.server_close()
