@@ -75,8 +75,8 @@ class EvaluateSummary:
 
     def line(self) -> str:
         states = ", ".join(f"{n} {s}" for s, n in sorted(self.statuses.items()))
-        text = (f"{self.run}: {self.computed} pair(s) evaluated, {self.up_to_date} up to date ({states}); metrics "
-                f"{', '.join(self.metrics) or 'none'} -> {runio.metrics_url(self.run)}")
+        text = (f"{redact_url(self.run)}: {self.computed} pair(s) evaluated, {self.up_to_date} up to date ({states}); "
+                f"metrics {', '.join(self.metrics) or 'none'} -> {redact_url(runio.metrics_url(self.run))}")
         return text + "".join(f"\n  skipped {m}: {why}" for m, why in self.skipped.items())
 
 

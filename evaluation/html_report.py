@@ -16,7 +16,7 @@ from .metrics import METRICS
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
 table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
-th:first-child,td:first-child{text-align:left}thead th{background:#f3f3f3}td.best{font-weight:bold}td{white-space:nowrap}
+th:first-child,td:first-child{text-align:left}thead th{background:#f3f3f3}td.best{font-weight:bold}small{color:#555;white-space:nowrap}
 table.runs td{text-align:left;white-space:normal}
 .note{color:#555;font-size:.9em}.random{color:#b00}.warn{background:#fee;border:1px solid #c00;padding:.5em}
 .grid td,.grid th{vertical-align:top;text-align:center;font-size:.8em}
@@ -88,8 +88,7 @@ def _group_html(table: T.Tables, group: T.GroupTable) -> str:
         cells = []
         for metric in table.metrics:
             css = ' class="best"' if row.method in T.best_methods(group, metric) else ""
-            text = escape(T.cell_text(row, metric)).replace("†", '<span class="random">†</span>')
-            cells.append(f"<td{css}>{text}</td>")
+            cells.append(f"<td{css}>{_cell(row, metric)}</td>")
         rest = [str(row.n_evaluated), str(row.n_failed), *T.cost_texts(row)]
         rows.append(f"<tr><td>{escape(row.method)}</td>{''.join(cells)}{''.join(f'<td>{escape(c)}</td>' for c in rest)}</tr>")
     html = [f"<h3>{escape(group.title)}</h3>", _table(head, rows)]
@@ -99,6 +98,16 @@ def _group_html(table: T.Tables, group: T.GroupTable) -> str:
         html += [f'<p class="note">Win rate against <b>{escape(table.reference)}</b>: {escape(T.WIN_RATE_NOTE)}.</p>',
                  _table(["method", *(T.header(m) for m in table.metrics)], rate_rows)]
     return "".join(html)
+
+
+def _cell(row: T.MethodRow, metric: str) -> str:
+    """Mean on the first line, the 95% CI (and n where it differs) below it."""
+    cell = row.cells.get(metric)
+    if cell is None:
+        return "–"
+    dagger = ' <span class="random">†</span>' if metric in row.random_metrics else ""
+    n = f" n={cell.n}" if cell.n != row.n_evaluated else ""
+    return f"{T.fmt(cell.mean)}{dagger}<br><small>[{T.fmt(cell.low)}, {T.fmt(cell.high)}]{n}</small>"
 
 
 def _table(head: list[str], rows: list[str]) -> str:
