@@ -11,6 +11,7 @@ dies mid-pair is re-run by Ray (`max_retries`) and the half-written folder, lack
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -30,7 +31,7 @@ from .images import ImageError, decode_image
 from .manifest import Manifest, ManifestError, PairSpec, read_manifest, write_manifest
 from .methods import get_method, run_method
 from .run_state import ResultsTable, done_pair_ids, row_from_meta, write_run_record
-from .storage import RunLock, Storage, redact_url, with_retries
+from .storage import RunLock, Storage, absolute, is_local, redact_url, with_retries
 
 log = logging.getLogger(__name__)
 ATTEMPTS = "attempts.json"  # per pair: one entry per time a worker started it
@@ -44,7 +45,7 @@ class RunSettings:
     method: str = "splice"  # see pipeline.methods.METHODS
     config: TrainConfig = field(default_factory=TrainConfig)  # training settings (splice) / max_side (others)
     address: str | None = None  # Ray cluster address; None: RAY_ADDRESS, else an embedded Ray on this machine
-    gpus_per_pair: float = 1.0  # GPUs each pair asks for where the cluster has GPUs (0.25: four pairs per GPU)
+    gpus_per_pair: float | None = None  # GPUs per pair (0.25: four per GPU); None: 1 if the cluster has GPUs, else 0
     cpus_per_pair: float = 1.0  # CPUs each pair asks for
     max_retries: int = 2  # re-runs of a pair whose worker process died
     limit: int | None = None  # only the first N pairs of the manifest
@@ -90,6 +91,7 @@ class RunSummary:
 
 def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
     started = time.perf_counter()
+    settings = dataclasses.replace(settings, out=absolute(settings.out))  # workers have other working folders
     # 1. validate everything before any work: method, manifest, selection, per-pair settings
     storage = Storage(settings.storage_options)
     method = get_method(settings.method)
@@ -155,8 +157,11 @@ def _fan_out(todo: list[PairJob], settings: RunSettings, results: ResultsTable, 
     from tqdm import tqdm
 
     started_ray = _ensure_ray(settings.address)
+    if _address(settings.address) and is_local(settings.out):
+        log.warning("--out %s is a local path but pairs run on a Ray cluster: each node writes to its own disk unless "
+                    "the path is shared storage; prefer s3://, gs://, ...", settings.out)
     try:
-        gpus = settings.gpus_per_pair if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        gpus = _gpus_per_pair(settings.gpus_per_pair, started_embedded=started_ray and not _address(settings.address))
         task = _pair_task.options(num_cpus=settings.cpus_per_pair, num_gpus=gpus, max_retries=settings.max_retries,
                                   retry_exceptions=False)
         window = max(8, 2 * _slots(settings.cpus_per_pair, gpus))
@@ -219,11 +224,26 @@ def _collect(ref, job: PairJob, max_retries: int) -> dict:
             "attempts": max_retries + 1}
 
 
+def _gpus_per_pair(asked: float | None, started_embedded: bool) -> float:
+    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    if asked is None or (started_embedded and not has_gpus):  # auto, or nothing could ever provide a GPU here
+        if asked:
+            log.warning("no GPU on this machine: pairs run on CPUs (--gpus-per-pair %s ignored)", asked)
+        return 1.0 if has_gpus else 0.0
+    if asked and not has_gpus:
+        log.warning("the cluster has no GPU now: pairs wait until GPU nodes join (--gpus-per-pair 0 runs them on CPUs)")
+    return asked
+
+
+def _address(address: str | None) -> str | None:
+    return address or os.environ.get("RAY_ADDRESS")
+
+
 def _ensure_ray(address: str | None) -> bool:
     """Use an initialised Ray as it is; else connect to address / RAY_ADDRESS, else start one here."""
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = _address(address)
     if address:
         ray.init(address=address)
     else:  # "local": always a fresh instance here, never a stray cluster another `ray start` left running

@@ -119,6 +119,13 @@ def is_local(url: str) -> bool:
     return protocol_of(url) in LOCAL_PROTOCOLS
 
 
+def absolute(url: str) -> str:
+    """Local paths (and file:// URLs) as absolute paths, so other processes with other working folders agree."""
+    if not is_local(url):
+        return url
+    return os.path.abspath(os.path.expanduser(url.removeprefix("file://")))
+
+
 class Storage:
     """Turns URLs into (filesystem, path) with the user's storage options; one filesystem per protocol."""
 

@@ -106,11 +106,12 @@ def test_splice_run_with_a_corrupt_pair_then_a_rerun_that_skips(ray_session, tmp
     assert "4 pair(s): 3 done, 1 failed, 0 pending" in printed and "pair 'bad'" in printed
 
 
-def test_rerun_of_a_finished_run_is_near_instant(ray_session, tmp_path, manifest, capsys):
+def test_rerun_of_a_finished_run_is_near_instant(ray_session, tmp_path, manifest, capsys, monkeypatch):
     path = manifest(["a", "b", "c"])
-    out = tmp_path / "run"
-    argv = ["run", path, "--out", str(out), "--method", "structure-copy", "--no-progress"]
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", path, "--out", "run", "--method", "structure-copy", "--no-progress"]  # relative: this folder
     assert main(argv) == 0
+    assert len(list(tmp_path.glob("run/pairs/*/_SUCCESS"))) == 3
     started = time.perf_counter()
     assert main(argv) == 0
     assert time.perf_counter() - started < 3.0

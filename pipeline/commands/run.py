@@ -17,8 +17,9 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="run folder: local path, file://, s3://, gs://, ...")
     add_method_arguments(parser)
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded Ray here)")
-    parser.add_argument("--gpus-per-pair", type=float, default=1.0,
-                        help="GPUs per pair where the cluster has GPUs; 0.5 or 0.25 pack pairs on one GPU (default 1)")
+    parser.add_argument("--gpus-per-pair", type=float,
+                        help="GPUs per pair; 0.5 or 0.25 pack pairs on one GPU; 0 runs on CPUs "
+                             "(default: 1 where the cluster has GPUs, else 0)")
     parser.add_argument("--cpus-per-pair", type=float, default=1.0, help="CPUs per pair (default 1)")
     parser.add_argument("--max-retries", type=int, default=2, help="re-runs of a pair whose worker died (default 2)")
     parser.add_argument("--limit", type=int, help="only the first N pairs of the manifest")
