@@ -47,15 +47,21 @@ def start_session(cmd: list[str], *, env: dict, log_path, cwd=None) -> subproces
 
 
 def session_pids(sid: int) -> list[int]:
+    """Live (not zombie) processes of session `sid`."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.getsid(int(entry)) == sid:
+                if os.getsid(int(entry)) == sid and not _is_zombie(int(entry)):
                     pids.append(int(entry))
-            except (ProcessLookupError, PermissionError):
+            except (ProcessLookupError, PermissionError, FileNotFoundError):
                 pass
     return pids
+
+
+def _is_zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def kill_session(process: subprocess.Popen, *, term_first: float = 0.0) -> None:

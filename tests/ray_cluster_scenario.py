@@ -7,7 +7,7 @@ the Ray session of the pytest process:
 
 1. start a head without CPUs (so pairs run on workers only) and two 1-CPU worker nodes;
 2. start `splice run MANIFEST --out OUT --address <head>` as a separate driver process;
-3. once the first pair is done and both nodes are busy with the next ones, kill one worker node outright
+3. once a pair is done and each node has started another, kill one worker node outright
    (no graceful shutdown: a reclaimed spot node) and add a fresh one (the autoscaler's replacement);
 4. wait for the driver and write what happened to RESULT.json.
 """
@@ -48,12 +48,18 @@ def main(manifest: str, out: str, result_path: str, run_options: list[str]) -> i
         driver = subprocess.Popen([splice, "run", manifest, "--out", out, "--address", cluster.address,
                                    "--no-progress", *run_options])
         started = time.monotonic()
-        successes = lambda: glob.glob(os.path.join(out, "pairs", "*", "_SUCCESS"))  # noqa: E731
-        wait_for(lambda: successes() or driver.poll() is not None, timeout=FIRST_DONE_TIMEOUT, what="a first pair")
-        result["first_done_s"] = time.monotonic() - started
-        time.sleep(1.0)  # both nodes are now into their next pairs
+
+        def pairs_with(name: str) -> set[str]:
+            return {p.split(os.sep)[-2] for p in glob.glob(os.path.join(out, "pairs", "*", name))}
+
+        def both_nodes_busy() -> bool:  # a pair done, and two started but not done: one in flight on each node
+            done = pairs_with("_SUCCESS")
+            return driver.poll() is not None or (done and len(pairs_with("attempts.json") - done) >= 2)
+
+        wait_for(both_nodes_busy, timeout=FIRST_DONE_TIMEOUT, what="a first pair done and both nodes busy")
         # 3. lose a node in the middle of the run, get a new one
-        result["done_before_loss"] = sorted(p.split(os.sep)[-2] for p in successes())
+        result["done_before_loss"] = sorted(pairs_with("_SUCCESS"))
+        result["in_flight_at_loss"] = sorted(pairs_with("attempts.json") - pairs_with("_SUCCESS"))
         result["driver_exited_before_loss"] = driver.poll() is not None
         cluster.remove_node(workers[0], allow_graceful=False)
         result["node_lost_at_s"] = time.monotonic() - started

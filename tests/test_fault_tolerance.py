@@ -149,6 +149,7 @@ def test_losing_a_worker_node_mid_run_redoes_its_pairs_and_loses_none(tmp_path):
     redone = {p for p in structures if attempts(run, p) > 1}
     assert redone, "the lost node was running no pair: the scenario proved nothing"
     assert not redone & set(outcome["done_before_loss"]), "a pair done before the loss was run again"
+    assert redone <= set(outcome["in_flight_at_loss"])
     assert "6 done, 0 failed, 0 pending" in status_counts(str(run), child_env())
 
 
@@ -167,16 +168,18 @@ def test_killed_driver_resumes_and_recomputes_nothing_that_had_success(tmp_path)
     env = child_env(SPLICE_FAULT_INJECTION="sleep=1.5")
 
     # 1. kill the driver, its embedded Ray and every worker outright once some pairs are done
+    def started_not_done() -> set[str]:
+        return {p.parent.name for p in run.glob("pairs/*/attempts.json")} - done_ids(run)
+
     driver = start_session(command, env=env, log_path=tmp_path / "first.log")
     try:
-        wait_for(lambda: len(done_ids(run)) >= 2 or driver.poll() is not None, timeout=180, what="two pairs done")
+        wait_for(lambda: (len(done_ids(run)) >= 2 and started_not_done()) or driver.poll() is not None,
+                 timeout=180, what="two pairs done and more in flight")
     finally:
         kill_session(driver)
     assert driver.returncode != 0, "the driver finished before it could be killed"
-    done_before = done_ids(run)
-    started_not_done = {p.parent.name for p in run.glob("pairs/*/attempts.json")} - done_before
-    assert 2 <= len(done_before) < len(structures)
-    assert started_not_done, "no pair was in flight when the driver died: the scenario proved nothing"
+    done_before, in_flight = done_ids(run), started_not_done()
+    assert 2 <= len(done_before) < len(structures) and in_flight
     before = snapshot(run, done_before)
 
     # 2. the dead driver's lock stops a plain re-run, with a message that says what to do
@@ -191,7 +194,7 @@ def test_killed_driver_resumes_and_recomputes_nothing_that_had_success(tmp_path)
     assert_local_run_complete(run, structures)
     assert snapshot(run, done_before) == before, "a pair that had _SUCCESS was written again"
     assert all(attempts(run, p) == 1 for p in done_before)
-    assert all(attempts(run, p) == 2 for p in started_not_done), "pairs cut off by the kill were not redone"
+    assert all(attempts(run, p) == 2 for p in in_flight), "pairs cut off by the kill were not redone"
     assert not (run / "_LOCK").exists()
 
 
