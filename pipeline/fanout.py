@@ -179,8 +179,8 @@ def _fan_out(todo: list[PairJob], settings: RunSettings, results: ResultsTable, 
                     row = _collect(ref, pending.pop(ref), settings.max_retries)
                     results.update(row)
                     counts[row["status"]] += 1
+                    bar.set_postfix(done=counts["done"], failed=counts["failed"], skipped=skipped, refresh=False)
                     bar.update(1)
-                    bar.set_postfix(done=counts["done"], failed=counts["failed"], skipped=skipped)
                     if row["status"] == "failed" and settings.progress:
                         bar.write(f"failed: {row['error']}")
                     elif row["status"] == "failed":
@@ -312,7 +312,10 @@ def run_pair(job: PairJob) -> dict:
                 "device": meta.get("device_name") or meta.get("device"), "weights_id": meta.get("weights_id"),
                 "finished_at": finished_at, "wall_seconds": time.perf_counter() - clock}
     except Exception as exc:  # a bad pair fails alone; the error goes to results.parquet
-        log.warning("pair %s failed:\n%s", job.pair_id, traceback.format_exc())
+        if isinstance(exc, SpliceError):
+            log.warning("%s", _describe(job, exc))
+        else:
+            log.error("pair %s failed unexpectedly:\n%s", job.pair_id, traceback.format_exc())
         return {**row, "status": "failed", "error": _describe(job, exc), "finished_at": _now(),
                 "wall_seconds": time.perf_counter() - clock}
     finally:
