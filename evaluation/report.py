@@ -134,6 +134,7 @@ def _loss_chart(storage: Storage, run: RunData, seed: int) -> dict | None:
             curves.append(runio.read_parquet(storage, layout.pair_file(run.run.url, pair_id, layout.LOSSES)).assign(pair_id=pair_id))
         except (runio.RunError, OSError) as exc:
             log.warning("loss curves: skipping pair '%s' of %s (%s)", pair_id, run.label, exc)
+    curves = [c for c in curves if len(c)]  # methods that do not train write empty loss tables
     if not curves:
         return None
     losses = pd.concat(curves, ignore_index=True)

@@ -70,6 +70,7 @@ def line_plot(title: str, lines: list[dict], log_y: bool = True, x_label: str = 
     width, height, left, right, top, bottom = 640, 300, 60, 130, 28, 36
     points = [(np.asarray(l["x"], float), np.asarray(l["y"], float)) for l in lines]
     xs = np.concatenate([p[0] for p in points] or [np.zeros(1)])
+    xs = xs[np.isfinite(xs)] if np.isfinite(xs).any() else np.zeros(1)
     ys = np.concatenate([p[1] for p in points] or [np.ones(1)])
     ys = ys[np.isfinite(ys) & ((ys > 0) if log_y else True)]
     if not len(ys):

@@ -151,5 +151,40 @@ def run_demo(out: str, settings_for_run, *, pairs: int = DEMO_PAIRS, size: int =
     return manifest_url, run_manifest(manifest_url, settings_for_run)
 
 
+REFERENCE_METHODS = ("structure-copy", "color-transfer")  # cheap baselines shown beside splice in the demo report
+
+
+def compare_and_report(out: str, settings_for_run, manifest_url: str, *, progress: bool = True) -> tuple[list, str]:
+    """Run the reference methods on the demo manifest, evaluate every run and write `out/report`.
+
+    Returns the run summaries of the reference methods and the report folder. With a random backbone the metrics
+    use it too (labelled as random in the tables); metrics whose weights are not available offline are skipped.
+    """
+    import dataclasses
+
+    from evaluation.evaluate import evaluate_run
+    from evaluation.models import EvalSettings
+    from evaluation.report import build_report
+
+    from .fanout import run_manifest
+
+    storage = Storage(settings_for_run.storage_options)
+    # 1. the reference methods, into sibling run folders
+    runs, summaries = [settings_for_run.out], []
+    for method in REFERENCE_METHODS:
+        reference = dataclasses.replace(settings_for_run, out=layout.join(out, method), method=method)
+        summaries.append(run_manifest(manifest_url, reference))
+        runs.append(reference.out)
+    # 2. evaluation of every run (incremental: a re-run of the demo recomputes nothing)
+    backbone = settings_for_run.config.backbone
+    metric_backbone = backbone if backbone.startswith("random:") else None
+    for run in runs:
+        print(evaluate_run(run, EvalSettings(metric_backbone=metric_backbone), storage=storage, progress=progress).line())
+    # 3. tables and report.html
+    report = layout.join(out, "report")
+    build_report(runs, report, reference=REFERENCE_METHODS[0], storage=storage)
+    return summaries, report
+
+
 def default_out() -> str:
     return os.path.join(os.getcwd(), "demo-run")

@@ -49,6 +49,12 @@ def test_demo_runs_offline_and_says_where_the_outputs_are(ray_session, tmp_path,
         assert meta["random_backbone"] and meta["config"]["steps"] == 2 and meta["config"]["max_side"] == 512
     record = json.loads((out / "run" / "run.json").read_text())
     assert record["method"] == "splice" and record["backbone"] == TINY_BACKBONE
+    # the demo ends with the reference methods, their evaluation and a report comparing them
+    assert f"report: {out / 'report' / 'report.html'}" in printed
+    tables = (out / "report" / "tables.md").read_text()
+    for method in ("splice", "structure-copy", "color-transfer"):
+        assert method in tables
+        assert (out / ("run" if method == "splice" else method) / "eval" / "metrics.parquet").exists()
     assert main(argv) == 0  # again: nothing to redo
     assert "2 done (2 skipped as already done)" in capsys.readouterr().out
 
@@ -56,7 +62,7 @@ def test_demo_runs_offline_and_says_where_the_outputs_are(ray_session, tmp_path,
 def test_demo_starts_an_embedded_ray_when_given_no_address(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     command = [sys.executable, "-m", "pipeline.cli", "demo", "--out", str(tmp_path / "demo"), "--method",
-               "color-transfer", "--pairs", "2", "--size", "48", "--no-progress"]
+               "color-transfer", "--pairs", "2", "--size", "48", "--no-progress", "--no-report"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Started a local Ray instance" in done.stderr

@@ -20,6 +20,8 @@ def register(subparsers) -> None:
     parser.add_argument("--address", help="Ray cluster address (default: an embedded Ray here)")
     parser.add_argument("--force", action="store_true", help="redo pairs already done in this demo folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-report", action="store_true",
+                        help="only run the pairs: skip the reference methods, evaluation and report")
     parser.set_defaults(handler=demo)
 
 
@@ -52,4 +54,10 @@ def demo(args) -> int:
           f"(manifest {redact_url(manifest_url)})")
     print(f"demo outputs: {redact_url(settings.out)}/pairs/<pair_id>/output.png; "
           f"progress: splice status {redact_url(settings.out)}")
-    return summary.exit_code
+    if args.no_report:
+        return summary.exit_code
+    from ..demo import compare_and_report
+
+    references, report = compare_and_report(out, settings, manifest_url, progress=not args.no_progress)
+    print(f"report: {redact_url(join(report, 'report.html'))} (tables: {redact_url(join(report, 'tables.md'))})")
+    return max([summary.exit_code] + [r.exit_code for r in references])
