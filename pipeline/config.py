@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .images import DEFAULT_MAX_PIXELS
+DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels: inputs above this are refused (decompression-bomb guard)
 
 
 @dataclass(frozen=True)

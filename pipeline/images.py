@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .config import DEFAULT_MAX_PIXELS
 from .errors import SpliceError
 
-DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels
 
 
 class ImageError(SpliceError, ValueError):

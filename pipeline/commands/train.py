@@ -4,12 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from .. import layout, pair_io
-from ..backbone import load_backbone
 from ..config import PRESETS, preset
 from ..errors import SpliceError
-from ..images import read_image_file
-from ..trainer import resolve_device, train_pair
 
 BACKBONE_HELP = ("DINO backbone: dino_vitb8 | dino_vits8 | dino_vitb16 | dino_vits16 (timm weights, cached on first "
                  "use), file:PATH (local weights), or random:TIMM_ARCH (random weights, tests only)")
@@ -59,7 +55,12 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import fsspec
+    import fsspec  # heavy imports here, not at parser build time: `splice --help` stays quick
+
+    from .. import layout, pair_io
+    from ..backbone import load_backbone
+    from ..images import read_image_file
+    from ..trainer import resolve_device, train_pair
 
     # 1. validate inputs
     config = config_from_args(args)
