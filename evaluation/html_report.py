@@ -73,7 +73,9 @@ def _runs_section(runs) -> str:
         models = run.evaluation.get("metrics", {})
         used = "; ".join(f"{m}: {escape(str(v.get('model')))}" for m, v in models.items()) or "–"
         skipped = run.evaluation.get("skipped") or {}
-        skipped_text = "".join(f"<br><span class='random'>skipped {escape(m)}: {escape(why)}</span>" for m, why in skipped.items())
+        # the full reason (with how to provide the weights) is in the hover text and in eval/evaluation.json
+        skipped_text = "".join(f"<br><span class='random' title='{escape(why, quote=True)}'>skipped {escape(m)}: "
+                               f"{escape(_first_clause(why))}</span>" for m, why in skipped.items())
         random = " <span class='random'>(random weights: smoke test)</span>" if "@random" in used else ""
         rows.append(f"<tr><td>{escape(run.label)}</td><td>{escape(redact_url(run.run.url))}</td><td>{len(run.metrics)}</td>"
                     f"<td>{used}{random}{skipped_text}</td></tr>")
@@ -147,3 +149,9 @@ def _image(cell: dict, alt: str) -> str:
     if cell.get("src"):
         return f'<img src="{escape(cell["src"])}" alt="{escape(alt)}" loading="eager">'
     return f'<div class="missing" title="{escape(str(cell.get("error") or ""))}">{escape(str(cell.get("error") or "missing"))[:60]}</div>'
+
+
+def _first_clause(reason: str) -> str:
+    """The cause without the instructions: 'pretrained weights ... are not in the torch hub cache ...'."""
+    cause = reason.split(". ")[0]
+    return cause.split(": ", 1)[-1] if ": " in cause else cause

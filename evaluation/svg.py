@@ -67,7 +67,7 @@ def strip_plot(title: str, series: dict[str, np.ndarray], note: str = "", seed: 
 
 def line_plot(title: str, lines: list[dict], log_y: bool = True, x_label: str = "step") -> str:
     """lines: dicts with label, x, y, and optionally color, width, opacity, legend (bool)."""
-    width, height, left, right, top, bottom = 640, 300, 60, 130, 28, 36
+    width, height, left, right, top, bottom = 720, 300, 60, 170, 28, 36
     points = [(np.asarray(l["x"], float), np.asarray(l["y"], float)) for l in lines]
     xs = np.concatenate([p[0] for p in points] or [np.zeros(1)])
     xs = xs[np.isfinite(xs)] if np.isfinite(xs).any() else np.zeros(1)
