@@ -28,6 +28,9 @@ from .objective import TERMS, full_structure_target, loss_weights, splice_losses
 log = logging.getLogger(__name__)
 # options that may change between an interrupted run and its resumption without invalidating the checkpoint
 RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "steps")
+# the smallest image side that trains: a 0.95 crop of it, halved five times, must keep more than one pixel per channel
+# for the deepest BatchNorm
+MIN_SIDE = 36
 
 
 class TrainingError(SpliceError):
@@ -71,8 +74,12 @@ def train_pair(structure: torch.Tensor, appearance: torch.Tensor, config: TrainC
         torch.cuda.reset_peak_memory_stats(device)
 
     # 1. inputs: decoded once, kept on the device
-    structure = to_unit_float(downscale_to(structure, config.max_side), device)  # (1, 3, H, W)
-    appearance = to_unit_float(downscale_to(appearance, config.max_side), device)  # (1, 3, H', W')
+    structure = downscale_to(structure, config.max_side)
+    appearance = downscale_to(appearance, config.max_side)
+    _check_size("structure", structure)
+    _check_size("appearance", appearance)
+    structure = to_unit_float(structure, device)  # (1, 3, H, W)
+    appearance = to_unit_float(appearance, device)  # (1, 3, H', W')
     fingerprint = _fingerprint(structure, appearance)
 
     # 2. generator, optimiser, augmentation RNG; restored from a checkpoint when resuming
@@ -144,6 +151,14 @@ def train_pair(structure: torch.Tensor, appearance: torch.Tensor, config: TrainC
         "torch_version": torch.__version__,
     }
     return TrainResult(output=from_unit_float(output), losses=losses, meta=meta)
+
+
+def _check_size(role: str, image: torch.Tensor) -> None:
+    height, width = image.shape[-2:]
+    if min(height, width) < MIN_SIDE:
+        raise TrainingError(
+            f"the {role} image is {width}x{height} px, below the {MIN_SIDE} px per side that Splice needs (its "
+            f"generator halves a crop of it five times): use a larger image (or a larger --max-side)")
 
 
 def _loss_row(step: int, terms: dict[str, torch.Tensor]) -> dict:

@@ -186,3 +186,11 @@ def test_splice_train_help_explains_every_option():
     for option in ["--preset", "--steps", "--backbone", "--device", "--precision", "--seed", "--max-pixels",
                    "--checkpoint-every", "--log-every", "preview", "random:TIMM_ARCH", "file:PATH"]:
         assert option in done.stdout
+
+
+def test_images_too_small_for_the_generator_are_a_clear_error(backbone):
+    structure, appearance = make_pair(structure_size=(24, 32))
+    with pytest.raises(TrainingError, match="structure image is 32x24 px, below the 36 px"):
+        train_pair(structure, appearance, TrainConfig(backbone=TINY, steps=2), backbone, torch.device("cpu"))
+    structure, appearance = make_pair(structure_size=(36, 36), appearance_size=(36, 40))
+    assert train_pair(structure, appearance, TrainConfig(backbone=TINY, steps=2), backbone, torch.device("cpu")).output.shape == (3, 36, 36)
