@@ -52,9 +52,9 @@ class RayBackend:
         import ray
 
         self.ray = ray
-        self.started = not ray.is_initialized()
-        if self.started:
-            ray.init(address=None if address == "local" else address, log_to_driver=False)
+        from pipeline.fanout import connect_ray
+
+        self.started = connect_ray(address, log_to_driver=False)
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
         if gpus:

@@ -240,14 +240,29 @@ def _address(address: str | None) -> str | None:
 
 
 def _ensure_ray(address: str | None) -> bool:
-    """Use an initialised Ray as it is; else connect to address / RAY_ADDRESS, else start one here."""
+    return connect_ray(address)
+
+
+def connect_ray(address: str | None, **options) -> bool:
+    """Use an initialised Ray as it is; else connect to address / RAY_ADDRESS, else start one here.
+
+    Returns whether this call initialised Ray. 'local' (or no address) always starts a fresh instance here,
+    never a stray cluster that another `ray start` left running.
+    """
     if ray.is_initialized():
         return False
     address = _address(address)
-    if address:
-        ray.init(address=address)
-    else:  # "local": always a fresh instance here, never a stray cluster another `ray start` left running
-        ray.init(address="local", include_dashboard=False)
+    if not address or address == "local":
+        ray.init(address="local", include_dashboard=False, **options)
+        return True
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError, TimeoutError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise SpliceError(
+            f"cannot connect to the Ray cluster at {address} ({reason}). Check the address (`ray status` on the head "
+            f"node); if the cluster uses token authentication, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or "
+            f"RAY_AUTH_TOKEN_PATH) here as on the head") from exc
     return True
 
 
