@@ -91,8 +91,11 @@ def test_splice_run_with_a_corrupt_pair_then_a_rerun_that_skips(ray_session, tmp
     assert record["backbone_weights_ids"] == ["random"] and record["counts"] == {"done": 3, "failed": 1, "pending": 0}
     assert pd.read_parquet(out / "manifest.parquet")["structure_uri"].map(os.path.isabs).all()
 
-    workers = [meta(out, p)["worker"] for p in ("p0", "p1", "p2")]  # the backbone is loaded once per worker process
-    assert sum(w["backbone_loaded"] for w in workers) == len({w["pid"] for w in workers})
+    # the backbone is loaded at most once per worker process (workers outlive a test in the shared Ray session,
+    # so a worker may have loaded it for an earlier test)
+    workers = [meta(out, p)["worker"] for p in ("p0", "p1", "p2")]
+    for pid in {w["pid"] for w in workers}:
+        assert sum(w["backbone_loaded"] for w in workers if w["pid"] == pid) <= 1
 
     # a re-run skips what is done and retries only the failure
     marks = {p: pair_file(out, p, "_SUCCESS").stat().st_mtime_ns for p in ("p0", "p1", "p2")}
