@@ -51,7 +51,8 @@ class RunSettings:
     limit: int | None = None  # only the first N pairs of the manifest
     only: tuple[str, ...] = ()  # only these pair ids
     force: bool = False  # redo pairs that are already done
-    break_lock: bool = False  # remove a stale lock left by a dead run
+    break_lock: bool = False  # remove any lock (its run is known to be dead)
+    break_stale_lock: bool = False  # remove the lock only if it is stale (holder gone, or not renewed)
     storage_options: dict = field(default_factory=dict)  # for non-local filesystems; never logged
     progress: bool = True  # show a progress bar
 
@@ -99,7 +100,7 @@ def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
     jobs = [_job(pair, settings) for pair in select_pairs(manifest, settings.only, settings.limit)]
 
     # 2. one driver per run folder
-    with RunLock(storage, settings.out, break_lock=settings.break_lock):
+    with RunLock(storage, settings.out, break_lock=settings.break_lock, break_stale=settings.break_stale_lock):
         # 3. record the run, then find what is left to do
         record = write_run_record(storage, settings, method, manifest)
         write_manifest(manifest.frame, layout.join(settings.out, layout.MANIFEST), storage)

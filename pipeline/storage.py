@@ -18,6 +18,7 @@ import os
 import random
 import re
 import socket
+import threading
 import time
 import urllib.parse
 import uuid
@@ -35,6 +36,8 @@ T = TypeVar("T")
 LOCAL_PROTOCOLS = ("file", "local")
 SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "session", "auth", "signature")
 REDACTED = "***"
+LOCK_HEARTBEAT_S = 20.0  # a running `splice run` rewrites its lock this often ...
+LOCK_STALE_S = 120.0  # ... so a lock not rewritten for this long belongs to a run that died
 PERMANENT_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 PERMANENT_ERRNOS = {errno.EINVAL, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.ENOENT, errno.EEXIST}
 
@@ -251,33 +254,60 @@ class RunLock:
     filesystem without it falls back to check-then-write and reads the lock back to confirm it is ours.
     """
 
-    def __init__(self, storage: Storage, run_url: str, *, break_lock: bool = False):
+    def __init__(self, storage: Storage, run_url: str, *, break_lock: bool = False, break_stale: bool = False):
         self.storage = storage
         self.url = layout.join(run_url, layout.LOCK)
-        self.break_lock = break_lock
+        self.break_lock = break_lock  # take over any lock (the user knows its run is dead)
+        self.break_stale = break_stale  # take over only a stale lock (safe for automatic retries)
         self.token = uuid.uuid4().hex
+        self.since = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.held = False
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
 
     def acquire(self) -> "RunLock":
-        if self.break_lock and self.storage.exists(self.url):
-            log.warning("breaking the lock %s (held by %s)", redact_url(self.url), self._describe(self._read()))
-            self.storage.remove(self.url)
-        body = json.dumps({"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
-                           "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}).encode()
+        if (self.break_lock or self.break_stale) and self.storage.exists(self.url):
+            holder = self._read()
+            stale = stale_reason(holder)
+            if self.break_lock or stale:
+                log.warning("breaking the lock %s (held by %s%s)", redact_url(self.url), self._describe(holder),
+                            f"; {stale}" if stale else "")
+                self.storage.remove(self.url)
         fs, path = self.storage.fs(self.url)
         try:
-            with_retries(lambda: self._create_exclusive(fs, path, body), what=f"locking {redact_url(self.url)}")
+            with_retries(lambda: self._create_exclusive(fs, path, self._body()), what=f"locking {redact_url(self.url)}")
         except FileExistsError:
             pass  # ours if a retried conditional put had in fact succeeded the first time: read it back
         if (self._read() or {}).get("token") != self.token:  # held by another, or lost a check-then-write race
             raise self._locked_error()
         self.held = True
+        self._heartbeat = threading.Thread(target=self._renew, name="splice-run-lock", daemon=True)
+        self._heartbeat.start()
         return self
 
     def release(self) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=10)
         if self.held and (self._read() or {}).get("token") == self.token:
             self.storage.remove(self.url)
         self.held = False
+
+    def _body(self) -> bytes:
+        return json.dumps({"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "since": self.since,
+                           "heartbeat": datetime.now(timezone.utc).isoformat(timespec="seconds")}).encode()
+
+    def _renew(self) -> None:
+        """Rewrite the lock every LOCK_HEARTBEAT_S while held, so a lock that stops being renewed shows a dead run."""
+        while not self._stop.wait(LOCK_HEARTBEAT_S):
+            try:
+                if (self._read() or {}).get("token") != self.token:
+                    log.warning("the lock %s was taken over by another run: this run's results may be overwritten",
+                                redact_url(self.url))
+                    return
+                self.storage.write_bytes(self.url, self._body())
+            except Exception as exc:  # a missed heartbeat must not stop the run; the next one may succeed
+                log.warning("could not renew the lock %s (%s)", redact_url(self.url), exc)
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
@@ -306,9 +336,8 @@ class RunLock:
 
     def _locked_error(self) -> RunLocked:
         holder = self._read()
-        stale = ""
-        if holder and holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid")):
-            stale = " That process is no longer running on this host, so the lock looks stale."
+        reason = stale_reason(holder)
+        stale = f" The lock looks stale: {reason}; --break-stale-lock takes it over." if reason else ""
         return RunLocked(
             f"run folder {redact_url(self.url.rsplit('/', 1)[0])} is locked by another `splice run` "
             f"({self._describe(holder)}).{stale} Wait for it to finish, write to another --out, or, if that run "
@@ -320,6 +349,22 @@ class RunLock:
         if not holder:
             return "holder unknown"
         return f"host {holder.get('host')}, pid {holder.get('pid')}, since {holder.get('since')}"
+
+
+def stale_reason(holder: dict | None, now: datetime | None = None) -> str | None:
+    """Why a lock's holder is dead ('its process ... is gone', 'not renewed for N s'), or None if it may be alive."""
+    if not holder:
+        return None
+    if holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid")):
+        return f"its process (pid {holder.get('pid')}) is no longer running on this host"
+    try:
+        beat = datetime.fromisoformat(holder.get("heartbeat") or holder.get("since"))
+    except (TypeError, ValueError):
+        return None
+    age = ((now or datetime.now(timezone.utc)) - beat).total_seconds()
+    if age > LOCK_STALE_S:
+        return f"it has not been renewed for {age:.0f} s (a running `splice run` renews it every {LOCK_HEARTBEAT_S:.0f} s)"
+    return None
 
 
 def _pid_alive(pid) -> bool:

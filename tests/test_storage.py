@@ -129,6 +129,34 @@ def test_stale_lock_is_named_and_can_be_broken(tmp_path):
     lock.release()
 
 
+def test_a_live_lock_is_renewed_and_a_silent_one_goes_stale(tmp_path, monkeypatch):
+    import time
+
+    import pipeline.storage as storage_module
+
+    monkeypatch.setattr(storage_module, "LOCK_HEARTBEAT_S", 0.05)
+    run = tmp_path / "run"
+    lock = RunLock(Storage(), str(run)).acquire()
+    first = json.loads((run / "_LOCK").read_text())
+    time.sleep(1.2)
+    renewed = json.loads((run / "_LOCK").read_text())
+    assert renewed["token"] == lock.token and renewed["heartbeat"] > first["heartbeat"]
+    # a live holder is never taken over by --break-stale-lock
+    with pytest.raises(RunLocked, match="--break-lock"):
+        RunLock(Storage(), str(run), break_stale=True).acquire()
+    lock.release()
+    assert not (run / "_LOCK").exists()
+
+    # a lock from another host, not renewed for longer than LOCK_STALE_S, is stale
+    (run / "_LOCK").write_text(json.dumps({"token": "old", "host": "elsewhere", "pid": 1, "since": "2026-01-01T00:00:00+00:00",
+                                           "heartbeat": "2026-01-01T00:00:00+00:00"}))
+    with pytest.raises(RunLocked, match="not been renewed for .* --break-stale-lock takes it over"):
+        RunLock(Storage(), str(run)).acquire()
+    taken = RunLock(Storage(), str(run), break_stale=True).acquire()
+    assert json.loads((run / "_LOCK").read_text())["token"] == taken.token
+    taken.release()
+
+
 def test_run_lock_on_s3_uses_a_conditional_put(s3_bucket):
     storage = Storage({**s3_bucket.options, "skip_instance_cache": True})
     run = s3_bucket.url("runs", "r1")

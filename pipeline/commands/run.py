@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     parser.add_argument("--force", action="store_true", help="redo pairs that are already done")
     parser.add_argument("--break-lock", action="store_true",
                         help="remove the run folder's lock left by a run that died (only if no other run is writing)")
+    parser.add_argument("--break-stale-lock", action="store_true",
+                        help="take the lock over only if it is stale: its process is gone (same host) or it was not "
+                             "renewed for 2 minutes; safe for automatic retries such as a RayJob's")
     add_storage_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
@@ -67,6 +70,7 @@ def run(args) -> int:
         out=args.out, method=args.method, config=config_from_args(args), address=args.address,
         gpus_per_pair=args.gpus_per_pair, cpus_per_pair=args.cpus_per_pair, max_retries=args.max_retries,
         limit=args.limit, only=tuple(args.only), force=args.force, break_lock=args.break_lock,
+        break_stale_lock=args.break_stale_lock,
         storage_options=parse_storage_options(args.storage_option), progress=not args.no_progress,
     )
     summary = run_manifest(args.manifest, settings)
