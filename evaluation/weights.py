@@ -8,12 +8,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import socket
 import urllib.parse
 
 import torch
 
 from pipeline.errors import SpliceError
+from pipeline.network import reachable
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def load_state_dict(url: str, what: str, local_file: str | None = None, option: 
     cached = hub_cache_path(url)
     if os.path.isfile(cached):
         return _load(cached, what), os.path.basename(cached)
-    if not reachable(url):
+    if not reachable(url, offline_variables=("TORCH_HUB_OFFLINE",)):
         how = f"pass {option}, or " if option else ""
         raise MetricUnavailable(
             f"{what}: pretrained weights {os.path.basename(url)} are not in the torch hub cache and {_host(url)} cannot be "
@@ -53,19 +53,6 @@ def load_state_dict(url: str, what: str, local_file: str | None = None, option: 
     except Exception as exc:  # network trouble: say what to do
         raise MetricUnavailable(f"{what}: downloading {url} failed ({exc}); copy the file to {cached} instead") from exc
     return _load(cached, what), os.path.basename(cached)
-
-
-def reachable(url: str, timeout: float = 3.0) -> bool:
-    """Whether the host of `url` accepts a TCP connection within `timeout` seconds (False when forced offline)."""
-    for variable in ("SPLICE_OFFLINE", "TORCH_HUB_OFFLINE"):
-        if os.environ.get(variable, "0").lower() in ("1", "true", "yes"):
-            return False
-    parsed = urllib.parse.urlparse(url)
-    try:
-        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _load(path: str, what: str) -> dict:

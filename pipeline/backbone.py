@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import socket
-import urllib.parse
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import SpliceError
+from .network import reachable
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +180,7 @@ def _vit_from_timm_cache(spec: str, timm_name: str) -> nn.Module:
             timm_name, pretrained=True, num_classes=0, dynamic_img_size=True, pretrained_cfg_overlay={"file": cached}
         )
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    if not _reachable(endpoint):
+    if not reachable(endpoint, offline_variables=("HF_HUB_OFFLINE",)):
         raise BackboneUnavailable(
             f"backbone {spec} (timm {timm_name}): pretrained weights are not in the Hugging Face cache and {endpoint} "
             f"cannot be reached. Either run once with network access to cache them, or download model.safetensors from "
@@ -204,17 +203,6 @@ def _cached_hub_file(hub_id: str) -> str | None:
         if isinstance(path, str) and os.path.exists(path):
             return path
     return None
-
-
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    parsed = urllib.parse.urlparse(url)
-    try:
-        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _vit_from_file(path: str) -> nn.Module:
