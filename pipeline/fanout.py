@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import logging
 import os
+import re
 import socket
 import time
 import traceback
@@ -256,6 +257,7 @@ def connect_ray(address: str | None, **options) -> bool:
     if not address or address == "local":
         ray.init(address="local", include_dashboard=False, **options)
         return True
+    _check_listening(address)
     try:
         ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, TimeoutError) as exc:
@@ -265,6 +267,22 @@ def connect_ray(address: str | None, **options) -> bool:
             f"node); if the cluster uses token authentication, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or "
             f"RAY_AUTH_TOKEN_PATH) here as on the head") from exc
     return True
+
+
+def _check_listening(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not minutes, when a HOST:PORT (or ray://HOST:PORT) address has nothing listening:
+    Ray itself keeps retrying a silent address for minutes."""
+    match = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d+)/?", address.strip())
+    if not match:  # 'auto' and other forms are Ray's to resolve
+        return
+    host, port = match.group(1), int(match.group(2))
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as exc:
+        raise SpliceError(f"no Ray cluster answers at {address} ({exc.strerror or exc}): check the address (the head "
+                          f"node prints it at `ray start --head`; `ray status` there shows it) and that its port is "
+                          f"reachable from here") from exc
 
 
 def _slots(cpus_per_pair: float, gpus_per_pair: float) -> int:

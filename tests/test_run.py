@@ -318,3 +318,21 @@ def test_color_transfer_moves_lab_statistics_and_keeps_structure():
     assert correlation > 0.95  # lightness pattern of the structure image kept
     colours = np.random.default_rng(0).integers(0, 256, (500, 3), dtype=np.uint8)
     assert np.abs(lab_to_srgb(srgb_to_lab(colours)).astype(int) - colours).max() <= 1
+
+
+def test_an_address_with_no_cluster_fails_in_seconds_with_what_to_check(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a loopback port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("pair_id,structure_uri,appearance_uri\np0,a.png,b.png\n")
+    splice = [sys.executable, "-m", "pipeline.cli"]
+    assert subprocess.run([*splice, "manifest", "build", "csv", str(csv), "-o", str(tmp_path / "m.parquet")]).returncode == 0
+    started = time.monotonic()
+    done = subprocess.run([*splice, "run", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "run"),
+                           "--address", f"127.0.0.1:{port}", "--method", "structure-copy"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and f"no Ray cluster answers at 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr and time.monotonic() - started < 60
