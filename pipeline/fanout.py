@@ -28,6 +28,7 @@ import ray
 from . import layout, pair_io
 from .config import TrainConfig
 from .errors import SpliceError
+from .fault_injection import fault_plan, inject_delay, inject_fault
 from .images import ImageError, decode_image
 from .manifest import Manifest, ManifestError, PairSpec, read_manifest, write_manifest
 from .methods import get_method, run_method
@@ -36,7 +37,6 @@ from .storage import RunLock, Storage, absolute, is_local, redact_url, with_retr
 
 log = logging.getLogger(__name__)
 ATTEMPTS = "attempts.json"  # per pair: one entry per time a worker started it
-FAULT_ENV = "SPLICE_FAULT_INJECTION"  # TEST-ONLY hook, see _fault_plan
 WAIT_SECONDS = 1.0  # ray.wait timeout: how often the driver wakes to flush results and notice Ctrl-C
 
 
@@ -152,7 +152,7 @@ def _job(pair: PairSpec, settings: RunSettings) -> PairJob:
     return PairJob(pair_id=pair.pair_id, structure_uri=pair.structure_uri, appearance_uri=pair.appearance_uri,
                    pair_dir=layout.pair_dir(settings.out, pair.pair_id), method=settings.method, config=config,
                    storage_options=settings.storage_options, force=settings.force, labels=pair.labels,
-                   fault=_fault_plan(pair.pair_id))
+                   fault=fault_plan(pair.pair_id))
 
 
 def _fan_out(todo: list[PairJob], settings: RunSettings, results: ResultsTable, skipped: int) -> None:
@@ -310,14 +310,13 @@ def run_pair(job: PairJob) -> dict:
     elif storage.exists(layout.join(job.pair_dir, layout.SUCCESS)):  # a retry after the pair was finished
         return row_from_meta(storage, job.pair_dir, job.pair_id)
     attempt = _record_attempt(storage, job, started_at)
-    _inject_fault(job, attempt, storage)
+    inject_fault(job, attempt, storage)
     row = {"pair_id": job.pair_id, "method": job.method, "attempts": attempt, "started_at": started_at}
     try:
         # 1. inputs
         structure = _read_image(storage, job, "structure", job.structure_uri)
         appearance = _read_image(storage, job, "appearance", job.appearance_uri)
-        if job.fault and job.fault.get("sleep"):
-            time.sleep(float(job.fault["sleep"]))
+        inject_delay(job)
         # 2. method (backbone cached per worker process)
         method = get_method(job.method)
         backbone = device = None
@@ -340,7 +339,7 @@ def run_pair(job: PairJob) -> dict:
                  "started_at": started_at, "finished_at": finished_at,
                  "worker": {"host": socket.gethostname(), "pid": os.getpid(), "backbone_loaded": loaded}}
         with_retries(lambda: pair_io.write_pair_result(fs, pair_dir, result, extra), what=f"writing pair {job.pair_id}")
-        _inject_fault(job, attempt, storage, after_write=True)
+        inject_fault(job, attempt, storage, after_write=True)
         meta = result.meta
         return {**row, "status": "done", "error": None, "seconds": float(meta.get("seconds", 0.0)),
                 "device": meta.get("device_name") or meta.get("device"), "weights_id": meta.get("weights_id"),
@@ -407,34 +406,3 @@ def _release_device_memory() -> None:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-# --- TEST-ONLY fault injection ------------------------------------------------------------------------------
-# SPLICE_FAULT_INJECTION="kill-once=ID1,ID2;kill-after-write=ID3;sleep=1.5", read by the driver, carried in jobs:
-#   kill-once:        on the pair's first attempt the worker writes a partial output.png and exits hard (os._exit);
-#   kill-after-write: on the first attempt the worker exits hard just after writing the complete pair;
-#   sleep:            every pair sleeps that many seconds after reading its images.
-# Used by tests/test_run.py to simulate crashed workers and slow pairs. Never set it in production.
-
-def _fault_plan(pair_id: str) -> dict | None:
-    text = os.environ.get(FAULT_ENV)
-    if not text:
-        return None
-    plan = {}
-    for part in filter(None, (p.strip() for p in text.split(";"))):
-        name, _, value = part.partition("=")
-        if name in ("kill-once", "kill-after-write") and pair_id in value.split(","):
-            plan[name.replace("-", "_")] = True
-        elif name == "sleep":
-            plan["sleep"] = float(value)
-    return plan or None
-
-
-def _inject_fault(job: PairJob, attempt: int, storage: Storage, after_write: bool = False) -> None:
-    if not job.fault or attempt != 1:
-        return
-    if job.fault.get("kill_after_write") and after_write:
-        os._exit(1)
-    if job.fault.get("kill_once") and not after_write:
-        storage.write_bytes(layout.join(job.pair_dir, layout.OUTPUT_PNG), b"\x89PNG half-written")
-        os._exit(1)

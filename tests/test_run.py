@@ -24,7 +24,8 @@ from PIL import Image
 from conftest import TINY_BACKBONE
 from pipeline.cli import main
 from pipeline.config import TrainConfig
-from pipeline.fanout import ATTEMPTS, FAULT_ENV, RunSettings, run_manifest
+from pipeline.fanout import ATTEMPTS, RunSettings, run_manifest
+from pipeline.fault_injection import FAULT_ENV
 from pipeline.images import decode_image
 from pipeline.manifest import ManifestError, validate_frame, write_manifest
 from pipeline.manifest_builders import build_pairs_dir
