@@ -115,3 +115,28 @@ def s3_bucket(s3_server, monkeypatch) -> S3Bucket:
     boto3.client("s3", endpoint_url=s3_server, aws_access_key_id=key, aws_secret_access_key=secret,
                  region_name="us-east-1").create_bucket(Bucket=bucket)
     return S3Bucket(endpoint=s3_server, bucket=bucket, options={"key": key, "secret": secret, "endpoint_url": s3_server})
+
+
+class ColourSegmenter:
+    """Deterministic stand-in segmenter for layout_miou: class = dominant channel (1..3), or 0 (background) where
+    all channels are dark."""
+    name, weights_id, num_classes = "colour", "deterministic", 4
+    class_names = ["background", "red", "green", "blue"]
+
+    def segment(self, images):
+        import torch
+
+        labels = images.argmax(1) + 1
+        return torch.where(images.max(1).values < 0.2, torch.zeros_like(labels), labels)
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No cached weights anywhere and no network: what a fresh offline machine looks like."""
+    import pipeline.backbone
+
+    monkeypatch.setenv("SPLICE_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(pipeline.backbone, "_cached_hub_file", lambda hub_id: None)
+    return tmp_path

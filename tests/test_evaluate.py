@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import evaluation.evaluate as evaluate_module
+from conftest import ColourSegmenter
 from evaluation.evaluate import evaluate_run
 from evaluation.importer import ImportRefused, import_outputs
 from evaluation.models import EvalSettings
@@ -21,16 +22,6 @@ from pipeline.images import read_image_file
 from pipeline.storage import Storage
 
 TINY = "random:vit_tiny_patch16_224"
-
-
-class ColourSegmenter:
-    """Deterministic stand-in segmenter: class = dominant channel (1..3), or 0 (background) where all are dark."""
-    name, weights_id, num_classes = "colour", "deterministic", 4
-    class_names = ["background", "red", "green", "blue"]
-
-    def segment(self, images):
-        labels = images.argmax(1) + 1
-        return torch.where(images.max(1).values < 0.2, torch.zeros_like(labels), labels)
 
 
 ALL = EvalSettings(metric_backbone=TINY, lpips_weights="random", segmenter=ColourSegmenter(), explicit=True)
@@ -173,16 +164,6 @@ def test_re_running_computes_only_what_is_missing(run, monkeypatch):
     evaluate_run(str(run), EvalSettings(metrics=("selfsim_mse",), metric_backbone="random:test_vit"), device="cpu",
                  force=True, progress=False)
     assert calls == [(["p0", "p1", "p2"], ["selfsim_mse"])]
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    import pipeline.backbone
-
-    monkeypatch.setenv("SPLICE_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(pipeline.backbone, "_cached_hub_file", lambda hub_id: None)
 
 
 def test_cli_offline_skips_unavailable_metrics_unless_asked_for(run, offline, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import ColourSegmenter
 from evaluation import metrics as M
 from evaluation.engine import PairImages, compute_metrics
 from evaluation.models import EvalSettings, MetricModels, load_lpips, load_metric_models
@@ -13,18 +14,6 @@ from evaluation.weights import MetricUnavailable, hub_cache_path
 from pipeline.backbone import load_backbone
 
 TINY = "random:vit_tiny_patch16_224"
-
-
-class ColourSegmenter:
-    """Deterministic stand-in segmenter: class = dominant channel (1..3), or 0 (background) where all are dark."""
-    name = "colour"
-    weights_id = "deterministic"
-    num_classes = 4
-    class_names = ["background", "red", "green", "blue"]
-
-    def segment(self, images: torch.Tensor) -> torch.Tensor:
-        labels = images.argmax(1) + 1
-        return torch.where(images.max(1).values < 0.2, torch.zeros_like(labels), labels)
 
 
 def smooth_image(seed: int, height: int, width: int) -> torch.Tensor:
@@ -128,18 +117,6 @@ def test_a_pair_that_fails_fails_alone(models):
     assert scores["fine"].values["layout_miou"] == 1.0 and scores["fine2"].values["layout_miou"] == 1.0
     assert "cannot segment" in scores["bad"].errors["layout_miou"]
     assert "dino_i" in scores["bad"].values  # the other metric of the same pair is unaffected
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """No cached weights anywhere and no network: what a fresh offline machine looks like."""
-    import pipeline.backbone
-
-    monkeypatch.setenv("SPLICE_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(pipeline.backbone, "_cached_hub_file", lambda hub_id: None)
-    return tmp_path
 
 
 def test_unavailable_weights_are_skipped_with_how_to_provide_them_or_refused_when_asked_for(offline):
