@@ -130,7 +130,7 @@ def authors_steps(backbone, structure, appearance, config, device, steps):
     appearance_aug = T.Compose([crop, T.RandomHorizontalFlip(), T.ToTensor()])
 
     def feats(image):
-        return backbone.last_block(backbone.prepare(image, (224, 224)))
+        return backbone.last_block(backbone.prepare(image))  # square crops: 224x224
 
     times = []
     for step in range(steps):

@@ -11,17 +11,21 @@ Backbone specs (the name is the spec):
   dino_vitb8 | dino_vits8 | dino_vitb16 | dino_vits16   timm's DINO weights, downloaded and cached on first use
   file:PATH                                             local weights (timm or original DINO state dict)
   random:TIMM_ARCH                                      randomly initialised ViT, e.g. random:vit_tiny_patch16_224
+                                                        (random:vit_base_patch8_224.dino: DINO's shape and input norm)
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 from torch import nn
+from torchvision.transforms.v2.functional._geometry import _compute_resized_output_size as _torchvision_resized_size
 
 from .errors import SpliceError
 from .network import reachable
@@ -51,11 +55,40 @@ class LastBlockFeatures:
 
 
 def backbone_input_size(height: int, width: int) -> tuple[int, int]:
-    """Size an image is resized to before the backbone: short side 224, long side at most 480, aspect kept."""
-    scale = SHORT_SIDE / min(height, width)
-    if max(height, width) * scale > LONG_SIDE_MAX:
-        scale = LONG_SIDE_MAX / max(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
+    """Size an image is resized to before the backbone, by torchvision's own rule for `Resize(224, max_size=480)`:
+    short side 224, long side `int(224 * long / short)` (truncated), both scaled down if the long side passes 480."""
+    new_height, new_width = _torchvision_resized_size((height, width), size=[SHORT_SIDE], max_size=LONG_SIDE_MAX)
+    return int(new_height), int(new_width)
+
+
+def resize_for_backbone(images: torch.Tensor, antialias: bool = True) -> torch.Tensor:
+    """(B, 3, H, W) floats -> resized as the authors' `Resize(224, max_size=480)` does. Differentiable.
+
+    `antialias` False reproduces the authors' pinned torchvision 0.10, whose tensor resize did not antialias."""
+    return TF.resize(images, [SHORT_SIDE], max_size=LONG_SIDE_MAX, antialias=antialias)
+
+
+def dino_position_embedding(pos_embed: torch.Tensor, grid: tuple[int, int], pixels: tuple[int, int]) -> torch.Tensor:
+    """Position embedding for a `grid` of patches, exactly as DINO's `VisionTransformer.interpolate_pos_encoding`.
+
+    pos_embed: (1, 1 + N, D), [CLS] first, N patches on a square pretrained grid. `pixels` is the (H, W) of the
+    image given to the ViT (before the remainder past a patch multiple is dropped): DINO keeps the pretrained
+    embedding only when the grid has N patches AND the image is square. Otherwise plain bicubic (no antialias) with
+    the scale factor ((h + 0.1) / sqrt(N), (w + 0.1) / sqrt(N)) rather than a target size: the +0.1 is DINO's guard
+    against rounding, and a scale factor (not a size) also sets where the bicubic samples fall.
+    """
+    patches = pos_embed.shape[1] - 1
+    if grid[0] * grid[1] == patches and pixels[0] == pixels[1]:
+        return pos_embed
+    dim = pos_embed.shape[-1]
+    side = int(math.sqrt(patches))
+    patch_pos = pos_embed[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)  # (1, D, side, side)
+    scale = ((grid[0] + 0.1) / math.sqrt(patches), (grid[1] + 0.1) / math.sqrt(patches))
+    patch_pos = F.interpolate(patch_pos, scale_factor=scale, mode="bicubic")  # (1, D, h, w)
+    if tuple(patch_pos.shape[-2:]) != tuple(grid):
+        raise AssertionError(f"position embedding resampled to {tuple(patch_pos.shape[-2:])}, expected {grid}")
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim)  # (1, h * w, D), row-major
+    return torch.cat([pos_embed[:, :1], patch_pos], dim=1)
 
 
 def self_similarity(keys: torch.Tensor) -> torch.Tensor:
@@ -69,6 +102,7 @@ class DinoBackbone(nn.Module):
 
     def __init__(self, vit: nn.Module, spec: str, weights_id: str):
         super().__init__()
+        _check_dino_layout(vit, spec)
         self.vit = vit.eval().requires_grad_(False)
         self.spec = spec
         self.weights_id = weights_id
@@ -90,27 +124,25 @@ class DinoBackbone(nn.Module):
         # the backbone is frozen: it stays in eval mode whatever its parent does
         return super().train(False)
 
-    def prepare(self, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] -> normalised backbone input. Differentiable.
-
-        Resized (bilinear, antialiased) to `size` or `backbone_input_size`; the remainder pixels past a multiple
-        of the patch size are dropped, as DINO's strided patch embedding does.
-        """
-        size = size or backbone_input_size(*images.shape[-2:])
-        if tuple(images.shape[-2:]) != tuple(size):
-            images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
-        height = size[0] - size[0] % self.patch_size
-        width = size[1] - size[1] % self.patch_size
-        if height == 0 or width == 0:
-            raise ValueError(f"backbone input {tuple(size)} is smaller than one {self.patch_size}px patch")
-        images = images[..., :height, :width]
-        return (images - self.mean) / self.std
+    def prepare(self, images: torch.Tensor, antialias: bool = True) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> normalised backbone input, resized as the authors' `Resize(224, max_size=480)`
+        (see `resize_for_backbone`). Differentiable. A square image of any side comes out 224x224."""
+        return (resize_for_backbone(images, antialias) - self.mean) / self.std
 
     def last_block(self, pixels: torch.Tensor) -> LastBlockFeatures:
-        """Run the ViT on prepared pixels (B, 3, h, w) and read the last block's [CLS], keys and tokens."""
-        vit = self.vit
-        x = vit.patch_embed(pixels)  # (B, h/p, w/p, D) with dynamic_img_size
-        x = vit._pos_embed(x)  # (B, N, D): [CLS] prepended, position embedding interpolated to the grid
+        """Run the ViT on prepared pixels (B, 3, H, W) and read the last block's [CLS], keys and tokens.
+
+        The remainder pixels past a multiple of the patch size are dropped, as DINO's strided patch embedding does;
+        position embeddings follow DINO's own interpolation rule (`dino_position_embedding`)."""
+        vit, patch = self.vit, self.patch_size
+        height, width = pixels.shape[-2:]
+        grid = (height // patch, width // patch)
+        if grid[0] == 0 or grid[1] == 0:
+            raise ValueError(f"backbone input {height}x{width} is smaller than one {patch}px patch")
+        x = vit.patch_embed(pixels[..., :grid[0] * patch, :grid[1] * patch])  # (B, h, w, D) or (B, h * w, D)
+        x = x.reshape(x.shape[0], grid[0] * grid[1], x.shape[-1])  # (B, h * w, D), row-major
+        x = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N, D): [CLS] first
+        x = vit.pos_drop(x + dino_position_embedding(vit.pos_embed, grid, (height, width)))
         x = vit.norm_pre(vit.patch_drop(x))
         *body, last = vit.blocks
         for block in body:
@@ -132,13 +164,24 @@ class DinoBackbone(nn.Module):
         return keys.transpose(1, 2).reshape(batch, tokens, -1)  # (B, N, heads * hd)
 
 
+def _check_dino_layout(vit: nn.Module, spec: str) -> None:
+    """The feature reader follows DINO's token layout: one [CLS] token, no register tokens, a position embedding
+    that covers [CLS] and a square grid of patches."""
+    pos_embed = getattr(vit, "pos_embed", None)
+    patches = pos_embed.shape[1] - 1 if pos_embed is not None and pos_embed.dim() == 3 else -1
+    if (getattr(vit, "cls_token", None) is None or getattr(vit, "num_reg_tokens", 0) or getattr(vit, "no_embed_class", False)
+            or patches < 1 or int(math.sqrt(patches)) ** 2 != patches):
+        raise BackboneUnavailable(f"backbone {spec}: not a DINO-style ViT (needs one [CLS] token, no register tokens and "
+                                  f"a position embedding over [CLS] and a square patch grid)")
+
+
 def load_backbone(spec: str, device: torch.device | str = "cpu") -> DinoBackbone:
     """Build the frozen backbone named by `spec` on `device` (see module docstring for specs)."""
     import timm
 
     if spec.startswith("random:"):
         arch = spec.split(":", 1)[1]
-        if arch not in timm.list_models():
+        if not timm.is_model(arch):  # a tag (e.g. vit_small_patch16_224.dino) brings that tag's mean/std
             raise BackboneUnavailable(f"backbone {spec}: '{arch}' is not a timm architecture (see timm.list_models('vit_*'))")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # the same random network in every process: runs resume and workers agree

@@ -22,6 +22,7 @@ class TrainConfig:
     jitter_p: float = 0.5  # colour jitter probability (structure crop)
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
     blur_p: float = 0.2  # 3x3 Gaussian blur probability (structure crop)
+    antialias: bool = True  # antialiased resize to the backbone's input (modern torchvision); False: the authors' pinned torchvision 0.10
     max_side: int | None = None  # downscale inputs so the long side is at most this (None: full resolution)
     max_pixels: int = DEFAULT_MAX_PIXELS  # refuse inputs above this many pixels (decompression-bomb guard)
     seed: int = 0  # seeds generator init and augmentation

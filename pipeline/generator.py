@@ -1,7 +1,8 @@
 """The Splice generator: a Deep-Image-Prior style encoder-decoder with skip connections.
 
-Five scales (down/up channels 16, 32, 64, 128, 128; 4 skip channels each), 3x3 convolutions with reflection
-padding, stride-2 downsampling, bilinear upsampling, BatchNorm, LeakyReLU(0.2), a 1x1 convolution after each up
+The authors' `skip()` network (models/unet/skip.py of omerbt/Splice, as `define_G` builds it), module for module:
+five scales (down/up channels 16, 32, 64, 128, 128; 4 skip channels each), 3x3 convolutions with zero padding
+(`skip()`'s default `pad='zero'`), stride-2 downsampling, bilinear upsampling, BatchNorm, LeakyReLU(0.2), a 1x1 convolution after each up
 block, a final 1x1 convolution and a sigmoid. Fully convolutional: any input size gives an output of that size.
 """
 from __future__ import annotations
@@ -15,24 +16,8 @@ UP_CHANNELS = (16, 32, 64, 128, 128)
 SKIP_CHANNELS = (4, 4, 4, 4, 4)
 
 
-class _ReflectionPad(nn.Module):
-    """Reflection padding that falls back to replication where a side is too small to reflect (deep scales of tiny
-    inputs shrink to one pixel), so any input size works."""
-
-    def __init__(self, pad: int):
-        super().__init__()
-        self.pad = pad
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mode = "reflect" if min(x.shape[-2:]) > self.pad else "replicate"
-        return F.pad(x, (self.pad,) * 4, mode=mode)
-
-
-def _conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Sequential:
-    pad = (kernel - 1) // 2
-    layers = [_ReflectionPad(pad)] if pad else []
-    layers.append(nn.Conv2d(in_channels, out_channels, kernel, stride=stride, bias=True))
-    return nn.Sequential(*layers)
+def _conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=(kernel - 1) // 2, bias=True)
 
 
 def _conv_bn_act(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Sequential:

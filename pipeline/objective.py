@@ -7,9 +7,10 @@ Terms (MSE everywhere), x = G(structure crop), y = G(appearance crop):
   full_structure   self-similarity of G(structure) vs of the structure      weight 1   (every 75 steps)
   full_appearance  [CLS](G(structure)) vs [CLS](appearance crop)            weight 10  (every 75 steps)
 
-Both crops are square, so both are 224x224 at the backbone: the targets come from ONE no-grad pass over
-[structure crop, appearance crop] and the predictions from ONE pass over [x, y]. The whole structure image has
-its own size and its own pass; its target never changes and is computed once by the trainer.
+Both crops are square, so both are 224x224 at the backbone (torchvision's `Resize(224, max_size=480)` rule, as the
+authors resize): the targets come from ONE no-grad pass over [structure crop, appearance crop] and the predictions
+from ONE pass over [x, y]. The whole structure image has its own size and its own pass; its target never changes
+and is computed once by the trainer. `antialias` is the resize's antialiasing (TrainConfig.antialias).
 """
 from __future__ import annotations
 
@@ -20,11 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from .augment import StepBatch
-from .backbone import SHORT_SIDE, DinoBackbone, self_similarity
+from .backbone import DinoBackbone, self_similarity
 from .config import TrainConfig
 
 TERMS = ("appearance", "structure", "identity", "full_appearance", "full_structure")
-CROP_SIZE = (SHORT_SIDE, SHORT_SIDE)
 
 
 @dataclass(frozen=True)
@@ -53,19 +53,21 @@ def loss_weights(step: int, config: TrainConfig) -> LossWeights:
     )
 
 
-def full_structure_target(backbone: DinoBackbone, structure: torch.Tensor, precision: torch.dtype | None) -> torch.Tensor:
+def full_structure_target(backbone: DinoBackbone, structure: torch.Tensor, precision: torch.dtype | None,
+                          antialias: bool = True) -> torch.Tensor:
     """Self-similarity of the whole, un-augmented structure image (1, N, N): constant over training."""
     with torch.no_grad(), autocast(structure.device, precision):
-        return self_similarity(backbone.last_block(backbone.prepare(structure)).keys)
+        return self_similarity(backbone.last_block(backbone.prepare(structure, antialias)).keys)
 
 
 def splice_losses(generator: torch.nn.Module, backbone: DinoBackbone, batch: StepBatch, weights: LossWeights,
-                  full_target: torch.Tensor | None, precision: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+                  full_target: torch.Tensor | None, precision: torch.dtype | None = None,
+                  antialias: bool = True) -> dict[str, torch.Tensor]:
     """Loss terms of one step (unweighted) and their weighted sum under 'total'. Terms weighted 0 are not computed."""
     device = batch.structure_crop.device
     # 1. targets: one no-grad backbone pass over both crops
     with torch.no_grad(), autocast(device, precision):
-        crops = torch.cat([backbone.prepare(batch.structure_crop, CROP_SIZE), backbone.prepare(batch.appearance_crop, CROP_SIZE)])
+        crops = torch.cat([backbone.prepare(batch.structure_crop, antialias), backbone.prepare(batch.appearance_crop, antialias)])
         target = backbone.last_block(crops)
         target_cls = target.cls_token[1:].float()  # (1, D) appearance crop
         target_keys = target.keys[1:].float()  # (1, N, D) appearance crop
@@ -78,7 +80,7 @@ def splice_losses(generator: torch.nn.Module, backbone: DinoBackbone, batch: Ste
 
     # 3. predictions: one backbone pass over [x, y]
     with autocast(device, precision):
-        predicted = backbone.last_block(torch.cat([backbone.prepare(o, CROP_SIZE) for o in outputs]))
+        predicted = backbone.last_block(torch.cat([backbone.prepare(o, antialias) for o in outputs]))
     terms = {"appearance": F.mse_loss(predicted.cls_token[:1].float(), target_cls)}
     if weights.structure > 0:
         terms["structure"] = F.mse_loss(self_similarity(predicted.keys[:1]), target_selfsim)
@@ -91,7 +93,7 @@ def splice_losses(generator: torch.nn.Module, backbone: DinoBackbone, batch: Ste
             raise ValueError("a full-image step needs batch.structure_full and full_target")
         whole = generator(batch.structure_full)
         with autocast(device, precision):
-            features = backbone.last_block(backbone.prepare(whole))
+            features = backbone.last_block(backbone.prepare(whole, antialias))
         terms["full_structure"] = F.mse_loss(self_similarity(features.keys), full_target)
         terms["full_appearance"] = F.mse_loss(features.cls_token.float(), target_cls)
 

@@ -96,14 +96,14 @@ def train_pair(structure: torch.Tensor, appearance: torch.Tensor, config: TrainC
         start_step, losses = int(checkpoint["step"]), list(checkpoint["losses"])
         log.info("resuming from checkpoint at step %d", start_step)
     backbone = backbone.to(device)
-    full_target = full_structure_target(backbone, structure, precision)  # (1, N, N), constant
+    full_target = full_structure_target(backbone, structure, precision, config.antialias)  # (1, N, N), constant
 
     # 3. train
     bar = _progress_bar(progress, start_step, config.steps)
     for step in range(start_step, config.steps):
         weights = loss_weights(step, config)
         batch = sample_batch(rng, structure, appearance, config, include_full=weights.full_image)
-        terms = splice_losses(generator, backbone, batch, weights, full_target, precision)
+        terms = splice_losses(generator, backbone, batch, weights, full_target, precision, config.antialias)
         terms["total"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -140,6 +140,7 @@ def train_pair(structure: torch.Tensor, appearance: torch.Tensor, config: TrainC
         "device": str(device),
         "device_name": _device_name(device),
         "precision": str(precision).replace("torch.", ""),
+        "backbone_resize": {"rule": "torchvision Resize(224, max_size=480)", "antialias": config.antialias},
         "seconds": seconds,
         "steps": config.steps,
         "resumed_from_step": start_step,

@@ -4,7 +4,10 @@ import time
 import pytest
 import torch
 
-from pipeline.backbone import BackboneUnavailable, backbone_input_size, load_backbone, self_similarity
+from torchvision.transforms import Resize
+
+from pipeline.backbone import (BackboneUnavailable, DinoBackbone, backbone_input_size, dino_position_embedding,
+                               load_backbone, self_similarity)
 
 TINY = "random:vit_tiny_patch16_224"
 
@@ -21,17 +24,20 @@ def test_architecture_facts_come_from_the_model(tiny):
     assert not any(p.requires_grad for p in tiny.parameters())
 
 
-@pytest.mark.parametrize("size,expected", [((900, 1200), (224, 299)), ((224, 224), (224, 224)), ((100, 1000), (48, 480))])
-def test_backbone_input_size_keeps_aspect_and_caps_the_long_side(size, expected):
+@pytest.mark.parametrize("size", [(900, 1200), (192, 256), (427, 640), (683, 1024), (224, 224), (100, 1000), (1000, 100)])
+def test_backbone_input_size_is_torchvisions_resize_rule(size):
+    # the authors call torchvision's Resize(224, max_size=480): the long side is truncated, not rounded
+    expected = tuple(Resize(224, max_size=480)(torch.zeros(3, *size)).shape[-2:])
     assert backbone_input_size(*size) == expected
+    assert backbone_input_size(192, 256) == (224, 298)  # round() would give 299
 
 
 def test_non_square_image_features_and_dropped_remainder(tiny):
     image = torch.rand(1, 3, 90, 120, requires_grad=True)
-    pixels = tiny.prepare(image)  # resized to (224, 299) -> remainder dropped to (224, 288)
-    assert pixels.shape == (1, 3, 224, 288)
+    pixels = tiny.prepare(image)  # resized to (224, 298); the ViT drops the remainder: 14 x 18 patches
+    assert pixels.shape == (1, 3, 224, 298)
     features = tiny.last_block(pixels)
-    tokens = 1 + (224 // 16) * (288 // 16)
+    tokens = 1 + (224 // 16) * (298 // 16)
     assert features.keys.shape == (1, tokens, 192)
     assert features.cls_token.shape == (1, 192)
     assert torch.isfinite(features.keys).all() and torch.isfinite(features.cls_token).all()
@@ -40,8 +46,32 @@ def test_non_square_image_features_and_dropped_remainder(tiny):
     assert image.grad is not None and image.grad.abs().sum() > 0
 
 
+def test_position_embedding_follows_dinos_rule(tiny):
+    pos_embed = tiny.vit.pos_embed  # (1, 1 + 14 * 14, D)
+    # the pretrained grid on a square image: kept as it is
+    assert dino_position_embedding(pos_embed, (14, 14), (224, 224)) is pos_embed
+    # same grid, non-square pixels (DINO compares the image's sides): resampled with a scale factor of 14.1 / 14
+    stretched = dino_position_embedding(pos_embed, (14, 14), (224, 230))
+    assert stretched.shape == pos_embed.shape and not torch.equal(stretched, pos_embed)
+    # another grid: plain bicubic by scale factor, [CLS] untouched
+    grid = dino_position_embedding(pos_embed, (14, 18), (224, 298))
+    assert grid.shape == (1, 1 + 14 * 18, pos_embed.shape[-1])
+    torch.testing.assert_close(grid[:, 0], pos_embed[:, 0])
+    patches = pos_embed[:, 1:].reshape(1, 14, 14, -1).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.interpolate(patches, scale_factor=(14.1 / 14, 18.1 / 14), mode="bicubic")
+    torch.testing.assert_close(grid[:, 1:], expected.flatten(2).transpose(1, 2))
+
+
+def test_a_vit_without_dinos_token_layout_is_refused():
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, reg_tokens=4, dynamic_img_size=True)
+    with pytest.raises(BackboneUnavailable, match="not a DINO-style ViT"):
+        DinoBackbone(vit, "random:vit_tiny_reg4", "random")
+
+
 def test_keys_are_the_last_blocks_key_projection(tiny):
-    pixels = tiny.prepare(torch.rand(1, 3, 64, 64), (224, 224))
+    pixels = tiny.prepare(torch.rand(1, 3, 64, 64))  # square: 224x224, the pretrained grid
     captured = {}
     handle = tiny.vit.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: captured.setdefault("qkv", o))
     try:

@@ -46,6 +46,8 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-side", type=int, help="downscale inputs so the long side is at most this")
     parser.add_argument("--checkpoint-every", type=int, default=100,
                         help="save a resumable checkpoint every N steps (default 100; 0: never)")
+    parser.add_argument("--no-antialias", action="store_true",
+                        help="resize to the backbone's input without antialiasing (the authors' pinned torchvision 0.10)")
 
 
 def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +59,8 @@ def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args):
     try:
         return preset(args.preset, backbone=args.backbone, steps=args.steps, seed=args.seed, max_side=args.max_side,
-                      checkpoint_every=args.checkpoint_every)
+                      checkpoint_every=args.checkpoint_every,
+                      antialias=False if getattr(args, "no_antialias", False) else None)
     except ValueError as exc:
         raise SpliceError(f"invalid training settings: {exc}") from exc
 

@@ -41,6 +41,9 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-side", type=int, help="downscale inputs so their long side is at most this many pixels")
     parser.add_argument("--checkpoint-every", type=int, help="write a resumable checkpoint every N steps (0: never)")
     parser.add_argument("--log-every", type=int, help="record loss terms every N steps (default 10)")
+    parser.add_argument("--no-antialias", action="store_true",
+                        help="resize to the backbone's input without antialiasing, as the authors' pinned torchvision 0.10 "
+                             "did (default: antialiased, as modern torchvision and the authors' code today)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -48,7 +51,7 @@ def config_from_args(args: argparse.Namespace):
         return preset(
             args.preset, steps=args.steps, backbone=args.backbone, precision=args.precision, seed=args.seed,
             max_pixels=args.max_pixels, max_side=args.max_side, checkpoint_every=args.checkpoint_every,
-            log_every=args.log_every,
+            log_every=args.log_every, antialias=False if getattr(args, "no_antialias", False) else None,
         )
     except ValueError as exc:
         raise SpliceError(str(exc)) from exc
