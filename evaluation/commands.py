@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pipeline.errors import SpliceError
 
-from .metrics import METRICS
+from .metrics import DEFAULT_METRICS, METRICS
 from .segmenter import DEFAULT_SEGMENTER
 
 
@@ -15,10 +15,12 @@ def register(subparsers) -> None:
                     "outputs whose content changed. Metrics whose pretrained weights cannot be had offline are "
                     "skipped with a message, unless named with --metrics.")
     evaluate.add_argument("run", metavar="RUN_URL", help="run folder (local path or fsspec URL)")
-    evaluate.add_argument("--metrics", help=f"comma-separated metrics (default: all available of {','.join(METRICS)})")
+    evaluate.add_argument("--metrics", help=f"comma-separated metrics of {','.join(METRICS)} (default: all available of "
+                                            f"{','.join(DEFAULT_METRICS)}; selfsim and dino_i follow the published protocol)")
     evaluate.add_argument("--metric-backbone", metavar="SPEC",
                           help="override the DINO backbones of all metrics (e.g. random:vit_tiny_patch16_224 for an "
-                               "offline smoke run; results are labelled), or per role: dino_vitb8=SPEC,dino_vits16=SPEC")
+                               "offline smoke run; results are labelled), or per role: dino_vitb8=SPEC,dino_vits16=SPEC "
+                               "(dino_vits16 serves only dino_i_s16)")
     evaluate.add_argument("--lpips-weights", default="pretrained", metavar="pretrained|random|file:PATH",
                           help="AlexNet trunk of LPIPS (torchvision alexnet-owt-7be5be79.pth; default: from the torch cache)")
     evaluate.add_argument("--segmenter", default=DEFAULT_SEGMENTER, metavar="SPEC",
@@ -78,7 +80,7 @@ def run_evaluate(args) -> int:
     from .evaluate import evaluate_run
     from .models import EvalSettings, best_device
 
-    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else tuple(METRICS)
+    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else DEFAULT_METRICS
     try:
         settings = EvalSettings(metrics=metrics, explicit=bool(args.metrics), metric_backbone=args.metric_backbone,
                                 lpips_weights=args.lpips_weights, segmenter=args.segmenter,

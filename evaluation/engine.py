@@ -1,6 +1,7 @@
 """Compute metrics for decoded pairs in batches on one device. Knows nothing of runs, storage or Ray.
 
-Images in a set of pairs differ in size, so each model pass groups the items whose working size is equal and
+Images in a set of pairs differ in size (except under the published protocol, where all are 224x224), so each model
+pass groups the items whose working size is equal and
 runs them `batch_size` pairs at a time. For the structure metrics, an output whose size differs from its structure
 image's is first resized (bilinear, antialiased) to the structure image's size. A batch that fails is retried pair by pair, so that one bad
 pair fails alone.
@@ -39,11 +40,19 @@ def compute_metrics(pairs: list[PairImages], names: list[str], models: MetricMod
     scores = {pair.pair_id: PairScores() for pair in pairs}
     run = _Runner(device, batch_size)
 
-    # 1. working copies on the CPU. Structure comparisons (selfsim_mse, lpips_structure, layout_miou) see the output
-    #    resized to the structure image's working size; appearance comparisons (cls_mse, dino_i) see each image at
-    #    its own backbone input size, as training prepares it, so an output equal to the appearance image matches it.
+    # 1. working copies on the CPU. The published protocol (selfsim, dino_i) sees every image at 512x512 then 224x224
+    #    (`M.protocol_image`). The other structure comparisons (selfsim_native, lpips_structure, layout_miou) see the
+    #    output resized to the structure image's working size; the other appearance comparisons (cls_mse, dino_i_s16)
+    #    see each image at its own backbone input size, as training prepares it, so an output equal to the appearance
+    #    image matches it.
+    protocol = wanted & {"selfsim", "dino_i"}
+    proto_s, proto_o, proto_a = [], [], []
     vit_s, vit_o_s, vit_o, vit_a, small_s, small_o = [], [], [], [], [], []
     for pair in pairs:
+        if protocol:
+            proto_s.append(M.protocol_image(pair.structure))
+            proto_o.append(M.protocol_image(pair.output))
+            proto_a.append(M.protocol_image(pair.appearance))
         structure = pair.structure.float()[None] / 255  # (1, 3, H, W)
         output = pair.output.float()[None] / 255
         appearance = pair.appearance.float()[None] / 255
@@ -57,10 +66,29 @@ def compute_metrics(pairs: list[PairImages], names: list[str], models: MetricMod
         small_s.append(M.resize(structure, size)[0])
         small_o.append(M.resize(output_s, size)[0])
 
-    # 2. ViT-B/8: self-similarity of structure and output in one pass (which also gives the output's [CLS]).
-    #    Every ViT result per item ends with (..., cls_token, final_cls).
+    # 2. the published protocol on ViT-B/8: one pass over [structure, output] (self-similarity of both, the output's
+    #    [CLS]) and one over the appearance image ([CLS])
+    if protocol:
+        backbone = models.vitb8
+
+        def protocol_pass(batch):  # (B, 2, 3, 224, 224)
+            d = M.vit_descriptors(backbone, batch.flatten(0, 1), "selfsim" in wanted)
+            selfsim = (M.mse_per_item(d.self_similarity[0::2], d.self_similarity[1::2]) if d.self_similarity is not None
+                       else torch.full((batch.shape[0],), float("nan")))
+            return selfsim, d.cls_token[1::2]
+
+        structure_output = run([torch.stack(p) for p in zip(proto_s, proto_o)], protocol_pass)
+        if "selfsim" in wanted:
+            _record(scores, pairs, structure_output, "selfsim", lambda r: r[0])
+        if "dino_i" in wanted:
+            appearance_cls = run([a[None] for a in proto_a], _embed(backbone))
+            _record_pairwise(scores, pairs, structure_output, appearance_cls, "dino_i",
+                             lambda o, a: M.cosine_per_item(o[1][None], a[0][None])[0])
+
+    # 3. selfsim_native on ViT-B/8: structure and output at the structure image's aspect, in one pass (which also
+    #    gives the output's [CLS] for cls_mse). Every ViT result per item ends with (..., cls_token, final_cls).
     structure_out = None
-    if "selfsim_mse" in wanted:
+    if "selfsim_native" in wanted:
         backbone = models.vitb8
 
         def structure_pass(batch):  # (B, 2, 3, h, w)
@@ -69,12 +97,12 @@ def compute_metrics(pairs: list[PairImages], names: list[str], models: MetricMod
             return M.mse_per_item(similarity[:, 0], similarity[:, 1]), d.cls_token[1::2], d.final_cls[1::2]
 
         structure_out = run([torch.stack(p) for p in zip(vit_s, vit_o_s)], structure_pass)
-        _record(scores, pairs, structure_out, "selfsim_mse", lambda r: r[0])
+        _record(scores, pairs, structure_out, "selfsim_native", lambda r: r[0])
 
-    # 3. [CLS] of output and appearance on each backbone the appearance metrics need (one pass each, shared)
+    # 4. [CLS] of output and appearance at their own aspect on each backbone these metrics need (one pass each, shared)
     appearance_metrics = {
         "cls_mse": (models.vitb8, lambda o, a: M.mse_per_item(o[-2][None], a[-2][None])[0]),  # before the final norm
-        "dino_i": (models.vits16, lambda o, a: M.cosine_per_item(o[-1][None], a[-1][None])[0]),  # after it
+        "dino_i_s16": (models.vits16, lambda o, a: M.cosine_per_item(o[-1][None], a[-1][None])[0]),  # after it
     }
     embedded = {}  # id(backbone) -> (outputs, appearances)
     for name, (backbone, compare) in appearance_metrics.items():
@@ -86,7 +114,7 @@ def compute_metrics(pairs: list[PairImages], names: list[str], models: MetricMod
                                       run([a[None] for a in vit_a], _embed(backbone)))
         _record_pairwise(scores, pairs, *embedded[id(backbone)], name, compare)
 
-    # 4. LPIPS and semantic layout, at the small working size
+    # 5. LPIPS and semantic layout, at the small working size
     small_pairs = [torch.stack(p) for p in zip(small_s, small_o)] if wanted & {"lpips_structure", "layout_miou"} else []
     if "lpips_structure" in wanted:
         out = run(small_pairs, lambda b: (M.lpips_structure(models.lpips, b[:, 0], b[:, 1]),))

@@ -25,7 +25,7 @@ TINY = "random:vit_tiny_patch16_224"
 
 
 ALL = EvalSettings(metric_backbone=TINY, lpips_weights="random", segmenter=ColourSegmenter(), explicit=True)
-CHEAP = EvalSettings(metrics=("selfsim_mse", "dino_i"), metric_backbone=TINY, explicit=True)
+CHEAP = EvalSettings(metrics=("selfsim", "dino_i"), metric_backbone=TINY, explicit=True)
 
 
 def save_image(path, seed: int, size=(40, 56)):
@@ -110,17 +110,17 @@ def test_evaluate_writes_one_row_per_pair_with_provenance_and_counts_failures(ru
     assert list(frame.index) == ["p0", "p1", "p2", "p3"]
     assert list(frame["method"].unique()) == ["strotss"] and frame.loc["p1", "domain"] == "dog"
     # output == structure image: ideal structure scores; output == appearance image: ideal appearance scores
-    assert frame.loc["p0", "selfsim_mse"] == pytest.approx(0, abs=1e-9)
+    assert frame.loc["p0", "selfsim"] == pytest.approx(0, abs=1e-9)
     assert frame.loc["p0", "lpips_structure"] == pytest.approx(0, abs=1e-9)
     assert frame.loc["p0", "layout_miou"] == 1.0
     assert frame.loc["p1", "dino_i"] == pytest.approx(1, abs=1e-5)
     assert frame.loc["p1", "cls_mse"] == pytest.approx(0, abs=1e-9)
-    assert frame.loc["p0", "selfsim_mse__model"] == f"{TINY}@random" and frame.loc["p0", "dino_i__version"] == "1"
+    assert frame.loc["p0", "selfsim__model"] == f"{TINY}@random" and frame.loc["p0", "dino_i__version"] == "2"
     assert frame.loc["p0", "layout_miou__model"] == "colour@deterministic"
     # missing and failed pairs are rows too: no values, the reason recorded
     assert frame.loc["p2", "status"] == "missing" and "no output for pair 'p2'" in frame.loc["p2", "error"]
     assert frame.loc["p3", "status"] == "failed" and "p3.png" in frame.loc["p3", "error"]
-    assert frame.loc[["p2", "p3"], ["selfsim_mse", "dino_i"]].isna().all().all()
+    assert frame.loc[["p2", "p3"], ["selfsim", "dino_i"]].isna().all().all()
     evaluation = json.loads((run / "eval" / "evaluation.json").read_text())
     assert evaluation["layout_classes"] == ColourSegmenter.class_names
     assert not (run / "pairs" / "p0" / "eval").exists()  # nothing written beside the training outputs
@@ -135,47 +135,47 @@ def test_re_running_computes_only_what_is_missing(run, monkeypatch):
         return real(pairs, names, *args, **kwargs)
 
     monkeypatch.setattr(evaluate_module, "compute_metrics", spy)
-    settings = EvalSettings(metrics=("selfsim_mse",), metric_backbone=TINY)
+    settings = EvalSettings(metrics=("selfsim",), metric_backbone=TINY)
 
     def evaluate(**changes):
         calls.clear()
         evaluate_run(str(run), settings.__class__(**{**settings.__dict__, **changes}), device="cpu", progress=False)
         return list(calls)
 
-    assert evaluate() == [(["p0", "p1"], ["selfsim_mse"])]
+    assert evaluate() == [(["p0", "p1"], ["selfsim"])]
     assert evaluate() == []  # nothing new
-    assert evaluate(metrics=("selfsim_mse", "dino_i")) == [(["p0", "p1"], ["dino_i"])]  # a newly asked metric
+    assert evaluate(metrics=("selfsim", "dino_i")) == [(["p0", "p1"], ["dino_i"])]  # a newly asked metric
     before = metrics_of(run)
     save_image(run / "pairs" / "p1" / "output.png", 99)  # p1's output changed
     (run / "pairs" / "p0" / "output.png").write_bytes((run / "pairs" / "p0" / "output.png").read_bytes())  # rewritten, same content
-    assert evaluate(metrics=("selfsim_mse", "dino_i")) == [(["p1"], ["dino_i", "selfsim_mse"])]
+    assert evaluate(metrics=("selfsim", "dino_i")) == [(["p1"], ["dino_i", "selfsim"])]
     after = metrics_of(run)
-    assert after.loc["p0", "selfsim_mse"] == before.loc["p0", "selfsim_mse"]
+    assert after.loc["p0", "selfsim"] == before.loc["p0", "selfsim"]
     assert after.loc["p1", "output_sha256"] != before.loc["p1", "output_sha256"]
     # a missing output arrives: only that pair
     save_image(run / "pairs" / "p2" / "output.png", 5, (36, 44))
     (run / "pairs" / "p2" / "_SUCCESS").write_bytes(b"")
-    assert evaluate() == [(["p2"], ["selfsim_mse"])]
+    assert evaluate() == [(["p2"], ["selfsim"])]
     assert metrics_of(run).loc["p2", "status"] == "ok"
     # another metric model: its values are stale
-    assert evaluate(metric_backbone="random:test_vit") == [(["p0", "p1", "p2"], ["selfsim_mse"])]
+    assert evaluate(metric_backbone="random:test_vit") == [(["p0", "p1", "p2"], ["selfsim"])]
     assert metrics_of(run).loc["p0", "dino_i"] == after.loc["p0", "dino_i"]  # values of other metrics are kept
     calls.clear()
-    evaluate_run(str(run), EvalSettings(metrics=("selfsim_mse",), metric_backbone="random:test_vit"), device="cpu",
+    evaluate_run(str(run), EvalSettings(metrics=("selfsim",), metric_backbone="random:test_vit"), device="cpu",
                  force=True, progress=False)
-    assert calls == [(["p0", "p1", "p2"], ["selfsim_mse"])]
+    assert calls == [(["p0", "p1", "p2"], ["selfsim"])]
 
 
 def test_cli_offline_skips_unavailable_metrics_unless_asked_for(run, offline, capsys):
     assert main(["evaluate", str(run), "--metric-backbone", TINY, "--no-progress", "--batch-size", "2"]) == 0
     out = capsys.readouterr().out
-    assert "metrics selfsim_mse, dino_i, cls_mse ->" in out
+    assert "metrics selfsim, dino_i, cls_mse ->" in out
     assert "skipped lpips_structure" in out and "alexnet-owt-7be5be79.pth" in out and "skipped layout_miou" in out
-    assert main(["evaluate", str(run), "--metrics", "selfsim_mse,lpips_structure", "--metric-backbone", TINY,
+    assert main(["evaluate", str(run), "--metrics", "selfsim,lpips_structure", "--metric-backbone", TINY,
                  "--no-progress"]) == 2
     assert "lpips_structure was asked for but cannot be computed" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--metrics", "dino_i", "--no-progress"]) == 2  # default DINO weights: not here
-    assert "--metric-backbone dino_vits16=file:PATH" in capsys.readouterr().err
+    assert "--metric-backbone dino_vitb8=file:PATH" in capsys.readouterr().err
     assert main(["evaluate", str(run.parent / "nowhere"), "--no-progress"]) == 2
     assert "not a run folder" in capsys.readouterr().err
 
@@ -197,8 +197,8 @@ def test_import_and_evaluate_a_run_in_object_storage(tmp_path, s3_bucket):
     storage = Storage(s3_bucket.options)
     run_url = s3_bucket.url("runs", "strotss")
     import_outputs("strotss", str(outputs), str(manifest), run_url, storage=storage)
-    settings = EvalSettings(metrics=("selfsim_mse",), metric_backbone=TINY)
+    settings = EvalSettings(metrics=("selfsim",), metric_backbone=TINY)
     assert evaluate_run(run_url, settings, storage=storage, device="cpu", progress=False).computed == 2
     assert evaluate_run(run_url, settings, storage=storage, device="cpu", progress=False).computed == 0
     frame = pd.read_parquet(s3_bucket.fs().open(f"{s3_bucket.bucket}/runs/strotss/eval/metrics.parquet"))
-    assert list(frame["status"]) == ["ok", "ok"] and frame["selfsim_mse"][0] == pytest.approx(0, abs=1e-9)
+    assert list(frame["status"]) == ["ok", "ok"] and frame["selfsim"][0] == pytest.approx(0, abs=1e-9)

@@ -54,10 +54,62 @@ def test_structure_metrics_are_zero_when_the_output_is_the_structure_image(backb
 
 def test_appearance_metrics_are_ideal_when_the_output_is_the_appearance_image(backbone):
     appearance, other = unit(smooth_image(2, 36, 44)), unit(smooth_image(3, 50, 30))
-    assert M.dino_i(backbone, appearance, appearance).item() == pytest.approx(1.0, abs=1e-5)
+    for cosine in (M.cls_cosine, M.final_cls_cosine):
+        assert cosine(backbone, appearance, appearance).item() == pytest.approx(1.0, abs=1e-5)
+        assert cosine(backbone, appearance, other).item() < 1 - 1e-5
     assert M.cls_mse(backbone, appearance, appearance).item() == pytest.approx(0.0, abs=1e-10)
-    assert M.dino_i(backbone, appearance, other).item() < 1 - 1e-5
     assert M.cls_mse(backbone, appearance, other).item() > 1e-8
+
+
+# --- the published protocol, built by hand from PIL and torchvision calls -----------------------------------------
+
+def protocol_reference(vit, structure: torch.Tensor, appearance: torch.Tensor, output: torch.Tensor) -> tuple[float, float]:
+    """(selfsim, dino_i) as Ctrl-X's evaluate.py + score.py compute them, for (3, H, W) uint8 images."""
+    from PIL import Image
+    from torchvision import transforms
+
+    def load(image):  # Image.open(...).resize((512, 512), resample=Image.BILINEAR)
+        return Image.fromarray(image.permute(1, 2, 0).numpy()).resize((512, 512), resample=Image.BILINEAR)
+
+    global_transform = transforms.Compose([transforms.ToTensor(), transforms.Resize(224, max_size=480),
+                                           transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+
+    def features(image):  # last block's output and its qkv, through timm's own forward
+        captured = {}
+        hooks = [vit.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: captured.__setitem__("qkv", o)),
+                 vit.blocks[-1].register_forward_hook(lambda m, i, o: captured.__setitem__("out", o))]
+        try:
+            vit.forward_features(global_transform(load(image)).unsqueeze(0))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        dim = captured["out"].shape[-1]
+        keys = captured["qkv"][0, :, dim:2 * dim]  # (T, heads * head_dim)
+        norm = keys.norm(dim=1, keepdim=True)
+        self_sim = (keys @ keys.T) / torch.clamp(norm @ norm.T, min=1e-08)  # their attn_cosine_sim
+        return self_sim, captured["out"][0, 0]
+
+    with torch.no_grad():
+        structure_sim, _ = features(structure)
+        output_sim, output_cls = features(output)
+        _, appearance_cls = features(appearance)
+    selfsim = torch.nn.functional.mse_loss(output_sim, structure_sim).item()
+    dino_i = torch.nn.functional.cosine_similarity(output_cls, appearance_cls, dim=0).item()
+    return selfsim, dino_i
+
+
+def test_published_protocol_matches_a_reference_built_from_pil_and_torchvision():
+    # ViT-S/8 shape with DINO's input normalisation: patch 8 as in the protocol's ViT-B/8, small enough for a test
+    backbone = load_backbone("random:vit_small_patch8_224.dino", "cpu")
+    models = MetricModels(vitb8=backbone, vits16=backbone, ids={m: "test@random" for m in M.METRICS})
+    pairs = [PairImages("landscape", smooth_image(30, 120, 200), smooth_image(31, 90, 70), smooth_image(32, 120, 200)),
+             PairImages("portrait", smooth_image(33, 300, 180), smooth_image(34, 64, 64), smooth_image(35, 150, 90)),
+             PairImages("square", smooth_image(36, 96, 96), smooth_image(37, 700, 500), smooth_image(38, 96, 96))]
+    scores = compute_metrics(pairs, ["selfsim", "dino_i"], models, "cpu", batch_size=2)
+    for pair in pairs:
+        selfsim, dino_i = protocol_reference(backbone.vit, pair.structure, pair.appearance, pair.output)
+        assert scores[pair.pair_id].values["selfsim"] == pytest.approx(selfsim, rel=1e-6, abs=1e-9), pair.pair_id
+        assert scores[pair.pair_id].values["dino_i"] == pytest.approx(dino_i, rel=1e-6), pair.pair_id
 
 
 def test_mean_iou_by_hand():
@@ -87,20 +139,22 @@ def test_engine_batches_mixed_sizes_and_keeps_the_identities(models):
     batched = compute_metrics(pairs, list(M.METRICS), models, "cpu", batch_size=4)
     for pair_id in ("same_as_structure", "same_as_structure_too"):
         values = batched[pair_id].values
-        assert values["selfsim_mse"] == pytest.approx(0, abs=1e-9)
+        assert values["selfsim"] == pytest.approx(0, abs=1e-9) and values["selfsim_native"] == pytest.approx(0, abs=1e-9)
         assert values["lpips_structure"] == pytest.approx(0, abs=1e-9)
         assert values["layout_miou"] == 1.0
     appearance = batched["same_as_appearance"].values
     assert appearance["dino_i"] == pytest.approx(1, abs=1e-5) and appearance["cls_mse"] == pytest.approx(0, abs=1e-9)
-    assert batched["other"].values["selfsim_mse"] > 0 and not any(b.errors for b in batched.values())
+    assert appearance["dino_i_s16"] == pytest.approx(1, abs=1e-5)
+    assert batched["other"].values["selfsim"] > 0 and batched["other"].values["selfsim_native"] > 0
+    assert not any(b.errors for b in batched.values())
     # one pair at a time gives the same values as batches
-    single = compute_metrics(pairs[1:3], ["selfsim_mse", "dino_i"], models, "cpu", batch_size=1)
+    single = compute_metrics(pairs[1:3], ["selfsim", "dino_i", "selfsim_native"], models, "cpu", batch_size=1)
     for pair_id, scores in single.items():
         assert scores.values == pytest.approx({k: batched[pair_id].values[k] for k in scores.values}, rel=1e-4, abs=1e-7)
     # and so does the metric function called directly, the output resized to the structure image's size first
     structure, output = unit(s0), M.resize(unit(a0), (40, 56))
     expected = M.selfsim_mse(models.vitb8, structure, output).item()
-    assert batched["same_as_appearance"].values["selfsim_mse"] == pytest.approx(expected, rel=1e-4)
+    assert batched["same_as_appearance"].values["selfsim_native"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_a_pair_that_fails_fails_alone(models):
@@ -120,9 +174,9 @@ def test_a_pair_that_fails_fails_alone(models):
 
 
 def test_unavailable_weights_are_skipped_with_how_to_provide_them_or_refused_when_asked_for(offline):
-    models = load_metric_models(EvalSettings(metrics=("selfsim_mse", "lpips_structure", "layout_miou")), "cpu")
+    models = load_metric_models(EvalSettings(metrics=("selfsim", "lpips_structure", "layout_miou")), "cpu")
     assert models.metrics == []
-    assert "file:PATH" in models.skipped["selfsim_mse"]
+    assert "file:PATH" in models.skipped["selfsim"]
     lpips_reason = models.skipped["lpips_structure"]
     assert hub_cache_path("https://x/alexnet-owt-7be5be79.pth") in lpips_reason and "--lpips-weights file:PATH" in lpips_reason
     assert "--segmenter-weights PATH" in models.skipped["layout_miou"]

@@ -31,40 +31,40 @@ NAN = float("nan")
 def fixture_frame() -> pd.DataFrame:
     """Two methods on four pairs; method a failed on p3."""
     rows = []
-    a = {"selfsim_mse": [0.1, 0.2, 0.3, NAN], "dino_i": [0.9, 0.8, 0.7, NAN]}
-    b = {"selfsim_mse": [0.2, 0.1, 0.4, 0.5], "dino_i": [0.5, 0.9, 0.7, 0.6]}
+    a = {"selfsim": [0.1, 0.2, 0.3, NAN], "dino_i": [0.9, 0.8, 0.7, NAN]}
+    b = {"selfsim": [0.2, 0.1, 0.4, 0.5], "dino_i": [0.5, 0.9, 0.7, 0.6]}
     for method, values in (("a", a), ("b", b)):
         for index in range(4):
             failed = method == "a" and index == 3
             rows.append({"method": method, "pair_id": f"p{index}", "domain": ["cat", "dog"][index % 2],
-                         "status": "failed" if failed else "ok", "selfsim_mse": values["selfsim_mse"][index],
-                         "dino_i": values["dino_i"][index], "selfsim_mse__model": f"{TINY}@random",
+                         "status": "failed" if failed else "ok", "selfsim": values["selfsim"][index],
+                         "dino_i": values["dino_i"][index], "selfsim__model": f"{TINY}@random",
                          "dino_i__model": "dino_vits16@sha256:0123", "train_seconds": 10.0 if method == "b" else None})
     return pd.DataFrame(rows)
 
 
 def test_tables_equal_hand_computed_means_with_a_bootstrap_ci_around_them():
     tables = T.build_tables(fixture_frame(), reference="a", group_by=["domain"])
-    assert tables.metrics == ["selfsim_mse", "dino_i"]
+    assert tables.metrics == ["selfsim", "dino_i"]
     overall = tables.groups[0]
     a, b = overall.rows
     assert (a.n_pairs, a.n_evaluated, a.n_failed) == (4, 3, 1) and (b.n_evaluated, b.n_failed) == (4, 0)
-    for row, expected in ((a, {"selfsim_mse": 0.2, "dino_i": 0.8}), (b, {"selfsim_mse": 0.3, "dino_i": 0.675})):
+    for row, expected in ((a, {"selfsim": 0.2, "dino_i": 0.8}), (b, {"selfsim": 0.3, "dino_i": 0.675})):
         for metric, mean in expected.items():
             cell = row.cells[metric]
             assert cell.mean == pytest.approx(mean)
             assert cell.low <= mean <= cell.high and cell.low < cell.high
     assert b.train_seconds == 10.0 and a.train_seconds is None
-    assert a.random_metrics == ["selfsim_mse"]  # labelled: computed with random weights
+    assert a.random_metrics == ["selfsim"]  # labelled: computed with random weights
     # win rates of b against a: a pair a failed on counts as a win for b; ties count half
-    selfsim, dino = overall.win_rates["b"]["selfsim_mse"], overall.win_rates["b"]["dino_i"]
+    selfsim, dino = overall.win_rates["b"]["selfsim"], overall.win_rates["b"]["dino_i"]
     assert (selfsim.wins, selfsim.losses, selfsim.ties, selfsim.rate) == (2, 2, 0, 0.5)
     assert (dino.wins, dino.losses, dino.ties, dino.rate) == (2, 1, 1, 0.625)
     assert [g.title for g in tables.groups] == ["all pairs", "domain = cat", "domain = dog"]
-    assert tables.groups[2].rows[0].cells["selfsim_mse"].mean == pytest.approx(0.2)  # a on p1 (p3 failed)
+    assert tables.groups[2].rows[0].cells["selfsim"].mean == pytest.approx(0.2)  # a on p1 (p3 failed)
 
     markdown = T.to_markdown(tables)
-    assert "| a | **0.200 [" in markdown and "| 3 | 1 |" in markdown and "selfsim_mse ↓" in markdown and "dino_i ↑" in markdown
+    assert "| a | **0.200 [" in markdown and "| 3 | 1 |" in markdown and "selfsim ↓" in markdown and "dino_i ↑" in markdown
     assert "50% (n=4)" in markdown and " †" in markdown
     csv = pd.read_csv(io.StringIO(T.to_csv(tables)))
     overall_csv = csv[csv["group"] == "all pairs"].set_index("method")
@@ -77,7 +77,7 @@ def test_tables_equal_hand_computed_means_with_a_bootstrap_ci_around_them():
     assert "**Warning:** dino_i was computed with different models" in T.to_markdown(T.build_tables(mixed))
     assert "different pairs (3 of 4 in common)" in T.to_markdown(T.build_tables(mixed[mixed.index != 7]))
     latex = T.to_latex(tables)
-    assert r"selfsim\_mse $\downarrow$" in latex and r"\textbf{0.200}\dag" in latex and r"\textbf{0.800}" in latex
+    assert r"selfsim $\downarrow$" in latex and r"\textbf{0.200}\dag" in latex and r"\textbf{0.800}" in latex
 
 
 def test_bootstrap_ci():
@@ -132,7 +132,7 @@ def report(tmp_path_factory):
         meta = json.loads((pair / "meta.json").read_text())
         meta.update(seconds=30.0, device="cuda", device_name="NVIDIA H100", peak_memory_bytes=2 * 2**30)
         (pair / "meta.json").write_text(json.dumps(meta))
-    settings = EvalSettings(metrics=("selfsim_mse", "dino_i"), metric_backbone=TINY)
+    settings = EvalSettings(metrics=("selfsim", "dino_i"), metric_backbone=TINY)
     for run in runs:
         evaluate_run(run, settings, device="cpu", progress=False)
     out = root / "report"
@@ -162,7 +162,7 @@ def test_report_folder_is_complete_and_self_contained(report):
     overall = csv[csv["group"] == "all pairs"].set_index("method")
     assert overall.loc["strotss", "n_failed"] == 1 and overall.loc["strotss", "n_evaluated"] == 2
     assert overall.loc["splice", "train_seconds_mean"] == 30.0 and overall.loc["splice", "train_device"] == "NVIDIA H100"
-    assert overall.loc["strotss", "selfsim_mse_win_n"] == 3  # against splice, p2 (missing for strotss) a loss
+    assert overall.loc["strotss", "selfsim_win_n"] == 3  # against splice, p2 (missing for strotss) a loss
 
     page = (report / "report.html").read_text()
     parser = Links()
