@@ -3,7 +3,8 @@
     python infra/docker/prefetch_weights.py dino_vitb8 eval
 
 Names: a training backbone (dino_vitb8, dino_vits8, dino_vitb16, dino_vits16) or `eval`, every model the default
-metrics of `splice evaluate` load (DINO ViT-B/8 and ViT-S/16, LPIPS's AlexNet, the layout segmenter). The project's
+metrics of `splice evaluate` load (DINO ViT-B/8, LPIPS's AlexNet, the layout segmenter; add dino_vits16 for the
+optional dino_i_s16). The project's
 own loaders do the fetching, so the files land exactly where training and evaluation look for them; any weights
 that cannot be had fail the build, so an image never ships that would download at run time.
 """
