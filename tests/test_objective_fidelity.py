@@ -154,13 +154,13 @@ def test_production_objective_matches_the_reference(backbone, structure_size, st
 def test_antialias_off_reproduces_the_authors_pinned_torchvision():
     """torchvision 0.10 (the authors' pin) resized tensors without antialiasing: `antialias=False` is that."""
     backbone = tiny_patch8_backbone()
-    structure = torch.rand(1, 3, 192, 256)
+    structure = torch.rand(1, 3, 427, 640)  # downscaled to 224x335: antialiasing matters
     with torch.no_grad():
         target = full_structure_target(backbone, structure, None, antialias=False)
         _, keys = reference_features(backbone.vit, structure, antialias=False)
         torch.testing.assert_close(target, attn_cosine_sim(keys), rtol=1e-5, atol=1e-6)
         _, antialiased = reference_features(backbone.vit, structure, antialias=True)
-    assert not torch.allclose(attn_cosine_sim(keys), attn_cosine_sim(antialiased), atol=1e-4)
+    assert not torch.allclose(keys, antialiased, atol=1e-3)
 
 
 def test_loss_weights_follow_the_schedule():
