@@ -1,13 +1,19 @@
-"""The Ray layer of `splice run`: one task per pair, results collected as they finish.
+"""The Ray layer of `splice run`: one task per pack of pairs (a pack of one by default on CPUs), results
+collected as they finish.
 
 Driver (`run_manifest`): validate the manifest, lock the run folder, record run.json and manifest.parquet,
 skip pairs that have `_SUCCESS`, submit the rest (a bounded window of tasks in flight), collect them with
 ray.wait, and keep results.parquet up to date so an interrupted driver loses nothing.
 
-Worker (`run_pair`, a plain function; `_pair_task` is its Ray wrapper): read the two images through storage,
+Worker (`run_pair`, a plain function; `_pack_task` is the Ray wrapper of a pack of them): read the two images through storage,
 apply the method (the backbone is loaded once per worker process and cached), write the pair through pair_io
 with `_SUCCESS` last. A bad pair returns a 'failed' row instead of raising, so it fails alone; a worker that
 dies mid-pair is re-run by Ray (`max_retries`) and the half-written folder, lacking `_SUCCESS`, is redone.
+
+Packs (`--pack K`, see pipeline/packs.py): the driver groups pairs into packs of up to K (equal image sizes
+together) and sends one task per pack (`_pack_task` -> `run_pack`); the task runs `run_pair` for each of its pairs
+in a thread of its own, and the pairs that reach training train together. Everything else stays per pair:
+`_SUCCESS`, attempts, checkpoints, a failure, the results row; a retried pack skips its pairs already done.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from .fault_injection import fault_plan, inject_delay, inject_fault
 from .images import ImageError, decode_image
 from .manifest import Manifest, ManifestError, PairSpec, read_manifest, write_manifest
 from .methods import get_method, run_method
+from .packs import PackRendezvous, auto_pack_size, image_size, plan_packs
 from .run_state import ResultsTable, done_pair_ids, row_from_meta, write_run_record
 from .storage import RunLock, Storage, absolute, is_local, redact_url, with_retries
 
@@ -46,8 +53,8 @@ class RunSettings:
     method: str = "splice"  # see pipeline.methods.METHODS
     config: TrainConfig = field(default_factory=TrainConfig)  # training settings (splice) / max_side (others)
     address: str | None = None  # Ray cluster address; None: RAY_ADDRESS, else an embedded Ray on this machine
-    gpus_per_pair: float | None = None  # GPUs per pair (0.25: four per GPU); None: 1 if the cluster has GPUs, else 0
-    cpus_per_pair: float = 1.0  # CPUs each pair asks for
+    gpus_per_pair: float | None = None  # DEPRECATED: the same as gpus_per_task with pack 1 (one pair per task)
+    cpus_per_pair: float = 1.0  # CPUs each task (a pack of pairs) asks for
     max_retries: int = 2  # re-runs of a pair whose worker process died
     limit: int | None = None  # only the first N pairs of the manifest
     only: tuple[str, ...] = ()  # only these pair ids
@@ -56,6 +63,9 @@ class RunSettings:
     break_stale_lock: bool = False  # remove the lock only if it is stale (holder gone, or not renewed)
     storage_options: dict = field(default_factory=dict)  # for non-local filesystems; never logged
     progress: bool = True  # show a progress bar
+    pack: int | None = None  # pairs trained together per task (None: auto: 1 on CPUs, on GPUs as many as fit)
+    gpus_per_task: float | None = None  # GPUs per task (0.5: two tasks per GPU); None: 1 if the cluster has GPUs, else 0
+    compile: str = "auto"  # torch.compile the backbone's crop passes: auto (on CUDA) | on | off
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,7 @@ def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
     method = get_method(settings.method)
     manifest = read_manifest(manifest_url, storage)
     jobs = [_job(pair, settings) for pair in select_pairs(manifest, settings.only, settings.limit)]
+    settings = resolve_task_settings(settings)
 
     # 2. one driver per run folder
     with RunLock(storage, settings.out, break_lock=settings.break_lock, break_stale=settings.break_stale_lock):
@@ -163,30 +174,31 @@ def _fan_out(todo: list[PairJob], settings: RunSettings, results: ResultsTable, 
         log.warning("--out %s is a local path but pairs run on a Ray cluster: each node writes to its own disk unless "
                     "the path is shared storage; prefer s3://, gs://, ...", settings.out)
     try:
-        gpus = _gpus_per_pair(settings.gpus_per_pair, started_embedded=started_ray and not _address(settings.address))
-        task = _pair_task.options(num_cpus=settings.cpus_per_pair, num_gpus=gpus, max_retries=settings.max_retries,
+        gpus = _gpus_per_pair(settings.gpus_per_task, started_embedded=started_ray and not _address(settings.address))
+        packs = _plan(todo, settings, gpus)
+        task = _pack_task.options(num_cpus=settings.cpus_per_pair, num_gpus=gpus, max_retries=settings.max_retries,
                                   retry_exceptions=False)
         window = max(8, 2 * _slots(settings.cpus_per_pair, gpus))
-        queue, pending = deque(todo), {}
+        queue, pending = deque(packs), {}
         counts = {"done": 0, "failed": 0}
         bar = tqdm(total=len(todo), unit="pair", desc="splice run", dynamic_ncols=True, disable=not settings.progress)
         bar.set_postfix(done=0, failed=0, skipped=skipped)
         try:
             while queue or pending:
                 while queue and len(pending) < window:
-                    job = queue.popleft()
-                    pending[task.remote(job)] = job
+                    pack = queue.popleft()
+                    pending[task.remote(pack, settings.compile)] = pack
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
                 for ref in ready:
-                    row = _collect(ref, pending.pop(ref), settings.max_retries)
-                    results.update(row)
-                    counts[row["status"]] += 1
-                    bar.set_postfix(done=counts["done"], failed=counts["failed"], skipped=skipped, refresh=False)
-                    bar.update(1)
-                    if row["status"] == "failed" and settings.progress:
-                        bar.write(f"failed: {row['error']}")
-                    elif row["status"] == "failed":
-                        log.warning("failed: %s", row["error"])
+                    for row in _collect_pack(ref, pending.pop(ref), settings.max_retries):
+                        results.update(row)
+                        counts[row["status"]] += 1
+                        bar.set_postfix(done=counts["done"], failed=counts["failed"], skipped=skipped, refresh=False)
+                        bar.update(1)
+                        if row["status"] == "failed" and settings.progress:
+                            bar.write(f"failed: {row['error']}")
+                        elif row["status"] == "failed":
+                            log.warning("failed: %s", row["error"])
                 results.maybe_write()
         finally:
             bar.close()
@@ -230,10 +242,10 @@ def _gpus_per_pair(asked: float | None, started_embedded: bool) -> float:
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
     if asked is None or (started_embedded and not has_gpus):  # auto, or nothing could ever provide a GPU here
         if asked:
-            log.warning("no GPU on this machine: pairs run on CPUs (--gpus-per-pair %s ignored)", asked)
+            log.warning("no GPU on this machine: pairs run on CPUs (--gpus-per-task %s ignored)", asked)
         return 1.0 if has_gpus else 0.0
     if asked and not has_gpus:
-        log.warning("the cluster has no GPU now: pairs wait until GPU nodes join (--gpus-per-pair 0 runs them on CPUs)")
+        log.warning("the cluster has no GPU now: pairs wait until GPU nodes join (--gpus-per-task 0 runs them on CPUs)")
     return asked
 
 
@@ -292,15 +304,144 @@ def _slots(cpus_per_pair: float, gpus_per_pair: float) -> int:
     return max(1, int(resources.get("CPU", 1) / max(cpus_per_pair, 1e-3)))
 
 
+# --- packs ---------------------------------------------------------------------------------------------------
+
+def resolve_task_settings(settings: RunSettings) -> RunSettings:
+    """Check --pack / --gpus-per-task and translate the deprecated --gpus-per-pair (a pack of one per task)."""
+    if settings.pack is not None and settings.pack < 1:
+        raise SpliceError(f"--pack must be at least 1 (or auto), got {settings.pack}")
+    for name in ("gpus_per_task", "gpus_per_pair"):
+        value = getattr(settings, name)
+        if value is not None and value < 0:
+            raise SpliceError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
+    if settings.gpus_per_pair is None:
+        return settings
+    if settings.gpus_per_task is not None or (settings.pack or 1) > 1:
+        raise SpliceError("--gpus-per-pair is replaced by --gpus-per-task (GPUs per task, a task training a pack of "
+                          "--pack pairs): pass --gpus-per-task alone")
+    log.warning("--gpus-per-pair %s means --gpus-per-task %s --pack 1 (one pair per task); use --gpus-per-task to "
+                "train several pairs per task", settings.gpus_per_pair, settings.gpus_per_pair)
+    return dataclasses.replace(settings, gpus_per_task=settings.gpus_per_pair, pack=1)
+
+
+def _plan(todo: list[PairJob], settings: RunSettings, gpus: float) -> list[list[PairJob]]:
+    """Packs of pairs: of one backbone each, equal image sizes together; K from --pack or the auto rule."""
+    trains = get_method(settings.method).uses_backbone
+    size = settings.pack if trains else 1
+    if size == 1 or len(todo) == 1 or (size is None and not gpus):
+        return [[job] for job in todo]
+    sizes = _probe_sizes(todo, Storage(settings.storage_options))
+    if size is None:
+        size = _auto_pack_size(todo, sizes, settings, gpus)
+    packs = plan_packs(todo, size, key=lambda job: (job.config.backbone,), size=lambda job: sizes.get(job.pair_id))
+    log.info("%d pair(s) in %d pack(s) of up to %d, %s GPU(s) per pack", len(todo), len(packs), size, gpus)
+    return packs
+
+
+def _probe_sizes(jobs: list[PairJob], storage: Storage) -> dict[str, tuple]:
+    """{pair_id: ((structure h, w), (appearance h, w))} from the images' headers, read in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read_header(uri: str):
+        fs, path = storage.fs(uri)
+        return image_size(lambda count: fs.cat_file(path, start=0, end=count))
+
+    def probe(job: PairJob):
+        return job.pair_id, (read_header(job.structure_uri), read_header(job.appearance_uri))
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return {pair_id: sizes for pair_id, sizes in pool.map(probe, jobs) if all(sizes)}
+
+
+def _auto_pack_size(todo: list[PairJob], sizes: dict, settings: RunSettings, gpus: float) -> int:
+    """--pack auto on GPUs: ask one GPU task for the device's memory and the backbone's patch size, then the rule
+    of packs.auto_pack_size over the largest pair."""
+    log.info("--pack auto: asking a GPU worker for its memory (--pack K skips this)")
+    probe = _device_probe.options(num_cpus=settings.cpus_per_pair, num_gpus=gpus, max_retries=settings.max_retries)
+    try:
+        device = ray.get(probe.remote(todo[0].config.backbone))
+    except ray.exceptions.RayError as exc:
+        log.warning("--pack auto: the GPU probe failed (%s): one pair per task", str(exc).splitlines()[0][:200])
+        return 1
+    memory = int(device["memory_bytes"] * min(1.0, gpus)) if device["memory_bytes"] else None
+    scaled = [(downscaled(s, todo[0].config.max_side), downscaled(a, todo[0].config.max_side)) for s, a in sizes.values()]
+    pack = auto_pack_size(memory, scaled, device.get("patch_size") or 8, fp32=todo[0].config.precision == "fp32")
+    log.info("--pack auto: %s with %.1f GiB for each task: %d pair(s) per pack", device["name"],
+             (memory or 0) / 2**30, pack)
+    return pack
+
+
+def downscaled(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """The size of an image after --max-side (as images.downscale_to)."""
+    if not max_side or max(size) <= max_side:
+        return tuple(size)
+    scale = max_side / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def _collect_pack(ref, jobs: list[PairJob], max_retries: int) -> list[dict]:
+    """The rows of a pack's pairs; where the whole task failed, a failed row for each of them."""
+    outcome = _collect(ref, jobs[0], max_retries)
+    if isinstance(outcome, list):
+        return outcome
+    return [outcome] + [_collect(ref, job, max_retries) for job in jobs[1:]]
+
+
+@ray.remote(max_calls=0)
+def _device_probe(backbone_spec: str) -> dict:
+    from .trainer import default_device
+
+    import torch
+
+    device = default_device()
+    info = {"name": str(device), "memory_bytes": None, "patch_size": None}
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+        info["memory_bytes"] = int(torch.cuda.mem_get_info(device)[1])
+    try:
+        info["patch_size"] = cached_backbone(backbone_spec, str(device)).patch_size  # warms this worker's cache too
+    except Exception:  # noqa: BLE001  (the pairs themselves report an unusable backbone, with the reason)
+        pass
+    return info
+
+
 # --- worker --------------------------------------------------------------------------------------------------
 
-@ray.remote(max_calls=0)  # keep workers (and their cached backbone) alive across pairs, GPU tasks included
-def _pair_task(job: PairJob) -> dict:
-    return run_pair(job)
+@ray.remote(max_calls=0)  # keep workers (and their cached backbone) alive across packs, GPU tasks included
+def _pack_task(jobs: list[PairJob], compile: str = "auto") -> list[dict]:
+    return run_pack(jobs, compile=compile)
 
 
-def run_pair(job: PairJob) -> dict:
-    """Do one pair end to end; returns its results row. Never raises for a bad pair."""
+def run_pack(jobs: list[PairJob], compile: str = "auto", on_step=None) -> list[dict]:
+    """Do a pack of pairs; returns their results rows. Each pair goes through `run_pair` in its own thread; those
+    that reach training train together. Never raises for a bad pair. on_step(pair_id, step): per-pair progress."""
+    if len(jobs) == 1 or not get_method(jobs[0].method).uses_backbone:
+        return [run_pair(job) for job in jobs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .trainer import TrainOptions, default_device, train_pack
+
+    cached_backbone(jobs[0].config.backbone, str(default_device()))  # load once, before the threads ask for it
+    rendezvous = PackRendezvous([job.pair_id for job in jobs], train_pack, options=TrainOptions(compile=compile),
+                                on_step=on_step)
+
+    def one(job: PairJob) -> dict:
+        try:
+            return run_pair(job, train=rendezvous.member(job.pair_id))
+        finally:
+            rendezvous.drop(job.pair_id)
+
+    with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="pair") as pool:
+        rows = [pool.submit(one, job) for job in jobs]
+        rendezvous.run()
+        return [row.result() for row in rows]
+
+
+
+def run_pair(job: PairJob, train=None) -> dict:
+    """Do one pair end to end; returns its results row. Never raises for a bad pair.
+
+    `train`: what trains a Splice pair (default `trainer.train_pair`; `run_pack` passes its pack's)."""
     started_at, clock = _now(), time.perf_counter()
     storage = Storage(job.storage_options)
     fs, pair_dir = storage.fs(job.pair_dir)
@@ -331,7 +472,7 @@ def run_pair(job: PairJob) -> dict:
         checkpoint = with_retries(lambda: pair_io.load_checkpoint(fs, pair_dir), what="reading checkpoint") if method.resumable else None
         save = functools.partial(_save_checkpoint, fs, pair_dir) if method.resumable else None
         result = run_method(job.method, structure, appearance, job.config, backbone=backbone, device=device,
-                            checkpoint=checkpoint, save_checkpoint=save)
+                            checkpoint=checkpoint, save_checkpoint=save, train=train)
         # 3. outputs, _SUCCESS last
         finished_at = _now()
         extra = {"pair_id": job.pair_id, "method": job.method, "attempt": attempt, "labels": job.labels,

@@ -46,12 +46,14 @@ class Method:
 
 def run_method(name: str, structure: torch.Tensor, appearance: torch.Tensor, config: TrainConfig, *,
                backbone=None, device: torch.device | None = None, checkpoint: dict | None = None,
-               save_checkpoint: Callable[[dict], None] | None = None):
-    """Apply method `name` to one pair. Splice needs `backbone` and `device`; the others ignore them."""
+               save_checkpoint: Callable[[dict], None] | None = None, train: Callable | None = None):
+    """Apply method `name` to one pair. Splice needs `backbone` and `device`; the others ignore them.
+
+    `train` replaces `pipeline.trainer.train_pair` (same signature), e.g. to train the pair in a pack."""
     method = get_method(name)
     if method.uses_backbone:
         return method.run(structure, appearance, config, backbone=backbone, device=device or torch.device("cpu"),
-                          checkpoint=checkpoint, save_checkpoint=save_checkpoint)
+                          checkpoint=checkpoint, save_checkpoint=save_checkpoint, train=train)
     return method.run(structure, appearance, config)
 
 
@@ -63,11 +65,12 @@ def get_method(name: str) -> Method:
 
 # --- splice --------------------------------------------------------------------------------------------------
 
-def splice(structure, appearance, config: TrainConfig, *, backbone, device, checkpoint=None, save_checkpoint=None):
+def splice(structure, appearance, config: TrainConfig, *, backbone, device, checkpoint=None, save_checkpoint=None,
+           train=None):
     from .trainer import train_pair
 
-    result = train_pair(structure, appearance, config, backbone, device, checkpoint=checkpoint,
-                        save_checkpoint=save_checkpoint)
+    result = (train or train_pair)(structure, appearance, config, backbone, device, checkpoint=checkpoint,
+                                   save_checkpoint=save_checkpoint)
     result.meta.setdefault("method", "splice")
     return result
 

@@ -156,6 +156,8 @@ def write_run_record(storage: Storage, settings, method, manifest, *, previous: 
             "manifest": redact_url(manifest.url),
             "pairs": len(manifest),
             "resources": {"gpus_per_pair": settings.gpus_per_pair, "cpus_per_pair": settings.cpus_per_pair,
+                          "gpus_per_task": getattr(settings, "gpus_per_task", None),
+                          "pack": getattr(settings, "pack", None),
                           "max_retries": settings.max_retries},
             "ray_address": redact_url(settings.address or os.environ.get("RAY_ADDRESS") or "embedded"),
             "storage_options": redact(settings.storage_options),

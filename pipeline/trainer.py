@@ -1,15 +1,20 @@
-"""Train the Splice generator for one (structure, appearance) pair.
+"""Train Splice generators: one pair (`train_pair`) or K pairs packed together (`train_pack`), one code path.
 
-The loop reads top to bottom in a fixed order: loss weights for the step, augmented batch, forward + losses,
-backward, optimiser step, zero_grad, then (on log steps only) a host sync to record losses, and periodic
-checkpoints. Images are decoded once and live on the device as tensors for the whole run.
+The loop reads top to bottom in a fixed order: loss weights for the step, augmented batches, forward + losses,
+backward, optimiser step, zero_grad, then (on log steps only) one host sync to record every pair's losses, and
+periodic checkpoints. Images are decoded once and live on the device as tensors for the whole run.
+
+A pack shares what does not mix pairs: one no-grad backbone pass over all pairs' crops, one backbone pass over all
+generators' outputs, one backward of the sum of the pairs' totals (parameters are disjoint, so gradients do not
+mix), one Adam over all generators' parameters (elementwise, so the same as one Adam per pair). Each pair keeps
+its own seed, augmentation RNG, step counter, checkpoints and result: a pair trained alone or in any pack gives
+the same losses and output. A pair whose loss goes non-finite (seen on a log step) or whose output is
+non-finite fails alone; the others go on. A pair that finishes leaves the pack at once, through `on_result`.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import platform
-import random
 import resource
 import time
 from dataclasses import dataclass
@@ -19,29 +24,28 @@ import torch
 
 from .augment import sample_batch
 from .backbone import DinoBackbone
-from .config import TrainConfig
+from .objective import Features, last_block_reader, loss_weights, pack_losses
+from .pair_run import (MIN_SIDE, RESUMABLE_CHANGES, PairInput, PairRun, TrainingError, TrainResult,
+                       pair_optimizer_state, restore_optimizer_state)
 from .errors import SpliceError
-from .generator import SkipGenerator
-from .images import downscale_to, from_unit_float, to_unit_float
-from .objective import TERMS, full_structure_target, loss_weights, splice_losses
 
 log = logging.getLogger(__name__)
-# options that may change between an interrupted run and its resumption without invalidating the checkpoint
-RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "steps")
-# the smallest image side that trains: a 0.95 crop of it, halved five times, must keep more than one pixel per channel
-# for the deepest BatchNorm
-MIN_SIDE = 36
+__all__ = ["MIN_SIDE", "RESUMABLE_CHANGES", "PairInput", "TrainOptions", "TrainResult", "TrainingError",
+           "default_device", "resolve_device", "resolve_precision", "train_pack", "train_pair"]
+# settings that every pair of a pack must share (the rest, e.g. seed and steps, may differ per pair)
+PACK_SHARED = ("backbone", "precision", "lr", "betas", "antialias")
 
 
-class TrainingError(SpliceError):
-    """Training could not produce a valid result (e.g. a non-finite loss)."""
+@dataclass(frozen=True)
+class TrainOptions:
+    """How to run the step, not what it computes: results agree with the defaults up to rounding."""
+    compile: str = "auto"  # torch.compile the 224x224 backbone passes: auto (on for CUDA, off for CPU) | on | off
+    compile_backend: str | Callable = "inductor"  # torch.compile backend: a name, or a backend function
+    compile_mode: str | None = None  # torch.compile mode (None: default; "reduce-overhead" adds CUDA graphs)
 
-
-@dataclass
-class TrainResult:
-    output: torch.Tensor  # (3, H, W) uint8 on the CPU: G(structure) at the structure image's resolution
-    losses: list[dict]  # one row per logged step: step, total and every term (NaN where a term was off)
-    meta: dict  # JSON-able facts about the run: config, backbone, device, precision, seconds, memory, losses
+    def __post_init__(self):
+        if self.compile not in ("auto", "on", "off"):
+            raise ValueError(f"compile must be auto, on or off, got {self.compile!r}")
 
 
 def default_device() -> torch.device:
@@ -63,175 +67,212 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
 
 
-def train_pair(structure: torch.Tensor, appearance: torch.Tensor, config: TrainConfig, backbone: DinoBackbone,
+def train_pair(structure: torch.Tensor, appearance: torch.Tensor, config, backbone: DinoBackbone,
                device: torch.device, *, checkpoint: dict | None = None,
-               save_checkpoint: Callable[[dict], None] | None = None, progress: bool = False) -> TrainResult:
+               save_checkpoint: Callable[[dict], None] | None = None, progress: bool = False,
+               options: TrainOptions = TrainOptions()) -> TrainResult:
     """Train G on (structure, appearance), each a (3, H, W) uint8 tensor, and return G(structure)."""
+    pair = PairInput("pair", structure, appearance, config, checkpoint, save_checkpoint)
+    result = train_pack([pair], backbone, device, progress=progress, options=options)["pair"]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def train_pack(pairs: list[PairInput], backbone: DinoBackbone, device: torch.device, *,
+               options: TrainOptions = TrainOptions(), on_step: Callable[[str, int], None] | None = None,
+               on_result: Callable[[str, TrainResult | TrainingError], None] | None = None,
+               progress: bool = False) -> dict[str, TrainResult | TrainingError]:
+    """Train every pair's generator, packed; returns {pair_id: TrainResult, or the TrainingError it failed with}.
+
+    on_step(pair_id, steps_done) is called after each step of each pair (no device sync); on_result(pair_id,
+    result or error) as soon as a pair is finished or has failed, while the others go on.
+    """
     started = time.perf_counter()
     device = torch.device(device)
-    precision = resolve_precision(config.precision, device)
+    _check_shared_settings(pairs)
+    precision = resolve_precision(pairs[0].config.precision, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
-    # 1. inputs: decoded once, kept on the device
-    structure = downscale_to(structure, config.max_side)
-    appearance = downscale_to(appearance, config.max_side)
-    _check_size("structure", structure)
-    _check_size("appearance", appearance)
-    structure = to_unit_float(structure, device)  # (1, 3, H, W)
-    appearance = to_unit_float(appearance, device)  # (1, 3, H', W')
-    fingerprint = _fingerprint(structure, appearance)
-
-    # 2. generator, optimiser, augmentation RNG; restored from a checkpoint when resuming
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        generator = SkipGenerator().to(device).train()
-    optimizer = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas)
-    rng = random.Random(config.seed)
-    start_step, losses = 0, []
-    if checkpoint is not None and _checkpoint_fits(checkpoint, config, fingerprint):
-        generator.load_state_dict(checkpoint["generator"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        rng.setstate(_rng_state_from_lists(checkpoint["rng_state"]))
-        start_step, losses = int(checkpoint["step"]), list(checkpoint["losses"])
-        log.info("resuming from checkpoint at step %d", start_step)
     backbone = backbone.to(device)
-    full_target = full_structure_target(backbone, structure, precision, config.antialias)  # (1, N, N), constant
+    outcomes: dict[str, TrainResult | TrainingError] = {}
 
-    # 3. train
-    bar = _progress_bar(progress, start_step, config.steps)
-    for step in range(start_step, config.steps):
-        weights = loss_weights(step, config)
-        batch = sample_batch(rng, structure, appearance, config, include_full=weights.full_image)
-        terms = splice_losses(generator, backbone, batch, weights, full_target, precision, config.antialias)
-        terms["total"].backward()
+    def finish(run_id: str, outcome) -> None:
+        outcomes[run_id] = outcome
+        if on_result is not None:
+            on_result(run_id, outcome)
+
+    # 1. set up every pair (inputs on the device, generator, RNG, checkpoint); one that cannot start fails alone
+    active: list[PairRun] = []
+    for pair in pairs:
+        try:
+            active.append(PairRun(pair, backbone, device, precision))
+        except TrainingError as exc:
+            finish(pair.pair_id, exc)
+    facts = _run_facts(backbone, device, precision, [run.pair_id for run in active])
+    optimizer = _optimizer(active, device)
+    crop_features = _crop_features(backbone, device, options)
+
+    # 2. train: one joint step per iteration; a pair leaves the pack when it is done or has failed
+    bar = _progress_bar(progress, active)
+    while active:
+        weights = [loss_weights(run.step, run.config) for run in active]
+        batches = [sample_batch(run.rng, run.structure, run.appearance, run.config, include_full=w.full_image)
+                   for run, w in zip(active, weights)]
+        terms = pack_losses([run.generator for run in active], backbone, batches, weights,
+                            [run.full_target for run in active], precision, crop_features, pairs[0].config.antialias)
+        torch.stack([pair_terms["total"] for pair_terms in terms]).sum().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-        last = step == config.steps - 1
-        if step % config.log_every == 0 or last:  # the only host-device sync in the loop
-            row = _loss_row(step, terms)
-            if not all(_finite(row[name]) for name in terms):  # terms that were off are NaN by design
-                raise TrainingError(f"loss became non-finite at step {step} ({_format(row)}); nothing was written. "
-                                    f"Try --precision fp32, or check the input images")
-            losses.append(row)
-            if bar is not None:
-                bar.set_postfix_str(f"loss {row['total']:.4g}", refresh=False)
+        leaving = _log_step(active, terms, finish, bar)  # the only host-device sync in the loop
+        for run in active:
+            run.step += 1
+            if on_step is not None:
+                on_step(run.pair_id, run.step)
+            if run.is_checkpoint_step() and run not in leaving:
+                try:
+                    run.save(run.checkpoint_state(pair_optimizer_state(optimizer, run)))
+                except Exception as exc:  # e.g. storage gone for good: this pair fails, its pack-mates go on
+                    leaving.append(run)
+                    finish(run.pair_id, exc)
         if bar is not None:
-            bar.update(1)
-        if save_checkpoint and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and not last:
-            save_checkpoint(_checkpoint_state(step + 1, generator, optimizer, rng, losses, config, fingerprint))
+            bar.update(len(active))
+        for run in active:
+            if run.done and run not in leaving:
+                leaving.append(run)
+                finish(run.pair_id, _result(run, facts, started))
+        if leaving:
+            active = [run for run in active if run not in leaving]
+            optimizer = _optimizer(active, device, previous=optimizer)
     if bar is not None:
         bar.close()
+    return outcomes
 
-    # 4. result: G(structure) at full resolution. Train-mode BatchNorm (batch statistics), as in the full-image
-    # loss terms the generator was optimised under.
-    with torch.no_grad():
-        output = generator(structure)
-    if not bool(torch.isfinite(output).all()):
-        raise TrainingError("the generator's output is non-finite; nothing was written. Try --precision fp32")
+
+# --- the step's parts -------------------------------------------------------------------------------------------
+
+def _log_step(active: list[PairRun], terms: list[dict], finish, bar) -> list[PairRun]:
+    """Record the losses of pairs on a log step (one device sync for the whole pack); returns the pairs that failed."""
+    logging_runs = [(run, pair_terms) for run, pair_terms in zip(active, terms) if run.is_log_step()]
+    if not logging_runs:
+        return []
+    names = [list(pair_terms) for _, pair_terms in logging_runs]
+    values = torch.stack([pair_terms[name].detach().float() for _, pair_terms in logging_runs
+                          for name in pair_terms]).tolist()
+    failed = []
+    for (run, _), pair_names in zip(logging_runs, names):
+        row, values = dict(zip(pair_names, values)), values[len(pair_names):]
+        try:
+            run.log(run.step, row)
+        except TrainingError as exc:
+            failed.append(run)
+            finish(run.pair_id, exc)
+            continue
+        if bar is not None and run is active[0]:
+            bar.set_postfix_str(f"loss {row['total']:.4g}", refresh=False)
+    return failed
+
+
+def _optimizer(active: list[PairRun], device: torch.device, previous: torch.optim.Optimizer | None = None):
+    """One Adam over every active pair's parameters: fused on CUDA, foreach elsewhere. Adam is elementwise, so
+    each parameter's update is the one it would get from an Adam of its own pair alone."""
+    if not active:
+        return None
+    config = active[0].config
+    parameters = [p for run in active for p in run.parameters]
+    flags = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    optimizer = torch.optim.Adam(parameters, lr=config.lr, betas=config.betas, **flags)
+    for run in active:
+        if previous is not None:  # the pack shrank: carry every remaining parameter's state over
+            for parameter in run.parameters:
+                if parameter in previous.state:
+                    optimizer.state[parameter] = previous.state[parameter]
+        restore_optimizer_state(optimizer, run)  # from a checkpoint, the first time only
+    return optimizer
+
+
+def _crop_features(backbone: DinoBackbone, device: torch.device, options: TrainOptions) -> Features:
+    """The reader of the 224x224 crop passes: compiled where asked (default: on CUDA), else eager."""
+    eager = last_block_reader(backbone)
+    wanted = options.compile == "on" or (options.compile == "auto" and device.type == "cuda")
+    if not wanted:
+        return eager
+    try:
+        compiled = torch.compile(eager, backend=options.compile_backend, mode=options.compile_mode)
+    except Exception as exc:  # e.g. a backend this torch does not have
+        log.warning("torch.compile is not available here (%s): the backbone runs eagerly", _first_line(exc))
+        return eager
+    return _FallbackFeatures(compiled, eager)
+
+
+class _FallbackFeatures:
+    """A compiled reader that turns into the eager one, for good, the first time compiling or running it fails
+    (no compiler, an unsupported op): the run goes on, a little slower, with the same results."""
+
+    def __init__(self, compiled: Features, eager: Features):
+        self.compiled, self.eager = compiled, eager
+
+    def __call__(self, pixels: torch.Tensor):
+        if self.compiled is not None:
+            try:
+                return self.compiled(pixels)
+            except Exception as exc:  # compilation errors surface on the first call with a new shape
+                log.warning("compiled backbone failed (%s): running it eagerly from now on", _first_line(exc))
+                self.compiled = None
+        return self.eager(pixels)
+
+
+def _check_shared_settings(pairs: list[PairInput]) -> None:
+    if not pairs:
+        raise ValueError("train_pack needs at least one pair")
+    first = pairs[0].config
+    for pair in pairs[1:]:
+        differ = [name for name in PACK_SHARED if getattr(pair.config, name) != getattr(first, name)]
+        if differ:
+            raise ValueError(f"pairs {pairs[0].pair_id!r} and {pair.pair_id!r} differ in {', '.join(differ)}: "
+                             f"pairs trained in one pack must share {', '.join(PACK_SHARED)}")
+    ids = [pair.pair_id for pair in pairs]
+    if len(set(ids)) != len(ids):
+        raise ValueError("pair ids in a pack must be unique")
+
+
+# --- results ----------------------------------------------------------------------------------------------------
+
+def _result(run: PairRun, facts: dict, started: float) -> TrainResult | TrainingError:
+    try:
+        output = run.output()
+    except TrainingError as exc:
+        return exc
     seconds = time.perf_counter() - started
     meta = {
-        "config": config.to_dict(),
-        "seed": config.seed,
+        "config": run.config.to_dict(),
+        "seed": run.config.seed,
+        **facts,
+        "backbone_resize": {"rule": "torchvision Resize(224, max_size=480)", "antialias": run.config.antialias},
+        "seconds": seconds,  # wall time from the start of the pack until this pair was done
+        "steps": run.config.steps,
+        "resumed_from_step": run.start_step,
+        "seconds_per_step": seconds / max(1, run.config.steps - run.start_step),
+        **_peak_memory(torch.device(facts["device"])),
+        "structure_size": list(run.structure.shape[-2:]),
+        "appearance_size": list(run.appearance.shape[-2:]),
+        "final_losses": run.losses[-1] if run.losses else {},
+    }
+    return TrainResult(output=output, losses=run.losses, meta=meta)
+
+
+def _run_facts(backbone: DinoBackbone, device: torch.device, precision: torch.dtype, pair_ids: list[str]) -> dict:
+    return {
         "backbone": backbone.spec,
         "weights_id": backbone.weights_id,
         "random_backbone": backbone.is_random,
         "device": str(device),
         "device_name": _device_name(device),
         "precision": str(precision).replace("torch.", ""),
-        "backbone_resize": {"rule": "torchvision Resize(224, max_size=480)", "antialias": config.antialias},
-        "seconds": seconds,
-        "steps": config.steps,
-        "resumed_from_step": start_step,
-        "seconds_per_step": seconds / max(1, config.steps - start_step),
-        **_peak_memory(device),
-        "structure_size": list(structure.shape[-2:]),
-        "appearance_size": list(appearance.shape[-2:]),
-        "final_losses": losses[-1] if losses else {},
+        "pack_size": len(pair_ids),  # pairs trained together (1: alone); results do not depend on it
         "torch_version": torch.__version__,
     }
-    return TrainResult(output=from_unit_float(output), losses=losses, meta=meta)
-
-
-def _check_size(role: str, image: torch.Tensor) -> None:
-    height, width = image.shape[-2:]
-    if min(height, width) < MIN_SIDE:
-        raise TrainingError(
-            f"the {role} image is {width}x{height} px, below the {MIN_SIDE} px per side that Splice needs (its "
-            f"generator halves a crop of it five times): use a larger image (or a larger --max-side)")
-
-
-def _loss_row(step: int, terms: dict[str, torch.Tensor]) -> dict:
-    row = {"step": step, "total": float(terms["total"].detach())}
-    for name in TERMS:
-        row[name] = float(terms[name].detach()) if name in terms else float("nan")
-    return row
-
-
-def _finite(value: float) -> bool:
-    return value == value and abs(value) != float("inf")
-
-
-def _format(row: dict) -> str:
-    return ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step")
-
-
-def _fingerprint(*images: torch.Tensor) -> str:
-    digest = hashlib.sha256()
-    for image in images:
-        digest.update(str(tuple(image.shape)).encode())
-        digest.update(image.mul(255).round().to(torch.uint8).cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _checkpoint_state(next_step, generator, optimizer, rng, losses, config, fingerprint) -> dict:
-    # a snapshot on the host: state_dict() returns live tensors that the next optimiser step would overwrite
-    return {
-        "step": next_step,
-        "generator": _to_host(generator.state_dict()),
-        "optimizer": _to_host(optimizer.state_dict()),
-        "rng_state": _rng_state_to_lists(rng.getstate()),
-        "losses": list(losses),
-        "config": config.to_dict(),
-        "inputs": fingerprint,
-    }
-
-
-def _checkpoint_fits(checkpoint: dict, config: TrainConfig, fingerprint: str) -> bool:
-    saved = dict(checkpoint.get("config", {}))
-    current = config.to_dict()
-    for name in RESUMABLE_CHANGES:
-        saved.pop(name, None)
-        current.pop(name, None)
-    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
-    if saved != current or checkpoint.get("inputs") != fingerprint:
-        log.warning("checkpoint was made with other inputs or settings: starting from scratch")
-        return False
-    if int(checkpoint["step"]) >= config.steps:
-        log.warning("checkpoint is at step %s, past the %d steps asked for: starting from scratch", checkpoint["step"], config.steps)
-        return False
-    return True
-
-
-def _to_host(value):
-    if torch.is_tensor(value):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {k: _to_host(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_host(v) for v in value)
-    return value
-
-
-def _rng_state_to_lists(state: tuple) -> list:
-    version, internal, gauss = state
-    return [version, list(internal), gauss]
-
-
-def _rng_state_from_lists(state: list) -> tuple:
-    version, internal, gauss = state
-    return version, tuple(internal), gauss
 
 
 def _device_name(device: torch.device) -> str:
@@ -247,9 +288,15 @@ def _peak_memory(device: torch.device) -> dict:
     return {"peak_memory_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "peak_memory_kind": "process_rss"}
 
 
-def _progress_bar(enabled: bool, start: int, total: int):
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _progress_bar(enabled: bool, active: list[PairRun]):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    total = sum(run.config.steps for run in active)
+    initial = sum(run.start_step for run in active)
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)

@@ -10,17 +10,26 @@ from ..errors import SpliceError
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "run", help="run a method over every pair of a manifest (Ray fan-out, resumable)",
-        description="Run a method over every pair of a manifest, one Ray task per pair, writing "
+        description="Run a method over every pair of a manifest, one Ray task per pack of pairs, writing "
                     "<out>/pairs/<pair_id>/{output.png,meta.json,losses.parquet,_SUCCESS} and <out>/results.parquet. "
                     "Pairs already done are skipped, so running the same command again resumes.")
     parser.add_argument("manifest", help="manifest Parquet file (local path or fsspec URL)")
     parser.add_argument("--out", required=True, help="run folder: local path, file://, s3://, gs://, ...")
     add_method_arguments(parser)
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded Ray here)")
-    parser.add_argument("--gpus-per-pair", type=float,
-                        help="GPUs per pair; 0.5 or 0.25 pack pairs on one GPU; 0 runs on CPUs "
+    parser.add_argument("--pack", type=_pack_size, default=None, metavar="K|auto",
+                        help="pairs trained together in one task (one backbone pass for all, one optimiser step); "
+                             "results do not depend on it. auto (default): 1 on CPUs; on GPUs as many as fit the "
+                             "GPU's memory for the images' sizes, at most 16")
+    parser.add_argument("--gpus-per-task", type=float,
+                        help="GPUs per task (one task trains one pack); 0.5 runs two tasks per GPU; 0 runs on CPUs "
                              "(default: 1 where the cluster has GPUs, else 0)")
-    parser.add_argument("--cpus-per-pair", type=float, default=1.0, help="CPUs per pair (default 1)")
+    parser.add_argument("--gpus-per-pair", type=float,
+                        help="deprecated: --gpus-per-task G --pack 1 (one pair per task)")
+    parser.add_argument("--cpus-per-pair", type=float, default=1.0, help="CPUs per task (default 1)")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                        help="torch.compile the backbone's 224x224 passes: auto (on CUDA only; falls back to eager "
+                             "where compiling fails) | on | off")
     parser.add_argument("--max-retries", type=int, default=2, help="re-runs of a pair whose worker died (default 2)")
     parser.add_argument("--limit", type=int, help="only the first N pairs of the manifest")
     parser.add_argument("--only", nargs="+", action="extend", default=[], metavar="PAIR_ID", help="only these pairs")
@@ -75,10 +84,23 @@ def run(args) -> int:
         limit=args.limit, only=tuple(args.only), force=args.force, break_lock=args.break_lock,
         break_stale_lock=args.break_stale_lock,
         storage_options=parse_storage_options(args.storage_option), progress=not args.no_progress,
+        pack=args.pack, gpus_per_task=args.gpus_per_task, compile=args.compile,
     )
     summary = run_manifest(args.manifest, settings)
     print_summary(summary)
     return summary.exit_code
+
+
+def _pack_size(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pairs or auto, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def print_summary(summary) -> None:
