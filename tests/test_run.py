@@ -337,3 +337,59 @@ def test_an_address_with_no_cluster_fails_in_seconds_with_what_to_check(tmp_path
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and f"no Ray cluster answers at 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr and time.monotonic() - started < 60
+
+
+# --- packs (--pack K: several pairs trained together per task) ------------------------------------------------
+
+def test_splice_run_in_packs_matches_pairs_trained_alone(ray_session, tmp_path, manifest, monkeypatch, capsys):
+    from pipeline.backbone import load_backbone
+    from pipeline.trainer import train_pair
+
+    path = manifest(["q0", "q1", "q2", "qbad"], corrupt={"qbad"})
+    # q1's worker dies right after writing q1: Ray retries its pack, which skips q1 and finishes q0
+    monkeypatch.setenv(FAULT_ENV, "kill-after-write=q1")
+    out = tmp_path / "run"
+    argv = ["run", path, "--out", str(out), "--method", "splice", "--backbone", TINY_BACKBONE, "--steps", "2",
+            "--pack", "2", "--no-progress"]
+    assert main(argv) == 1  # one corrupt pair
+    assert "4 pair(s): 3 done (0 skipped as already done), 1 failed" in capsys.readouterr().out
+    table = results(out)
+    assert table["status"].to_dict() == {"q0": "done", "q1": "done", "q2": "done", "qbad": "failed"}
+    assert "pair 'qbad': structure image" in table.at["qbad", "error"]  # it failed alone; q2, its pack-mate, is done
+    assert table.at["q1", "attempts"] == 1 and meta(out, "q1")["attempt"] == 1  # done once, skipped by the retry
+    for pair_id in ("q0", "q1", "q2"):
+        for name in ("output.png", "meta.json", "losses.parquet", "_SUCCESS"):
+            assert pair_file(out, pair_id, name).exists(), (pair_id, name)
+    assert meta(out, "q2")["pack_size"] == 1  # qbad never reached training
+    assert meta(out, "q1")["pack_size"] == 2 and json.loads((out / "run.json").read_text())["resources"]["pack"] == 2
+
+    # each pair's output is the one it gets trained alone (with one thread, as a worker asking for one CPU has)
+    pairs = Path(path).parent / "pairs"
+    backbone = load_backbone(TINY_BACKBONE)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for pair_id in ("q0", "q1", "q2"):
+            structure = decode_image((pairs / pair_id / "structure.png").read_bytes(), "s")
+            appearance = decode_image((pairs / pair_id / "appearance.png").read_bytes(), "a")
+            config = TrainConfig(backbone=TINY_BACKBONE, steps=2, checkpoint_every=100)
+            alone = train_pair(structure, appearance, config, backbone, torch.device("cpu"))
+            stored = decode_image(pair_file(out, pair_id, "output.png").read_bytes(), pair_id)
+            assert (stored.int() - alone.output.int()).abs().max() <= 1, pair_id
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_gpus_per_pair_is_pack_one_and_conflicts_with_its_replacement(tmp_path, manifest, capsys, caplog):
+    from pipeline.fanout import resolve_task_settings
+
+    legacy = resolve_task_settings(settings(tmp_path / "run", gpus_per_pair=0.5))
+    assert (legacy.gpus_per_task, legacy.pack) == (0.5, 1)
+    assert "--gpus-per-task 0.5 --pack 1" in caplog.text
+    path = manifest(["g0"])
+    for extra in (["--pack", "2"], ["--gpus-per-task", "1"]):
+        assert main(["run", path, "--out", str(tmp_path / "run"), "--gpus-per-pair", "1", *extra]) == 2
+        assert "--gpus-per-pair is replaced by --gpus-per-task" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before any work
+    with pytest.raises(SystemExit):
+        main(["run", path, "--out", str(tmp_path / "run"), "--pack", "0"])
