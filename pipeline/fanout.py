@@ -408,11 +408,11 @@ def _device_probe(backbone_spec: str) -> dict:
 # --- worker --------------------------------------------------------------------------------------------------
 
 @ray.remote(max_calls=0)  # keep workers (and their cached backbone) alive across packs, GPU tasks included
-def _pack_task(jobs: list[PairJob], compile: str = "auto") -> list[dict]:
-    return run_pack(jobs, compile=compile)
+def _pack_task(jobs: list[PairJob], compile_backbone: str = "auto") -> list[dict]:
+    return run_pack(jobs, compile_backbone=compile_backbone)
 
 
-def run_pack(jobs: list[PairJob], compile: str = "auto", on_step=None) -> list[dict]:
+def run_pack(jobs: list[PairJob], compile_backbone: str = "auto", on_step=None) -> list[dict]:
     """Do a pack of pairs; returns their results rows. Each pair goes through `run_pair` in its own thread; those
     that reach training train together. Never raises for a bad pair. on_step(pair_id, step): per-pair progress."""
     if len(jobs) == 1 or not get_method(jobs[0].method).uses_backbone:
@@ -422,7 +422,8 @@ def run_pack(jobs: list[PairJob], compile: str = "auto", on_step=None) -> list[d
     from .trainer import TrainOptions, default_device, train_pack
 
     cached_backbone(jobs[0].config.backbone, str(default_device()))  # load once, before the threads ask for it
-    rendezvous = PackRendezvous([job.pair_id for job in jobs], train_pack, options=TrainOptions(compile=compile),
+    rendezvous = PackRendezvous([job.pair_id for job in jobs], train_pack,
+                                options=TrainOptions(compile=compile_backbone),
                                 on_step=on_step)
 
     def one(job: PairJob) -> dict:

@@ -154,11 +154,15 @@ class PackRendezvous:
         try:
             self._train_pack(pairs, first.backbone, first.device, on_result=self._deliver, **self._train_options)
         except BaseException as exc:  # the pack as a whole failed (e.g. out of memory): every waiting pair hears it
-            for pair_id in joined:
-                if pair_id not in self._outcomes:
-                    self._deliver(pair_id, exc)
+            self._deliver_missing(joined, exc)
             if not isinstance(exc, Exception):
                 raise
+        self._deliver_missing(joined, RuntimeError("the pack ended without a result for this pair (a bug)"))
+
+    def _deliver_missing(self, joined, outcome) -> None:
+        for pair_id in joined:
+            if pair_id not in self._outcomes:
+                self._deliver(pair_id, outcome)
 
     def _deliver(self, pair_id: str, outcome) -> None:
         with self._changed:

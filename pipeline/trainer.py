@@ -127,10 +127,12 @@ def train_pack(pairs: list[PairInput], backbone: DinoBackbone, device: torch.dev
 
         leaving = _log_step(active, terms, finish, bar)  # the only host-device sync in the loop
         for run in active:
+            if run in leaving:
+                continue
             run.step += 1
             if on_step is not None:
                 on_step(run.pair_id, run.step)
-            if run.is_checkpoint_step() and run not in leaving:
+            if run.is_checkpoint_step():
                 try:
                     run.save(run.checkpoint_state(pair_optimizer_state(optimizer, run)))
                 except Exception as exc:  # e.g. storage gone for good: this pair fails, its pack-mates go on
@@ -251,6 +253,7 @@ def _result(run: PairRun, facts: dict, started: float) -> TrainResult | Training
         **facts,
         "backbone_resize": {"rule": "torchvision Resize(224, max_size=480)", "antialias": run.config.antialias},
         "seconds": seconds,  # wall time from the start of the pack until this pair was done
+        "seconds_share": seconds / facts["pack_size"],  # its share of the device time when its pack-mates took as long
         "steps": run.config.steps,
         "resumed_from_step": run.start_step,
         "seconds_per_step": seconds / max(1, run.config.steps - run.start_step),

@@ -280,7 +280,7 @@ def test_rayjob_runs_a_manifest_end_to_end_on_the_same_cluster_as_the_raycluster
     assert job["entrypoint"].startswith("splice run ")
     assert "splice evaluate" in job["entrypoint"] and "splice report" in job["entrypoint"]
     # the GPU group starts at 0 pods: only an explicit GPU request makes the autoscaler start one
-    assert "--gpus-per-pair" in job["entrypoint"].split("&&")[0]
+    assert "--gpus-per-task" in job["entrypoint"].split("&&")[0]
     assert job["shutdownAfterJobFinishes"] is True
 
 

@@ -25,6 +25,9 @@ def register(subparsers) -> None:
     add_training_options(parser)
     parser.add_argument("--device", default="auto", help="auto (CUDA if available) | cpu | cuda | cuda:N")
     parser.add_argument("--force", action="store_true", help="retrain even if OUT_DIR already holds a finished result")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                        help="torch.compile the backbone's 224x224 passes: auto (on CUDA only; falls back to eager "
+                             "where compiling fails) | on | off")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(handler=run_train)
 
@@ -63,7 +66,7 @@ def run_train(args: argparse.Namespace) -> int:
     from .. import layout, pair_io
     from ..backbone import load_backbone
     from ..images import read_image_file
-    from ..trainer import resolve_device, train_pair
+    from ..trainer import TrainOptions, resolve_device, train_pair
 
     # 1. validate inputs
     config = config_from_args(args)
@@ -90,6 +93,7 @@ def run_train(args: argparse.Namespace) -> int:
     result = train_pair(
         structure, appearance, config, backbone, device, checkpoint=checkpoint,
         save_checkpoint=lambda state: pair_io.save_checkpoint(fs, out, state), progress=not args.no_progress,
+        options=TrainOptions(compile=args.compile),
     )
 
     # 4. write
