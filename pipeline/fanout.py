@@ -5,9 +5,9 @@ Driver (`run_manifest`): validate the manifest, lock the run folder, record run.
 skip pairs that have `_SUCCESS`, submit the rest (a bounded window of tasks in flight), collect them with
 ray.wait, and keep results.parquet up to date so an interrupted driver loses nothing.
 
-Worker (`run_pair`, a plain function; `_pack_task` is the Ray wrapper of a pack of them): read the two images through storage,
-apply the method (the backbone is loaded once per worker process and cached), write the pair through pair_io
-with `_SUCCESS` last. A bad pair returns a 'failed' row instead of raising, so it fails alone; a worker that
+Worker (`run_pair`, a plain function; `_pack_task` is the Ray wrapper of a pack of them): read the two images
+through storage, apply the method (the backbone is loaded once per worker process and cached), write the pair
+through pair_io with `_SUCCESS` last. A bad pair returns a 'failed' row instead of raising, so it fails alone; a worker that
 dies mid-pair is re-run by Ray (`max_retries`) and the half-written folder, lacking `_SUCCESS`, is redone.
 
 Packs (`--pack K`, see pipeline/packs.py): the driver groups pairs into packs of up to K (equal image sizes
