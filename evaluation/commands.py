@@ -50,11 +50,19 @@ def register(subparsers) -> None:
 
     importer = subparsers.add_parser(
         "import", help="bring another method's outputs into the run layout",
-        description="Import outputs of a method run elsewhere, one image per pair named <pair_id>.png|jpg, as a run "
-                    "(run.json, manifest.parquet, pairs/<id>/output.png, results.parquet) so that `splice evaluate` "
-                    "and `splice report` treat it like our own runs. Pairs without an image are recorded as missing.")
+        description="Import outputs of a method run elsewhere as a run (run.json, manifest.parquet, "
+                    "pairs/<id>/output.png, results.parquet) so that `splice evaluate` and `splice report` treat it "
+                    "like our own runs. The outputs: ROOT, a folder of <pair_id>.png|jpg; or ROOT --pattern TEMPLATE, "
+                    "e.g. '{pair_id}/ours/*' (outputs beside the inputs, the Splice authors' layout) or "
+                    "'strotss/{pair_id}.*' (sibling folders, as Wild-Pairs); or --csv FILE of pair_id,output_uri. "
+                    "Any image mode or size. Pairs with no output or with several are recorded as missing, with why.")
     importer.add_argument("method", metavar="METHOD_NAME", help="name in the tables, e.g. strotss, wct2, cross-image-attention")
-    importer.add_argument("outputs", metavar="OUTPUTS_DIR", help="folder of <pair_id>.png|jpg outputs")
+    importer.add_argument("outputs", metavar="ROOT", nargs="?",
+                          help="folder of <pair_id>.png|jpg outputs, or the folder --pattern is relative to")
+    importer.add_argument("--pattern", metavar="TEMPLATE",
+                          help="where each pair's output is under ROOT: {pair_id} and glob wildcards (* ? [..] **); "
+                               "exactly one image must match per pair. Quote it")
+    importer.add_argument("--csv", metavar="FILE.csv", help="a CSV of pair_id,output_uri instead of ROOT")
     importer.add_argument("--manifest", required=True, metavar="M.parquet", help="the manifest the outputs were made from")
     importer.add_argument("--out", required=True, metavar="RUN_URL", help="run folder to create")
     _storage_and_progress(importer, progress=False)
@@ -109,6 +117,11 @@ def run_report(args) -> int:
 def run_import(args) -> int:
     from .importer import import_outputs
 
-    summary = import_outputs(args.method, args.outputs, args.manifest, args.out, storage=_storage(args))
+    if args.csv and args.outputs:
+        raise SpliceError("splice import: give ROOT (with or without --pattern) or --csv, not both")
+    if args.pattern and not args.outputs:
+        raise SpliceError("splice import: --pattern needs ROOT, the folder it is relative to")
+    summary = import_outputs(args.method, args.outputs, args.manifest, args.out, storage=_storage(args),
+                             pattern=args.pattern, csv=args.csv)
     print(summary.line())
     return 0
