@@ -43,6 +43,9 @@ def register(subparsers) -> None:
     report.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="folder to write the report into")
     report.add_argument("--reference", metavar="METHOD", help="method to compute every other method's win rate against")
     report.add_argument("--group-by", metavar="COLUMNS", help="comma-separated manifest columns, e.g. dataset,domain")
+    report.add_argument("--pairs", default="common", choices=["common", "all"],
+                        help="compare methods on the pairs every method has (common, default; each table says how "
+                             "many pairs each method lacks) or each method on its own pairs (all)")
     report.add_argument("--thumbnails", type=int, default=12, help="pairs shown as thumbnails (default 12)")
     report.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the samples (default 0)")
     _storage_and_progress(report, progress=False)
@@ -109,7 +112,7 @@ def run_report(args) -> int:
 
     group_by = [c.strip() for c in args.group_by.split(",") if c.strip()] if args.group_by else []
     summary = build_report(args.runs, args.output, reference=args.reference, group_by=group_by,
-                           thumbnails=args.thumbnails, storage=_storage(args), seed=args.seed)
+                           thumbnails=args.thumbnails, storage=_storage(args), seed=args.seed, pairs=args.pairs)
     print(summary.line())
     return 0
 

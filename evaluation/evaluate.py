@@ -1,6 +1,7 @@
 """`splice evaluate`: metrics of a run's stored outputs, computed incrementally into <run>/eval/metrics.parquet.
 
-One row per manifest pair: pair_id, method, dataset, domain, status ('ok' | 'failed' | 'missing' | 'error'),
+One row per manifest pair: pair_id, method, dataset, domain, status ('ok' | 'failed' | 'missing' | 'error' |
+'pending': never run or not finished),
 error, the output's content hash, training cost copied from meta.json (train_seconds, train_device,
 train_peak_memory_bytes), and per metric its value with provenance columns `<metric>__version` and
 `<metric>__model` (backbone spec and weights id; random weights end in '@random').
@@ -255,9 +256,9 @@ def _merge(row: dict, update: PairUpdate, ids: dict[str, str]) -> None:
 def _failure(pair_id: str, result: dict | None) -> dict:
     if result and str(result.get("status")) == "failed":
         return {"status": "failed", "error": _text(result.get("error")) or "failed in the run (no error recorded)"}
-    if result and str(result.get("status")) not in ("done", "None"):
+    if result and str(result.get("status")) not in ("done", "None", "pending"):
         return {"status": "missing", "error": _text(result.get("error")) or f"no output (status {result.get('status')})"}
-    return {"status": "missing", "error": f"pair '{pair_id}' has no {layout.OUTPUT_PNG} with {layout.SUCCESS}: "
+    return {"status": "pending", "error": f"pair '{pair_id}' has no {layout.OUTPUT_PNG} with {layout.SUCCESS}: "
                                          f"not run or not finished yet"}
 
 

@@ -51,7 +51,8 @@ class ReportSummary:
 
 
 def build_report(run_urls: list[str], out_dir: str, *, reference: str | None = None, group_by: list[str] | None = None,
-                 thumbnails: int = 12, storage: Storage | None = None, n_boot: int = 2000, seed: int = 0) -> ReportSummary:
+                 thumbnails: int = 12, storage: Storage | None = None, n_boot: int = 2000, seed: int = 0,
+                 pairs: str = "common") -> ReportSummary:
     storage = storage or Storage()
     # 1. load every run's manifest and eval/metrics.parquet
     runs = _load_runs(storage, run_urls)
@@ -59,7 +60,7 @@ def build_report(run_urls: list[str], out_dir: str, *, reference: str | None = N
 
     # 2. the tables, in three formats
     try:
-        table = tables.build_tables(frame, group_by=group_by, reference=reference, n_boot=n_boot, seed=seed)
+        table = tables.build_tables(frame, group_by=group_by, reference=reference, n_boot=n_boot, seed=seed, pairs=pairs)
     except ValueError as exc:
         raise runio.RunError(str(exc)) from exc
     storage.write_bytes(layout.join(out_dir, "tables.md"), tables.to_markdown(table).encode())
