@@ -6,7 +6,13 @@ Every location (manifest, images, run folder) is an fsspec URL: a local path, fi
 AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (any S3-compatible store: MinIO, Ceph, R2, ...).
 
 Transient errors (connection resets, timeouts, throttling) are retried with exponential backoff; errors that
-will not go away by retrying (not found, permission denied, already exists) are raised at once.
+will not go away by retrying (not found, permission denied, already exists) are raised at once. Retries happen
+here only: s3fs and botocore are set to one attempt each (with short connect / read timeouts), so attempts never
+multiply, and a store that does not answer at all is reported as `StoreUnreachable` within NO_ANSWER_WINDOW_S
+(plus one timeout), naming the URL and what to check.
+
+Protocols: local paths and file://, s3:// (s3fs), gs:// (gcsfs), az:// and abfs:// (adlfs), and whatever else
+fsspec knows; storage options go to the filesystem as they are.
 Credentials never leave this module in readable form: `redact` is applied to whatever is logged or recorded.
 """
 from __future__ import annotations
@@ -34,16 +40,30 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LOCAL_PROTOCOLS = ("file", "local")
-SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "session", "auth", "signature")
+SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "session", "auth", "signature",
+                "connection_string")
 REDACTED = "***"
 LOCK_HEARTBEAT_S = 20.0  # a running `splice run` rewrites its lock this often ...
 LOCK_STALE_S = 120.0  # ... so a lock not rewritten for this long belongs to a run that died
 PERMANENT_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 PERMANENT_ERRNOS = {errno.EINVAL, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.ENOENT, errno.EEXIST}
+NO_ANSWER_WINDOW_S = 15.0  # a store that has not answered for this long (connects refused or timing out) is reported
+S3_CLIENT_CONFIG = {  # botocore: one attempt per call (we retry), and timeouts short enough to notice a dead store
+    "connect_timeout": 5, "read_timeout": 20, "retries": {"total_max_attempts": 1, "mode": "standard"},
+}
+S3_ATTEMPTS = 1  # s3fs's own retry loop, likewise
+GCS_PROTOCOLS = ("gs", "gcs")
+GCS_CONTROL_RETRY_S = 5  # gcsfs's bucket-type probe (Storage Control API, gRPC) gives up after this
+AZURE_PROTOCOLS = ("az", "abfs", "abfss")
+AZURE_TIMEOUTS = {"connection_timeout": 5, "read_timeout": 20}  # adlfs's own options; the SDK retries are set below
 
 
 class StorageError(SpliceError, OSError):
     """A location that cannot be read or written; the message names the URL."""
+
+
+class StoreUnreachable(StorageError, TimeoutError):
+    """The store did not answer (connection refused, timed out) within NO_ANSWER_WINDOW_S; never retried again."""
 
 
 class RunLocked(SpliceError):
@@ -106,6 +126,11 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def redact_text(text: str) -> str:
+    """Every URL inside a message, redacted (error messages of storage libraries quote the URLs they called)."""
+    return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+", lambda m: redact_url(m.group(0)), text)
+
+
 def _is_secret(name) -> bool:
     lowered = str(name).lower()
     return any(word in lowered for word in SECRET_WORDS) and lowered not in ("key_prefix",)
@@ -140,9 +165,9 @@ class Storage:
         protocol = protocol_of(url)
         if protocol not in self._filesystems:
             try:
-                self._filesystems[protocol] = fsspec.filesystem(protocol, **self._options_for(protocol))
+                self._filesystems[protocol] = open_filesystem(protocol, self._options_for(protocol))
             except (ImportError, ValueError) as exc:
-                raise StorageError(f"cannot open {redact_url(url)}: {exc}") from exc
+                raise StorageError(f"cannot open {redact_url(url)}: {redact_text(str(exc))}") from exc
         fs = self._filesystems[protocol]
         path = fs._strip_protocol(url)
         if protocol in LOCAL_PROTOCOLS:
@@ -157,12 +182,18 @@ class Storage:
             endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
             if endpoint and "endpoint_url" not in options and "endpoint_url" not in options.get("client_kwargs", {}):
                 options["endpoint_url"] = endpoint
+            options["config_kwargs"] = {**S3_CLIENT_CONFIG, **options.get("config_kwargs", {})}
+        if protocol in AZURE_PROTOCOLS:
+            options = {**AZURE_TIMEOUTS, **options}
         return options
 
     def url(self, fs: fsspec.AbstractFileSystem, path: str) -> str:
         """The URL of `path` on `fs` (plain paths for local files)."""
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        return path if protocol in LOCAL_PROTOCOLS else fs.unstrip_protocol(path)
+        if protocol in LOCAL_PROTOCOLS:
+            return path
+        used = next((p for p, opened in self._filesystems.items() if opened is fs), None)  # az:// stays az://
+        return f"{used}://{path.lstrip('/')}" if used and used not in LOCAL_PROTOCOLS else fs.unstrip_protocol(path)
 
     # small helpers, all retried on transient errors
 
@@ -213,16 +244,53 @@ class Storage:
         return [self.url(fs, p) for p in sorted(with_retries(lambda: fs.glob(path), what=f"listing {redact_url(pattern)}"))]
 
 
+def open_filesystem(protocol: str, options: dict) -> fsspec.AbstractFileSystem:
+    """fsspec.filesystem(protocol, **options), with the storage library's own retries reduced to one attempt, so
+    that `with_retries` is the only retry loop (s3fs x botocore x ours made a dead store take minutes to report)."""
+    if protocol in GCS_PROTOCOLS:
+        cls = _one_attempt_gcs()
+        if hasattr(cls, "_get_bucket_type"):  # gcsfs >= 2025.10 asks the Storage Control API first, retrying for 60 s
+            options = {"retry_timeout": GCS_CONTROL_RETRY_S, **options}
+        return cls(**options)
+    fs = fsspec.filesystem(protocol, **options)
+    if protocol in ("s3", "s3a"):
+        fs.retries = S3_ATTEMPTS
+    elif protocol in AZURE_PROTOCOLS:
+        policy = getattr(getattr(getattr(fs, "service_client", None), "_config", None), "retry_policy", None)
+        for name in ("total_retries", "connect_retries", "read_retries", "status_retries"):
+            if hasattr(policy, name):  # the Azure SDK's default waits 15 s, 45 s, ... between its own attempts
+                setattr(policy, name, 0)
+    return fs
+
+
+_GCS_CLASS = None
+
+
+def _one_attempt_gcs():
+    """gcsfs's GCSFileSystem whose requests are tried once (gcsfs retries 6 times with up to 32 s between)."""
+    global _GCS_CLASS
+    if _GCS_CLASS is None:
+        import gcsfs
+        from gcsfs.retry import retry_request
+
+        class OneAttemptGCSFileSystem(gcsfs.GCSFileSystem):
+            _request = retry_request(retries=1)(gcsfs.GCSFileSystem._request.__wrapped__)
+
+        _GCS_CLASS = OneAttemptGCSFileSystem
+    return _GCS_CLASS
+
+
 # --- retries -------------------------------------------------------------------------------------------------
 
 def is_transient(exc: BaseException) -> bool:
     """Worth retrying: network trouble, timeouts, throttling; not a missing file or a refusal."""
-    if isinstance(exc, PERMANENT_ERRORS):
+    if isinstance(exc, PERMANENT_ERRORS) or isinstance(exc, StoreUnreachable):
         return False
     if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
         return True
     name = type(exc).__name__.lower()
-    if any(word in name for word in ("timeout", "connection", "throttl", "slowdown", "unavailable", "endpoint")):
+    if any(word in name for word in ("timeout", "connection", "throttl", "slowdown", "unavailable", "endpoint",
+                                     "servicerequest", "serviceresponse", "clientconnector")):
         return True
     if isinstance(exc, OSError):
         return exc.errno not in PERMANENT_ERRNOS
@@ -231,18 +299,51 @@ def is_transient(exc: BaseException) -> bool:
 
 def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 5, base_delay: float = 0.25,
                  max_delay: float = 8.0, sleep: Callable[[float], None] = time.sleep) -> T:
-    """Call fn(); on a transient error wait base_delay * 2**n (with jitter) and try again, `attempts` times in all."""
+    """Call fn(); on a transient error wait base_delay * 2**n (with jitter) and try again, `attempts` times in all.
+
+    A store that does not answer at all (refused or timed-out connections) is given NO_ANSWER_WINDOW_S, then
+    reported as StoreUnreachable naming what was being done and what to check."""
+    started = time.monotonic()
     for attempt in range(1, attempts + 1):
         try:
             return fn()
         except Exception as exc:
-            if not is_transient(exc) or attempt == attempts:
+            if not is_transient(exc):
                 raise
             delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
+            elapsed = time.monotonic() - started
+            if _no_answer(exc) and (attempt == attempts or elapsed + delay > NO_ANSWER_WINDOW_S):
+                raise unreachable(what, exc, attempt, elapsed) from exc
+            if attempt == attempts:
+                raise
             log.warning("%s failed (%s: %s); retrying in %.2fs (%d/%d)", what, type(exc).__name__,
                         redact_url(str(exc)), delay, attempt, attempts - 1)
             sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _no_answer(exc: BaseException) -> bool:
+    """The store did not answer: refused or timed-out connections, as opposed to an error it answered with."""
+    if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
+        return True
+    seen = exc
+    for _ in range(5):  # s3fs / aiohttp wrap the connection error; look a few causes down
+        name = type(seen).__name__.lower()
+        if any(word in name for word in ("connect", "timeout", "endpoint", "serverdisconnected", "servicerequest")):
+            return True
+        seen = seen.__cause__ or seen.__context__
+        if seen is None:
+            return False
+    return False
+
+
+def unreachable(what: str, exc: BaseException, attempts: int, elapsed: float) -> StoreUnreachable:
+    reason = redact_text((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:300]
+    return StoreUnreachable(
+        f"the store did not answer while {what}: {attempts} attempt(s) in {elapsed:.1f} s ({type(exc).__name__}: "
+        f"{reason}). Check the store's address (s3://: --storage-option endpoint_url=... or AWS_ENDPOINT_URL; gs://: "
+        f"endpoint_url; az://: account_name or connection_string), that the store is up and reachable from this "
+        f"machine (network, proxy, firewall), and the credentials")
 
 
 # --- the run lock --------------------------------------------------------------------------------------------
