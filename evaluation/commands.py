@@ -30,7 +30,8 @@ def register(subparsers) -> None:
     evaluate.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
     evaluate.add_argument("--batch-size", type=int, default=8, help="pairs per backbone batch (default 8)")
     evaluate.add_argument("--address", help="Ray cluster address to spread pairs over ('auto', ray://HOST:10001, "
-                                            "'local' for a Ray started here); default: evaluate in this process")
+                                            "'local' for a Ray started here); default: RAY_ADDRESS if set, else "
+                                            "evaluate in this process")
     evaluate.add_argument("--force", action="store_true", help="recompute every asked metric of every pair")
     _storage_and_progress(evaluate)
     evaluate.set_defaults(handler=run_evaluate)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -91,6 +92,7 @@ def evaluate_run(run_url: str, settings: EvalSettings = EvalSettings(), *, stora
     stored = _stored_rows(storage, run_url)
 
     # 2. the models (locally, or on the Ray workers) and the provenance id of every available metric
+    address = address or os.environ.get("RAY_ADDRESS")  # as `splice run` does
     if address:
         from .distributed import RayBackend
         backend = RayBackend(address, settings, storage.options)

@@ -1,10 +1,13 @@
 """TEST-ONLY fault injection for `splice run`: crashed workers and slow pairs, on demand.
 
-SPLICE_FAULT_INJECTION="kill-once=ID1,ID2;kill-after-write=ID3;sleep=1.5", read by the driver, carried in jobs:
+SPLICE_FAULT_INJECTION="kill-once=ID1,ID2;kill-after-write=ID3;sleep=1.5;eval-sleep=2", read by the driver,
+carried in jobs (and to `splice evaluate`'s Ray actors):
   kill-once:        on the pair's first attempt the worker writes a partial output.png and exits hard (os._exit);
   kill-after-write: on the first attempt the worker exits hard just after writing the complete pair;
-  sleep:            every pair sleeps that many seconds after reading its images.
-Used by tests/test_run.py to simulate crashed workers and slow pairs. Never set it in production.
+  sleep:            every pair sleeps that many seconds after reading its images;
+  eval-sleep:       every chunk of `splice evaluate` on Ray sleeps that many seconds before it starts.
+Used by tests/test_run.py and tests/test_fault_tolerance.py to simulate crashed workers and slow pairs. Never set
+it in production.
 """
 from __future__ import annotations
 
@@ -45,3 +48,12 @@ def inject_delay(job) -> None:
     """Sleep as planned, so that tests can interrupt a run while pairs are in flight."""
     if job.fault and job.fault.get("sleep"):
         time.sleep(float(job.fault["sleep"]))
+
+
+def chunk_delay() -> float:
+    """Seconds each evaluation chunk sleeps (eval-sleep=S), so that tests can lose a node while one is in flight."""
+    for part in filter(None, (p.strip() for p in os.environ.get(FAULT_ENV, "").split(";"))):
+        name, _, value = part.partition("=")
+        if name == "eval-sleep":
+            return float(value)
+    return 0.0
