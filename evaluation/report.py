@@ -63,6 +63,8 @@ def build_report(run_urls: list[str], out_dir: str, *, reference: str | None = N
         table = tables.build_tables(frame, group_by=group_by, reference=reference, n_boot=n_boot, seed=seed, pairs=pairs)
     except ValueError as exc:
         raise runio.RunError(str(exc)) from exc
+    table.notes += [f"{r.label} was run with RANDOM backbone weights, not the preset's DINO: {r.run.info['backbone_fallback']}"
+                    for r in runs if r.run.info.get("backbone_fallback")]
     storage.write_bytes(layout.join(out_dir, "tables.md"), tables.to_markdown(table).encode())
     storage.write_bytes(layout.join(out_dir, "tables.csv"), tables.to_csv(table).encode())
     storage.write_bytes(layout.join(out_dir, "tables.tex"), tables.to_latex(table).encode())

@@ -98,9 +98,10 @@ class Tables:
     mixed_models: dict[str, list[str]] = field(default_factory=dict)  # metric -> the different models behind it
     pairs_differ: tuple[int, int] | None = None  # (pairs common to all methods, pairs in all) where they differ
     pairs: str = "all"  # 'common' or 'all': which pairs means and win rates are over
+    notes: list[str] = field(default_factory=list)  # warnings about the runs themselves (e.g. random weights)
 
     def warnings(self) -> list[str]:
-        texts = []
+        texts = list(self.notes)
         if self.pairs_differ:
             texts.append(f"the methods were run on different pairs ({self.pairs_differ[0]} of {self.pairs_differ[1]} in "
                          f"common): their means are over different pairs")

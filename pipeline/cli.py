@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "pipeline.commands.demo",  # splice demo
     "pipeline.commands.status",  # splice status
     "evaluation.commands",  # splice evaluate | report | import
+    "evaluation.weights_command",  # splice weights fetch | status | export
 ]
 
 

@@ -66,6 +66,7 @@ class RunSettings:
     pack: int | None = None  # pairs trained together per task (None: auto: 1 on CPUs, on GPUs as many as fit)
     gpus_per_task: float | None = None  # GPUs per task (0.5: two tasks per GPU); None: 1 if the cluster has GPUs, else 0
     compile: str = "auto"  # torch.compile the backbone's crop passes: auto (on CUDA) | on | off
+    backbone_fallback: str | None = None  # why the default backbone was replaced by random weights (run.json)
 
 
 @dataclass(frozen=True)

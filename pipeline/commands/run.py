@@ -49,7 +49,9 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--method", default="splice", choices=list(METHODS), help="method (default splice)")
     parser.add_argument("--preset", default="paper", choices=list(PRESETS), help="training preset (default paper)")
-    parser.add_argument("--backbone", help="backbone spec, e.g. dino_vitb8, file:PATH, random:vit_tiny_patch16_224")
+    parser.add_argument("--backbone", help="backbone spec, e.g. dino_vitb8, file:PATH, random:vit_tiny_patch16_224 "
+                                           "(default: the preset's DINO; if its weights can be neither found nor "
+                                           "downloaded, random weights of its architecture, said loudly and recorded)")
     parser.add_argument("--steps", type=int, help="optimisation steps per pair (default: the preset's)")
     parser.add_argument("--seed", type=int, help="training seed (a manifest 'seed' column overrides it per pair)")
     parser.add_argument("--max-side", type=int, help="downscale inputs so the long side is at most this")
@@ -74,12 +76,28 @@ def config_from_args(args):
         raise SpliceError(f"invalid training settings: {exc}") from exc
 
 
+def real_or_random(config, args):
+    """The preset's backbone if its weights are here or can be downloaded, else its random twin, said loudly once;
+    a backbone named with --backbone is never replaced. Returns (config, why it fell back or None)."""
+    from ..methods import get_method
+    from ..weights import announce_fallback, resolve_backbone
+
+    if not get_method(args.method).uses_backbone:
+        return config, None
+    backbone, fallback = resolve_backbone(config.backbone, explicit=args.backbone is not None)
+    if fallback:
+        announce_fallback(fallback)
+        config = config.replace(backbone=backbone)
+    return config, fallback
+
+
 def run(args) -> int:
     from ..fanout import RunSettings, run_manifest
     from ..storage import parse_storage_options
 
+    config, fallback = real_or_random(config_from_args(args), args)
     settings = RunSettings(
-        out=args.out, method=args.method, config=config_from_args(args), address=args.address,
+        out=args.out, method=args.method, config=config, address=args.address, backbone_fallback=fallback,
         gpus_per_pair=args.gpus_per_pair, cpus_per_pair=args.cpus_per_pair, max_retries=args.max_retries,
         limit=args.limit, only=tuple(args.only), force=args.force, break_lock=args.break_lock,
         break_stale_lock=args.break_stale_lock,
