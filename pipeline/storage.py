@@ -35,6 +35,7 @@ import fsspec
 
 from . import layout
 from .errors import SpliceError
+from .filesystems import library_options, open_filesystem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,14 +49,6 @@ LOCK_STALE_S = 120.0  # ... so a lock not rewritten for this long belongs to a r
 PERMANENT_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 PERMANENT_ERRNOS = {errno.EINVAL, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.ENOENT, errno.EEXIST}
 NO_ANSWER_WINDOW_S = 15.0  # a store that has not answered for this long (connects refused or timing out) is reported
-S3_CLIENT_CONFIG = {  # botocore: one attempt per call (we retry), and timeouts short enough to notice a dead store
-    "connect_timeout": 5, "read_timeout": 20, "retries": {"total_max_attempts": 1, "mode": "standard"},
-}
-S3_ATTEMPTS = 1  # s3fs's own retry loop, likewise
-GCS_PROTOCOLS = ("gs", "gcs")
-GCS_CONTROL_RETRY_S = 5  # gcsfs's bucket-type probe (Storage Control API, gRPC) gives up after this
-AZURE_PROTOCOLS = ("az", "abfs", "abfss")
-AZURE_TIMEOUTS = {"connection_timeout": 5, "read_timeout": 20}  # adlfs's own options; the SDK retries are set below
 
 
 class StorageError(SpliceError, OSError):
@@ -182,10 +175,7 @@ class Storage:
             endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
             if endpoint and "endpoint_url" not in options and "endpoint_url" not in options.get("client_kwargs", {}):
                 options["endpoint_url"] = endpoint
-            options["config_kwargs"] = {**S3_CLIENT_CONFIG, **options.get("config_kwargs", {})}
-        if protocol in AZURE_PROTOCOLS:
-            options = {**AZURE_TIMEOUTS, **options}
-        return options
+        return library_options(protocol, options)
 
     def url(self, fs: fsspec.AbstractFileSystem, path: str) -> str:
         """The URL of `path` on `fs` (plain paths for local files)."""
@@ -242,42 +232,6 @@ class Storage:
         fs, path = self.fs(pattern)
         fs.invalidate_cache()  # other processes write here: never answer from a stale listing
         return [self.url(fs, p) for p in sorted(with_retries(lambda: fs.glob(path), what=f"listing {redact_url(pattern)}"))]
-
-
-def open_filesystem(protocol: str, options: dict) -> fsspec.AbstractFileSystem:
-    """fsspec.filesystem(protocol, **options), with the storage library's own retries reduced to one attempt, so
-    that `with_retries` is the only retry loop (s3fs x botocore x ours made a dead store take minutes to report)."""
-    if protocol in GCS_PROTOCOLS:
-        cls = _one_attempt_gcs()
-        if hasattr(cls, "_get_bucket_type"):  # gcsfs >= 2025.10 asks the Storage Control API first, retrying for 60 s
-            options = {"retry_timeout": GCS_CONTROL_RETRY_S, **options}
-        return cls(**options)
-    fs = fsspec.filesystem(protocol, **options)
-    if protocol in ("s3", "s3a"):
-        fs.retries = S3_ATTEMPTS
-    elif protocol in AZURE_PROTOCOLS:
-        policy = getattr(getattr(getattr(fs, "service_client", None), "_config", None), "retry_policy", None)
-        for name in ("total_retries", "connect_retries", "read_retries", "status_retries"):
-            if hasattr(policy, name):  # the Azure SDK's default waits 15 s, 45 s, ... between its own attempts
-                setattr(policy, name, 0)
-    return fs
-
-
-_GCS_CLASS = None
-
-
-def _one_attempt_gcs():
-    """gcsfs's GCSFileSystem whose requests are tried once (gcsfs retries 6 times with up to 32 s between)."""
-    global _GCS_CLASS
-    if _GCS_CLASS is None:
-        import gcsfs
-        from gcsfs.retry import retry_request
-
-        class OneAttemptGCSFileSystem(gcsfs.GCSFileSystem):
-            _request = retry_request(retries=1)(gcsfs.GCSFileSystem._request.__wrapped__)
-
-        _GCS_CLASS = OneAttemptGCSFileSystem
-    return _GCS_CLASS
 
 
 # --- retries -------------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from pipeline.cli import main
-from pipeline.storage import (NO_ANSWER_WINDOW_S, Storage, StoreUnreachable, open_filesystem, redact, redact_text,
-                              with_retries)
+from pipeline.filesystems import open_filesystem
+from pipeline.storage import NO_ANSWER_WINDOW_S, Storage, StoreUnreachable, redact, redact_text, with_retries
 from faults import free_port
 
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="  # public dev key
@@ -144,7 +144,7 @@ def test_a_dead_azure_store_is_reported_in_seconds():
     assert seconds < DEADLINE_S and AZURITE_KEY not in str(caught.value)
 
 
-def test_no_answer_is_given_up_on_after_the_window_and_not_retried_again():
+def test_no_answer_is_given_up_on_after_the_window_and_not_retried_again(monkeypatch):
     clock = {"t": 0.0}
     calls = []
 
@@ -153,13 +153,12 @@ def test_no_answer_is_given_up_on_after_the_window_and_not_retried_again():
         clock["t"] += 20.0  # each attempt times out after 20 s
         raise TimeoutError("Read timeout on endpoint URL: http://store:9000/b/x?X-Amz-Signature=abc")
 
-    monkey_time = time.monotonic
-    try:
-        time.monotonic = lambda: clock["t"]
-        with pytest.raises(StoreUnreachable, match=r"1 attempt\(s\) in 20.0 s") as caught:
-            with_retries(hung, what="reading s3://b/x", sleep=lambda s: None)
-    finally:
-        time.monotonic = monkey_time
+    import pipeline.storage
+
+    monkeypatch.setattr(pipeline.storage.time, "monotonic", lambda: clock["t"])
+    with pytest.raises(StoreUnreachable, match=r"1 attempt\(s\) in 20.0 s") as caught:
+        with_retries(hung, what="reading s3://b/x", sleep=lambda s: None)
+    monkeypatch.undo()
     assert len(calls) == 1 and NO_ANSWER_WINDOW_S < 20
     assert "abc" not in str(caught.value) and "X-Amz-Signature=%2A%2A%2A" in str(caught.value)
     # an outer retry loop does not retry what an inner one already gave up on
