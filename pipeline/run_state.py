@@ -151,7 +151,7 @@ def write_run_record(storage: Storage, settings, method, manifest, *, previous: 
             "method": method.name,
             "settings": method_settings,
             "backbone": settings.config.backbone if method.uses_backbone else None,
-            "backbone_fallback": getattr(settings, "backbone_fallback", None),  # default weights unavailable: random
+            "backbone_fallback": getattr(settings, "backbone_fallback", None) if method.uses_backbone else None,
             "backbone_weights_ids": (existing or {}).get("backbone_weights_ids", []),
             "code_version": {"splice_pipeline": __version__, "git_commit": _git_commit()},
             "manifest": redact_url(manifest.url),
