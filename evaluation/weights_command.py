@@ -61,8 +61,8 @@ def catalogue() -> list[WeightsFile]:
 
     from .segmenter import DEFAULT_SEGMENTER
 
-    dino_roles = {"dino_vitb8": "training (paper preset); metrics selfsim_mse, cls_mse",
-                  "dino_vits16": "training (preview preset, demo); metric dino_i"}
+    dino_roles = {"dino_vitb8": "training (paper preset); metrics selfsim, dino_i, cls_mse",
+                  "dino_vits16": "training (preview preset, demo); metric dino_i_s16 (on request)"}
     files = [WeightsFile(spec, dino_roles.get(spec, "training (--backbone)"), "hf", dino_hub_id(timm_name))
              for spec, timm_name in DINO_BACKBONES.items()]
     files.append(WeightsFile("lpips-alexnet", "metric lpips_structure (LPIPS's AlexNet trunk)", "torch",

@@ -191,6 +191,7 @@ def demo_eval_settings(backbone: str):
     itself, so that a smoke run stays quick."""
     from torchvision.models import AlexNet_Weights, get_model_weights
 
+    from evaluation.metrics import DEFAULT_METRICS, METRICS
     from evaluation.models import DINO_ROLES, EvalSettings
     from evaluation.segmenter import DEFAULT_SEGMENTER
     from evaluation.weights import can_have
@@ -200,7 +201,8 @@ def demo_eval_settings(backbone: str):
     if backbone.startswith("random:"):
         metric_backbone = backbone
     else:
-        resolved = {spec: resolve_backbone(spec, explicit=False) for spec in DINO_ROLES.values()}
+        needed = {METRICS[m].model for m in DEFAULT_METRICS}  # the DINO roles the default metrics use
+        resolved = {spec: resolve_backbone(spec, explicit=False) for role, spec in DINO_ROLES.items() if role in needed}
         for _, fallback in resolved.values():
             if fallback:
                 announce_fallback(f"metric backbone {fallback}")

@@ -166,7 +166,7 @@ def test_losing_a_node_mid_evaluation_redoes_its_chunk_and_evaluate_honours_ray_
     started = time.monotonic()
     scenario = start_session(
         [sys.executable, str(REPO / "tests" / "ray_eval_scenario.py"), str(run), str(tmp_path / "scenario.json"),
-         "--metrics", "selfsim_mse", "--metric-backbone", "random:vit_tiny_patch16_224", "--batch-size", "1"],
+         "--metrics", "selfsim", "--metric-backbone", "random:vit_tiny_patch16_224", "--batch-size", "1"],
         env=child_env(SPLICE_FAULT_INJECTION="eval-sleep=1.5"), log_path=tmp_path / "scenario.log", cwd=REPO)
     try:
         code = scenario.wait(timeout=420)
@@ -183,8 +183,8 @@ def test_losing_a_node_mid_evaluation_redoes_its_chunk_and_evaluate_honours_ray_
     metrics = pd.read_parquet(run / "eval" / "metrics.parquet")
     assert sorted(metrics["pair_id"]) == sorted(structures)
     assert (metrics["status"] == "ok").all(), metrics[["pair_id", "status", "error"]]
-    assert metrics["selfsim_mse"].notna().all()
-    assert np.allclose(metrics["selfsim_mse"], 0.0, atol=1e-6)  # output == structure image: identical structure
+    assert metrics["selfsim"].notna().all()
+    assert np.allclose(metrics["selfsim"], 0.0, atol=1e-6)  # output == structure image: identical structure
 
 
 # --- the driver dies -----------------------------------------------------------------------------------------

@@ -104,7 +104,7 @@ def test_a_default_backbone_that_cannot_be_had_falls_back_to_random_loudly_and_o
     from evaluation.models import EvalSettings
     from evaluation.report import build_report
 
-    evaluate_run(str(run), EvalSettings(metrics=("selfsim_mse",), metric_backbone=TINY_BACKBONE), progress=False)
+    evaluate_run(str(run), EvalSettings(metrics=("selfsim",), metric_backbone=TINY_BACKBONE), progress=False)
     build_report([str(run)], str(tmp_path / "report"), thumbnails=0)
     assert "splice was run with RANDOM backbone weights" in (tmp_path / "report" / "tables.md").read_text()
     assert "RANDOM backbone weights" in (tmp_path / "report" / "report.html").read_text()
@@ -120,7 +120,7 @@ def test_demo_metrics_fall_back_to_random_where_weights_cannot_be_had(offline, c
     from pipeline.demo import demo_eval_settings
 
     settings = demo_eval_settings("dino_vits16")
-    assert settings.backbone_specs() == {"vitb8": "random:vit_base_patch8_224", "vits16": "random:vit_small_patch16_224"}
+    assert settings.backbone_specs()["vitb8"] == "random:vit_base_patch8_224"  # what the default metrics use
     assert settings.lpips_weights == "random" and settings.segmenter == "random:deeplabv3_mobilenet_v3_large"
     error = capsys.readouterr().err
     assert "lpips_structure" in error and "layout_miou" in error
