@@ -24,6 +24,7 @@ import os
 import random
 import re
 import socket
+import stat
 import threading
 import time
 import urllib.parse
@@ -41,13 +42,22 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LOCAL_PROTOCOLS = ("file", "local")
+HTTP_PROTOCOLS = ("http", "https")
 SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "session", "auth", "signature",
                 "connection_string")
+SECRET_PARAMS = ("sig", "signature", "token", "key", "password", "passwd", "secret", "credential", "code")  # exact
+SECRET_PARAM_PREFIXES = ("x-amz-", "x-goog-", "x-ms-")  # every header-like signing parameter of S3, GCS, Azure
 REDACTED = "***"
+URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
+READ_TIMEOUT_S = 120.0  # one read of one input (image, manifest) may take at most this long
+READ_CHUNK = 1 << 20
 LOCK_HEARTBEAT_S = 20.0  # a running `splice run` rewrites its lock this often ...
 LOCK_STALE_S = 120.0  # ... so a lock not rewritten for this long belongs to a run that died
-PERMANENT_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
-PERMANENT_ERRNOS = {errno.EINVAL, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.ENOENT, errno.EEXIST}
+PERMANENT_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError,
+                    ConnectionRefusedError)
+PERMANENT_ERRNOS = {errno.EINVAL, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.ENOENT, errno.EEXIST,
+                    errno.ELOOP, errno.ENAMETOOLONG, errno.EISDIR, errno.ENOTDIR, errno.ECONNREFUSED, errno.EDQUOT,
+                    errno.EFBIG}
 NO_ANSWER_WINDOW_S = 15.0  # a store that has not answered for this long (connects refused or timing out) is reported
 
 
@@ -60,7 +70,15 @@ class StoreUnreachable(StorageError, TimeoutError):
 
 
 class RunLocked(SpliceError):
-    """Another `splice run` holds the run folder's lock."""
+    """Another command holds the run folder's lock."""
+
+
+class LockLost(SpliceError):
+    """This command's lock was taken over by another one (e.g. with --break-lock): it must stop writing."""
+
+
+class InputRefused(SpliceError, OSError):
+    """An input that is not read at all: not a regular file, or larger than the byte cap. Never retried."""
 
 
 # --- options -------------------------------------------------------------------------------------------------
@@ -111,17 +129,22 @@ def redact_url(url: str) -> str:
         return url
     parts = urllib.parse.urlsplit(url)
     netloc = parts.netloc.rsplit("@", 1)[-1] if "@" in parts.netloc else parts.netloc
-    query = urllib.parse.urlencode(
-        [(k, REDACTED if _is_secret(k) else v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
-    )
-    if netloc == parts.netloc and query == parts.query:
+    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    secret = any(_is_secret_param(k) for k, _ in pairs)
+    if netloc == parts.netloc and not secret:
         return url
+    query = urllib.parse.urlencode([(k, REDACTED if _is_secret_param(k) else v) for k, v in pairs]) if secret else parts.query
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def redact_text(text: str) -> str:
-    """Every URL inside a message, redacted (error messages of storage libraries quote the URLs they called)."""
-    return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+", lambda m: redact_url(m.group(0)), text)
+def redact_text(text) -> str:
+    """Any text (an error message, a traceback, a log line) with every URL in it redacted as by `redact_url`."""
+    return URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), str(text))
+
+
+def _is_secret_param(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in SECRET_PARAMS or lowered.startswith(SECRET_PARAM_PREFIXES) or _is_secret(lowered)
 
 
 def _is_secret(name) -> bool:
@@ -197,14 +220,50 @@ class Storage:
 
         def write():
             if is_local(url):
-                fs.makedirs(os.path.dirname(path), exist_ok=True)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
                 temporary = f"{path}.{uuid.uuid4().hex}.tmp"
-                fs.pipe_file(temporary, data)
-                os.replace(temporary, path)
+                try:
+                    with open(temporary, "wb") as handle:
+                        handle.write(data)
+                    os.replace(temporary, path)
+                except BaseException:  # e.g. disk full: never leave a temporary file behind
+                    _remove_quietly(temporary)
+                    raise
             else:
                 fs.pipe_file(path, data)
 
         with_retries(write, what=f"writing {redact_url(url)}")
+
+    def read_input(self, url: str, *, max_bytes: int, timeout: float = READ_TIMEOUT_S) -> bytes:
+        """Read an input (image, manifest) with limits: only a regular file or object, at most `max_bytes` (checked
+        from its size before reading and again while reading), each try at most `timeout` seconds."""
+        fs, path = self.fs(url)
+        name = redact_url(url)
+
+        def read() -> bytes:
+            size = _regular_size(fs, path, name, is_local(url))
+            if size is not None and size > max_bytes:
+                raise InputRefused(f"{name} has {size} bytes, above the cap of {max_bytes} bytes for one input: "
+                                   f"check it is the right file, or raise the cap (--max-input-bytes)")
+            if is_local(url):
+                opener = lambda: open(path, "rb")  # noqa: E731
+            elif protocol_of(url) in HTTP_PROTOCOLS:
+                # one streamed GET, which reports its real HTTP status; a size is given only so that fsspec skips its
+                # HEAD probe, which turns every error status (403, 500) into "not found"
+                opener = lambda: fs.open(path, "rb", block_size=0, size=max_bytes + 1)  # noqa: E731
+            else:
+                opener = lambda: fs.open(path, "rb")  # noqa: E731
+            chunks, total = [], 0
+            with opener() as handle:
+                while chunk := handle.read(READ_CHUNK):
+                    total += len(chunk)
+                    if total > max_bytes:  # the file grew, or its listed size was wrong
+                        raise InputRefused(f"{name} is larger than the cap of {max_bytes} bytes for one input: check "
+                                           f"it is the right file, or raise the cap (--max-input-bytes)")
+                    chunks.append(chunk)
+            return b"".join(chunks)
+
+        return with_retries(lambda: _with_timeout(read, timeout, f"reading {name}"), what=f"reading {name}")
 
     def exists(self, url: str) -> bool:
         fs, path = self.fs(url)
@@ -234,11 +293,74 @@ class Storage:
         return [self.url(fs, p) for p in sorted(with_retries(lambda: fs.glob(path), what=f"listing {redact_url(pattern)}"))]
 
 
+def _regular_size(fs, path: str, name: str, local: bool) -> int | None:
+    """The size of a regular file or object; anything else (FIFO, device, socket, directory) is refused by type,
+    before it is opened (opening a FIFO blocks; a device never ends)."""
+    if local:
+        mode = os.stat(path).st_mode  # follows symlinks: a loop raises ELOOP, a permanent error
+        if stat.S_ISREG(mode):
+            return os.stat(path).st_size
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
+                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else
+                "not a regular file")
+        raise InputRefused(f"{name} is {kind}, not a regular file: only image files can be read")
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in HTTP_PROTOCOLS:  # a URL is one object; its size is checked while it streams
+        return None
+    info = fs.info(path)
+    if info.get("type", "file") != "file":
+        raise InputRefused(f"{name} is a {info.get('type')}, not a file: give the URL of one image")
+    size = info.get("size")
+    return int(size) if isinstance(size, (int, float)) else None
+
+
+def _with_timeout(fn: Callable[[], T], timeout: float, what: str) -> T:
+    """fn() in a helper thread; a TimeoutError (retried as transient) if it has not returned within `timeout`."""
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # handed to the caller
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="splice-read", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"{what} took longer than {timeout:.0f} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def ensure_folder(fs, path: str) -> None:
+    """Create a local folder; object stores have no folders, and creating one there may create a BUCKET."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in LOCAL_PROTOCOLS:
+        fs.makedirs(path, exist_ok=True)
+
+
 # --- retries -------------------------------------------------------------------------------------------------
 
 def is_transient(exc: BaseException) -> bool:
     """Worth retrying: network trouble, timeouts, throttling; not a missing file or a refusal."""
-    if isinstance(exc, PERMANENT_ERRORS) or isinstance(exc, StoreUnreachable):
+    if isinstance(exc, PERMANENT_ERRORS) or isinstance(exc, (SpliceError, StoreUnreachable)):
+        return False
+    if any(isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED
+           for cause in _causes(exc)):  # nothing listens there: an address to fix, not a hiccup
+        return False
+    status = http_status(exc)
+    if status is not None:  # 4xx: the request itself is wrong (denied, not found, bad credentials); 5xx, 429: retry
+        return status >= 500 or status in (408, 429)
+    if getattr(exc, "errno", None) in PERMANENT_ERRNOS:  # e.g. aiohttp's connection refused, an OSError subclass
         return False
     if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
         return True
@@ -249,6 +371,28 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, OSError):
         return exc.errno not in PERMANENT_ERRNOS
     return False
+
+
+def _causes(exc: BaseException, depth: int = 6):
+    while exc is not None and depth:
+        yield exc
+        exc, depth = exc.__cause__ or exc.__context__, depth - 1
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status an error carries (aiohttp's `.status`, botocore's response), if any."""
+    for candidate in (exc, exc.__cause__, exc.__context__):
+        if candidate is None:
+            continue
+        status = getattr(candidate, "status", None)
+        if isinstance(status, int) and 100 <= status < 600:
+            return status
+        response = getattr(candidate, "response", None)
+        if isinstance(response, dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(status, int):
+                return status
+    return None
 
 
 def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 5, base_delay: float = 0.25,
@@ -271,7 +415,7 @@ def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 5, base_dela
             if attempt == attempts:
                 raise
             log.warning("%s failed (%s: %s); retrying in %.2fs (%d/%d)", what, type(exc).__name__,
-                        redact_url(str(exc)), delay, attempt, attempts - 1)
+                        redact_text(exc), delay, attempt, attempts - 1)
             sleep(delay)
     raise AssertionError("unreachable")
 
@@ -303,27 +447,49 @@ def unreachable(what: str, exc: BaseException, attempts: int, elapsed: float) ->
 # --- the run lock --------------------------------------------------------------------------------------------
 
 class RunLock:
-    """`<run>/_LOCK`, created exclusively, so that two `splice run`s never write the same run folder.
+    """`<run>/_LOCK`, created exclusively, so that two commands never write the same run folder at once.
 
     Creation uses exclusive mode ("xb": O_EXCL locally, a conditional put with If-None-Match on S3); a
     filesystem without it falls back to check-then-write and reads the lock back to confirm it is ours.
+    The lock is a fence too: a holder whose lock was taken over (`--break-lock`) notices at its next heartbeat
+    (`lost`), and `check()` before a final write raises `LockLost`, so an ousted command stops writing.
     """
 
-    def __init__(self, storage: Storage, run_url: str, *, break_lock: bool = False, break_stale: bool = False):
+    def __init__(self, storage: Storage, run_url: str, *, break_lock: bool = False, break_stale: bool = False,
+                 command: str = "splice run", name: str | None = None, wait: float = 0.0):
         self.storage = storage
-        self.url = layout.join(run_url, layout.LOCK)
-        self.break_lock = break_lock  # take over any lock (the user knows its run is dead)
+        self.url = layout.join(run_url, name or layout.LOCK)
+        self.folder = run_url
+        self.break_lock = break_lock  # take over a lock whose holder cannot be shown to be alive
         self.break_stale = break_stale  # take over only a stale lock (safe for automatic retries)
+        self.command = command  # who holds it, for the messages of those who find it held
+        self.wait = wait  # seconds to wait for a held lock before giving up (short critical sections)
         self.token = uuid.uuid4().hex
         self.since = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.held = False
+        self.lost: dict | None = None  # the holder that took this lock over, once noticed
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
     def acquire(self) -> "RunLock":
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                return self._acquire_once()
+            except RunLocked:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+    def _acquire_once(self) -> "RunLock":
         if (self.break_lock or self.break_stale) and self.storage.exists(self.url):
             holder = self._read()
             stale = stale_reason(holder)
+            if self.break_lock and not stale and holder and _alive_here(holder):
+                raise RunLocked(
+                    f"run folder {redact_url(self.folder)} is locked by a `{holder.get('command', 'splice run')}` that is "
+                    f"still running on this host ({self._describe(holder)}): --break-lock only takes over the lock of a "
+                    f"command that died. Wait for it, or stop it first")
             if self.break_lock or stale:
                 log.warning("breaking the lock %s (held by %s%s)", redact_url(self.url), self._describe(holder),
                             f"; {stale}" if stale else "")
@@ -344,25 +510,40 @@ class RunLock:
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=10)
-        if self.held and (self._read() or {}).get("token") == self.token:
-            self.storage.remove(self.url)
-        self.held = False
+        try:
+            if self.held and (self._read() or {}).get("token") == self.token:
+                self.storage.remove(self.url)
+        finally:
+            self.held = False
+
+    def check(self) -> None:
+        """Raise LockLost if another command has taken this lock over (read from storage now)."""
+        if self.lost is None:
+            holder = self._read()
+            if (holder or {}).get("token") != self.token:
+                self.lost = holder or {}
+        if self.lost is not None:
+            raise LockLost(f"the lock of {redact_url(self.folder)} was taken over by another command "
+                           f"({self._describe(self.lost)}): this `{self.command}` stopped writing there")
 
     def _body(self) -> bytes:
-        return json.dumps({"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "since": self.since,
+        return json.dumps({"token": self.token, "command": self.command, "host": socket.gethostname(),
+                           "pid": os.getpid(), "since": self.since,
                            "heartbeat": datetime.now(timezone.utc).isoformat(timespec="seconds")}).encode()
 
     def _renew(self) -> None:
         """Rewrite the lock every LOCK_HEARTBEAT_S while held, so a lock that stops being renewed shows a dead run."""
         while not self._stop.wait(LOCK_HEARTBEAT_S):
             try:
-                if (self._read() or {}).get("token") != self.token:
-                    log.warning("the lock %s was taken over by another run: this run's results may be overwritten",
-                                redact_url(self.url))
+                holder = self._read()
+                if (holder or {}).get("token") != self.token:
+                    self.lost = holder or {}
+                    log.warning("the lock %s was taken over by another command (%s): this `%s` stops writing",
+                                redact_url(self.url), self._describe(holder), self.command)
                     return
                 self.storage.write_bytes(self.url, self._body())
             except Exception as exc:  # a missed heartbeat must not stop the run; the next one may succeed
-                log.warning("could not renew the lock %s (%s)", redact_url(self.url), exc)
+                log.warning("could not renew the lock %s (%s)", redact_url(self.url), redact_text(exc))
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
@@ -372,7 +553,7 @@ class RunLock:
 
     @staticmethod
     def _create_exclusive(fs, path: str, body: bytes) -> None:
-        fs.makedirs(fs._parent(path), exist_ok=True)
+        ensure_folder(fs, fs._parent(path))
         try:
             with fs.open(path, "xb") as handle:
                 handle.write(body)
@@ -385,17 +566,19 @@ class RunLock:
 
     def _read(self) -> dict | None:
         try:
-            return json.loads(self.storage.read_bytes(self.url))
+            value = json.loads(self.storage.read_bytes(self.url))
         except (FileNotFoundError, ValueError):
             return None
+        return value if isinstance(value, dict) else None
 
     def _locked_error(self) -> RunLocked:
         holder = self._read()
         reason = stale_reason(holder)
         stale = f" The lock looks stale: {reason}; --break-stale-lock takes it over." if reason else ""
+        who = (holder or {}).get("command", "splice run")
         return RunLocked(
-            f"run folder {redact_url(self.url.rsplit('/', 1)[0])} is locked by another `splice run` "
-            f"({self._describe(holder)}).{stale} Wait for it to finish, write to another --out, or, if that run "
+            f"run folder {redact_url(self.folder)} is locked by another `{who}` "
+            f"({self._describe(holder)}).{stale} Wait for it to finish, write to another --out, or, if that command "
             f"is certainly dead, run again with --break-lock"
         )
 
@@ -404,6 +587,10 @@ class RunLock:
         if not holder:
             return "holder unknown"
         return f"host {holder.get('host')}, pid {holder.get('pid')}, since {holder.get('since')}"
+
+
+def _alive_here(holder: dict) -> bool:
+    return holder.get("host") == socket.gethostname() and _pid_alive(holder.get("pid"))
 
 
 def stale_reason(holder: dict | None, now: datetime | None = None) -> str | None:
