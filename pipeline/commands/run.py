@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..config import PRESETS, preset
 from ..errors import SpliceError
@@ -33,7 +34,15 @@ def register(subparsers) -> None:
     parser.add_argument("--max-retries", type=int, default=2, help="re-runs of a pair whose worker died (default 2)")
     parser.add_argument("--limit", type=int, help="only the first N pairs of the manifest")
     parser.add_argument("--only", nargs="+", action="extend", default=[], metavar="PAIR_ID", help="only these pairs")
-    parser.add_argument("--force", action="store_true", help="redo pairs that are already done")
+    parser.add_argument("--force", action="store_true",
+                        help="redo pairs that are already done: those whose inputs or settings changed, if any did; "
+                             "otherwise every selected pair")
+    parser.add_argument("--verify", action="store_true",
+                        help="check done pairs' files against the sha256 in their _SUCCESS (default: sizes only); "
+                             "damaged pairs are redone")
+    parser.add_argument("--max-input-bytes", type=int,
+                        help="refuse input files larger than this (default: derived from the pixel cap, 8 bytes per "
+                             "pixel of 40 megapixels)")
     parser.add_argument("--break-lock", action="store_true",
                         help="remove the run folder's lock left by a run that died (only if no other run is writing)")
     parser.add_argument("--break-stale-lock", action="store_true",
@@ -99,7 +108,8 @@ def run(args) -> int:
     settings = RunSettings(
         out=args.out, method=args.method, config=config, address=args.address, backbone_fallback=fallback,
         gpus_per_pair=args.gpus_per_pair, cpus_per_pair=args.cpus_per_pair, max_retries=args.max_retries,
-        limit=args.limit, only=tuple(args.only), force=args.force, break_lock=args.break_lock,
+        limit=args.limit, only=tuple(args.only), force=args.force, verify=args.verify,
+        max_input_bytes=args.max_input_bytes, break_lock=args.break_lock,
         break_stale_lock=args.break_stale_lock,
         storage_options=parse_storage_options(args.storage_option), progress=not args.no_progress,
         pack=args.pack, gpus_per_task=args.gpus_per_task, compile=args.compile,
@@ -126,7 +136,8 @@ def print_summary(summary) -> None:
 
     out = redact_url(summary.out)
     print(f"run {out}: {summary.total} pair(s): {summary.done} done ({summary.skipped} skipped as already done), "
-          f"{summary.failed} failed, {summary.pending} pending, in {summary.seconds:.1f}s")
+          f"{summary.failed} failed, {summary.pending} pending, in {summary.seconds:.1f}s"
+          + (f"; {summary.damaged} damaged pair(s) redone" if summary.damaged else ""))
     if summary.failures:
         print(f"failed pairs (also in {out}/results.parquet); fix them and run again to retry:")
         for _, error in summary.failures[:20]:
@@ -134,3 +145,5 @@ def print_summary(summary) -> None:
         if len(summary.failures) > 20:
             print(f"  ... and {len(summary.failures) - 20} more")
     print(f"outputs: {out}/pairs/<pair_id>/output.png")
+    if summary.storage_error:
+        print(f"error: {summary.storage_error}", file=sys.stderr)

@@ -5,54 +5,66 @@ from ..errors import SpliceError
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("status", help="done / failed / pending pairs of a run folder",
-                                   description="Count a run's done, failed and pending pairs from its folder alone.")
+    parser = subparsers.add_parser("status", help="done / failed / pending / damaged pairs of a run folder",
+                                   description="Count a run's done, failed, pending and damaged pairs from its folder "
+                                               "alone. A pair is done when its files match its _SUCCESS marker "
+                                               "(sizes; sha256 with --verify); damaged pairs are redone by `splice run`.")
     parser.add_argument("run", help="run folder (local path or fsspec URL)")
-    parser.add_argument("--failed", action="store_true", help="list every failed pair with its error")
+    parser.add_argument("--failed", action="store_true", help="list every failed and damaged pair with its error")
+    parser.add_argument("--verify", action="store_true", help="also check every done pair's files by sha256")
     from .run import add_storage_arguments
 
     add_storage_arguments(parser)
     parser.set_defaults(handler=status)
 
 
-def run_status(run: str, storage) -> dict:
-    """{'method', 'total', 'done', 'failed', 'pending', 'failures': [(id, error)], 'lock': dict|None}."""
+def run_status(run: str, storage, verify: bool = False) -> dict:
+    """{'method', 'total', 'done', 'failed', 'pending', 'damaged', 'failures': [(id, error)], 'damaged_pairs':
+    [(id, what)], 'lock': dict|None}."""
     import io
 
     import pandas as pd
 
-    from .. import layout
-    from ..run_state import done_pair_ids, read_results, read_run_record
+    from .. import layout, run_folder
+    from ..run_state import read_results
     from ..storage import redact_url
 
-    record = read_run_record(storage, run)
+    record = run_folder.read_record(storage, run)
     try:
         manifest = pd.read_parquet(io.BytesIO(storage.read_bytes(layout.join(run, layout.MANIFEST))), columns=["pair_id"])
     except FileNotFoundError:
         raise SpliceError(f"{redact_url(run)} is not a run folder (no {layout.MANIFEST}): give the --out of a `splice run`") from None
     pair_ids = list(manifest["pair_id"])
-    done = done_pair_ids(storage, run) & set(pair_ids)
-    results = read_results(storage, run)
+    found = run_folder.scan(storage, run, verify=verify)
+    done = found.done & set(pair_ids)
+    damaged = [(p, found.damaged[p]) for p in pair_ids if p in found.damaged]
+    results = read_results(storage, run)  # unreadable or missing: the markers say all there is
     errors = {} if results is None else {r["pair_id"]: r.get("error") or "" for r in results.to_dict("records")
                                          if r["status"] == "failed"}
-    failures = [(p, errors[p]) for p in pair_ids if p in errors and p not in done]
+    failures = [(p, errors[p]) for p in pair_ids if p in errors and p not in done and p not in found.damaged]
     try:
         lock = storage.read_json(layout.join(run, layout.LOCK))
     except (FileNotFoundError, ValueError):
         lock = None
-    return {"method": (record or {}).get("method"), "total": len(pair_ids), "done": len(done), "failed": len(failures),
-            "pending": len(pair_ids) - len(done) - len(failures), "failures": failures, "lock": lock}
+    return {"method": (record or {}).get("method"), "format": (record or {}).get("format", 1),
+            "total": len(pair_ids), "done": len(done), "failed": len(failures), "damaged": len(damaged),
+            "pending": len(pair_ids) - len(done) - len(failures) - len(damaged), "failures": failures,
+            "damaged_pairs": damaged, "lock": lock if isinstance(lock, dict) else None}
 
 
 def status(args) -> int:
     from ..storage import Storage, parse_storage_options, redact_url
 
-    report = run_status(args.run, Storage(parse_storage_options(args.storage_option)))
+    report = run_status(args.run, Storage(parse_storage_options(args.storage_option)), verify=args.verify)
     print(f"run {redact_url(args.run)} (method {report['method']}): {report['total']} pair(s): {report['done']} done, "
-          f"{report['failed']} failed, {report['pending']} pending")
+          f"{report['failed']} failed, {report['pending']} pending"
+          + (f", {report['damaged']} damaged (`splice run` redoes them)" if report["damaged"] else ""))
     if report["lock"]:
         lock = report["lock"]
-        print(f"a run is in progress (lock held by host {lock.get('host')}, pid {lock.get('pid')}, since {lock.get('since')})")
+        print(f"a `{lock.get('command', 'splice run')}` is in progress (lock held by host {lock.get('host')}, "
+              f"pid {lock.get('pid')}, since {lock.get('since')})")
+    for pair_id, what in (report["damaged_pairs"] if args.failed else report["damaged_pairs"][:5]):
+        print(f"  pair {pair_id!r} is damaged: {what}")
     shown = report["failures"] if args.failed else report["failures"][:5]
     for _, error in shown:
         print(f"  {error}")
