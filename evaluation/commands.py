@@ -69,6 +69,8 @@ def register(subparsers) -> None:
     importer.add_argument("--csv", metavar="FILE.csv", help="a CSV of pair_id,output_uri instead of ROOT")
     importer.add_argument("--manifest", required=True, metavar="M.parquet", help="the manifest the outputs were made from")
     importer.add_argument("--out", required=True, metavar="RUN_URL", help="run folder to create")
+    importer.add_argument("--force", action="store_true",
+                          help="write into a folder that already holds outputs (of this or another method), replacing them")
     _storage_and_progress(importer, progress=False)
     importer.set_defaults(handler=run_import)
 
@@ -126,6 +128,6 @@ def run_import(args) -> int:
     if args.pattern and not args.outputs:
         raise SpliceError("splice import: --pattern needs ROOT, the folder it is relative to")
     summary = import_outputs(args.method, args.outputs, args.manifest, args.out, storage=_storage(args),
-                             pattern=args.pattern, csv=args.csv)
+                             pattern=args.pattern, csv=args.csv, force=args.force)
     print(summary.line())
     return 0

@@ -10,11 +10,16 @@ Where the outputs are, in one of three ways:
 Every image is decoded (any mode: RGBA over white, 16-bit scaled, any size; an unreadable one is caught here, not
 later) and stored as pairs/<pair_id>/output.png with a meta.json and _SUCCESS. A pair with no image, or with
 several where one was expected, is recorded in results.parquet as 'missing' (the error says which), one with an
-unreadable image as 'failed'; all are counted in the tables rather than dropped.
+unreadable image as 'failed'; all are counted in the tables rather than dropped. _SUCCESS holds the files' sizes
+and hashes, as `splice run` writes it.
+
+An import is a writer like `splice run`: it takes the run folder's lock, and it never writes into a run of another
+method, a run made by `splice run`, or over outputs already there, unless `force`.
 """
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import posixpath
@@ -26,12 +31,12 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from pipeline import layout
+from pipeline import layout, run_folder
 from pipeline.errors import SpliceError
-from pipeline.images import DEFAULT_MAX_PIXELS, ImageError, decode_image, encode_png
+from pipeline.images import DEFAULT_MAX_PIXELS, ImageError, decode_image, encode_png, max_input_bytes
 from pipeline.manifest import PAIR_ID, manifest_folder, read_manifest, resolve_uri
 from pipeline.manifest_builders import IMAGE_EXTENSIONS
-from pipeline.storage import Storage, redact_url
+from pipeline.storage import Storage, redact_text, redact_url
 
 from . import runio
 
@@ -69,23 +74,50 @@ class ImportSummary:
 
 def import_outputs(method: str, outputs_dir: str | None, manifest_url: str, out_url: str, *,
                    storage: Storage | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, pattern: str | None = None,
-                   csv: str | None = None) -> ImportSummary:
+                   csv: str | None = None, force: bool = False) -> ImportSummary:
     storage = storage or Storage()
     if (outputs_dir is None) == (csv is None) or (pattern and csv):
         raise ImportRefused("give the outputs as ROOT (a folder of <pair_id>.png), ROOT --pattern TEMPLATE, or --csv FILE")
     outputs_dir = outputs_dir or manifest_folder(csv)
-    # 1. validate: a method name, a manifest, an --out that is not the input folder nor another method's run
+    # 1. validate: a method name, a manifest, an --out that is not the input folder, a writable target
     if not method or not PAIR_ID.fullmatch(method):
         raise ImportRefused(f"method name {method!r}: use letters, digits, '.', '_' or '-' (e.g. strotss, wct2)")
     if storage.fs(outputs_dir) == storage.fs(out_url):
         raise ImportRefused(f"--out {redact_url(out_url)} is the outputs folder itself: write the run somewhere else")
-    manifest = read_manifest(manifest_url, storage).frame  # validated, image URIs absolute
-    existing = runio.read_json_if_any(storage, layout.join(out_url, layout.RUN_JSON))
+    parsed = read_manifest(manifest_url, storage)
+    manifest = parsed.frame  # validated, image URIs absolute
+    run_folder.check_target(storage, out_url)
+
+    with run_folder.lock(storage, out_url, "splice import"):  # one writer at a time, `splice run` included
+        # 2. never into another method's run, a trained run, or over existing outputs (unless force)
+        _check_existing(storage, out_url, method, set(manifest["pair_id"]), force)
+        found, problems = _match(storage, manifest, outputs_dir, pattern, csv)
+        inputs = run_folder.pair_inputs(storage, parsed.pairs())
+        return _import(storage, method, outputs_dir, manifest_url, out_url, manifest, found, problems, inputs,
+                       max_pixels, pattern, csv)
+
+
+def _check_existing(storage: Storage, out_url: str, method: str, pair_ids: set[str], force: bool) -> None:
+    existing = run_folder.read_record(storage, out_url) or {}
+    if force:
+        return
     if existing.get("method") not in (None, method):
         raise ImportRefused(f"--out {redact_url(out_url)} already holds a run of method {existing['method']!r}: "
-                           f"import {method!r} into another folder")
+                           f"import {method!r} into another folder (or pass --force to replace its outputs)")
+    if existing and not existing.get("imported"):
+        raise ImportRefused(f"--out {redact_url(out_url)} holds a run made by `splice run` ({existing.get('method')}): "
+                           f"import into another folder (or pass --force to replace its outputs)")
+    done = sorted(p for p, files in run_folder.list_pairs(storage, out_url).items()
+                  if p in pair_ids and layout.OUTPUT_PNG in files)
+    if done:
+        shown = ", ".join(done[:8]) + (f" and {len(done) - 8} more" if len(done) > 8 else "")
+        raise ImportRefused(f"--out {redact_url(out_url)} already holds outputs of {len(done)} pair(s) ({shown}): "
+                           f"import into another folder, or pass --force to replace them")
 
-    # 2. match the files in OUTPUTS_DIR (or the pattern's or CSV's) to pair ids
+
+
+def _match(storage: Storage, manifest, outputs_dir: str, pattern: str | None, csv: str | None):
+    """Match the files in OUTPUTS_DIR (or the pattern's or CSV's) to pair ids: (found, problems)."""
     if pattern or csv:
         matched = dict(match_outputs(storage, list(manifest["pair_id"]), root=outputs_dir, pattern=pattern, csv=csv))
         found = {p: m for p, m in matched.items() if isinstance(m, str)}
@@ -94,9 +126,12 @@ def import_outputs(method: str, outputs_dir: str | None, manifest_url: str, out_
             example = next(iter(problems.values())).error if problems else ""
             raise ImportRefused(f"no output matched any pair of the manifest ({example}): check ROOT, the pattern or "
                                 f"the CSV against the manifest's pair_ids (e.g. {manifest['pair_id'].iloc[0]})")
-    else:
-        found, problems = _outputs_by_pair(storage, outputs_dir, set(manifest["pair_id"])), {}
+        return found, problems
+    return _outputs_by_pair(storage, outputs_dir, set(manifest["pair_id"])), {}
 
+
+def _import(storage, method, outputs_dir, manifest_url, out_url, manifest, found, problems, inputs, max_pixels,
+            pattern, csv) -> ImportSummary:
     # 3. write each pair's output.png, meta.json and _SUCCESS (last)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -111,9 +146,9 @@ def import_outputs(method: str, outputs_dir: str | None, manifest_url: str, out_
     runio.write_parquet(storage, layout.join(out_url, layout.MANIFEST), manifest)
     runio.write_parquet(storage, layout.join(out_url, layout.RESULTS), results)
     storage.write_json(layout.join(out_url, layout.RUN_JSON), {
-        "method": method, "imported": True, "imported_from": redact_url(csv or outputs_dir),
-        "pattern": pattern,
-        "manifest": redact_url(manifest_url), "started_at": started, "pairs": int(len(manifest)),
+        "format": run_folder.FORMAT, "method": method, "imported": True,
+        "imported_from": redact_url(csv or outputs_dir), "pattern": pattern,
+        "manifest": redact_url(manifest_url), "started_at": started, "pairs": int(len(manifest)), "inputs": inputs,
     })
     counts = results["status"].value_counts()
     summary = ImportSummary(out_url, method, int(counts.get("done", 0)), int(counts.get("missing", 0)),
@@ -247,15 +282,17 @@ def _import_pair(storage: Storage, out_url: str, method: str, pair_id: str, name
                 "error": f"{method} has no output for pair '{pair_id}' in {redact_url(outputs_dir)}"}
     source = name if "://" in name or os.path.isabs(name) else layout.join(outputs_dir, name)  # a name in OUTPUTS_DIR, or a URL
     try:
-        image = decode_image(storage.read_bytes(source), f"output {redact_url(source)}", max_pixels)
+        data = storage.read_input(source, max_bytes=max_input_bytes(max_pixels))
+        image = decode_image(data, f"output {redact_url(source)}", max_pixels)
     except (ImageError, OSError) as exc:
         storage.remove(success)
-        return {**row, "status": "failed", "error": f"pair '{pair_id}': {exc}"}
+        return {**row, "status": "failed", "error": redact_text(f"pair '{pair_id}': {exc}")}
     storage.remove(success)  # while rewriting, the pair is not done
-    storage.write_bytes(layout.pair_file(out_url, pair_id, layout.OUTPUT_PNG), encode_png(image))
-    storage.write_json(layout.pair_file(out_url, pair_id, layout.META_JSON), {
+    files = {layout.OUTPUT_PNG: encode_png(image), layout.META_JSON: json.dumps({
         "method": method, "status": "done", "imported": True, "source": redact_url(source),
         "imported_at": started, "height": int(image.shape[1]), "width": int(image.shape[2]),
-    })
-    storage.write_bytes(success, b"")
+    }, indent=2).encode()}
+    for file_name, content in files.items():
+        storage.write_bytes(layout.pair_file(out_url, pair_id, file_name), content)
+    storage.write_bytes(success, run_folder.success_marker(pair_id, files, {**row, "method": method}))
     return row
