@@ -245,14 +245,20 @@ class Storage:
             if size is not None and size > max_bytes:
                 raise InputRefused(f"{name} has {size} bytes, above the cap of {max_bytes} bytes for one input: "
                                    f"check it is the right file, or raise the cap (--max-input-bytes)")
+            if not is_local(url) and protocol_of(url) not in HTTP_PROTOCOLS:
+                data = fs.cat_file(path)  # an object of the listed size (checked above), in one request
+                if len(data) > max_bytes:
+                    raise InputRefused(f"{name} is larger than the cap of {max_bytes} bytes for one input: check "
+                                       f"it is the right file, or raise the cap (--max-input-bytes)")
+                if size is not None and len(data) != size:  # a dropped connection can look like a short object
+                    raise ConnectionError(f"reading {name} returned {len(data)} of its {size} bytes")
+                return data
             if is_local(url):
                 opener = lambda: open(path, "rb")  # noqa: E731
-            elif protocol_of(url) in HTTP_PROTOCOLS:
+            else:
                 # one streamed GET, which reports its real HTTP status; a size is given only so that fsspec skips its
                 # HEAD probe, which turns every error status (403, 500) into "not found"
                 opener = lambda: fs.open(path, "rb", block_size=0, size=max_bytes + 1)  # noqa: E731
-            else:
-                opener = lambda: fs.open(path, "rb")  # noqa: E731
             chunks, total = [], 0
             with opener() as handle:
                 while chunk := handle.read(READ_CHUNK):

@@ -194,7 +194,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         for name, value in headers:
             if name.lower() not in ("connection", "transfer-encoding", "content-length", "keep-alive", "date", "server"):
                 self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
+        length = dict((k.lower(), v) for k, v in headers).get("content-length") if self.command == "HEAD" else None
+        self.send_header("Content-Length", length or str(len(payload)))  # HEAD: the object's length, as S3 says it
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
