@@ -31,8 +31,9 @@ from .storage import RunLock, Storage, StorageError, http_status, is_local, reda
 log = logging.getLogger(__name__)
 
 FORMAT = 2  # run.json "format": 1 (or absent) before input records and _SUCCESS contents, 2 since
-HASHED_INPUT_BYTES = 1 << 20  # local inputs up to this size are fingerprinted by content hash, larger by size+mtime
+HASHED_INPUT_BYTES = 64 << 10  # local inputs up to this size are fingerprinted by content hash, larger by size+mtime
 LISTING_THREADS = 16
+LISTED_FOLDER_MIN = 32  # remote inputs: a folder holding this many of them is listed once instead of asked per object
 PAIR_SETTINGS = ("seed", "steps", "backbone")  # per-pair overrides a manifest may carry
 
 
@@ -52,7 +53,7 @@ def check_target(storage: Storage, url: str, *, what: str = "--out", create: boo
     bucket = path.split("/", 1)[0]
     try:
         fs.invalidate_cache(bucket)
-        fs.ls(bucket, detail=False)
+        fs.info(bucket)  # one request (HEAD bucket); never a listing of a large bucket
         is_file = path.rstrip("/") != bucket and fs.isfile(path.rstrip("/"))
     except FileNotFoundError:
         raise StorageError(f"bucket {bucket!r} of {what} {name} does not exist: create it first (splice never creates "
@@ -121,9 +122,10 @@ def read_record(storage: Storage, run: str) -> dict | None:
 
 # --- what a run was made from --------------------------------------------------------------------------------
 
-def fingerprint(storage: Storage, uri: str) -> dict | None:
+def fingerprint(storage: Storage, uri: str, listed: dict | None = None) -> dict | None:
     """A cheap content fingerprint: size and sha256 (small local files), size and mtime (larger ones), size and
-    ETag (objects). None if the input cannot be listed (its pair will fail and say why)."""
+    ETag (objects; from `listed`, a listing of its folder, if given). None if the input cannot be listed (its
+    pair will fail and say why)."""
     try:
         if is_local(uri):
             path = storage.fs(uri)[1]
@@ -134,12 +136,32 @@ def fingerprint(storage: Storage, uri: str) -> dict | None:
                     found["sha256"] = hashlib.sha256(handle.read()).hexdigest()
             return found
         fs, path = storage.fs(uri)
-        info = fs.info(path)
+        info = (listed or {}).get(path) or fs.info(path)
         version = next((str(info[k]).strip('"') for k in ("ETag", "etag", "md5Hash", "crc32c", "generation",
                                                           "LastModified", "last_modified", "mtime") if info.get(k)), None)
         return {"size": info.get("size"), "version": version}
     except Exception:  # unreadable now: nothing to compare; the pair itself reports the error
         return None
+
+
+def _listings(storage: Storage, uris: list[str]) -> dict[str, dict]:
+    """path -> listing entry for remote inputs, one listing per folder holding several of them (not one request
+    per object)."""
+    folders: dict[str, list[str]] = {}
+    for uri in uris:
+        if not is_local(uri) and "?" not in uri:
+            folders.setdefault(uri.rsplit("/", 1)[0], []).append(uri)
+
+    def listing(folder: str) -> dict:
+        try:
+            fs, path = storage.fs(folder)
+            return {entry["name"]: entry for entry in fs.ls(path, detail=True)}
+        except Exception:  # fall back to one request per object
+            return {}
+
+    shared = [folder for folder, members in folders.items() if len(members) >= LISTED_FOLDER_MIN]
+    with ThreadPoolExecutor(LISTING_THREADS) as pool:
+        return {k: v for found in pool.map(listing, shared) for k, v in found.items()}
 
 
 def pair_inputs(storage: Storage, pairs) -> dict[str, dict]:
@@ -148,8 +170,9 @@ def pair_inputs(storage: Storage, pairs) -> dict[str, dict]:
     `pairs`: PairSpec-like objects (pair_id, structure_uri, appearance_uri, seed, steps, backbone)."""
     pairs = list(pairs)
     uris = sorted({uri for pair in pairs for uri in (pair.structure_uri, pair.appearance_uri)})
+    listed = _listings(storage, uris)
     with ThreadPoolExecutor(LISTING_THREADS) as pool:
-        prints = dict(zip(uris, pool.map(lambda uri: fingerprint(storage, uri), uris)))
+        prints = dict(zip(uris, pool.map(lambda uri: fingerprint(storage, uri, listed), uris)))
     return {pair.pair_id: {"structure_uri": redact_url(pair.structure_uri),
                            "appearance_uri": redact_url(pair.appearance_uri),
                            "structure": prints[pair.structure_uri], "appearance": prints[pair.appearance_uri],
