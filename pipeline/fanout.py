@@ -43,8 +43,9 @@ from .images import ImageError, decode_image, max_input_bytes
 from .manifest import Manifest, ManifestError, PairSpec, read_manifest, write_manifest
 from .methods import get_method, run_method
 from .packs import PackRendezvous, auto_pack_size, image_size, plan_packs
-from .run_state import ResultsTable, RunMismatch, row_from_meta, settings_mismatch, write_run_record
-from .storage import LockLost, Storage, StorageError, absolute, is_local, redact_text, redact_url, with_retries
+from .run_lock import LockLost
+from .run_state import ResultsTable, row_from_meta, settings_mismatch, write_run_record
+from .storage import Storage, StorageError, absolute, is_local, redact_text, redact_url, with_retries
 
 log = logging.getLogger(__name__)
 ATTEMPTS = "attempts.json"  # per pair: one entry per time a worker started it
@@ -129,7 +130,10 @@ def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
                                break_stale=settings.break_stale_lock)
     with run_lock:
         # 3. compare with what the folder was made from, record the run, find what is left to do
-        plan = _plan(storage, settings, method, manifest, {job.pair_id for job in jobs})
+        plan = run_folder.plan_rerun(storage, settings.out, manifest, {job.pair_id for job in jobs}, force=settings.force,
+                                     verify=settings.verify,
+                                     settings_check=lambda existing: settings_mismatch(existing, settings.out, method,
+                                                                                       settings.config))
         try:
             record = write_run_record(storage, settings, method, manifest, existing=plan.existing, inputs=plan.inputs)
             write_manifest(plan.manifest_frame, layout.join(settings.out, layout.MANIFEST), storage)
@@ -158,76 +162,6 @@ def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
     return RunSummary(out=settings.out, total=len(results.rows), done=counts["done"], skipped=skipped,
                       failed=counts["failed"], pending=counts["pending"], seconds=time.perf_counter() - started,
                       failures=results.failures(), damaged=len(plan.found.damaged), storage_error=storage_error)
-
-
-@dataclass
-class _Plan:
-    existing: dict | None  # run.json as found
-    inputs: dict  # what run.json records of each pair's inputs from now on
-    manifest_frame: object  # the run's manifest.parquet from now on
-    found: run_folder.Scan  # done pairs (those to redo removed) and damaged ones
-    unmark: set  # pairs whose _SUCCESS goes before any work: redone
-
-
-def _plan(storage: Storage, settings: RunSettings, method, manifest: Manifest, selected: set[str]) -> _Plan:
-    """Refuse a re-run whose settings or pair inputs differ from what the folder's done pairs were made from
-    (unless --force: then exactly the pairs concerned are redone); damaged pairs are redone."""
-    existing = run_folder.read_record(storage, settings.out)
-    found = run_folder.scan(storage, settings.out, verify=settings.verify)
-    inputs = run_folder.pair_inputs(storage, manifest.pairs())
-    old_inputs = (existing or {}).get("inputs") or {}
-    if existing and "inputs" not in existing:
-        log.info("run.json of %s (format %s) records no pair inputs: they are recorded from now on",
-                 redact_url(settings.out), existing.get("format", 1))
-    mismatch = settings_mismatch(existing, settings.out, method, settings.config)
-    changed = run_folder.changed_pairs(old_inputs, inputs)
-    with_outputs = found.done | set(found.damaged)
-    changed_done = {p: why for p, why in changed.items() if p in with_outputs}
-    if not settings.force:
-        if mismatch:
-            raise RunMismatch(mismatch)
-        if changed_done:
-            raise RunMismatch(
-                f"run {redact_url(settings.out)} holds outputs of {len(changed_done)} pair(s) made from other inputs or "
-                f"settings than the manifest {redact_url(manifest.url)} gives them now:\n"
-                f"{run_folder.describe_changes(changed_done)}\nwrite to another --out, or pass --force to redo exactly "
-                f"these pairs")
-    redo = set()
-    if settings.force:
-        redo = selected if mismatch or not changed_done else set(changed_done) & selected
-    kept_old = set(changed_done) - redo  # changed and done, but outside the selection: keep their old record
-    for pair_id in set(changed) - set(changed_done):  # not done: a checkpoint of the old inputs must not be resumed
-        storage.remove(layout.pair_file(settings.out, pair_id, layout.CHECKPOINT))
-    if found.damaged:
-        log.warning("%d pair(s) marked done no longer match their _SUCCESS and are redone: %s", len(found.damaged),
-                    "; ".join(f"{p}: {why}" for p, why in list(found.damaged.items())[:5]))
-    unmark = (found.done & redo) | set(found.damaged)
-    found.done -= redo
-    recorded = {**old_inputs, **{p: v for p, v in inputs.items() if p not in kept_old}}
-    return _Plan(existing, recorded, _run_manifest_frame(storage, settings.out, manifest, kept_old), found, unmark)
-
-
-def _run_manifest_frame(storage: Storage, run: str, manifest: Manifest, kept_old: set[str]):
-    """The manifest as run: the new rows, except the rows of done pairs kept with their old inputs; rows of pairs
-    the new manifest no longer names are kept too (their outputs stay), so nothing is silently replaced."""
-    import io
-
-    import pandas as pd
-
-    try:
-        old = pd.read_parquet(io.BytesIO(storage.read_bytes(layout.join(run, layout.MANIFEST))))
-    except FileNotFoundError:
-        return manifest.frame
-    except Exception as exc:  # unreadable: the new manifest is all there is
-        log.warning("ignoring unreadable %s (%s)", redact_url(layout.join(run, layout.MANIFEST)), exc)
-        return manifest.frame
-    new_ids = set(manifest.frame["pair_id"])
-    frame = manifest.frame[~manifest.frame["pair_id"].isin(kept_old)]
-    keep = old[old["pair_id"].isin(kept_old) | ~old["pair_id"].isin(new_ids)]
-    if (~old["pair_id"].isin(new_ids)).any():
-        log.info("%d pair(s) of the run's earlier manifest are not in %s: kept in the run's manifest.parquet",
-                 int((~old["pair_id"].isin(new_ids)).sum()), redact_url(manifest.url))
-    return pd.concat([frame, keep], ignore_index=True) if len(keep) else frame
 
 
 def _write_final(storage, settings, method, manifest, record, results, counts) -> str | None:

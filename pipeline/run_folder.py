@@ -23,10 +23,12 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable
 
 from . import layout
 from .errors import SpliceError
-from .storage import RunLock, Storage, StorageError, http_status, is_local, redact_text, redact_url
+from .run_lock import RunLock
+from .storage import Storage, StorageError, http_status, is_local, redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,10 @@ PAIR_SETTINGS = ("seed", "steps", "backbone")  # per-pair overrides a manifest m
 
 class RunFolderError(SpliceError):
     """A run folder that cannot be used as it stands; the message says which and what to do."""
+
+
+class RunMismatch(SpliceError):
+    """A run folder was started with other settings or inputs than the ones asked for now."""
 
 
 # --- the target ----------------------------------------------------------------------------------------------
@@ -213,6 +219,81 @@ def describe_changes(changed: dict[str, str], limit: int = 10) -> str:
     if len(changed) > limit:
         lines.append(f"  ... and {len(changed) - limit} more")
     return "\n".join(lines)
+
+
+# --- a re-run of the same folder ------------------------------------------------------------------------
+
+@dataclass
+class RerunPlan:
+    existing: dict | None  # run.json as found
+    inputs: dict  # what run.json records of each pair's inputs from now on
+    manifest_frame: object  # the run's manifest.parquet from now on
+    found: Scan  # done pairs (those to redo removed) and damaged ones
+    unmark: set  # pairs whose _SUCCESS goes before any work: redone
+
+
+def plan_rerun(storage: Storage, run: str, manifest, selected: set[str], *, force: bool, verify: bool,
+               settings_check: Callable[[dict | None], str | None]) -> RerunPlan:
+    """What a `splice run` of `manifest` into `run` may do: refuse (RunMismatch) when the run-level settings differ
+    (`settings_check(run.json)` says why) or when done pairs were made from other inputs or per-pair settings,
+    unless `force`, which then redoes exactly the pairs concerned (every selected pair for a settings change);
+    damaged pairs are redone."""
+    existing = read_record(storage, run)
+    mismatch = settings_check(existing)
+    found = scan(storage, run, verify=verify)
+    inputs = pair_inputs(storage, manifest.pairs())
+    old_inputs = (existing or {}).get("inputs") or {}
+    if existing and "inputs" not in existing:
+        log.info("run.json of %s (format %s) records no pair inputs: they are recorded from now on",
+                 redact_url(run), existing.get("format", 1))
+    changed = changed_pairs(old_inputs, inputs)
+    with_outputs = found.done | set(found.damaged)
+    changed_done = {p: why for p, why in changed.items() if p in with_outputs}
+    if not force:
+        if mismatch:
+            raise RunMismatch(mismatch)
+        if changed_done:
+            raise RunMismatch(
+                f"run {redact_url(run)} holds outputs of {len(changed_done)} pair(s) made from other inputs or "
+                f"settings than the manifest {redact_url(manifest.url)} gives them now:\n"
+                f"{describe_changes(changed_done)}\nwrite to another --out, or pass --force to redo exactly "
+                f"these pairs")
+    redo = set()
+    if force:
+        redo = selected if mismatch or not changed_done else set(changed_done) & selected
+    kept_old = set(changed_done) - redo  # changed and done, but outside the selection: keep their old record
+    for pair_id in set(changed) - set(changed_done):  # not done: a checkpoint of the old inputs must not be resumed
+        storage.remove(layout.pair_file(run, pair_id, layout.CHECKPOINT))
+    if found.damaged:
+        log.warning("%d pair(s) marked done no longer match their _SUCCESS and are redone: %s", len(found.damaged),
+                    "; ".join(f"{p}: {why}" for p, why in list(found.damaged.items())[:5]))
+    unmark = (found.done & redo) | set(found.damaged)
+    found.done -= redo
+    recorded = {**old_inputs, **{p: v for p, v in inputs.items() if p not in kept_old}}
+    return RerunPlan(existing, recorded, _run_manifest_frame(storage, run, manifest, kept_old), found, unmark)
+
+
+def _run_manifest_frame(storage: Storage, run: str, manifest, kept_old: set[str]):
+    """The manifest as run: the new rows, except the rows of done pairs kept with their old inputs; rows of pairs
+    the new manifest no longer names are kept too (their outputs stay), so nothing is silently replaced."""
+    import io
+
+    import pandas as pd
+
+    try:
+        old = pd.read_parquet(io.BytesIO(storage.read_bytes(layout.join(run, layout.MANIFEST))))
+    except FileNotFoundError:
+        return manifest.frame
+    except Exception as exc:  # unreadable: the new manifest is all there is
+        log.warning("ignoring unreadable %s (%s)", redact_url(layout.join(run, layout.MANIFEST)), exc)
+        return manifest.frame
+    new_ids = set(manifest.frame["pair_id"])
+    frame = manifest.frame[~manifest.frame["pair_id"].isin(kept_old)]
+    keep = old[old["pair_id"].isin(kept_old) | ~old["pair_id"].isin(new_ids)]
+    if (~old["pair_id"].isin(new_ids)).any():
+        log.info("%d pair(s) of the run's earlier manifest are not in %s: kept in the run's manifest.parquet",
+                 int((~old["pair_id"].isin(new_ids)).sum()), redact_url(manifest.url))
+    return pd.concat([frame, keep], ignore_index=True) if len(keep) else frame
 
 
 # --- the lock ------------------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from datetime import datetime, timezone
 import pandas as pd
 
 from . import __version__, layout
-from .errors import SpliceError
-from .run_folder import FORMAT, Scan, damaged_row, read_record, row_from_marker, row_from_meta  # noqa: F401
+from .run_folder import (FORMAT, RunMismatch, Scan, damaged_row, read_record, row_from_marker,  # noqa: F401
+                         row_from_meta)
 from .storage import Storage, redact, redact_url
 
 log = logging.getLogger(__name__)
@@ -30,10 +30,6 @@ STATUSES = ("done", "failed", "pending")
 FLUSH_SECONDS = 5.0
 # settings that may change between invocations of one run without making its outputs incomparable
 CHANGEABLE_SETTINGS = ("log_every", "checkpoint_every")
-
-
-class RunMismatch(SpliceError):
-    """A run folder was started with other settings than the ones asked for now."""
 
 
 def done_pair_ids(storage: Storage, run: str) -> set[str]:
