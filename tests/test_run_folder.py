@@ -323,6 +323,23 @@ def test_5_reports_are_atomic_and_compare_like_with_like(tmp_path, caplog):
     assert "p0 (strotss vs wct2b)" in caplog.text and "p1" not in summary.warnings[0]
 
 
+def test_5_a_report_in_object_storage_is_published_whole(tmp_path, s3_bucket):
+    inputs = write_inputs(tmp_path / "in", ["p0", "p1"])
+    manifest = manifest_of(tmp_path / "m.parquet", inputs)
+    run = _evaluated_import(tmp_path, "strotss", manifest, inputs, 11)
+    storage = Storage({**s3_bucket.options, "skip_instance_cache": True})
+    out = s3_bucket.url("reports", "r")
+    build_report([run], out, thumbnails=2, n_boot=50, storage=storage)
+    fs = s3_bucket.fs()
+    first = set(fs.find(f"{s3_bucket.bucket}/reports"))
+    assert f"{s3_bucket.bucket}/reports/r/report.html" in first and len([k for k in first if "/thumbs/" in k]) == 6
+    build_report([run], out, thumbnails=1, n_boot=50, storage=storage)  # fewer thumbnails: the others go
+    fs.invalidate_cache()
+    second = set(fs.find(f"{s3_bucket.bucket}/reports"))
+    assert f"{s3_bucket.bucket}/reports/r/report.html" in second and len([k for k in second if "/thumbs/" in k]) == 3
+    assert all(k.startswith(f"{s3_bucket.bucket}/reports/r/") for k in second), second  # no staging, no lock left
+
+
 # --- 6. credentials inside image URLs --------------------------------------------------------------------------
 
 class _Images(http.server.BaseHTTPRequestHandler):
