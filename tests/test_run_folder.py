@@ -462,7 +462,7 @@ def test_7_sigterm_releases_the_lock_and_records_results(ray_session, tmp_path):
     manifest = manifest_of(tmp_path / "m.parquet", inputs)
     out = tmp_path / "run"
     driver = splice_process(["run", manifest, "--out", out, "--method", "structure-copy", "--address", ray_session,
-                             "--no-progress"], child_env(**{FAULT_ENV: "sleep=3"}), tmp_path / "driver.log")
+                             "--no-progress"], child_env(**{FAULT_ENV: "sleep=2"}), tmp_path / "driver.log")
     try:
         wait_for(lambda: list(out.glob("pairs/*/attempts.json")) or driver.poll() is not None, timeout=120,
                  what="a pair in flight")
