@@ -76,7 +76,7 @@ def build_report(run_urls: list[str], out_dir: str, *, reference: str | None = N
         _clean_leftovers(storage, parent, name)
         staging = layout.join(parent, f".{name}.staging-{uuid.uuid4().hex[:12]}")
         try:
-            summary = _write_report(storage, runs, frame, staging, reference, group_by, thumbnails, n_boot, seed)
+            summary = _write_report(storage, runs, frame, staging, reference, group_by, thumbnails, n_boot, seed, pairs)
             pause_at("report-before-publish")
             _publish(storage, staging, out_dir)
         finally:
@@ -84,7 +84,7 @@ def build_report(run_urls: list[str], out_dir: str, *, reference: str | None = N
     return ReportSummary(out_dir, summary.methods, summary.pairs, warnings)
 
 
-def _write_report(storage, runs, frame, out_dir, reference, group_by, thumbnails, n_boot, seed) -> ReportSummary:
+def _write_report(storage, runs, frame, out_dir, reference, group_by, thumbnails, n_boot, seed, pairs) -> ReportSummary:
     """Steps 2-5 into `out_dir` (the staging folder)."""
     # 2. the tables, in three formats
     try:
