@@ -348,8 +348,7 @@ def is_transient(exc: BaseException) -> bool:
     """Worth retrying: network trouble, timeouts, throttling; not a missing file or a refusal."""
     if isinstance(exc, PERMANENT_ERRORS) or isinstance(exc, (SpliceError, StoreUnreachable)):
         return False
-    if any(isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED
-           for cause in _causes(exc)):  # nothing listens there: an address to fix, not a hiccup
+    if _refused(exc):  # nothing listens there: an address to fix, not a hiccup
         return False
     status = http_status(exc)
     if status is not None:  # 4xx: the request itself is wrong (denied, not found, bad credentials); 5xx, 429: retry
@@ -400,10 +399,12 @@ def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 5, base_dela
         try:
             return fn()
         except Exception as exc:
+            elapsed = time.monotonic() - started
             if not is_transient(exc):
+                if _refused(exc):  # nothing listens at the address: not retried, but said as a dead store
+                    raise unreachable(what, exc, attempt, elapsed) from exc
                 raise
             delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
-            elapsed = time.monotonic() - started
             if _no_answer(exc) and (attempt == attempts or elapsed + delay > NO_ANSWER_WINDOW_S):
                 raise unreachable(what, exc, attempt, elapsed) from exc
             if attempt == attempts:
@@ -412,6 +413,11 @@ def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 5, base_dela
                         redact_text(exc), delay, attempt, attempts - 1)
             sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _refused(exc: BaseException) -> bool:
+    return any(isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED
+               for cause in _causes(exc))
 
 
 def _no_answer(exc: BaseException) -> bool:

@@ -116,8 +116,11 @@ def test_a_default_backbone_that_cannot_be_had_falls_back_to_random_loudly_and_o
     assert named["backbone"] == "dino_vitb8" and named["backbone_fallback"] is None
 
 
-def test_demo_metrics_fall_back_to_random_where_weights_cannot_be_had(offline, capsys):
+def test_demo_metrics_fall_back_to_random_where_weights_cannot_be_had(offline, capsys, monkeypatch):
+    import pipeline.weights
     from pipeline.demo import demo_eval_settings
+
+    monkeypatch.setattr(pipeline.weights, "_announced", set())  # banners are once per process: other tests printed some
 
     settings = demo_eval_settings("dino_vits16")
     assert settings.backbone_specs()["vitb8"] == "random:vit_base_patch8_224"  # what the default metrics use
