@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
+from .console import configure_logging
 from .errors import SpliceError
 
 COMMAND_MODULES = [
@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="splice",
         description="Semantic appearance transfer (Splice) over whole datasets: train, run, evaluate, report.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="-v: this project's debug messages (and tracebacks of failed pairs); -vv: also other "
+                             "libraries' info messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
@@ -33,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     try:
         return int(args.handler(args) or 0)
     except SpliceError as exc:
