@@ -126,6 +126,9 @@ def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
         skipped = len(jobs) - len(todo)
         log.info("%d pair(s) selected: %d already done, %d to run with method %s -> %s",
                  len(jobs), skipped, len(todo), method.name, redact_url(settings.out))
+        for spec in sorted({job.config.backbone for job in todo if method.uses_backbone}):
+            if spec.startswith("random:"):  # said here once, not by every worker that loads it
+                log.warning("backbone %s has RANDOM weights: outputs are for testing only and are labelled 'random'", spec)
 
         # 4. fan out and collect
         try:
@@ -512,7 +515,13 @@ def run_pair(job: PairJob, train=None, on_step=None) -> dict:
 def cached_backbone(spec: str, device: str):
     from .backbone import load_backbone
 
-    return load_backbone(spec, device)
+    backbone_log = logging.getLogger("pipeline.backbone")
+    level = backbone_log.level
+    backbone_log.setLevel(logging.ERROR)  # the driver has said whether it is random: no copy from every worker
+    try:
+        return load_backbone(spec, device)
+    finally:
+        backbone_log.setLevel(level)
 
 
 def _read_image(storage: Storage, job: PairJob, role: str, uri: str):
