@@ -56,15 +56,15 @@ def extremes_section(found: list[Extremes], records: list[PairRecord], methods: 
     if not found:
         return '<p class="note">No metric values to rank.</p>'
     keys = {(r.pair_id, o.method): o.key for r in records for o in r.outputs}
-    html = [f'<p class="note">Per metric and method, the {k} worst and the {k} best pairs (outputs shown; click a '
-            f'pair id to open its view).</p>']
+    html = [f'<p class="note">Per metric and method, the {k} worst and the {k} best pairs (at most half the pairs '
+            f'each; outputs shown; click one to open its pair\'s view).</p>']
     for item in found:
         rows = []
         for method, worst, best in item.rows:
             rows.append(f"<tr><td>{escape(method)}</td><td>{_strip(worst, method, keys)}</td>"
                         f"<td>{_strip(best, method, keys)}</td></tr>")
         html.append(f"<h3>{escape(T.header(item.metric))}</h3><table class=\"extremes\"><thead><tr><th>method</th>"
-                    f"<th>worst {k}</th><th>best {k}</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+                    f"<th>worst</th><th>best</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
     return "".join(html)
 
 

@@ -39,7 +39,7 @@ section.pair{display:none}
 section.pair:target{display:block;position:fixed;inset:0;overflow:auto;background:#fff;z-index:10;padding:1em 2em}
 .pair .images{display:flex;gap:12px;flex-wrap:wrap;align-items:flex-start}
 .pair .images figure{margin:0;text-align:center;font-size:.85em;max-width:300px}
-.pair .images img{max-width:300px;max-height:300px;display:block;margin:auto}
+.pair .images img{width:256px;height:256px;object-fit:contain;display:block;margin:auto}
 .pair .bar a{margin-right:1em}
 #lightbox{position:fixed;inset:0;background:rgba(0,0,0,.85);z-index:20;display:flex;flex-direction:column;
  align-items:center;justify-content:center;color:#eee;cursor:zoom-out}

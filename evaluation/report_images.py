@@ -74,9 +74,9 @@ class ImageStore:
         if self.mode == "external":
             return (f"Images: JPEG files under {ASSETS}/ (long side {side} px, quality {quality}); click one for the "
                     f"stored image at full resolution.")
-        text = (f"Images are embedded in this file: views as JPEG, long side {side} px, quality {quality} "
-                f"({self.view_bytes / 2**20:.1f} MB); click one for a larger JPEG (long side up to {FULL_SIDE} px, "
-                f"{self.full_bytes / 2**20:.1f} MB)")
+        text = (f"Images are embedded in this file: views as JPEG, long side up to {side} px, quality {quality} "
+                f"({self.view_bytes / 2**20:.1f} MB); click one for full resolution (where the stored image is "
+                f"larger than its view, a JPEG with long side up to {FULL_SIDE} px: {self.full_bytes / 2**20:.1f} MB)")
         if self.full_pairs < self.pairs:
             text += (f", embedded for {self.full_pairs} of {self.pairs} pairs (the examples and the worst and best "
                      f"first) to keep the page under its size budget; `splice report --assets external` links every one")

@@ -108,7 +108,8 @@ def sample_pairs(records: list[PairRecord], count: int, seed: int) -> list[str]:
 
 
 def extremes(records: list[PairRecord], methods: list[str], metrics: list[str], k: int) -> list[Extremes]:
-    """Per metric and method: the k worst and the k best pairs (ok pairs with a value)."""
+    """Per metric and method: the k worst and the k best pairs (ok pairs with a value; at most half of them each,
+    so that no pair is both)."""
     found = []
     for metric in metrics:
         lower = METRICS[metric].better == "lower"
@@ -119,8 +120,9 @@ def extremes(records: list[PairRecord], methods: list[str], metrics: list[str], 
             if not values:
                 continue
             ranked = sorted(values, key=lambda item: item[1], reverse=not lower)  # best first
-            worst = list(reversed(ranked[-k:]))
-            best = ranked[:k]
+            shown = min(k, max(1, len(ranked) // 2))
+            worst = list(reversed(ranked[-shown:]))
+            best = ranked[:shown]
             rows.append((method, worst, best))
         if rows:
             found.append(Extremes(metric, rows))

@@ -189,7 +189,7 @@ def scatter_plot(title: str, methods: list[dict], x_label: str, y_label: str, no
         keep = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
         if len(keep) > max_points:
             keep = np.sort(rng.choice(keep, max_points, replace=False))
-        parts += [f'<circle cx="{px(x[i]):.1f}" cy="{py(y[i]):.1f}" r="2.5" fill="{color(index)}" fill-opacity="0.18"/>'
+        parts += [f'<circle cx="{px(x[i]):.1f}" cy="{py(y[i]):.1f}" r="3" fill="{color(index)}" fill-opacity="0.3"/>'
                   for i in keep]
     for index, method in enumerate(methods):
         mx, my = method["mean_x"], method["mean_y"]

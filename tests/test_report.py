@@ -218,7 +218,7 @@ def test_report_is_one_self_contained_file(report):
         assert view.count("<figure>") == 5 + 1  # structure, appearance, three methods, splice's loss curve
         assert "splice: losses of pair" in view and "NVIDIA H100" in view
     # worst and best per metric and method, and the trade-off figure
-    assert html.count("<h3>selfsim_mse ↓</h3>") == 1 and "worst 5" in html and "best 5" in html
+    assert html.count("<h3>selfsim_mse ↓</h3>") == 1 and "<th>worst</th><th>best</th>" in html
     svgs = re.findall(r"<svg.*?</svg>", html, flags=re.S)
     assert len(svgs) == 1 + 2 + 1 + 3  # trade-off, two distributions, splice's loss chart, three per-pair loss charts
     for svg in svgs:
@@ -348,3 +348,18 @@ def test_report_of_an_unevaluated_run_says_what_to_do(tmp_path, report):
     with pytest.raises(RunError, match="--reference 'nope'"):
         build_report([str(run)], str(tmp_path / "r"), reference="nope")
     assert os.listdir(tmp_path) == ["copy"]  # nothing written on error
+
+
+def test_worst_and_best_pairs_are_ranked_by_each_metrics_direction():
+    from evaluation.report_pairs import Output, PairRecord, extremes
+
+    values = {"p0": (0.1, 0.9), "p1": (0.4, 0.2), "p2": (0.3, 0.5), "p3": (0.2, None), "p4": (None, None)}
+    records = []
+    for pair_id, (selfsim, dino) in values.items():
+        found = {k: v for k, v in (("selfsim_mse", selfsim), ("dino_i", dino)) if v is not None}
+        records.append(PairRecord(pair_id, {}, "s", "a", "ks", "ka", [Output("m", "ok", None, found, {}, None)]))
+    by_metric = {item.metric: item.rows[0] for item in extremes(records, ["m"], ["selfsim_mse", "dino_i"], k=5)}
+    method, worst, best = by_metric["selfsim_mse"]  # lower is better; 4 values: 2 worst, 2 best, no pair in both
+    assert method == "m" and worst == [("p1", 0.4), ("p2", 0.3)] and best == [("p0", 0.1), ("p3", 0.2)]
+    _, worst, best = by_metric["dino_i"]  # higher is better; 3 values: one each
+    assert worst == [("p1", 0.2)] and best == [("p0", 0.9)]
