@@ -141,6 +141,10 @@ def test_a_failed_pair_is_one_line_with_its_traceback_in_error_txt(ray_session, 
     assert error.startswith("pair 'bad': structure image") and "Traceback" in error
     assert not list(out.glob("pairs/*/" + layout.PROGRESS_JSON))  # records are removed when pairs end
     assert not (out / "pairs" / "ok0" / layout.ERROR_TXT).exists()
+    assert main(["-v", "run", manifest, "--out", str(out), "--method", "splice", "--backbone", TINY_BACKBONE,
+                 "--steps", "2", "--no-progress"]) == 1  # again, verbose: the retried pair's traceback too
+    printed = capsys.readouterr()
+    assert printed.err.count("failed: pair 'bad'") == 1 and "Traceback" in printed.err
 
     # `splice status`: counts, and the pairs in flight with their step and the age of their last report
     recorder = ProgressRecorder(Storage(), interval_s=0)
