@@ -35,8 +35,11 @@ def parts(html: str) -> dict[str, float]:
     table = html.find('<table id="pairs-table"')
     sizes["per-pair table"] = html.find("</table>", table) - table
     first, last = html.find('<section class="pair"'), html.rfind("</section>")
-    sizes["pair views (text)"] = last - first if first >= 0 else 0
-    sizes["svg plots"] = sum(len(s) for s in re.findall(r"<svg.*?</svg>", html, re.S))
+    views = html[first:last] if first >= 0 else ""
+    in_views = sum(len(s) for s in re.findall(r"<svg.*?</svg>", views, re.S))
+    sizes["pair views (text)"] = len(views) - in_views
+    sizes["pair loss curves (svg)"] = in_views
+    sizes["other svg plots"] = sum(len(s) for s in re.findall(r"<svg.*?</svg>", html, re.S)) - in_views
     sizes["rest"] = len(html) - sum(sizes.values())
     return {k: v / 2**20 for k, v in sizes.items()}
 
