@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from evaluation.metrics import METRICS
 
 MODEL = "random:vit_tiny_patch16_224@random"
-STRUCTURE = next(m for m, info in METRICS.items() if info.aspect == "structure")  # e.g. selfsim_mse
+STRUCTURE = next(m for m, info in METRICS.items() if info.aspect == "structure")  # e.g. selfsim
 APPEARANCE = next(m for m, info in METRICS.items() if info.aspect == "appearance" and info.better == "higher")
 
 

@@ -203,7 +203,7 @@ def test_report_is_one_self_contained_file(report):
 
     # warnings at the top, each cause once with the runs it affects
     warnings = html[html.index('<ul class="warnings"'):html.index("</ul>", html.index('<ul class="warnings"'))]
-    assert warnings.count("RANDOM weights") == 1 and all(f"{m} (selfsim_mse, dino_i)" in warnings for m in ("strotss", "wct2", "splice"))
+    assert warnings.count("RANDOM weights") == 1 and all(f"{m} (selfsim, dino_i)" in warnings for m in ("strotss", "wct2", "splice"))
     assert "pairs without a value" in warnings and "strotss (1 missing)" in warnings
     assert html.index('class="warnings"') < html.index('id="tables"')
 
@@ -218,13 +218,13 @@ def test_report_is_one_self_contained_file(report):
         assert view.count("<figure>") == 5 + 1  # structure, appearance, three methods, splice's loss curve
         assert "splice: losses of pair" in view and "NVIDIA H100" in view
     # worst and best per metric and method, and the trade-off figure
-    assert html.count("<h3>selfsim_mse ↓</h3>") == 1 and "<th>worst</th><th>best</th>" in html
+    assert html.count("<h3>selfsim ↓</h3>") == 1 and "<th>worst</th><th>best</th>" in html
     svgs = re.findall(r"<svg.*?</svg>", html, flags=re.S)
     assert len(svgs) == 1 + 2 + 1 + 3  # trade-off, two distributions, splice's loss chart, three per-pair loss charts
     for svg in svgs:
         ET.fromstring(svg)  # well-formed
     tradeoff = svgs[0]
-    assert "selfsim_mse ↓ (structure kept)" in tradeoff and "dino_i ↑ (appearance taken)" in tradeoff
+    assert "selfsim ↓ (structure kept)" in tradeoff and "dino_i ↑ (appearance taken)" in tradeoff
     assert "splice: loss terms (median of 3 pairs" in html and "random weights" in html
     # loss axes: log ticks at round values, and a legend entry only for the terms that were logged
     chart = next(s for s in svgs if "loss terms" in s)
@@ -293,7 +293,7 @@ PROBE_HEAD = ('<meta http-equiv="Content-Security-Policy" content="default-src \
 PROBE_BODY = """<script>
 window.addEventListener('load', function () {
   var table = document.getElementById('pairs-table'), headers = table.tHead.rows[0].cells, column = -1;
-  for (var i = 0; i < headers.length; i++) if (headers[i].textContent.indexOf('selfsim_mse') === 0) column = i;
+  for (var i = 0; i < headers.length; i++) if (headers[i].textContent.indexOf('selfsim') === 0) column = i;
   var read = function () {
     return Array.prototype.filter.call(table.tBodies[0].rows, function (r) { return !r.hidden; })
       .map(function (r) { return r.cells[column].getAttribute('data-v'); }).join(',');
@@ -356,10 +356,10 @@ def test_worst_and_best_pairs_are_ranked_by_each_metrics_direction():
     values = {"p0": (0.1, 0.9), "p1": (0.4, 0.2), "p2": (0.3, 0.5), "p3": (0.2, None), "p4": (None, None)}
     records = []
     for pair_id, (selfsim, dino) in values.items():
-        found = {k: v for k, v in (("selfsim_mse", selfsim), ("dino_i", dino)) if v is not None}
+        found = {k: v for k, v in (("selfsim", selfsim), ("dino_i", dino)) if v is not None}
         records.append(PairRecord(pair_id, {}, "s", "a", "ks", "ka", [Output("m", "ok", None, found, {}, None)]))
-    by_metric = {item.metric: item.rows[0] for item in extremes(records, ["m"], ["selfsim_mse", "dino_i"], k=5)}
-    method, worst, best = by_metric["selfsim_mse"]  # lower is better; 4 values: 2 worst, 2 best, no pair in both
+    by_metric = {item.metric: item.rows[0] for item in extremes(records, ["m"], ["selfsim", "dino_i"], k=5)}
+    method, worst, best = by_metric["selfsim"]  # lower is better; 4 values: 2 worst, 2 best, no pair in both
     assert method == "m" and worst == [("p1", 0.4), ("p2", 0.3)] and best == [("p0", 0.1), ("p3", 0.2)]
     _, worst, best = by_metric["dino_i"]  # higher is better; 3 values: one each
     assert worst == [("p1", 0.2)] and best == [("p0", 0.9)]
