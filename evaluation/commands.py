@@ -31,7 +31,8 @@ def register(subparsers) -> None:
     evaluate.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
     evaluate.add_argument("--batch-size", type=int, default=8, help="pairs per backbone batch (default 8)")
     evaluate.add_argument("--address", help="Ray cluster address to spread pairs over ('auto', ray://HOST:10001, "
-                                            "'local' for a Ray started here); default: evaluate in this process")
+                                            "'local' for a Ray started here); default: RAY_ADDRESS if set, else "
+                                            "evaluate in this process")
     evaluate.add_argument("--force", action="store_true", help="recompute every asked metric of every pair")
     _storage_and_progress(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
@@ -45,6 +46,9 @@ def register(subparsers) -> None:
     report.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="folder to write the report into")
     report.add_argument("--reference", metavar="METHOD", help="method to compute every other method's win rate against")
     report.add_argument("--group-by", metavar="COLUMNS", help="comma-separated manifest columns, e.g. dataset,domain")
+    report.add_argument("--pairs", default="common", choices=["common", "all"],
+                        help="compare methods on the pairs every method has (common, default; each table says how "
+                             "many pairs each method lacks) or each method on its own pairs (all)")
     report.add_argument("--thumbnails", type=int, default=12, help="pairs in the examples grid (default 12)")
     report.add_argument("--worst-best", type=int, default=5, metavar="K",
                         help="the K worst and K best pairs shown per metric and method (default 5)")
@@ -57,13 +61,23 @@ def register(subparsers) -> None:
 
     importer = subparsers.add_parser(
         "import", help="bring another method's outputs into the run layout",
-        description="Import outputs of a method run elsewhere, one image per pair named <pair_id>.png|jpg, as a run "
-                    "(run.json, manifest.parquet, pairs/<id>/output.png, results.parquet) so that `splice evaluate` "
-                    "and `splice report` treat it like our own runs. Pairs without an image are recorded as missing.")
+        description="Import outputs of a method run elsewhere as a run (run.json, manifest.parquet, "
+                    "pairs/<id>/output.png, results.parquet) so that `splice evaluate` and `splice report` treat it "
+                    "like our own runs. The outputs: ROOT, a folder of <pair_id>.png|jpg; or ROOT --pattern TEMPLATE, "
+                    "e.g. '{pair_id}/ours/*' (outputs beside the inputs, the Splice authors' layout) or "
+                    "'strotss/{pair_id}.*' (sibling folders, as Wild-Pairs); or --csv FILE of pair_id,output_uri. "
+                    "Any image mode or size. Pairs with no output or with several are recorded as missing, with why.")
     importer.add_argument("method", metavar="METHOD_NAME", help="name in the tables, e.g. strotss, wct2, cross-image-attention")
-    importer.add_argument("outputs", metavar="OUTPUTS_DIR", help="folder of <pair_id>.png|jpg outputs")
+    importer.add_argument("outputs", metavar="ROOT", nargs="?",
+                          help="folder of <pair_id>.png|jpg outputs, or the folder --pattern is relative to")
+    importer.add_argument("--pattern", metavar="TEMPLATE",
+                          help="where each pair's output is under ROOT: {pair_id} and glob wildcards (* ? [..] **); "
+                               "exactly one image must match per pair. Quote it")
+    importer.add_argument("--csv", metavar="FILE.csv", help="a CSV of pair_id,output_uri instead of ROOT")
     importer.add_argument("--manifest", required=True, metavar="M.parquet", help="the manifest the outputs were made from")
     importer.add_argument("--out", required=True, metavar="RUN_URL", help="run folder to create")
+    importer.add_argument("--force", action="store_true",
+                          help="write into a folder that already holds outputs (of this or another method), replacing them")
     _storage_and_progress(importer, progress=False)
     importer.set_defaults(handler=run_import)
 
@@ -109,7 +123,7 @@ def run_report(args) -> int:
     group_by = [c.strip() for c in args.group_by.split(",") if c.strip()] if args.group_by else []
     summary = build_report(args.runs, args.output, reference=args.reference, group_by=group_by,
                            thumbnails=args.thumbnails, storage=_storage(args), seed=args.seed, assets=args.assets,
-                           extremes=args.worst_best)
+                           extremes=args.worst_best, pairs=args.pairs)
     print(summary.line())
     return 0
 
@@ -117,6 +131,11 @@ def run_report(args) -> int:
 def run_import(args) -> int:
     from .importer import import_outputs
 
-    summary = import_outputs(args.method, args.outputs, args.manifest, args.out, storage=_storage(args))
+    if args.csv and args.outputs:
+        raise SpliceError("splice import: give ROOT (with or without --pattern) or --csv, not both")
+    if args.pattern and not args.outputs:
+        raise SpliceError("splice import: --pattern needs ROOT, the folder it is relative to")
+    summary = import_outputs(args.method, args.outputs, args.manifest, args.out, storage=_storage(args),
+                             pattern=args.pattern, csv=args.csv, force=args.force)
     print(summary.line())
     return 0

@@ -1,6 +1,7 @@
 """`splice evaluate`: metrics of a run's stored outputs, computed incrementally into <run>/eval/metrics.parquet.
 
-One row per manifest pair: pair_id, method, dataset, domain, status ('ok' | 'failed' | 'missing' | 'error'),
+One row per manifest pair: pair_id, method, dataset, domain, status ('ok' | 'failed' | 'missing' | 'error' |
+'pending': never run or not finished),
 error, the output's content hash, training cost copied from meta.json (train_seconds, train_device,
 train_peak_memory_bytes), and per metric its value with provenance columns `<metric>__version` and
 `<metric>__model` (backbone spec and weights id; random weights end in '@random').
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +25,10 @@ from datetime import datetime, timezone
 import pandas as pd
 import torch
 
-from pipeline import layout
-from pipeline.images import ImageError, decode_image
-from pipeline.storage import Storage, redact_url
+from pipeline import layout, run_folder
+from pipeline.fault_injection import pause_at
+from pipeline.images import ImageError, decode_image, max_input_bytes
+from pipeline.storage import Storage, redact_text, redact_url
 
 from . import runio
 from .engine import PairImages, compute_metrics
@@ -38,6 +41,7 @@ EVALUATION_JSON = "evaluation.json"  # under <run>/eval/: what the last evaluati
 COST_KEYS = {"seconds": "train_seconds", "device": "train_device", "peak_memory_bytes": "train_peak_memory_bytes"}
 SAVE_EVERY_S = 30.0  # rewrite metrics.parquet at least this often during a long evaluation
 READ_THREADS = 8
+SAVE_LOCK_WAIT_S = 120.0  # another evaluation saving into the same eval/: wait this long for it
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ def evaluate_run(run_url: str, settings: EvalSettings = EvalSettings(), *, stora
     stored = _stored_rows(storage, run_url)
 
     # 2. the models (locally, or on the Ray workers) and the provenance id of every available metric
+    address = address or os.environ.get("RAY_ADDRESS")  # as `splice run` does
     if address:
         from .distributed import RayBackend
         backend = RayBackend(address, settings, storage.options)
@@ -177,15 +182,19 @@ def _load_pair(task: PairTask, storage: Storage, max_pixels: int):
         update.cost = _cost(storage, task.meta_url)
         if not needed:
             return update, None, needed
+        limit = max_input_bytes(max_pixels)
         images = PairImages(
             task.pair_id,
-            structure=decode_image(storage.read_bytes(task.structure_uri), f"structure image {redact_url(task.structure_uri)}", max_pixels),
-            appearance=decode_image(storage.read_bytes(task.appearance_uri), f"appearance image {redact_url(task.appearance_uri)}", max_pixels),
+            structure=decode_image(storage.read_input(task.structure_uri, max_bytes=limit), f"structure image {redact_url(task.structure_uri)}", max_pixels),
+            appearance=decode_image(storage.read_input(task.appearance_uri, max_bytes=limit), f"appearance image {redact_url(task.appearance_uri)}", max_pixels),
             output=decode_image(data, f"output {redact_url(task.output_url)}", max_pixels),
         )
         return update, images, needed
+    except FileNotFoundError as exc:
+        update.image_error = redact_text(f"pair '{task.pair_id}': {exc.filename or exc} does not exist")
+        return update, None, ()
     except (ImageError, OSError) as exc:
-        update.image_error = f"pair '{task.pair_id}': {exc}"
+        update.image_error = redact_text(f"pair '{task.pair_id}': {exc}")
         return update, None, ()
 
 
@@ -212,6 +221,12 @@ def _plan(run: runio.Run, files, stored, ids, force):
                "domain": _text(record.get("domain"))}
         rows[pair_id] = row
         present = files.get(pair_id, {})
+        if layout.SUCCESS in present and layout.OUTPUT_PNG not in present:  # marked done, output gone: damaged
+            _clear_metrics(row)
+            row.update(output_sha256=None, output_stamp=None, status="missing",
+                       error=f"pair '{pair_id}' is damaged: {layout.OUTPUT_PNG} is missing though {layout.SUCCESS} "
+                             f"marks it done; `splice run` again redoes it (`splice status` lists damaged pairs)")
+            continue
         if layout.OUTPUT_PNG not in present or layout.SUCCESS not in present:
             _clear_metrics(row)
             row.update(output_sha256=None, output_stamp=None, **_failure(pair_id, results.get(pair_id)))
@@ -257,9 +272,9 @@ def _merge(row: dict, update: PairUpdate, ids: dict[str, str]) -> None:
 def _failure(pair_id: str, result: dict | None) -> dict:
     if result and str(result.get("status")) == "failed":
         return {"status": "failed", "error": _text(result.get("error")) or "failed in the run (no error recorded)"}
-    if result and str(result.get("status")) not in ("done", "None"):
+    if result and str(result.get("status")) not in ("done", "None", "pending"):
         return {"status": "missing", "error": _text(result.get("error")) or f"no output (status {result.get('status')})"}
-    return {"status": "missing", "error": f"pair '{pair_id}' has no {layout.OUTPUT_PNG} with {layout.SUCCESS}: "
+    return {"status": "pending", "error": f"pair '{pair_id}' has no {layout.OUTPUT_PNG} with {layout.SUCCESS}: "
                                          f"not run or not finished yet"}
 
 
@@ -273,11 +288,38 @@ def _stored_rows(storage: Storage, run_url: str) -> dict[str, dict]:
     url = runio.metrics_url(run_url)
     if not storage.exists(url):
         return {}
-    frame = runio.read_parquet(storage, url)
+    try:
+        frame = runio.read_parquet(storage, url)
+    except runio.RunError as exc:  # e.g. truncated by a killed writer: everything is computed again
+        log.warning("%s: computing every metric again", exc)
+        return {}
     return {str(r["pair_id"]): {k: v for k, v in r.items() if not _isnan(v)} for r in frame.to_dict("records")}
 
 
 def _save(storage: Storage, run_url: str, rows: dict, ids: dict, skipped: dict, classes: list | None) -> None:
+    """Write metrics.parquet and evaluation.json under the eval/ lock, merged with what another evaluation saved
+    meanwhile: its metrics' columns are kept, never lost."""
+    pause_at("evaluate-before-save")
+    with run_folder.lock(storage, layout.join(run_url, layout.EVAL), "splice evaluate", wait=SAVE_LOCK_WAIT_S,
+                         break_stale=True):
+        stored = _stored_rows(storage, run_url)
+        merged = {pair_id: _merge_stored(stored.get(pair_id), row, ids) for pair_id, row in rows.items()}
+        others = runio.read_json_if_any(storage, layout.join(run_url, layout.EVAL, EVALUATION_JSON)).get("metrics") or {}
+        _write(storage, run_url, merged, ids, skipped, classes, others)
+
+
+def _merge_stored(stored: dict | None, row: dict, ids: dict) -> dict:
+    """`row`, with the columns of metrics this evaluation did not compute taken from what is stored now (if they
+    were computed on the same output)."""
+    if not stored or stored.get("output_sha256") != row.get("output_sha256"):
+        return row
+    merged = {k: v for k, v in row.items() if k.split("__")[0] not in METRICS or k.split("__")[0] in ids}
+    merged.update({k: v for k, v in stored.items() if k.split("__")[0] in METRICS and k.split("__")[0] not in ids})
+    return merged
+
+
+def _write(storage: Storage, run_url: str, rows: dict, ids: dict, skipped: dict, classes: list | None,
+           others: dict) -> None:
     front = ["pair_id", "method", "dataset", "domain", "status", "error", "output_sha256", "output_stamp",
              *COST_KEYS.values(), "evaluated_at"]
     frame = pd.DataFrame(list(rows.values()))
@@ -289,6 +331,7 @@ def _save(storage: Storage, run_url: str, rows: dict, ids: dict, skipped: dict, 
     runio.write_parquet(storage, runio.metrics_url(run_url), frame)
     described = {m: {"version": METRICS[m].version, "model": ids[m], "better": METRICS[m].better,
                      "summary": METRICS[m].summary} for m in ids}
+    described = {**{m: v for m, v in others.items() if m in frame.columns and m not in ids}, **described}
     storage.write_json(layout.join(run_url, layout.EVAL, EVALUATION_JSON), {
         "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "metrics": described, "skipped": skipped,
         "layout_classes": classes,  # the segmenter's classes, all counted by layout_miou

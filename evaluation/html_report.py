@@ -96,21 +96,28 @@ def _runs_section(runs) -> str:
 
 
 def _group_html(table: T.Tables, group: T.GroupTable) -> str:
-    head = ["method", *(T.header(m) for m in table.metrics), "n evaluated", "n failed", *T.COST_HEADERS]
+    head = ["method", *(T.header(m) for m in table.metrics), "n evaluated", "n failed", "n pending", *T.COST_HEADERS]
     rows = []
     for row in group.rows:
         cells = []
         for metric in table.metrics:
             css = ' class="best"' if row.method in T.best_methods(group, metric) else ""
             cells.append(f"<td{css}>{_cell(row, metric)}</td>")
-        rest = [str(row.n_evaluated), str(row.n_failed), *T.cost_texts(row)]
+        rest = [str(row.n_evaluated), str(row.n_failed), str(row.n_pending), *T.cost_texts(row)]
         rows.append(f"<tr><td>{escape(row.method)}</td>{''.join(cells)}{''.join(f'<td>{escape(c)}</td>' for c in rest)}</tr>")
-    html = [f"<h3>{escape(group.title)}</h3>", _table(head, rows)]
+    coverage = T.coverage_text(table, group)
+    html = [f"<h3>{escape(group.title)}</h3>", *([f'<p class="note">{escape(coverage)}</p>'] if coverage else []),
+            _table(head, rows)]
     if group.win_rates:
         rate_rows = [f"<tr><td>{escape(method)}</td>" + "".join(f"<td>{escape(T.rate_text(rates[m]))}</td>" for m in table.metrics)
                      + "</tr>" for method, rates in group.win_rates.items()]
-        html += [f'<p class="note">Win rate against <b>{escape(table.reference)}</b>: {escape(T.WIN_RATE_NOTE)}.</p>',
+        html += [f'<p class="note">Win rate against <b>{escape(table.reference)}</b>: {escape(T.win_rate_note(table))}.</p>',
                  _table(["method", *(T.header(m) for m in table.metrics)], rate_rows)]
+        delta_rows = [f"<tr><td>{escape(method)}</td>" + "".join(f"<td>{escape(T.difference_text(deltas.get(m)))}</td>"
+                                                                for m in table.metrics) + "</tr>"
+                      for method, deltas in group.differences.items()]
+        html += [f'<p class="note">Difference to <b>{escape(table.reference)}</b>: {escape(T.DIFFERENCE_NOTE)}.</p>',
+                 _table(["method", *(T.header(m) for m in table.metrics)], delta_rows)]
     return "".join(html)
 
 

@@ -1,27 +1,42 @@
 """`splice import`: outputs of a method run elsewhere (STROTSS, Swapping Autoencoder, WCT2, Cross-Image Attention,
 ...) brought into the run layout, so that they are evaluated and tabled exactly like our own runs.
 
-OUTPUTS_DIR holds one image per pair named by pair_id: <pair_id>.png | .jpg | .jpeg | .webp (any case). Every
-image is decoded (so an unreadable one is caught here, not later) and stored as pairs/<pair_id>/output.png with a
-meta.json and _SUCCESS. A pair with no image is recorded in results.parquet as 'missing', one with an unreadable
-image as 'failed'; both are counted in the tables rather than dropped.
+Where the outputs are, in one of three ways:
+- a flat folder ROOT of images named by pair_id: <pair_id>.png | .jpg | .jpeg | .webp (any case);
+- `pattern`: a template under ROOT with `{pair_id}` and glob wildcards, e.g. '{pair_id}/ours/*' (the Splice
+  authors' layout, outputs beside the inputs) or 'strotss/{pair_id}.*' (Wild-Pairs' sibling folders); exactly
+  one image must match per pair;
+- `csv`: a CSV of pair_id,output_uri (relative paths resolve against the CSV's folder).
+Every image is decoded (any mode: RGBA over white, 16-bit scaled, any size; an unreadable one is caught here, not
+later) and stored as pairs/<pair_id>/output.png with a meta.json and _SUCCESS. A pair with no image, or with
+several where one was expected, is recorded in results.parquet as 'missing' (the error says which), one with an
+unreadable image as 'failed'; all are counted in the tables rather than dropped. _SUCCESS holds the files' sizes
+and hashes, as `splice run` writes it.
+
+An import is a writer like `splice run`: it takes the run folder's lock, and it never writes into a run of another
+method, a run made by `splice run`, or over outputs already there, unless `force`.
 """
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import posixpath
+import re
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import pandas as pd
 
-from pipeline import layout
+from pipeline import layout, run_folder
 from pipeline.errors import SpliceError
-from pipeline.images import DEFAULT_MAX_PIXELS, ImageError, decode_image, encode_png
-from pipeline.manifest import PAIR_ID, read_manifest
-from pipeline.storage import Storage, redact_url
+from pipeline.images import DEFAULT_MAX_PIXELS, ImageError, decode_image, encode_png, max_input_bytes
+from pipeline.manifest import PAIR_ID, manifest_folder, read_manifest, resolve_uri
+from pipeline.manifest_builders import IMAGE_EXTENSIONS
+from pipeline.storage import Storage, redact_text, redact_url
 
 from . import runio
 
@@ -34,41 +49,95 @@ class ImportRefused(SpliceError, ValueError):
     """An import that cannot go ahead as asked."""
 
 
+@dataclass(frozen=True)
+class NoOutput:
+    """Why a pair has no output to import: 'missing' (nothing matched) or 'ambiguous' (several did)."""
+    kind: str
+    error: str
+
+
 @dataclass
 class ImportSummary:
     run: str
     method: str
     imported: int
-    missing: int
-    failed: int
+    missing: int  # no output matched (ambiguous ones included)
+    failed: int  # an output matched but cannot be read as an image
+    ambiguous: int = 0  # several outputs matched
 
     def line(self) -> str:
-        return (f"imported {self.imported} output(s) of {self.method} into {self.run} ({self.missing} missing, "
-                f"{self.failed} unreadable); next: splice evaluate {self.run}")
+        return (f"imported {self.imported} output(s) of {self.method} into {redact_url(self.run)}: {self.imported} "
+                f"matched, {self.missing - self.ambiguous} missing, {self.ambiguous} ambiguous, {self.failed} unreadable"
+                f" (each in {redact_url(layout.join(self.run, layout.RESULTS))}); next: splice evaluate "
+                f"{redact_url(self.run)}")
 
 
-def import_outputs(method: str, outputs_dir: str, manifest_url: str, out_url: str, *, storage: Storage | None = None,
-                   max_pixels: int = DEFAULT_MAX_PIXELS) -> ImportSummary:
+def import_outputs(method: str, outputs_dir: str | None, manifest_url: str, out_url: str, *,
+                   storage: Storage | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, pattern: str | None = None,
+                   csv: str | None = None, force: bool = False) -> ImportSummary:
     storage = storage or Storage()
-    # 1. validate: a method name, a manifest, an --out that is not the input folder nor another method's run
+    if (outputs_dir is None) == (csv is None) or (pattern and csv):
+        raise ImportRefused("give the outputs as ROOT (a folder of <pair_id>.png), ROOT --pattern TEMPLATE, or --csv FILE")
+    outputs_dir = outputs_dir or manifest_folder(csv)
+    # 1. validate: a method name, a manifest, an --out that is not the input folder, a writable target
     if not method or not PAIR_ID.fullmatch(method):
         raise ImportRefused(f"method name {method!r}: use letters, digits, '.', '_' or '-' (e.g. strotss, wct2)")
     if storage.fs(outputs_dir) == storage.fs(out_url):
         raise ImportRefused(f"--out {redact_url(out_url)} is the outputs folder itself: write the run somewhere else")
-    manifest = read_manifest(manifest_url, storage).frame  # validated, image URIs absolute
-    existing = runio.read_json_if_any(storage, layout.join(out_url, layout.RUN_JSON))
+    parsed = read_manifest(manifest_url, storage)
+    manifest = parsed.frame  # validated, image URIs absolute
+    run_folder.check_target(storage, out_url)
+
+    with run_folder.lock(storage, out_url, "splice import"):  # one writer at a time, `splice run` included
+        # 2. never into another method's run, a trained run, or over existing outputs (unless force)
+        _check_existing(storage, out_url, method, set(manifest["pair_id"]), force)
+        found, problems = _match(storage, manifest, outputs_dir, pattern, csv)
+        inputs = run_folder.pair_inputs(storage, parsed.pairs())
+        return _import(storage, method, outputs_dir, manifest_url, out_url, manifest, found, problems, inputs,
+                       max_pixels, pattern, csv)
+
+
+def _check_existing(storage: Storage, out_url: str, method: str, pair_ids: set[str], force: bool) -> None:
+    existing = run_folder.read_record(storage, out_url) or {}
+    if force:
+        return
     if existing.get("method") not in (None, method):
         raise ImportRefused(f"--out {redact_url(out_url)} already holds a run of method {existing['method']!r}: "
-                           f"import {method!r} into another folder")
+                           f"import {method!r} into another folder (or pass --force to replace its outputs)")
+    if existing and not existing.get("imported"):
+        raise ImportRefused(f"--out {redact_url(out_url)} holds a run made by `splice run` ({existing.get('method')}): "
+                           f"import into another folder (or pass --force to replace its outputs)")
+    done = sorted(p for p, files in run_folder.list_pairs(storage, out_url).items()
+                  if p in pair_ids and layout.OUTPUT_PNG in files)
+    if done:
+        shown = ", ".join(done[:8]) + (f" and {len(done) - 8} more" if len(done) > 8 else "")
+        raise ImportRefused(f"--out {redact_url(out_url)} already holds outputs of {len(done)} pair(s) ({shown}): "
+                           f"import into another folder, or pass --force to replace them")
 
-    # 2. match the files in OUTPUTS_DIR to pair ids
-    found = _outputs_by_pair(storage, outputs_dir, set(manifest["pair_id"]))
 
+
+def _match(storage: Storage, manifest, outputs_dir: str, pattern: str | None, csv: str | None):
+    """Match the files in OUTPUTS_DIR (or the pattern's or CSV's) to pair ids: (found, problems)."""
+    if pattern or csv:
+        matched = dict(match_outputs(storage, list(manifest["pair_id"]), root=outputs_dir, pattern=pattern, csv=csv))
+        found = {p: m for p, m in matched.items() if isinstance(m, str)}
+        problems = {p: m for p, m in matched.items() if isinstance(m, NoOutput)}
+        if not found:
+            example = next(iter(problems.values())).error if problems else ""
+            raise ImportRefused(f"no output matched any pair of the manifest ({example}): check ROOT, the pattern or "
+                                f"the CSV against the manifest's pair_ids (e.g. {manifest['pair_id'].iloc[0]})")
+        return found, problems
+    return _outputs_by_pair(storage, outputs_dir, set(manifest["pair_id"])), {}
+
+
+def _import(storage, method, outputs_dir, manifest_url, out_url, manifest, found, problems, inputs, max_pixels,
+            pattern, csv) -> ImportSummary:
     # 3. write each pair's output.png, meta.json and _SUCCESS (last)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     def one(pair_id: str) -> dict:
-        return _import_pair(storage, out_url, method, pair_id, found.get(pair_id), outputs_dir, max_pixels, started)
+        row = _import_pair(storage, out_url, method, pair_id, found.get(pair_id), outputs_dir, max_pixels, started)
+        return {**row, "error": problems[pair_id].error} if pair_id in problems else row
 
     with ThreadPoolExecutor(8) as pool:
         results = pd.DataFrame(list(pool.map(one, manifest["pair_id"])))
@@ -77,12 +146,13 @@ def import_outputs(method: str, outputs_dir: str, manifest_url: str, out_url: st
     runio.write_parquet(storage, layout.join(out_url, layout.MANIFEST), manifest)
     runio.write_parquet(storage, layout.join(out_url, layout.RESULTS), results)
     storage.write_json(layout.join(out_url, layout.RUN_JSON), {
-        "method": method, "imported": True, "imported_from": redact_url(outputs_dir),
-        "manifest": redact_url(manifest_url), "started_at": started, "pairs": int(len(manifest)),
+        "format": run_folder.FORMAT, "method": method, "imported": True,
+        "imported_from": redact_url(csv or outputs_dir), "pattern": pattern,
+        "manifest": redact_url(manifest_url), "started_at": started, "pairs": int(len(manifest)), "inputs": inputs,
     })
     counts = results["status"].value_counts()
     summary = ImportSummary(out_url, method, int(counts.get("done", 0)), int(counts.get("missing", 0)),
-                            int(counts.get("failed", 0)))
+                            int(counts.get("failed", 0)), sum(p.kind == "ambiguous" for p in problems.values()))
     log.info(summary.line())
     return summary
 
@@ -114,6 +184,89 @@ def _outputs_by_pair(storage: Storage, outputs_dir: str, pair_ids: set[str]) -> 
     return found
 
 
+def match_outputs(storage: Storage, pair_ids: list[str], *, root: str | None = None, pattern: str | None = None,
+                  csv: str | None = None) -> Iterator[tuple[str, str | NoOutput]]:
+    """(pair_id, output URL) for every pair with exactly one output, (pair_id, NoOutput) for the others.
+
+    `pattern` is a template under `root` with `{pair_id}` and glob wildcards (*, ?, [..], **); it is listed once,
+    whatever the number of pairs. `csv` is a file of pair_id,output_uri. Images only (by extension, hidden files
+    skipped); files that name no pair of the manifest are logged.
+    """
+    wanted = set(pair_ids)
+    candidates: dict[str, list[str]] = {}
+    if csv:
+        where = f"CSV {redact_url(csv)}"
+        for pair_id, uri in _csv_rows(storage, csv):
+            candidates.setdefault(pair_id, []).append(uri)
+    else:
+        if not pattern or "{pair_id}" not in pattern:
+            raise ImportRefused(f"--pattern {pattern!r} must contain {{pair_id}}, e.g. '{{pair_id}}/ours/*' or "
+                                f"'strotss/{{pair_id}}.*'")
+        where = f"{redact_url(layout.join(root, pattern))}"
+        fs, base = storage.fs(root)
+        if not fs.isdir(base):
+            raise ImportRefused(f"outputs folder {redact_url(root)} does not exist")
+        base = base.rstrip("/")
+        regex = _pattern_regex(pattern)
+        fs.invalidate_cache()
+        for path in fs.glob(f"{base}/{pattern.replace('{pair_id}', '*')}"):
+            name = posixpath.basename(path)
+            if name.startswith(".") or posixpath.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            match = regex.fullmatch(path[len(base) + 1:])
+            if match:
+                candidates.setdefault(match.group("pair_id"), []).append(storage.url(fs, path))
+    strangers = sorted(set(candidates) - wanted)
+    if strangers:
+        log.warning("%d output(s) matched by %s name no pair_id of the manifest (e.g. %s)", len(strangers), where,
+                    ", ".join(strangers[:5]))
+    for pair_id in pair_ids:
+        found = sorted(set(candidates.get(pair_id, [])))
+        if len(found) == 1:
+            yield pair_id, found[0]
+        elif not found:
+            yield pair_id, NoOutput("missing", f"no output of pair '{pair_id}' in {where}")
+        else:
+            shown = ", ".join(redact_url(f) for f in found[:5]) + (" ..." if len(found) > 5 else "")
+            yield pair_id, NoOutput("ambiguous", f"{len(found)} outputs of pair '{pair_id}' match {where} ({shown}); "
+                                                 f"make the pattern match one, or list the outputs in a --csv")
+
+
+def _pattern_regex(pattern: str) -> re.Pattern:
+    """'{pair_id}/ours/*' -> a regex over paths relative to ROOT, capturing pair_id (glob rules: * and ? stay
+    within one folder, ** crosses folders)."""
+    out, seen = [], False
+    for token in re.findall(r"\{pair_id\}|\*\*/?|\*|\?|\[[^\]]*\]|.", pattern, flags=re.S):
+        if token == "{pair_id}":
+            out.append("(?P=pair_id)" if seen else "(?P<pair_id>[^/]+)")
+            seen = True
+        elif token.startswith("**"):
+            out.append("(?:.*/)?" if token.endswith("/") else ".*")
+        elif token == "*":
+            out.append("[^/]*")
+        elif token == "?":
+            out.append("[^/]")
+        elif token.startswith("[") and len(token) > 2:
+            out.append("[" + ("^" + token[2:-1] if token[1] == "!" else token[1:-1]).replace("\\", "\\\\") + "]")
+        else:
+            out.append(re.escape(token))
+    return re.compile("".join(out))
+
+
+def _csv_rows(storage: Storage, url: str) -> list[tuple[str, str]]:
+    try:
+        frame = pd.read_csv(io.BytesIO(storage.read_bytes(url)), dtype=str, skipinitialspace=True)
+    except FileNotFoundError:
+        raise ImportRefused(f"CSV {redact_url(url)} does not exist") from None
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise ImportRefused(f"CSV {redact_url(url)} cannot be parsed ({exc}): expected a header pair_id,output_uri") from exc
+    if not {"pair_id", "output_uri"} <= set(frame.columns):
+        raise ImportRefused(f"CSV {redact_url(url)} needs the columns pair_id,output_uri (it has: {', '.join(frame.columns)})")
+    base = manifest_folder(url)
+    return [(str(p).strip(), resolve_uri(str(u).strip(), base)) for p, u in zip(frame["pair_id"], frame["output_uri"])
+            if isinstance(p, str) and isinstance(u, str) and u.strip()]
+
+
 def _preference(name: str) -> int:
     ext = os.path.splitext(name)[1].lower()
     return EXTENSIONS.index(ext) if ext in EXTENSIONS else len(EXTENSIONS)
@@ -127,17 +280,19 @@ def _import_pair(storage: Storage, out_url: str, method: str, pair_id: str, name
         storage.remove(success)  # a pair imported before and now gone is no longer done
         return {**row, "status": "missing", "attempts": 0,
                 "error": f"{method} has no output for pair '{pair_id}' in {redact_url(outputs_dir)}"}
-    source = layout.join(outputs_dir, name)
+    source = name if "://" in name or os.path.isabs(name) else layout.join(outputs_dir, name)  # a name in OUTPUTS_DIR, or a URL
     try:
-        image = decode_image(storage.read_bytes(source), f"output {redact_url(source)}", max_pixels)
+        data = storage.read_input(source, max_bytes=max_input_bytes(max_pixels))
+        image = decode_image(data, f"output {redact_url(source)}", max_pixels)
     except (ImageError, OSError) as exc:
         storage.remove(success)
-        return {**row, "status": "failed", "error": f"pair '{pair_id}': {exc}"}
+        return {**row, "status": "failed", "error": redact_text(f"pair '{pair_id}': {exc}")}
     storage.remove(success)  # while rewriting, the pair is not done
-    storage.write_bytes(layout.pair_file(out_url, pair_id, layout.OUTPUT_PNG), encode_png(image))
-    storage.write_json(layout.pair_file(out_url, pair_id, layout.META_JSON), {
+    files = {layout.OUTPUT_PNG: encode_png(image), layout.META_JSON: json.dumps({
         "method": method, "status": "done", "imported": True, "source": redact_url(source),
         "imported_at": started, "height": int(image.shape[1]), "width": int(image.shape[2]),
-    })
-    storage.write_bytes(success, b"")
+    }, indent=2).encode()}
+    for file_name, content in files.items():
+        storage.write_bytes(layout.pair_file(out_url, pair_id, file_name), content)
+    storage.write_bytes(success, run_folder.success_marker(pair_id, files, {**row, "method": method}))
     return row

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from pipeline import layout
+from pipeline import layout, run_folder
 from pipeline.errors import SpliceError
 from pipeline.manifest import resolve_uris, validate_frame
 from pipeline.storage import Storage, redact_url
@@ -45,15 +45,27 @@ def read_run(storage: Storage, run_url: str) -> Run:
     if not storage.exists(manifest_url):
         raise RunError(f"{redact_url(run_url)} is not a run folder: it has no {layout.MANIFEST}. Give the --out of a "
                        f"`splice run`, or create one from another method's outputs with `splice import`")
-    info = read_json_if_any(storage, layout.join(run_url, layout.RUN_JSON))
+    info = run_folder.read_record(storage, run_url) or {}
     method = info.get("method") or posixpath.basename(run_url.rstrip("/"))
     if "method" not in info:
         log.warning("%s: run.json names no method; calling it %r", redact_url(run_url), method)
     # the run's copy holds absolute URIs; any relative one is taken relative to the run folder
     manifest = resolve_uris(validate_frame(read_parquet(storage, manifest_url), redact_url(manifest_url)), run_url)
-    results_url = layout.join(run_url, layout.RESULTS)
-    results = read_parquet(storage, results_url) if storage.exists(results_url) else None
+    results = _results(storage, run_url, list(manifest["pair_id"]))
     return Run(run_url, str(method), info, manifest.reset_index(drop=True), results)
+
+
+def _results(storage: Storage, run_url: str, pair_ids: list[str]) -> pd.DataFrame | None:
+    """results.parquet; if it is unreadable (e.g. truncated), rebuilt from the pair folders' markers instead."""
+    url = layout.join(run_url, layout.RESULTS)
+    if not storage.exists(url):
+        return None
+    try:
+        return read_parquet(storage, url)
+    except RunError as exc:
+        log.warning("%s; using the pair folders' _SUCCESS markers instead (`splice run` on the same --out rewrites "
+                    "it)", exc)
+        return pd.DataFrame(run_folder.results_rows(storage, run_url, pair_ids))
 
 
 def pair_files(storage: Storage, run_url: str) -> dict[str, dict[str, str]]:
@@ -91,7 +103,8 @@ def read_parquet(storage: Storage, url: str) -> pd.DataFrame:
     except FileNotFoundError:
         raise
     except Exception as exc:
-        raise RunError(f"{redact_url(url)} is not a readable Parquet file ({exc}); rewrite it") from exc
+        raise RunError(f"{redact_url(url)} is not a readable Parquet file ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
 
 
 def write_parquet(storage: Storage, url: str, frame: pd.DataFrame) -> None:

@@ -14,6 +14,7 @@ import torch
 
 from pipeline.errors import SpliceError
 from pipeline.network import reachable
+from pipeline.weights import weights_dir_file
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,17 @@ def hub_cache_path(url: str) -> str:
 def load_state_dict(url: str, what: str, local_file: str | None = None, option: str = "") -> tuple[dict, str]:
     """The state dict published at `url`, and an id for provenance ('<file name>' or 'sha256:...' for a local file).
 
-    Order: `local_file` if given; the torch hub cache; a download if the server answers. Otherwise
+    Order: `local_file` if given; $SPLICE_WEIGHTS_DIR/torch/; the torch hub cache; a download if the server answers.
+    Otherwise
     `MetricUnavailable` naming the file and the two ways to provide it.
     """
     if local_file:
         if not os.path.isfile(local_file):
             raise MetricUnavailable(f"{what}: weights file {local_file} does not exist; give the path to {os.path.basename(url)}")
         return _load(local_file, what), "sha256:" + _file_hash(local_file)
+    exported = weights_dir_file("torch", os.path.basename(urllib.parse.urlparse(url).path))  # SPLICE_WEIGHTS_DIR
+    if exported:
+        return _load(exported, what), os.path.basename(exported)
     cached = hub_cache_path(url)
     if os.path.isfile(cached):
         return _load(cached, what), os.path.basename(cached)
@@ -72,3 +77,17 @@ def _file_hash(path: str) -> str:
 
 def _host(url: str) -> str:
     return urllib.parse.urlparse(url).hostname or url
+
+
+def torch_file_location(url: str) -> str | None:
+    """Where the torchvision file published at `url` is found ($SPLICE_WEIGHTS_DIR, then the torch hub cache), or None."""
+    exported = weights_dir_file("torch", os.path.basename(urllib.parse.urlparse(url).path))
+    if exported:
+        return exported
+    cached = hub_cache_path(url)
+    return cached if os.path.isfile(cached) else None
+
+
+def can_have(url: str) -> bool:
+    """Whether the file at `url` is here or can be downloaded now."""
+    return torch_file_location(url) is not None or reachable(url, offline_variables=("TORCH_HUB_OFFLINE",))

@@ -29,6 +29,7 @@ from torchvision.transforms.v2.functional._geometry import _compute_resized_outp
 
 from .errors import SpliceError
 from .network import reachable
+from .weights import weights_dir_file
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ def _vit_from_timm_cache(spec: str, timm_name: str) -> nn.Module:
 
     config = timm.models.get_pretrained_cfg(timm_name)
     hub_id = getattr(config, "hf_hub_id", None) or timm_name
-    cached = _cached_hub_file(hub_id)
+    cached = weights_dir_file("hf", hub_id) or _cached_hub_file(hub_id)  # SPLICE_WEIGHTS_DIR first
     if cached:
         # load the cached file directly: no network round-trip, no retries when offline
         return timm.create_model(

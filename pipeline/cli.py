@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from .console import configure_logging
 from .errors import SpliceError
@@ -15,6 +17,7 @@ COMMAND_MODULES = [
     "pipeline.commands.demo",  # splice demo
     "pipeline.commands.status",  # splice status
     "evaluation.commands",  # splice evaluate | report | import
+    "evaluation.weights_command",  # splice weights fetch | status | export
 ]
 
 
@@ -32,18 +35,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that locks are released and results written on the way out."""
+
+
+_terminated = threading.Event()  # set by the handler: libraries may re-raise our KeyboardInterrupt as their own
+
+
+def _on_sigterm(signum, frame):
+    _terminated.set()
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .storage import redact_text
+
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
+    _terminated.clear()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
     try:
         return int(args.handler(args) or 0)
     except SpliceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # storage trouble that reached here: one line, no traceback
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(redact_text(f"error: {reason}{where}: check the location, its permissions and free space"),
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if _terminated.is_set():
+            print("terminated: run the same command again to resume", file=sys.stderr)
+            return 143
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -176,14 +176,48 @@ def compare_and_report(out: str, settings_for_run, manifest_url: str, *, progres
         summaries.append(run_manifest(manifest_url, reference))
         runs.append(reference.out)
     # 2. evaluation of every run (incremental: a re-run of the demo recomputes nothing)
-    backbone = settings_for_run.config.backbone
-    metric_backbone = backbone if backbone.startswith("random:") else None
+    evaluation = demo_eval_settings(settings_for_run.config.backbone)
     for run in runs:
-        print(evaluate_run(run, EvalSettings(metric_backbone=metric_backbone), storage=storage, progress=progress).line())
+        print(evaluate_run(run, evaluation, storage=storage, progress=progress).line())
     # 3. tables and report.html
     report = layout.join(out, "report")
     build_report(runs, report, reference=REFERENCE_METHODS[0], storage=storage)
     return summaries, report
+
+
+def demo_eval_settings(backbone: str):
+    """The metrics' models for the demo: real weights where they are here or can be downloaded, else random weights
+    of the same architecture (announced once, labelled in the tables). A random training backbone is evaluated with
+    itself, so that a smoke run stays quick."""
+    from torchvision.models import AlexNet_Weights, get_model_weights
+
+    from evaluation.metrics import DEFAULT_METRICS, METRICS
+    from evaluation.models import DINO_ROLES, EvalSettings
+    from evaluation.segmenter import DEFAULT_SEGMENTER
+    from evaluation.weights import can_have
+
+    from .weights import announce_fallback, resolve_backbone
+
+    if backbone.startswith("random:"):
+        metric_backbone = backbone
+    else:
+        needed = {METRICS[m].model for m in DEFAULT_METRICS}  # the DINO roles the default metrics use
+        resolved = {spec: resolve_backbone(spec, explicit=False) for role, spec in DINO_ROLES.items() if role in needed}
+        for _, fallback in resolved.values():
+            if fallback:
+                announce_fallback(f"metric backbone {fallback}")
+        metric_backbone = (",".join(f"{spec}={used}" for spec, (used, _) in resolved.items())
+                           if any(fallback for _, fallback in resolved.values()) else None)
+    lpips_weights, segmenter = "pretrained", DEFAULT_SEGMENTER
+    if not can_have(AlexNet_Weights.IMAGENET1K_V1.url):
+        lpips_weights = "random"
+        announce_fallback("metric lpips_structure: the AlexNet weights are not in SPLICE_WEIGHTS_DIR nor the torch "
+                          "cache and cannot be downloaded: using RANDOM weights (labelled in the tables)")
+    if not can_have(get_model_weights(DEFAULT_SEGMENTER).DEFAULT.url):
+        segmenter = f"random:{DEFAULT_SEGMENTER}"
+        announce_fallback(f"metric layout_miou: the {DEFAULT_SEGMENTER} weights are not in SPLICE_WEIGHTS_DIR nor the "
+                          f"torch cache and cannot be downloaded: using RANDOM weights (labelled in the tables)")
+    return EvalSettings(metric_backbone=metric_backbone, lpips_weights=lpips_weights, segmenter=segmenter)
 
 
 def default_out() -> str:

@@ -17,12 +17,16 @@ in a thread of its own, and the pairs that reach training train together. Everyt
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import functools
 import logging
 import os
 import re
+import signal
 import socket
+import threading
 import time
 import traceback
 from collections import deque
@@ -31,17 +35,18 @@ from datetime import datetime, timezone
 
 import ray
 
-from . import layout, pair_io
+from . import layout, pair_io, run_folder
 from .config import TrainConfig
 from .errors import SpliceError
 from .fault_injection import fault_plan, inject_delay, inject_fault
-from .images import ImageError, decode_image
+from .images import ImageError, decode_image, max_input_bytes
 from .manifest import Manifest, ManifestError, PairSpec, read_manifest, write_manifest
 from .methods import get_method, run_method
 from .progress import ProgressRecorder, RunProgress
 from .packs import PackRendezvous, auto_pack_size, image_size, plan_packs
-from .run_state import ResultsTable, done_pair_ids, row_from_meta, write_run_record
-from .storage import RunLock, Storage, absolute, is_local, redact_url, with_retries
+from .run_lock import LockLost
+from .run_state import ResultsTable, row_from_meta, settings_mismatch, write_run_record
+from .storage import Storage, StorageError, absolute, is_local, redact_text, redact_url, with_retries
 
 log = logging.getLogger(__name__)
 ATTEMPTS = "attempts.json"  # per pair: one entry per time a worker started it
@@ -59,7 +64,9 @@ class RunSettings:
     max_retries: int = 2  # re-runs of a pair whose worker process died
     limit: int | None = None  # only the first N pairs of the manifest
     only: tuple[str, ...] = ()  # only these pair ids
-    force: bool = False  # redo pairs that are already done
+    force: bool = False  # redo done pairs: those whose inputs/settings changed if any did, else every selected one
+    verify: bool = False  # check done pairs' files against the sha256 in their _SUCCESS (not only sizes)
+    max_input_bytes: int | None = None  # cap per input file; None: derived from config.max_pixels
     break_lock: bool = False  # remove any lock (its run is known to be dead)
     break_stale_lock: bool = False  # remove the lock only if it is stale (holder gone, or not renewed)
     storage_options: dict = field(default_factory=dict)  # for non-local filesystems; never logged
@@ -67,6 +74,7 @@ class RunSettings:
     pack: int | None = None  # pairs trained together per task (None: auto: 1 on CPUs, on GPUs as many as fit)
     gpus_per_task: float | None = None  # GPUs per task (0.5: two tasks per GPU); None: 1 if the cluster has GPUs, else 0
     compile: str = "auto"  # torch.compile the backbone's crop passes: auto (on CUDA) | on | off
+    backbone_fallback: str | None = None  # why the default backbone was replaced by random weights (run.json)
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,9 @@ class PairJob:
     force: bool
     labels: dict
     fault: dict | None = None  # TEST-ONLY fault injection
+    lock_url: str | None = None  # the run's lock: a pair is only written while it still holds lock_token
+    lock_token: str | None = None
+    max_input_bytes: int | None = None  # cap per input file
 
 
 @dataclass
@@ -94,10 +105,12 @@ class RunSummary:
     pending: int  # not run (outside --limit/--only, or interrupted)
     seconds: float
     failures: list[tuple[str, str]]
+    damaged: int = 0  # done before, but their files no longer matched _SUCCESS: redone
+    storage_error: str | None = None  # results.parquet / run.json could not be written at the end
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        return 2 if self.storage_error else 1 if self.failed else 0
 
 
 # --- driver --------------------------------------------------------------------------------------------------
@@ -105,24 +118,32 @@ class RunSummary:
 def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
     started = time.perf_counter()
     settings = dataclasses.replace(settings, out=absolute(settings.out))  # workers have other working folders
-    # 1. validate everything before any work: method, manifest, selection, per-pair settings
+    # 1. validate everything before any work: method, manifest, selection, per-pair settings, the target
     storage = Storage(settings.storage_options)
     method = get_method(settings.method)
     manifest = read_manifest(manifest_url, storage)
     jobs = [_job(pair, settings) for pair in select_pairs(manifest, settings.only, settings.limit)]
     settings = resolve_task_settings(settings)
+    run_folder.check_target(storage, settings.out)
 
-    # 2. one driver per run folder
-    with RunLock(storage, settings.out, break_lock=settings.break_lock, break_stale=settings.break_stale_lock):
-        # 3. record the run, then find what is left to do
-        record = write_run_record(storage, settings, method, manifest)
-        write_manifest(manifest.frame, layout.join(settings.out, layout.MANIFEST), storage)
-        done = done_pair_ids(storage, settings.out)
-        if settings.force:  # un-mark first, so an interrupted --force run never leaves old outputs marked done
-            _unmark(storage, settings.out, done & {job.pair_id for job in jobs})
-            done -= {job.pair_id for job in jobs}
-        results = ResultsTable(storage, settings.out, manifest.pair_ids, done)
-        todo = [job for job in jobs if job.pair_id not in done]
+    # 2. one writer per run folder
+    run_lock = run_folder.lock(storage, settings.out, "splice run", break_lock=settings.break_lock,
+                               break_stale=settings.break_stale_lock)
+    with run_lock:
+        # 3. compare with what the folder was made from, record the run, find what is left to do
+        plan = run_folder.plan_rerun(storage, settings.out, manifest, {job.pair_id for job in jobs}, force=settings.force,
+                                     verify=settings.verify,
+                                     settings_check=lambda existing: settings_mismatch(existing, settings.out, method,
+                                                                                       settings.config))
+        try:
+            record = write_run_record(storage, settings, method, manifest, existing=plan.existing, inputs=plan.inputs)
+            write_manifest(plan.manifest_frame, layout.join(settings.out, layout.MANIFEST), storage)
+            _unmark(storage, settings.out, plan.unmark)  # first, so an interrupted run never leaves them marked done
+        except OSError as exc:
+            raise StorageError(f"cannot write run folder {redact_url(settings.out)}: {_os_reason(exc)}") from None
+        results = ResultsTable(storage, settings.out, list(plan.manifest_frame["pair_id"]), plan.found)
+        jobs = [dataclasses.replace(job, lock_url=run_lock.url, lock_token=run_lock.token) for job in jobs]
+        todo = [job for job in jobs if job.pair_id not in plan.found.done]
         skipped = len(jobs) - len(todo)
         log.info("%d pair(s) selected: %d already done, %d to run with method %s -> %s",
                  len(jobs), skipped, len(todo), method.name, redact_url(settings.out))
@@ -131,18 +152,40 @@ def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
                 log.warning("backbone %s has RANDOM weights: outputs are for testing only and are labelled 'random'", spec)
 
         # 4. fan out and collect
+        storage_error = None
         try:
             if todo:
-                _fan_out(todo, settings, results, skipped)
+                _fan_out(todo, settings, results, skipped, run_lock)
         finally:
-            results.mark_done(done_pair_ids(storage, settings.out))  # storage is the truth: catch uncollected ones
-            results.write()
-            counts = results.counts()
-            write_run_record(storage, settings, method, manifest, previous=record, finished=counts,
-                             weights_ids=results.weights_ids())
-    return RunSummary(out=settings.out, total=len(manifest), done=counts["done"], skipped=skipped,
+            if run_lock.lost is None:  # fenced: a run whose lock was taken over writes nothing more
+                results.mark_done(run_folder.scan(storage, settings.out))  # storage is the truth
+                counts = results.counts()
+                storage_error = _write_final(storage, settings, method, manifest, record, results, counts)
+        if run_lock.lost is not None:
+            run_lock.check()  # raises LockLost
+    return RunSummary(out=settings.out, total=len(results.rows), done=counts["done"], skipped=skipped,
                       failed=counts["failed"], pending=counts["pending"], seconds=time.perf_counter() - started,
-                      failures=results.failures())
+                      failures=results.failures(), damaged=len(plan.found.damaged), storage_error=storage_error)
+
+
+def _write_final(storage, settings, method, manifest, record, results, counts) -> str | None:
+    """results.parquet and run.json at the end; a storage error (e.g. disk full) is reported, not raised."""
+    try:
+        results.write()
+        write_run_record(storage, settings, method, manifest, previous=record, finished=counts,
+                         weights_ids=results.weights_ids())
+    except OSError as exc:
+        reason = (f"cannot write {layout.RESULTS} / {layout.RUN_JSON} in {redact_url(settings.out)}: {_os_reason(exc)}; "
+                  f"`splice status` rebuilds the counts from the pair folders")
+        log.error("%s", reason)
+        return reason
+    return None
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device: free some space (or write elsewhere) and run again"
+    return redact_text(exc.strerror or exc).splitlines()[0][:300]
 
 
 def select_pairs(manifest: Manifest, only: tuple[str, ...] = (), limit: int | None = None) -> list[PairSpec]:
@@ -167,10 +210,11 @@ def _job(pair: PairSpec, settings: RunSettings) -> PairJob:
     return PairJob(pair_id=pair.pair_id, structure_uri=pair.structure_uri, appearance_uri=pair.appearance_uri,
                    pair_dir=layout.pair_dir(settings.out, pair.pair_id), method=settings.method, config=config,
                    storage_options=settings.storage_options, force=settings.force, labels=pair.labels,
-                   fault=fault_plan(pair.pair_id))
+                   fault=fault_plan(pair.pair_id),
+                   max_input_bytes=settings.max_input_bytes or max_input_bytes(config.max_pixels))
 
 
-def _fan_out(todo: list[PairJob], settings: RunSettings, results: ResultsTable, skipped: int) -> None:
+def _fan_out(todo: list[PairJob], settings: RunSettings, results: ResultsTable, skipped: int, run_lock) -> None:
     started_ray = _ensure_ray(settings.address)
     if _address(settings.address) and is_local(settings.out):
         log.warning("--out %s is a local path but pairs run on a Ray cluster: each node writes to its own disk unless "
@@ -187,6 +231,8 @@ def _fan_out(todo: list[PairJob], settings: RunSettings, results: ResultsTable, 
                           skipped=skipped)
         try:
             while queue or pending:
+                if run_lock.lost is not None:  # taken over (--break-lock elsewhere): stop, write nothing more
+                    run_lock.check()
                 while queue and len(pending) < window:
                     pack = queue.popleft()
                     pending[task.remote(pack, settings.compile)] = pack
@@ -194,6 +240,8 @@ def _fan_out(todo: list[PairJob], settings: RunSettings, results: ResultsTable, 
                 for ref in ready:
                     for row in _collect_pack(ref, pending.pop(ref), settings.max_retries):
                         trace = row.pop("traceback", None)
+                        if row.pop("lock_lost", False):
+                            run_lock.check()  # a worker found the lock taken over: confirm, and stop
                         results.update(row)
                         bar.pair_finished(row["pair_id"], row["status"])
                         if row["status"] == "failed":  # one line per failed pair; its traceback with -v and in error.txt
@@ -201,10 +249,13 @@ def _fan_out(todo: list[PairJob], settings: RunSettings, results: ResultsTable, 
                             if trace:
                                 log.debug("pair %s: %s", row["pair_id"], trace)
                 bar.poll([job.pair_id for pack in pending.values() for job in pack])
-                results.maybe_write()
+                try:
+                    results.maybe_write()
+                except OSError as exc:  # e.g. disk full: keep the rows in memory and try again later
+                    log.warning("could not write %s yet (%s)", layout.RESULTS, _os_reason(exc))
         finally:
             bar.close()
-            if pending and not started_ray:  # interrupted, and Ray lives on: stop our in-flight pairs
+            if pending and (not started_ray or run_lock.lost is not None):  # stop our in-flight pairs
                 _cancel(list(pending))
     finally:
         if started_ray:  # ending the driver's job also ends its in-flight tasks
@@ -224,6 +275,7 @@ def _cancel(refs: list) -> None:
 
 def _unmark(storage: Storage, run: str, pair_ids: set[str]) -> None:
     if pair_ids:
+        log.info("removing the _SUCCESS marker of %d pair(s) to redo", len(pair_ids))
         fs, _ = storage.fs(run)
         paths = [storage.fs(layout.pair_file(run, p, layout.SUCCESS))[1] for p in sorted(pair_ids)]
         with_retries(lambda: fs.rm(paths), what=f"removing {len(paths)} _SUCCESS marker(s) for --force")
@@ -235,7 +287,7 @@ def _collect(ref, job: PairJob, max_retries: int) -> dict:
     except ray.exceptions.WorkerCrashedError:
         error = f"pair {job.pair_id!r}: its worker process died {max_retries + 1} time(s) (out of memory?); run again to retry it"
     except ray.exceptions.RayError as exc:
-        error = f"pair {job.pair_id!r}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        error = f"pair {job.pair_id!r}: {type(exc).__name__}: {redact_text((str(exc).splitlines() or [''])[0])[:300]}"
     return {"pair_id": job.pair_id, "status": "failed", "error": error, "method": job.method,
             "attempts": max_retries + 1}
 
@@ -267,6 +319,23 @@ def connect_ray(address: str | None, **options) -> bool:
     """
     if ray.is_initialized():
         return False
+    with _keep_sigterm_handler():
+        return _connect_ray(address, **options)
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler():
+    """ray.init installs its own SIGTERM handler (abort, no cleanup); keep the caller's (the CLI's releases locks)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _connect_ray(address: str | None, **options) -> bool:
     address = _address(address)
     if not address or address == "local":
         ray.init(address="local", include_dashboard=False, **options)
@@ -417,6 +486,9 @@ def _pack_task(jobs: list[PairJob], compile_backbone: str = "auto") -> list[dict
             recorder.track(job.pair_id, job.pair_dir, job.config.steps)
     try:
         return run_pack(jobs, compile_backbone=compile_backbone, on_step=recorder)
+    except Exception as exc:  # what crosses into Ray (its logs, the driver) carries no credentials
+        ids = ", ".join(job.pair_id for job in jobs)
+        raise RuntimeError(redact_text(f"pairs {ids}: {type(exc).__name__}: {exc}")) from None
     finally:
         for job in jobs:
             recorder.finish(job.pair_id)
@@ -457,15 +529,15 @@ def run_pair(job: PairJob, train=None, on_step=None) -> dict:
     started_at, clock = _now(), time.perf_counter()
     storage = Storage(job.storage_options)
     fs, pair_dir = storage.fs(job.pair_dir)
-    if job.force:  # forget the old result first, so a crash now cannot leave an old _SUCCESS over new files
-        for name in (layout.SUCCESS, layout.CHECKPOINT, ATTEMPTS):
-            storage.remove(layout.join(job.pair_dir, name))
-    elif storage.exists(layout.join(job.pair_dir, layout.SUCCESS)):  # a retry after the pair was finished
-        return row_from_meta(storage, job.pair_dir, job.pair_id)
-    attempt = _record_attempt(storage, job, started_at)
-    inject_fault(job, attempt, storage)
-    row = {"pair_id": job.pair_id, "method": job.method, "attempts": attempt, "started_at": started_at}
+    row = {"pair_id": job.pair_id, "method": job.method, "started_at": started_at}
     try:
+        if job.force:  # forget the old result first, so a crash now cannot leave an old _SUCCESS over new files
+            for name in (layout.SUCCESS, layout.CHECKPOINT, ATTEMPTS):
+                storage.remove(layout.join(job.pair_dir, name))
+        elif storage.exists(layout.join(job.pair_dir, layout.SUCCESS)):  # a retry after the pair was finished
+            return row_from_meta(storage, job.pair_dir, job.pair_id)
+        attempt = row["attempts"] = _record_attempt(storage, job, started_at)
+        inject_fault(job, attempt, storage)
         # 1. inputs
         structure = _read_image(storage, job, "structure", job.structure_uri)
         appearance = _read_image(storage, job, "appearance", job.appearance_uri)
@@ -495,18 +567,23 @@ def run_pair(job: PairJob, train=None, on_step=None) -> dict:
                  "structure_uri": redact_url(job.structure_uri), "appearance_uri": redact_url(job.appearance_uri),
                  "started_at": started_at, "finished_at": finished_at,
                  "worker": {"host": socket.gethostname(), "pid": os.getpid(), "backbone_loaded": loaded}}
-        with_retries(lambda: pair_io.write_pair_result(fs, pair_dir, result, extra), what=f"writing pair {job.pair_id}")
+        meta = result.meta
+        done = {**row, "status": "done", "error": None, "seconds": float(meta.get("seconds", 0.0)),
+                "device": meta.get("device_name") or meta.get("device"), "weights_id": meta.get("weights_id"),
+                "finished_at": finished_at}
+        with_retries(lambda: pair_io.write_pair_result(fs, pair_dir, result, extra, row=done,
+                                                       fence=lambda: _fence(storage, job)),
+                     what=f"writing pair {job.pair_id}")
         storage.remove(layout.join(job.pair_dir, layout.ERROR_TXT))  # an earlier attempt's error no longer holds
         inject_fault(job, attempt, storage, after_write=True)
-        meta = result.meta
-        return {**row, "status": "done", "error": None, "seconds": float(meta.get("seconds", 0.0)),
-                "device": meta.get("device_name") or meta.get("device"), "weights_id": meta.get("weights_id"),
-                "finished_at": finished_at, "wall_seconds": time.perf_counter() - clock}
+        return {**done, "wall_seconds": time.perf_counter() - clock}
     except Exception as exc:  # a bad pair fails alone; the error goes to results.parquet, the traceback to error.txt
-        error, trace = _describe(job, exc), traceback.format_exc()
-        _write_error(storage, job, error, trace)
+        error, trace = _describe(job, exc), redact_text(traceback.format_exc())
+        lock_lost = isinstance(exc, LockLost)
+        if not lock_lost:  # fenced: a pair whose run lost its lock writes nothing
+            _write_error(storage, job, error, trace)
         return {**row, "status": "failed", "error": error, "finished_at": _now(),
-                "wall_seconds": time.perf_counter() - clock, "traceback": trace}
+                "wall_seconds": time.perf_counter() - clock, "traceback": trace, "lock_lost": lock_lost}
     finally:
         _release_device_memory()
 
@@ -524,13 +601,31 @@ def cached_backbone(spec: str, device: str):
         backbone_log.setLevel(level)
 
 
-def _read_image(storage: Storage, job: PairJob, role: str, uri: str):
+def _fence(storage: Storage, job: PairJob) -> None:
+    """Raise LockLost unless this job's run still holds the run folder's lock (checked before final writes)."""
+    if not job.lock_url:
+        return
     try:
-        data = storage.read_bytes(uri)
+        holder = storage.read_json(job.lock_url)
+    except (FileNotFoundError, ValueError):
+        holder = None
+    if not isinstance(holder, dict) or holder.get("token") != job.lock_token:
+        who = f"host {holder.get('host')}, pid {holder.get('pid')}" if isinstance(holder, dict) else "lock removed"
+        raise LockLost(f"the run's lock was taken over by another command ({who}): this pair was not written")
+
+
+def _read_image(storage: Storage, job: PairJob, role: str, uri: str):
+    limit = job.max_input_bytes or max_input_bytes(job.config.max_pixels)
+    try:
+        data = storage.read_input(uri, max_bytes=limit)
     except FileNotFoundError:
         raise SpliceError(f"{role} image {redact_url(uri)} does not exist: fix {role}_uri in the manifest") from None
-    except OSError as exc:
-        raise SpliceError(f"{role} image {redact_url(uri)} cannot be read ({exc}): check it and the storage options") from exc
+    except SpliceError as exc:
+        raise SpliceError(f"{role} image {exc}") from None
+    except Exception as exc:  # OSError, HTTP errors: never with the URL's credentials
+        reason = redact_text(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
+        raise SpliceError(f"{role} image {redact_url(uri)} cannot be read ({reason}): check it and the storage "
+                          f"options") from None
     try:
         return decode_image(data, redact_url(uri), job.config.max_pixels)
     except ImageError as exc:  # "image X is not ..." -> "structure image X is not ..."
@@ -539,9 +634,16 @@ def _read_image(storage: Storage, job: PairJob, role: str, uri: str):
 
 def _describe(job: PairJob, exc: Exception) -> str:
     if isinstance(exc, SpliceError):
-        return f"pair {job.pair_id!r}: {exc}"
+        return redact_text(f"pair {job.pair_id!r}: {exc}")
+    if isinstance(exc, OSError):  # storage trouble, not a bug: say what to do
+        if exc.errno == errno.ENOSPC:
+            return (f"pair {job.pair_id!r}: no space left on the device writing {redact_url(job.pair_dir)}: free some "
+                    f"space (or write elsewhere) and run again")
+        return redact_text(f"pair {job.pair_id!r}: storage error writing {job.pair_dir} ({type(exc).__name__}: "
+                           f"{exc}): check the storage and run again")[:600]
     where = redact_url(layout.join(job.pair_dir, layout.ERROR_TXT))
-    return f"pair {job.pair_id!r}: {type(exc).__name__}: {str(exc)[:500]} (a bug? traceback in {where}, and with -v)"
+    return redact_text(f"pair {job.pair_id!r}: {type(exc).__name__}: {str(exc)[:500]} (a bug? traceback in {where}, "
+                       f"and with -v)")
 
 
 def _write_error(storage: Storage, job: PairJob, error: str, trace: str) -> None:

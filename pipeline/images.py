@@ -18,8 +18,17 @@ from .errors import SpliceError
 
 
 
+BYTES_PER_PIXEL_CAP = 8  # 16-bit RGBA stored uncompressed: the most bytes per pixel a sane image file holds
+HEADER_ALLOWANCE = 1 << 20  # metadata (EXIF, ICC profiles, thumbnails) on top
+
+
 class ImageError(SpliceError, ValueError):
     """An input image that cannot be used; the message names the image and what to do."""
+
+
+def max_input_bytes(max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """The byte cap of one input image file, derived from the pixel cap (--max-input-bytes overrides it)."""
+    return max_pixels * BYTES_PER_PIXEL_CAP + HEADER_ALLOWANCE
 
 
 def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:

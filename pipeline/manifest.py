@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import SpliceError
-from .storage import Storage, is_local, protocol_of, redact_url
+from .storage import Storage, is_local, protocol_of, redact_text, redact_url
 
 REQUIRED = {"pair_id": "string", "structure_uri": "string", "appearance_uri": "string"}
 OPTIONAL = {"dataset": "string", "domain": "string", "split": "string", "seed": "integer", "steps": "integer",
@@ -83,7 +83,7 @@ def read_manifest(url: str, storage: Storage | None = None) -> Manifest:
     except FileNotFoundError:
         raise ManifestError(f"manifest {name} does not exist: build one with `splice manifest build`") from None
     except OSError as exc:
-        raise ManifestError(f"manifest {name} cannot be read ({exc}): check the URL and --storage-option") from exc
+        raise ManifestError(f"manifest {name} cannot be read ({redact_text(exc)}): check the URL and --storage-option") from exc
     try:
         frame = pd.read_parquet(io.BytesIO(data))
     except Exception as exc:
@@ -241,21 +241,25 @@ def resolve_uris(frame: pd.DataFrame, base: str) -> pd.DataFrame:
 
 # --- image check ---------------------------------------------------------------------------------------------
 
-def check_images(manifest: Manifest, storage: Storage, max_pixels: int | None = None, workers: int = 8) -> list[str]:
-    """Read and decode every image; return one line per unreadable image (empty: all fine)."""
-    from .images import DEFAULT_MAX_PIXELS, decode_image
+def check_images(manifest: Manifest, storage: Storage, max_pixels: int | None = None, workers: int = 8,
+                 max_bytes: int | None = None) -> list[str]:
+    """Read and decode every image (bounded reads); return one line per unreadable image (empty: all fine)."""
+    from .images import DEFAULT_MAX_PIXELS, decode_image, max_input_bytes
 
     jobs = [(pair.pair_id, role, uri) for pair in manifest.pairs()
             for role, uri in (("structure", pair.structure_uri), ("appearance", pair.appearance_uri))]
+    limit = max_bytes or max_input_bytes(max_pixels or DEFAULT_MAX_PIXELS)
 
     def check(job):
         pair_id, role, uri = job
         try:
-            decode_image(storage.read_bytes(uri), redact_url(uri), max_pixels or DEFAULT_MAX_PIXELS)
+            decode_image(storage.read_input(uri, max_bytes=limit), redact_url(uri), max_pixels or DEFAULT_MAX_PIXELS)
         except FileNotFoundError:
             return f"pair {pair_id!r}: {role} image {redact_url(uri)} does not exist"
-        except (OSError, SpliceError) as exc:
-            return f"pair {pair_id!r}: {role} image: {exc}"
+        except SpliceError as exc:
+            return redact_text(f"pair {pair_id!r}: {role} image: {exc}")
+        except Exception as exc:  # OSError, HTTP errors
+            return redact_text(f"pair {pair_id!r}: {role} image {uri} cannot be read ({type(exc).__name__}: {exc})")
         return None
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -1,79 +1,192 @@
-"""Manifests from common dataset layouts: AFHQ folders, a Wild-Pairs style pairs folder, or a CSV.
+"""Manifests from the layouts datasets are published in: AFHQ folders, a pairs folder (`<pair>/structure.*` +
+`<pair>/appearance.*`, or the Splice authors' `dataroot` layout `<pair>/A/*` + `<pair>/B/*`), two parallel folders
+matched by file stem (Wild-Pairs: `structures/<n>.jpg` + `textures/<n>.jpg`), or a CSV.
 
 Each builder returns a manifest frame (validated by the caller) whose image URIs are absolute, so the manifest
-can be written anywhere. Listing goes through fsspec, so a root may be local or in object storage.
+can be written anywhere; what the builder found (the layout, files it could not pair) is in `frame.attrs["notes"]`
+for the command to print. Listing goes through fsspec, so a root may be local or in object storage.
 """
 from __future__ import annotations
 
 import io
+import itertools
 import posixpath
 import random
+import re
 
 import pandas as pd
 
-from .manifest import LABELS, ManifestError, manifest_folder, resolve_uri
+from .manifest import LABELS, PAIR_ID, ManifestError, manifest_folder, resolve_uri
 from .storage import Storage, redact_url
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 AFHQ_DOMAINS = ("cat", "dog", "wild")
 STRING_COLUMNS = ("pair_id", "structure_uri", "appearance_uri", *LABELS, "backbone")
+DIRECTIONS = ("AtoB", "BtoA")  # as the Splice authors' --direction: AtoB keeps A as the structure image
+NAMED_LAYOUT = "<pair>/structure.* + <pair>/appearance.*"
+DATAROOT_LAYOUT = "<pair>/A/* + <pair>/B/* (the Splice authors' dataroot layout; A is the structure image)"
+MAX_LISTED = 10
 
 
 def build_afhq(root: str, *, pairs: int | None = None, domains: list[str] | None = None, split: str = "train",
-               seed: int = 0, storage: Storage | None = None) -> pd.DataFrame:
-    """Pairs drawn within each domain of `ROOT/<split>/<domain>/*.jpg`, reproducibly from `seed`.
+               seed: int = 0, cross_domain: list[tuple[str, str]] | None = None,
+               storage: Storage | None = None) -> pd.DataFrame:
+    """Pairs drawn from `ROOT/<split>/<domain>/*.jpg`, reproducibly from `seed`.
 
-    Without `pairs`, every image is the structure of one pair (its appearance drawn from the same domain);
-    with it, `pairs` pairs in all, split evenly over the domains, no ordered pair twice.
+    Within a domain by default; with `cross_domain` (e.g. [("cat", "dog")]) the structure image comes from the
+    first domain and the appearance image from the second, as the paper's AFHQ comparison does. Without `pairs`,
+    every image of a (structure) domain is the structure of one pair; with it, `pairs` pairs in all, split evenly
+    over the domains (or directions), no ordered pair twice.
     """
     storage = storage or Storage()
-    domains = list(domains or AFHQ_DOMAINS)
-    images = {domain: _images_in(storage, f"{root.rstrip('/')}/{split}/{domain}") for domain in domains}
-    short = [f"{d} ({len(found)} image(s) in {redact_url(root)}/{split}/{d})" for d, found in images.items() if len(found) < 2]
+    directions = list(cross_domain) if cross_domain else [(d, d) for d in (domains or AFHQ_DOMAINS)]
+    used = list(dict.fromkeys(d for direction in directions for d in direction))
+    images = {domain: _images_in(storage, f"{root.rstrip('/')}/{split}/{domain}") for domain in used}
+    need = {d: (2 if (d, d) in directions else 1) for d in used}
+    short = [f"{d} ({len(found)} image(s) in {redact_url(root)}/{split}/{d})" for d, found in images.items()
+             if len(found) < need[d]]
     if short:
-        raise ManifestError(f"AFHQ root {redact_url(root)}: each domain needs at least 2 images to pair; too few in "
-                            f"{', '.join(short)}. Expected the layout ROOT/train|val/cat|dog|wild/*.jpg")
+        raise ManifestError(f"AFHQ root {redact_url(root)}: each domain needs at least {max(need.values())} image(s) to "
+                            f"pair; too few in {', '.join(short)}. Expected the layout ROOT/train|val/cat|dog|wild/*.jpg")
     rng = random.Random(seed)
-    per_domain = _spread(pairs, domains) if pairs is not None else {d: None for d in domains}
+    names = [_direction_name(s, a) for s, a in directions]
+    per_direction = _spread(pairs, names) if pairs is not None else {n: None for n in names}
     rows = []
-    for domain in domains:
-        for index, (structure, appearance) in enumerate(_draw_pairs(images[domain], per_domain[domain], rng, domain)):
-            rows.append({"pair_id": f"afhq-{split}-{domain}-{index:05d}",
-                         "structure_uri": structure, "appearance_uri": appearance,
-                         "dataset": "afhq", "domain": domain, "split": split})
-    return pd.DataFrame(rows)
+    for (source, target), name in zip(directions, names):
+        drawn = _draw_pairs(images[source], images[target], per_direction[name], rng, f"domain {name}")
+        for index, (structure, appearance) in enumerate(drawn):
+            row = {"pair_id": f"afhq-{split}-{name}-{index:05d}", "structure_uri": structure,
+                   "appearance_uri": appearance, "dataset": "afhq", "domain": name if source == target else f"{source}->{target}",
+                   "split": split}
+            if cross_domain:
+                row.update(structure_domain=source, appearance_domain=target)
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame.attrs["notes"] = [f"pairs drawn {'across' if cross_domain else 'within'} domains: "
+                            + ", ".join(f"{s}->{a}" if s != a else s for s, a in directions)]
+    return frame
+
+
+def parse_cross_domain(text: str, domains: list[str]) -> list[tuple[str, str]]:
+    """'cat->dog,dog:cat' -> [('cat', 'dog'), ('dog', 'cat')]; 'all' -> every ordered pair of distinct `domains`."""
+    if text == "all":
+        if len(domains) < 2:
+            raise ManifestError("--cross-domain needs at least two --domains (e.g. --domains cat,dog)")
+        return [(s, a) for s, a in itertools.permutations(domains, 2)]
+    directions = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        source, sep, target = item.replace("->", ":").partition(":")
+        if not sep or not source or not target or source == target:
+            raise ManifestError(f"--cross-domain {text!r}: give directions as SOURCE->TARGET (or SOURCE:TARGET), "
+                                f"comma-separated, between different domains, e.g. cat->dog,dog->cat")
+        directions.append((source, target))
+    return directions
 
 
 def build_pairs_dir(root: str, *, storage: Storage | None = None) -> pd.DataFrame:
-    """One pair per sub-folder `ROOT/<pair_id>/structure.*` + `ROOT/<pair_id>/appearance.*`."""
+    """One pair per sub-folder: `ROOT/<pair_id>/structure.*` + `appearance.*`, or `ROOT/<pair_id>/A/*` + `B/*`.
+
+    In the `A/B` (dataroot) layout each of A/ and B/ must hold exactly one image; other sub-folders of a pair
+    (other methods' outputs, e.g. `<pair>/ours/`) are ignored. The layout found is in `frame.attrs["notes"]`.
+    """
     storage = storage or Storage()
     fs, base = storage.fs(root)
     if not fs.isdir(base):
         raise ManifestError(f"pairs folder {redact_url(root)} does not exist or is not a folder")
-    found: dict[str, dict[str, list[str]]] = {}
-    for path in sorted(fs.glob(f"{base.rstrip('/')}/*/*")):
+    base = base.rstrip("/")
+    folders = sorted(p for p in (posixpath.basename(d.rstrip("/")) for d in fs.ls(base, detail=False) if fs.isdir(d))
+                     if not p.startswith("."))
+    if not folders:
+        raise ManifestError(f"pairs folder {redact_url(root)} has no pair folders (expected {NAMED_LAYOUT}, "
+                            f"or {DATAROOT_LAYOUT})")
+    named: dict[str, dict[str, list[str]]] = {}
+    for path in sorted(fs.glob(f"{base}/*/*")):
         folder, name = posixpath.split(path)
         stem, extension = posixpath.splitext(name)
-        pair_id = posixpath.basename(folder)
-        if pair_id.startswith(".") or extension.lower() not in IMAGE_EXTENSIONS or stem not in ("structure", "appearance"):
-            continue
-        found.setdefault(pair_id, {"structure": [], "appearance": []})[stem].append(storage.url(fs, path))
-    folders = sorted(p for p in (posixpath.basename(d) for d in fs.ls(base, detail=False) if fs.isdir(d)) if not p.startswith("."))
-    problems = []
+        if extension.lower() in IMAGE_EXTENSIONS and stem in ("structure", "appearance"):
+            named.setdefault(posixpath.basename(folder), {"structure": [], "appearance": []})[stem].append(storage.url(fs, path))
+    dataroot: dict[str, dict[str, list[str]]] = {}
+    for side, role in (("A", "structure"), ("B", "appearance")):
+        for path in sorted(fs.glob(f"{base}/*/{side}/*")):
+            name = posixpath.basename(path)
+            if posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not name.startswith("."):
+                pair_id = posixpath.basename(posixpath.dirname(posixpath.dirname(path)))
+                dataroot.setdefault(pair_id, {"structure": [], "appearance": []})[role].append(storage.url(fs, path))
+    rows, problems, layouts = [], [], {NAMED_LAYOUT: 0, DATAROOT_LAYOUT: 0}
     for pair_id in folders:
+        if pair_id in named and pair_id in dataroot:
+            problems.append(f"{pair_id}/ has both structure.*/appearance.* and A/ B/ images; keep one layout")
+            continue
+        found, where = (named[pair_id], {"structure": "structure.*", "appearance": "appearance.*"}) if pair_id in named \
+            else (dataroot.get(pair_id), {"structure": "A/*", "appearance": "B/*"})
+        if found is None:
+            problems.append(f"{pair_id}/ has neither structure.* + appearance.* images nor A/ + B/ folders of images")
+            continue
+        layouts[NAMED_LAYOUT if pair_id in named else DATAROOT_LAYOUT] += 1
+        bad = False
         for role in ("structure", "appearance"):
-            files = found.get(pair_id, {}).get(role, [])
+            files = found[role]
             if len(files) != 1:
                 what = "no" if not files else f"{len(files)} ({', '.join(posixpath.basename(f) for f in files)})"
-                problems.append(f"{pair_id}/ has {what} {role}.* image(s); it needs exactly one")
+                problems.append(f"{pair_id}/ has {what} {where[role]} image(s); it needs exactly one")
+                bad = True
+        if not bad:
+            rows.append({"pair_id": pair_id, "structure_uri": found["structure"][0],
+                         "appearance_uri": found["appearance"][0]})
     if problems:
-        raise ManifestError(f"pairs folder {redact_url(root)}: " + "; ".join(problems[:10])
-                            + (f" and {len(problems) - 10} more" if len(problems) > 10 else ""))
-    if not folders:
-        raise ManifestError(f"pairs folder {redact_url(root)} has no pair folders (expected <pair>/structure.* + <pair>/appearance.*)")
-    dataset = posixpath.basename(base.rstrip("/"))
-    return pd.DataFrame([{"pair_id": p, "structure_uri": found[p]["structure"][0],
-                          "appearance_uri": found[p]["appearance"][0], "dataset": dataset} for p in folders])
+        raise ManifestError(f"pairs folder {redact_url(root)}: " + "; ".join(problems[:MAX_LISTED])
+                            + (f" and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""))
+    frame = pd.DataFrame(rows).assign(dataset=posixpath.basename(base))
+    frame.attrs["notes"] = ["layout: " + " and ".join(f"{name} ({count} pair(s))" if all(layouts.values()) else name
+                                                      for name, count in layouts.items() if count)]
+    return frame
+
+
+def build_folders(structures: str, appearances: str, *, storage: Storage | None = None) -> pd.DataFrame:
+    """Pairs from two parallel folders whose images share file stems (`structures/12.jpg` + `textures/12.png`).
+
+    The stem is the pair_id (characters outside [A-Za-z0-9._-] become '_'). Images found in only one of the
+    folders are listed in `frame.attrs["notes"]`, never silently dropped; none in common is an error.
+    """
+    storage = storage or Storage()
+    sides = {}
+    for role, folder in (("structure", structures), ("appearance", appearances)):
+        fs, path = storage.fs(folder)
+        if not fs.isdir(path):
+            raise ManifestError(f"{role} folder {redact_url(folder)} does not exist or is not a folder")
+        by_stem: dict[str, list[str]] = {}
+        for url in _images_in(storage, folder):
+            by_stem.setdefault(posixpath.splitext(posixpath.basename(url))[0], []).append(url)
+        repeated = [f"{stem} ({', '.join(posixpath.basename(u) for u in urls)})" for stem, urls in by_stem.items() if len(urls) > 1]
+        if repeated:
+            raise ManifestError(f"{role} folder {redact_url(folder)} has several images with the same name: "
+                                f"{'; '.join(repeated[:MAX_LISTED])}; keep one per name")
+        sides[role] = by_stem
+    common = sorted(set(sides["structure"]) & set(sides["appearance"]))
+    if not common:
+        raise ManifestError(f"no image of {redact_url(structures)} has a namesake in {redact_url(appearances)}: pairs "
+                            f"are matched by file name without extension (structures/12.jpg + textures/12.png)")
+    ids = {stem: _pair_id(stem) for stem in common}
+    clashes = sorted(stem for stem in common if list(ids.values()).count(ids[stem]) > 1)
+    if clashes:
+        raise ManifestError(f"file names {', '.join(clashes[:MAX_LISTED])} all become the same pair_id; rename them")
+    frame = pd.DataFrame([{"pair_id": ids[stem], "structure_uri": sides["structure"][stem][0],
+                           "appearance_uri": sides["appearance"][stem][0],
+                           "dataset": _dataset_name(storage, structures)} for stem in common])
+    notes = [f"matched {len(common)} pair(s) by file name"]
+    for role, folder, other in (("structure", structures, "appearance"), ("appearance", appearances, "structure")):
+        alone = sorted(set(sides[role]) - set(common))
+        if alone:
+            shown = ", ".join(posixpath.basename(sides[role][s][0]) for s in alone[:MAX_LISTED])
+            more = f" and {len(alone) - MAX_LISTED} more" if len(alone) > MAX_LISTED else ""
+            notes.append(f"{len(alone)} {role} image(s) in {redact_url(folder)} have no {other} image of the same "
+                         f"name and are left out: {shown}{more}")
+    renamed = [f"{s} -> {i}" for s, i in ids.items() if s != i]
+    if renamed:
+        notes.append(f"{len(renamed)} pair_id(s) differ from their file names (only [A-Za-z0-9._-] allowed): "
+                     + ", ".join(renamed[:MAX_LISTED]))
+    frame.attrs["notes"] = notes
+    return frame
 
 
 def build_csv(url: str, *, storage: Storage | None = None) -> pd.DataFrame:
@@ -95,6 +208,20 @@ def build_csv(url: str, *, storage: Storage | None = None) -> pd.DataFrame:
     return frame
 
 
+def apply_direction(frame: pd.DataFrame, direction: str) -> pd.DataFrame:
+    """'AtoB' keeps the frame; 'BtoA' swaps structure and appearance (and their domains), as the authors' option."""
+    if direction not in DIRECTIONS:
+        raise ManifestError(f"--direction {direction!r}: use AtoB or BtoA")
+    if direction == "AtoB" or "structure_uri" not in frame.columns or "appearance_uri" not in frame.columns:
+        return frame
+    swapped = frame.rename(columns={"structure_uri": "appearance_uri", "appearance_uri": "structure_uri",
+                                    "structure_domain": "appearance_domain", "appearance_domain": "structure_domain"})
+    swapped = swapped[list(frame.columns)]
+    swapped.attrs = {**frame.attrs, "notes": [*frame.attrs.get("notes", []), "direction BtoA: structure and "
+                                              "appearance swapped"]}
+    return swapped
+
+
 # --- helpers -------------------------------------------------------------------------------------------------
 
 def _images_in(storage: Storage, folder: str) -> list[str]:
@@ -105,25 +232,46 @@ def _images_in(storage: Storage, folder: str) -> list[str]:
                   if posixpath.splitext(p)[1].lower() in IMAGE_EXTENSIONS and not posixpath.basename(p).startswith("."))
 
 
-def _spread(total: int, domains: list[str]) -> dict[str, int]:
+def _pair_id(stem: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", stem)[:128]
+    return cleaned if PAIR_ID.fullmatch(cleaned) and cleaned not in (".", "..") else f"pair_{cleaned}"[:128]
+
+
+def _dataset_name(storage: Storage, folder: str) -> str:
+    _, path = storage.fs(folder)
+    parent = posixpath.dirname(path.rstrip("/"))
+    return posixpath.basename(parent) or posixpath.basename(path.rstrip("/"))
+
+
+def _direction_name(source: str, target: str) -> str:
+    return source if source == target else f"{source}2{target}"
+
+
+def _spread(total: int, names: list[str]) -> dict[str, int]:
     if total < 1:
         raise ManifestError(f"--pairs must be at least 1, got {total}")
-    share, extra = divmod(total, len(domains))
-    return {d: share + (1 if i < extra else 0) for i, d in enumerate(domains)}
+    share, extra = divmod(total, len(names))
+    return {d: share + (1 if i < extra else 0) for i, d in enumerate(names)}
 
 
-def _draw_pairs(images: list[str], count: int | None, rng: random.Random, domain: str) -> list[tuple[str, str]]:
-    if count is None:  # every image once as structure
-        return [(s, rng.choice([a for a in images if a != s])) for s in images]
-    possible = len(images) * (len(images) - 1)
+def _draw_pairs(structures: list[str], appearances: list[str], count: int | None, rng: random.Random,
+                name: str) -> list[tuple[str, str]]:
+    """Distinct ordered (structure, appearance) pairs, never an image with itself."""
+    if count is None:  # every structure image once
+        return [(s, rng.choice([a for a in appearances if a != s])) for s in structures]
+    same = structures is appearances
+    possible = len(structures) * len(appearances) - (len(structures) if same else 0)
     if count > possible:
-        raise ManifestError(f"domain {domain}: {count} pairs asked for, but {len(images)} images make only {possible} "
-                            f"distinct pairs; ask for fewer --pairs")
+        raise ManifestError(f"{name}: {count} pairs asked for, but the images make only {possible} distinct pairs; "
+                            f"ask for fewer --pairs")
     if count * 3 > possible:  # dense: sample from the full list
-        everything = [(s, a) for s in images for a in images if s != a]
+        everything = [(s, a) for s in structures for a in appearances if s != a]
         return rng.sample(everything, count)
     chosen: dict[tuple[str, str], None] = {}
     while len(chosen) < count:
-        structure, appearance = rng.sample(images, 2)
+        if same:
+            structure, appearance = rng.sample(structures, 2)
+        else:
+            structure, appearance = rng.choice(structures), rng.choice(appearances)
         chosen.setdefault((structure, appearance))
     return list(chosen)

@@ -1,8 +1,8 @@
 """What a run folder says about itself: run.json, results.parquet and the pairs that are done.
 
 Everything here is read from storage alone, so the driver, `splice status` and a resumed run agree. A pair is
-done if and only if `pairs/<id>/_SUCCESS` exists; results.parquet adds the status of the others (failed with its
-error, or pending) and the cost of each.
+done if and only if `pairs/<id>/_SUCCESS` exists and matches its files (pipeline/run_folder.py); results.parquet
+adds the status of the others (failed with its error, damaged or pending) and the cost of each.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from datetime import datetime, timezone
 import pandas as pd
 
 from . import __version__, layout
-from .errors import SpliceError
+from .run_folder import (FORMAT, RunMismatch, Scan, damaged_row, read_record, row_from_marker,  # noqa: F401
+                         row_from_meta)
 from .storage import Storage, redact, redact_url
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,6 @@ STATUSES = ("done", "failed", "pending")
 FLUSH_SECONDS = 5.0
 # settings that may change between invocations of one run without making its outputs incomparable
 CHANGEABLE_SETTINGS = ("log_every", "checkpoint_every")
-
-
-class RunMismatch(SpliceError):
-    """A run folder was started with other settings than the ones asked for now."""
 
 
 def done_pair_ids(storage: Storage, run: str) -> set[str]:
@@ -55,7 +52,7 @@ def read_results(storage: Storage, run: str) -> pd.DataFrame | None:
 class ResultsTable:
     """One row per manifest pair; kept in memory by the driver and written to results.parquet."""
 
-    def __init__(self, storage: Storage, run: str, pair_ids: list[str], done: set[str]):
+    def __init__(self, storage: Storage, run: str, pair_ids: list[str], found: Scan):
         self.storage, self.run = storage, run
         self.url = layout.join(run, layout.RESULTS)
         previous = read_results(storage, run)
@@ -63,8 +60,11 @@ class ResultsTable:
         self.rows: dict[str, dict] = {}
         for pair_id in pair_ids:
             old = previous.get(pair_id)
-            if pair_id in done:
-                self.rows[pair_id] = old if old and old.get("status") == "done" else self._row_from_meta(pair_id)
+            if pair_id in found.done:
+                self.rows[pair_id] = (old if old and old.get("status") == "done"
+                                      else row_from_marker(storage, run, pair_id, found.markers.get(pair_id)))
+            elif pair_id in found.damaged:
+                self.rows[pair_id] = damaged_row(pair_id, found.damaged[pair_id])
             elif old and old.get("status") == "failed":
                 self.rows[pair_id] = old  # still failed until a new attempt says otherwise
             else:
@@ -106,51 +106,45 @@ class ResultsTable:
     def weights_ids(self) -> list[str]:
         return sorted({r["weights_id"] for r in self.rows.values() if isinstance(r.get("weights_id"), str)})
 
-    def mark_done(self, done: set[str]) -> None:
+    def mark_done(self, found: Scan) -> None:
         """Pairs whose _SUCCESS appeared without their row reaching the driver (e.g. interrupted just then)."""
-        for pair_id in done & self.rows.keys():
+        for pair_id in found.done & self.rows.keys():
             if self.rows[pair_id].get("status") != "done":
-                self.rows[pair_id] = self._row_from_meta(pair_id)
-
-    def _row_from_meta(self, pair_id: str) -> dict:
-        return row_from_meta(self.storage, layout.pair_dir(self.run, pair_id), pair_id)
-
-
-def row_from_meta(storage: Storage, pair_dir: str, pair_id: str) -> dict:
-    """The results row of a done pair, from its meta.json."""
-    try:
-        meta = storage.read_json(layout.join(pair_dir, layout.META_JSON))
-    except (OSError, ValueError):
-        meta = {}
-    return {"pair_id": pair_id, "status": "done", "error": None, "seconds": meta.get("seconds"),
-            "device": meta.get("device_name") or meta.get("device"), "attempts": meta.get("attempt"),
-            "method": meta.get("method"), "weights_id": meta.get("weights_id"),
-            "started_at": meta.get("started_at"), "finished_at": meta.get("finished_at")}
+                self.rows[pair_id] = row_from_marker(self.storage, self.run, pair_id, found.markers.get(pair_id))
 
 
 # --- run.json ------------------------------------------------------------------------------------------------
 
 def read_run_record(storage: Storage, run: str) -> dict | None:
-    try:
-        return storage.read_json(layout.join(run, layout.RUN_JSON))
-    except FileNotFoundError:
+    return read_record(storage, run)
+
+
+def settings_mismatch(existing: dict | None, run: str, method, config) -> str | None:
+    """Why the run folder's finished pairs are not comparable with `method` and `config` now, or None."""
+    if not existing:
         return None
+    try:
+        _check_same_settings(existing, run, method.name, method.settings(config))
+    except RunMismatch as exc:
+        return str(exc)
+    return None
 
 
 def write_run_record(storage: Storage, settings, method, manifest, *, previous: dict | None = None,
-                     finished: dict | None = None, weights_ids: list[str] | None = None) -> dict:
-    """Write run.json: at the start (checking an existing one agrees), and again with the counts at the end."""
+                     finished: dict | None = None, weights_ids: list[str] | None = None,
+                     existing: dict | None = None, inputs: dict | None = None) -> dict:
+    """Write run.json: at the start (after the driver checked an `existing` one agrees), and again at the end.
+
+    `inputs`: each pair's input URIs (redacted), fingerprints and per-pair settings (run_folder.pair_inputs)."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if previous is None:
-        existing = read_run_record(storage, settings.out)
         method_settings = method.settings(settings.config)
-        if existing and not settings.force:
-            _check_same_settings(existing, settings.out, method.name, method_settings)
         record = {
-            "format": 1,
+            "format": FORMAT,
             "method": method.name,
             "settings": method_settings,
             "backbone": settings.config.backbone if method.uses_backbone else None,
+            "backbone_fallback": getattr(settings, "backbone_fallback", None) if method.uses_backbone else None,
             "backbone_weights_ids": (existing or {}).get("backbone_weights_ids", []),
             "code_version": {"splice_pipeline": __version__, "git_commit": _git_commit()},
             "manifest": redact_url(manifest.url),
@@ -165,6 +159,7 @@ def write_run_record(storage: Storage, settings, method, manifest, *, previous: 
             "invocations": [*(existing or {}).get("invocations", []),
                             {"started_at": now, "host": socket.gethostname(), "force": settings.force,
                              "limit": settings.limit, "only": list(settings.only), "python": sys.version.split()[0]}],
+            "inputs": inputs if inputs is not None else (existing or {}).get("inputs", {}),
         }
     else:
         record = dict(previous)

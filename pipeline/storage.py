@@ -1,4 +1,4 @@
-"""Where files live: fsspec URLs to filesystems, storage options, retries, redaction and the run lock.
+"""Where files live: fsspec URLs to filesystems, storage options, bounded reads, retries and redaction.
 
 Every location (manifest, images, run folder) is an fsspec URL: a local path, file://, s3://, gs://, ...
 `--storage-option KEY=VALUE` options go to every non-local filesystem; dotted keys nest
@@ -6,7 +6,13 @@ Every location (manifest, images, run folder) is an fsspec URL: a local path, fi
 AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (any S3-compatible store: MinIO, Ceph, R2, ...).
 
 Transient errors (connection resets, timeouts, throttling) are retried with exponential backoff; errors that
-will not go away by retrying (not found, permission denied, already exists) are raised at once.
+will not go away by retrying (not found, permission denied, already exists) are raised at once. Retries happen
+here only: s3fs and botocore are set to one attempt each (with short connect / read timeouts), so attempts never
+multiply, and a store that does not answer at all is reported as `StoreUnreachable` within NO_ANSWER_WINDOW_S
+(plus one timeout), naming the URL and what to check.
+
+Protocols: local paths and file://, s3:// (s3fs), gs:// (gcsfs), az:// and abfs:// (adlfs), and whatever else
+fsspec knows; storage options go to the filesystem as they are.
 Credentials never leave this module in readable form: `redact` is applied to whatever is logged or recorded.
 """
 from __future__ import annotations
@@ -18,36 +24,49 @@ import os
 import random
 import re
 import socket
+import stat
 import threading
 import time
 import urllib.parse
 import uuid
-from datetime import datetime, timezone
 from typing import Callable, TypeVar
 
 import fsspec
 
-from . import layout
 from .errors import SpliceError
+from .filesystems import library_options, open_filesystem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LOCAL_PROTOCOLS = ("file", "local")
-SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "session", "auth", "signature")
+HTTP_PROTOCOLS = ("http", "https")
+SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "session", "auth", "signature",
+                "connection_string")
+SECRET_PARAMS = ("sig", "signature", "token", "key", "password", "passwd", "secret", "credential", "code")  # exact
+SECRET_PARAM_PREFIXES = ("x-amz-", "x-goog-", "x-ms-")  # every header-like signing parameter of S3, GCS, Azure
 REDACTED = "***"
-LOCK_HEARTBEAT_S = 20.0  # a running `splice run` rewrites its lock this often ...
-LOCK_STALE_S = 120.0  # ... so a lock not rewritten for this long belongs to a run that died
-PERMANENT_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
-PERMANENT_ERRNOS = {errno.EINVAL, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.ENOENT, errno.EEXIST}
+URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
+READ_TIMEOUT_S = 120.0  # one read of one input (image, manifest) may take at most this long
+READ_CHUNK = 1 << 20
+PERMANENT_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError,
+                    ConnectionRefusedError)
+PERMANENT_ERRNOS = {errno.EINVAL, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.ENOENT, errno.EEXIST,
+                    errno.ELOOP, errno.ENAMETOOLONG, errno.EISDIR, errno.ENOTDIR, errno.ECONNREFUSED, errno.EDQUOT,
+                    errno.EFBIG}
+NO_ANSWER_WINDOW_S = 15.0  # a store that has not answered for this long (connects refused or timing out) is reported
 
 
 class StorageError(SpliceError, OSError):
     """A location that cannot be read or written; the message names the URL."""
 
 
-class RunLocked(SpliceError):
-    """Another `splice run` holds the run folder's lock."""
+class StoreUnreachable(StorageError, TimeoutError):
+    """The store did not answer (connection refused, timed out) within NO_ANSWER_WINDOW_S; never retried again."""
+
+
+class InputRefused(SpliceError, OSError):
+    """An input that is not read at all: not a regular file, or larger than the byte cap. Never retried."""
 
 
 # --- options -------------------------------------------------------------------------------------------------
@@ -98,12 +117,22 @@ def redact_url(url: str) -> str:
         return url
     parts = urllib.parse.urlsplit(url)
     netloc = parts.netloc.rsplit("@", 1)[-1] if "@" in parts.netloc else parts.netloc
-    query = urllib.parse.urlencode(
-        [(k, REDACTED if _is_secret(k) else v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
-    )
-    if netloc == parts.netloc and query == parts.query:
+    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    secret = any(_is_secret_param(k) for k, _ in pairs)
+    if netloc == parts.netloc and not secret:
         return url
+    query = urllib.parse.urlencode([(k, REDACTED if _is_secret_param(k) else v) for k, v in pairs]) if secret else parts.query
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_text(text) -> str:
+    """Any text (an error message, a traceback, a log line) with every URL in it redacted as by `redact_url`."""
+    return URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), str(text))
+
+
+def _is_secret_param(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in SECRET_PARAMS or lowered.startswith(SECRET_PARAM_PREFIXES) or _is_secret(lowered)
 
 
 def _is_secret(name) -> bool:
@@ -140,9 +169,9 @@ class Storage:
         protocol = protocol_of(url)
         if protocol not in self._filesystems:
             try:
-                self._filesystems[protocol] = fsspec.filesystem(protocol, **self._options_for(protocol))
+                self._filesystems[protocol] = open_filesystem(protocol, self._options_for(protocol))
             except (ImportError, ValueError) as exc:
-                raise StorageError(f"cannot open {redact_url(url)}: {exc}") from exc
+                raise StorageError(f"cannot open {redact_url(url)}: {redact_text(str(exc))}") from exc
         fs = self._filesystems[protocol]
         path = fs._strip_protocol(url)
         if protocol in LOCAL_PROTOCOLS:
@@ -157,12 +186,15 @@ class Storage:
             endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
             if endpoint and "endpoint_url" not in options and "endpoint_url" not in options.get("client_kwargs", {}):
                 options["endpoint_url"] = endpoint
-        return options
+        return library_options(protocol, options)
 
     def url(self, fs: fsspec.AbstractFileSystem, path: str) -> str:
         """The URL of `path` on `fs` (plain paths for local files)."""
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        return path if protocol in LOCAL_PROTOCOLS else fs.unstrip_protocol(path)
+        if protocol in LOCAL_PROTOCOLS:
+            return path
+        used = next((p for p, opened in self._filesystems.items() if opened is fs), None)  # az:// stays az://
+        return f"{used}://{path.lstrip('/')}" if used and used not in LOCAL_PROTOCOLS else fs.unstrip_protocol(path)
 
     # small helpers, all retried on transient errors
 
@@ -176,14 +208,56 @@ class Storage:
 
         def write():
             if is_local(url):
-                fs.makedirs(os.path.dirname(path), exist_ok=True)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
                 temporary = f"{path}.{uuid.uuid4().hex}.tmp"
-                fs.pipe_file(temporary, data)
-                os.replace(temporary, path)
+                try:
+                    with open(temporary, "wb") as handle:
+                        handle.write(data)
+                    os.replace(temporary, path)
+                except BaseException:  # e.g. disk full: never leave a temporary file behind
+                    _remove_quietly(temporary)
+                    raise
             else:
                 fs.pipe_file(path, data)
 
         with_retries(write, what=f"writing {redact_url(url)}")
+
+    def read_input(self, url: str, *, max_bytes: int, timeout: float = READ_TIMEOUT_S) -> bytes:
+        """Read an input (image, manifest) with limits: only a regular file or object, at most `max_bytes` (checked
+        from its size before reading and again while reading), each try at most `timeout` seconds."""
+        fs, path = self.fs(url)
+        name = redact_url(url)
+
+        def read() -> bytes:
+            size = _regular_size(fs, path, name, is_local(url))
+            if size is not None and size > max_bytes:
+                raise InputRefused(f"{name} has {size} bytes, above the cap of {max_bytes} bytes for one input: "
+                                   f"check it is the right file, or raise the cap (--max-input-bytes)")
+            if not is_local(url) and protocol_of(url) not in HTTP_PROTOCOLS:
+                data = fs.cat_file(path)  # an object of the listed size (checked above), in one request
+                if len(data) > max_bytes:
+                    raise InputRefused(f"{name} is larger than the cap of {max_bytes} bytes for one input: check "
+                                       f"it is the right file, or raise the cap (--max-input-bytes)")
+                if size is not None and len(data) != size:  # a dropped connection can look like a short object
+                    raise ConnectionError(f"reading {name} returned {len(data)} of its {size} bytes")
+                return data
+            if is_local(url):
+                opener = lambda: open(path, "rb")  # noqa: E731
+            else:
+                # one streamed GET, which reports its real HTTP status; a size is given only so that fsspec skips its
+                # HEAD probe, which turns every error status (403, 500) into "not found"
+                opener = lambda: fs.open(path, "rb", block_size=0, size=max_bytes + 1)  # noqa: E731
+            chunks, total = [], 0
+            with opener() as handle:
+                while chunk := handle.read(READ_CHUNK):
+                    total += len(chunk)
+                    if total > max_bytes:  # the file grew, or its listed size was wrong
+                        raise InputRefused(f"{name} is larger than the cap of {max_bytes} bytes for one input: check "
+                                           f"it is the right file, or raise the cap (--max-input-bytes)")
+                    chunks.append(chunk)
+            return b"".join(chunks)
+
+        return with_retries(lambda: _with_timeout(read, timeout, f"reading {name}"), what=f"reading {name}")
 
     def exists(self, url: str) -> bool:
         fs, path = self.fs(url)
@@ -213,163 +287,169 @@ class Storage:
         return [self.url(fs, p) for p in sorted(with_retries(lambda: fs.glob(path), what=f"listing {redact_url(pattern)}"))]
 
 
+def _regular_size(fs, path: str, name: str, local: bool) -> int | None:
+    """The size of a regular file or object; anything else (FIFO, device, socket, directory) is refused by type,
+    before it is opened (opening a FIFO blocks; a device never ends)."""
+    if local:
+        mode = os.stat(path).st_mode  # follows symlinks: a loop raises ELOOP, a permanent error
+        if stat.S_ISREG(mode):
+            return os.stat(path).st_size
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
+                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else
+                "not a regular file")
+        raise InputRefused(f"{name} is {kind}, not a regular file: only image files can be read")
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in HTTP_PROTOCOLS:  # a URL is one object; its size is checked while it streams
+        return None
+    info = fs.info(path)
+    if info.get("type", "file") != "file":
+        raise InputRefused(f"{name} is a {info.get('type')}, not a file: give the URL of one image")
+    size = info.get("size")
+    return int(size) if isinstance(size, (int, float)) else None
+
+
+def _with_timeout(fn: Callable[[], T], timeout: float, what: str) -> T:
+    """fn() in a helper thread; a TimeoutError (retried as transient) if it has not returned within `timeout`."""
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # handed to the caller
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="splice-read", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"{what} took longer than {timeout:.0f} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def ensure_folder(fs, path: str) -> None:
+    """Create a local folder; object stores have no folders, and creating one there may create a BUCKET."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in LOCAL_PROTOCOLS:
+        fs.makedirs(path, exist_ok=True)
+
+
 # --- retries -------------------------------------------------------------------------------------------------
 
 def is_transient(exc: BaseException) -> bool:
     """Worth retrying: network trouble, timeouts, throttling; not a missing file or a refusal."""
-    if isinstance(exc, PERMANENT_ERRORS):
+    if isinstance(exc, PERMANENT_ERRORS) or isinstance(exc, (SpliceError, StoreUnreachable)):
+        return False
+    if any(isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED
+           for cause in _causes(exc)):  # nothing listens there: an address to fix, not a hiccup
+        return False
+    status = http_status(exc)
+    if status is not None:  # 4xx: the request itself is wrong (denied, not found, bad credentials); 5xx, 429: retry
+        return status >= 500 or status in (408, 429)
+    if getattr(exc, "errno", None) in PERMANENT_ERRNOS:  # e.g. aiohttp's connection refused, an OSError subclass
         return False
     if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
         return True
     name = type(exc).__name__.lower()
-    if any(word in name for word in ("timeout", "connection", "throttl", "slowdown", "unavailable", "endpoint")):
+    if any(word in name for word in ("timeout", "connection", "throttl", "slowdown", "unavailable", "endpoint",
+                                     "servicerequest", "serviceresponse", "clientconnector")):
         return True
     if isinstance(exc, OSError):
         return exc.errno not in PERMANENT_ERRNOS
     return False
 
 
+def _causes(exc: BaseException, depth: int = 6):
+    while exc is not None and depth:
+        yield exc
+        exc, depth = exc.__cause__ or exc.__context__, depth - 1
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status an error carries (aiohttp's `.status`, botocore's response), if any."""
+    for candidate in (exc, exc.__cause__, exc.__context__):
+        if candidate is None:
+            continue
+        status = getattr(candidate, "status", None)
+        if isinstance(status, int) and 100 <= status < 600:
+            return status
+        response = getattr(candidate, "response", None)
+        if isinstance(response, dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(status, int):
+                return status
+    return None
+
+
 def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 5, base_delay: float = 0.25,
                  max_delay: float = 8.0, sleep: Callable[[float], None] = time.sleep) -> T:
-    """Call fn(); on a transient error wait base_delay * 2**n (with jitter) and try again, `attempts` times in all."""
+    """Call fn(); on a transient error wait base_delay * 2**n (with jitter) and try again, `attempts` times in all.
+
+    A store that does not answer at all (refused or timed-out connections) is given NO_ANSWER_WINDOW_S, then
+    reported as StoreUnreachable naming what was being done and what to check."""
+    started = time.monotonic()
     for attempt in range(1, attempts + 1):
         try:
             return fn()
         except Exception as exc:
-            if not is_transient(exc) or attempt == attempts:
+            if not is_transient(exc):
+                if _refused(exc):  # nothing listens at the store's address: not retried, but said as such
+                    raise unreachable(what, exc, attempt, time.monotonic() - started) from exc
                 raise
             delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
+            elapsed = time.monotonic() - started
+            if _no_answer(exc) and (attempt == attempts or elapsed + delay > NO_ANSWER_WINDOW_S):
+                raise unreachable(what, exc, attempt, elapsed) from exc
+            if attempt == attempts:
+                raise
             log.warning("%s failed (%s: %s); retrying in %.2fs (%d/%d)", what, type(exc).__name__,
-                        redact_url(str(exc)), delay, attempt, attempts - 1)
+                        redact_text(exc), delay, attempt, attempts - 1)
             sleep(delay)
     raise AssertionError("unreachable")
 
 
-# --- the run lock --------------------------------------------------------------------------------------------
-
-class RunLock:
-    """`<run>/_LOCK`, created exclusively, so that two `splice run`s never write the same run folder.
-
-    Creation uses exclusive mode ("xb": O_EXCL locally, a conditional put with If-None-Match on S3); a
-    filesystem without it falls back to check-then-write and reads the lock back to confirm it is ours.
-    """
-
-    def __init__(self, storage: Storage, run_url: str, *, break_lock: bool = False, break_stale: bool = False):
-        self.storage = storage
-        self.url = layout.join(run_url, layout.LOCK)
-        self.break_lock = break_lock  # take over any lock (the user knows its run is dead)
-        self.break_stale = break_stale  # take over only a stale lock (safe for automatic retries)
-        self.token = uuid.uuid4().hex
-        self.since = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self.held = False
-        self._stop = threading.Event()
-        self._heartbeat: threading.Thread | None = None
-
-    def acquire(self) -> "RunLock":
-        if (self.break_lock or self.break_stale) and self.storage.exists(self.url):
-            holder = self._read()
-            stale = stale_reason(holder)
-            if self.break_lock or stale:
-                log.warning("breaking the lock %s (held by %s%s)", redact_url(self.url), self._describe(holder),
-                            f"; {stale}" if stale else "")
-                self.storage.remove(self.url)
-        fs, path = self.storage.fs(self.url)
-        try:
-            with_retries(lambda: self._create_exclusive(fs, path, self._body()), what=f"locking {redact_url(self.url)}")
-        except FileExistsError:
-            pass  # ours if a retried conditional put had in fact succeeded the first time: read it back
-        if (self._read() or {}).get("token") != self.token:  # held by another, or lost a check-then-write race
-            raise self._locked_error()
-        self.held = True
-        self._heartbeat = threading.Thread(target=self._renew, name="splice-run-lock", daemon=True)
-        self._heartbeat.start()
-        return self
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._heartbeat is not None:
-            self._heartbeat.join(timeout=10)
-        if self.held and (self._read() or {}).get("token") == self.token:
-            self.storage.remove(self.url)
-        self.held = False
-
-    def _body(self) -> bytes:
-        return json.dumps({"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "since": self.since,
-                           "heartbeat": datetime.now(timezone.utc).isoformat(timespec="seconds")}).encode()
-
-    def _renew(self) -> None:
-        """Rewrite the lock every LOCK_HEARTBEAT_S while held, so a lock that stops being renewed shows a dead run."""
-        while not self._stop.wait(LOCK_HEARTBEAT_S):
-            try:
-                if (self._read() or {}).get("token") != self.token:
-                    log.warning("the lock %s was taken over by another run: this run's results may be overwritten",
-                                redact_url(self.url))
-                    return
-                self.storage.write_bytes(self.url, self._body())
-            except Exception as exc:  # a missed heartbeat must not stop the run; the next one may succeed
-                log.warning("could not renew the lock %s (%s)", redact_url(self.url), exc)
-
-    def __enter__(self) -> "RunLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-    @staticmethod
-    def _create_exclusive(fs, path: str, body: bytes) -> None:
-        fs.makedirs(fs._parent(path), exist_ok=True)
-        try:
-            with fs.open(path, "xb") as handle:
-                handle.write(body)
-            return
-        except (ValueError, NotImplementedError, TypeError):  # no exclusive mode here: check, then write
-            pass
-        if fs.exists(path):
-            raise FileExistsError(path)
-        fs.pipe_file(path, body)
-
-    def _read(self) -> dict | None:
-        try:
-            return json.loads(self.storage.read_bytes(self.url))
-        except (FileNotFoundError, ValueError):
-            return None
-
-    def _locked_error(self) -> RunLocked:
-        holder = self._read()
-        reason = stale_reason(holder)
-        stale = f" The lock looks stale: {reason}; --break-stale-lock takes it over." if reason else ""
-        return RunLocked(
-            f"run folder {redact_url(self.url.rsplit('/', 1)[0])} is locked by another `splice run` "
-            f"({self._describe(holder)}).{stale} Wait for it to finish, write to another --out, or, if that run "
-            f"is certainly dead, run again with --break-lock"
-        )
-
-    @staticmethod
-    def _describe(holder: dict | None) -> str:
-        if not holder:
-            return "holder unknown"
-        return f"host {holder.get('host')}, pid {holder.get('pid')}, since {holder.get('since')}"
+def _refused(exc: BaseException) -> bool:
+    """A refused connection somewhere in the chain (s3fs / aiohttp / azure wrap it)."""
+    return any(isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED
+               for cause in _causes(exc))
 
 
-def stale_reason(holder: dict | None, now: datetime | None = None) -> str | None:
-    """Why a lock's holder is dead ('its process ... is gone', 'not renewed for N s'), or None if it may be alive."""
-    if not holder:
-        return None
-    if holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid")):
-        return f"its process (pid {holder.get('pid')}) is no longer running on this host"
-    try:
-        beat = datetime.fromisoformat(holder.get("heartbeat") or holder.get("since"))
-    except (TypeError, ValueError):
-        return None
-    age = ((now or datetime.now(timezone.utc)) - beat).total_seconds()
-    if age > LOCK_STALE_S:
-        return f"it has not been renewed for {age:.0f} s (a running `splice run` renews it every {LOCK_HEARTBEAT_S:.0f} s)"
-    return None
+def _no_answer(exc: BaseException) -> bool:
+    """The store did not answer: refused or timed-out connections, as opposed to an error it answered with."""
+    if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
+        return True
+    seen = exc
+    for _ in range(5):  # s3fs / aiohttp wrap the connection error; look a few causes down
+        name = type(seen).__name__.lower()
+        if any(word in name for word in ("connect", "timeout", "endpoint", "serverdisconnected", "servicerequest")):
+            return True
+        seen = seen.__cause__ or seen.__context__
+        if seen is None:
+            return False
+    return False
 
 
-def _pid_alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, TypeError, ValueError) as exc:
-        return isinstance(exc, PermissionError)
-    return True
+def unreachable(what: str, exc: BaseException, attempts: int, elapsed: float) -> StoreUnreachable:
+    reason = redact_text((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:300]
+    return StoreUnreachable(
+        f"the store did not answer while {what}: {attempts} attempt(s) in {elapsed:.1f} s ({type(exc).__name__}: "
+        f"{reason}). Check the store's address (s3://: --storage-option endpoint_url=... or AWS_ENDPOINT_URL; gs://: "
+        f"endpoint_url; az://: account_name or connection_string), that the store is up and reachable from this "
+        f"machine (network, proxy, firewall), and the credentials")
+
+
+def __getattr__(name: str):
+    """The run lock lives in pipeline/run_lock.py; `from pipeline.storage import RunLock` keeps working."""
+    if name in ("RunLock", "RunLocked", "LockLost", "stale_reason", "LOCK_HEARTBEAT_S", "LOCK_STALE_S"):
+        from . import run_lock
+
+        return getattr(run_lock, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 S3_ERRORS = {
+    403: ("InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records."),
     500: ("InternalError", "We encountered an internal error. Please try again."),
     503: ("SlowDown", "Please reduce your request rate."),
 }
@@ -193,7 +194,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         for name, value in headers:
             if name.lower() not in ("connection", "transfer-encoding", "content-length", "keep-alive", "date", "server"):
                 self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
+        length = dict((k.lower(), v) for k, v in headers).get("content-length") if self.command == "HEAD" else None
+        self.send_header("Content-Length", length or str(len(payload)))  # HEAD: the object's length, as S3 says it
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)

@@ -151,6 +151,42 @@ def test_losing_a_worker_node_mid_run_redoes_its_pairs_and_loses_none(tmp_path):
     assert "6 done, 0 failed, 0 pending" in status_counts(str(run), child_env())
 
 
+def test_losing_a_node_mid_evaluation_redoes_its_chunk_and_evaluate_honours_ray_address(tmp_path):
+    import time
+
+    from evaluation.importer import import_outputs
+
+    manifest, structures = write_pairs(tmp_path / "data", 8)
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    for pair_id in structures:  # outputs of some method: here the structure images themselves
+        shutil.copy(tmp_path / "data" / f"{pair_id}_structure.png", outputs / f"{pair_id}.png")
+    run = tmp_path / "run"
+    import_outputs("copy", str(outputs), str(manifest), str(run))
+    started = time.monotonic()
+    scenario = start_session(
+        [sys.executable, str(REPO / "tests" / "ray_eval_scenario.py"), str(run), str(tmp_path / "scenario.json"),
+         "--metrics", "selfsim", "--metric-backbone", "random:vit_tiny_patch16_224", "--batch-size", "1"],
+        env=child_env(SPLICE_FAULT_INJECTION="eval-sleep=1.5"), log_path=tmp_path / "scenario.log", cwd=REPO)
+    try:
+        code = scenario.wait(timeout=420)
+    finally:
+        kill_session(scenario)
+    log = (tmp_path / "scenario.log").read_text(errors="replace")
+    assert code == 0, log[-4000:]
+    outcome = json.loads((tmp_path / "scenario.json").read_text())
+    print(f"\nevaluation node-loss scenario: node lost at {outcome.get('node_lost_at_s', 0):.1f} s, evaluate finished "
+          f"in {outcome.get('evaluate_s', 0):.1f} s, test {time.monotonic() - started:.1f} s")
+    assert not outcome["driver_exited_before_loss"], "the evaluation finished before a node could be lost"
+    assert outcome["driver_exit_code"] == 0, log[-4000:]
+    # every pair evaluated, the chunk that was on the lost node included: nothing lost, nothing marked failed
+    metrics = pd.read_parquet(run / "eval" / "metrics.parquet")
+    assert sorted(metrics["pair_id"]) == sorted(structures)
+    assert (metrics["status"] == "ok").all(), metrics[["pair_id", "status", "error"]]
+    assert metrics["selfsim"].notna().all()
+    assert np.allclose(metrics["selfsim"], 0.0, atol=1e-6)  # output == structure image: identical structure
+
+
 # --- the driver dies -----------------------------------------------------------------------------------------
 
 

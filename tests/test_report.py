@@ -45,7 +45,7 @@ def fixture_frame() -> pd.DataFrame:
 
 
 def test_tables_equal_hand_computed_means_with_a_bootstrap_ci_around_them():
-    tables = T.build_tables(fixture_frame(), reference="a", group_by=["domain"])
+    tables = T.build_tables(fixture_frame(), reference="a", group_by=["domain"], pairs="all")
     assert tables.metrics == ["selfsim", "dino_i"]
     overall = tables.groups[0]
     a, b = overall.rows
@@ -76,9 +76,52 @@ def test_tables_equal_hand_computed_means_with_a_bootstrap_ci_around_them():
     mixed = fixture_frame()
     mixed.loc[mixed["method"] == "b", "dino_i__model"] = "dino_vits16@sha256:4567"
     assert "**Warning:** dino_i was computed with different models" in T.to_markdown(T.build_tables(mixed))
-    assert "different pairs (3 of 4 in common)" in T.to_markdown(T.build_tables(mixed[mixed.index != 7]))
+    assert "different pairs (3 of 4 in common)" in T.to_markdown(T.build_tables(mixed[mixed.index != 7], pairs="all"))
     latex = T.to_latex(tables)
     assert r"selfsim $\downarrow$" in latex and r"\textbf{0.200}\dag" in latex and r"\textbf{0.800}" in latex
+
+
+def test_a_partial_run_reads_as_partial_and_methods_are_compared_on_common_pairs():
+    """After `splice run --only p0 p1`, 'a' has 2 pairs done and 3 pending; 'b' has all 5, one failed. By default
+    means, win rates and differences are over the pairs both have; the pending pairs are neither failures nor losses."""
+    rng = np.random.default_rng(0)
+    b_values = rng.uniform(0.2, 0.4, 5)
+    a_values = b_values[:3] - 0.1 + rng.normal(0, 0.005, 3)  # a is better (lower) by 0.1 on every pair it has
+    rows = []
+    for index in range(5):
+        rows.append({"method": "a", "pair_id": f"p{index}", "status": "ok" if index < 3 else "pending",
+                     "selfsim": a_values[index] if index < 3 else NAN})
+        failed = index == 1
+        rows.append({"method": "b", "pair_id": f"p{index}", "status": "failed" if failed else "ok",
+                     "selfsim": NAN if failed else b_values[index]})
+    frame = pd.DataFrame(rows)
+    tables = T.build_tables(frame, metrics=["selfsim"], reference="b")
+    group = tables.groups[0]
+    a, b = group.rows
+    assert (a.n_evaluated, a.n_failed, a.n_pending) == (3, 0, 2) and (b.n_evaluated, b.n_failed, b.n_pending) == (4, 1, 0)
+    common = [0, 2]  # a has p0..p2, b failed on p1
+    assert group.common == 2 and a.cells["selfsim"].n == 2 and b.cells["selfsim"].n == 2
+    assert a.cells["selfsim"].mean == pytest.approx(a_values[common].mean())
+    assert b.cells["selfsim"].mean == pytest.approx(b_values[common].mean())
+    assert group.lacking == {"a": {"pending": 2, "failed": 0, "missing": 0}, "b": {"pending": 0, "failed": 1, "missing": 0}}
+    rate = group.win_rates["a"]["selfsim"]
+    assert (rate.wins, rate.losses, rate.n) == (2, 0, 2)
+    delta = group.differences["a"]["selfsim"]
+    assert delta.n == 2 and delta.mean == pytest.approx((a_values[common] - b_values[common]).mean())
+    assert delta.low <= delta.mean <= delta.high < 0  # a paired interval: a is better on every pair
+    markdown = T.to_markdown(tables)
+    assert "over the 2 pair(s) every method has" in markdown and "a lacks 2 (2 pending); b lacks 1 (1 failed)" in markdown
+    assert "| 3 | 0 | 2 |" in markdown and "Difference to **b**" in markdown
+
+    # --pairs all: each method on its own pairs; a pair never run is not a loss, a failed one is
+    everything = T.build_tables(frame, metrics=["selfsim"], reference="b", pairs="all").groups[0]
+    assert everything.rows[0].cells["selfsim"].n == 3 and everything.rows[1].cells["selfsim"].n == 4
+    rate = everything.win_rates["a"]["selfsim"]
+    assert (rate.wins, rate.losses, rate.n) == (3, 0, 3)  # p0, p2 better; p1: b failed; p3, p4 pending: not counted
+    csv = pd.read_csv(io.StringIO(T.to_csv(tables))).set_index("method")
+    assert csv.loc["a", "n_pending"] == 2 and csv.loc["a", "selfsim_diff_n"] == 2
+    with pytest.raises(ValueError, match="--pairs"):
+        T.build_tables(frame, pairs="some")
 
 
 def test_bootstrap_ci():
@@ -182,7 +225,8 @@ def test_report_is_one_self_contained_file(report):
     overall = csv[csv["group"] == "all pairs"].set_index("method")
     assert overall.loc["strotss", "n_failed"] == 1 and overall.loc["strotss", "n_evaluated"] == 2
     assert overall.loc["splice", "train_seconds_mean"] == 30.0 and overall.loc["splice", "train_device"] == "NVIDIA H100"
-    assert overall.loc["strotss", "selfsim_win_n"] == 3  # against splice, p2 (missing for strotss) a loss
+    assert overall.loc["strotss", "selfsim_win_n"] == 2  # against splice, on the 2 pairs every method has
+    assert "strotss lacks 1 (1 missing)" in markdown and "| 2 | 1 | 0 |" in markdown
 
     html = (report / "report.html").read_text()
     page = Page(html)

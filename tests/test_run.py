@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -209,11 +210,19 @@ def test_a_second_run_into_the_same_out_refuses(ray_session, tmp_path, manifest,
         run_manifest(path, settings(out))
     assert main(["run", path, "--out", str(out), "--method", "structure-copy"]) == 2
     assert "--break-lock" in capsys.readouterr().err
+    # issue 9, case 3: --break-lock never takes the lock of a holder still alive on this host
+    assert main(["run", path, "--out", str(out), "--method", "structure-copy", "--break-lock"]) == 2
+    assert "still running on this host" in capsys.readouterr().err
+    assert json.loads((out / "_LOCK").read_text())["token"] == held.token
     assert not pair_file(out, "l0", "_SUCCESS").exists()
     # the holder died: the lock is broken explicitly
+    held.release()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / "_LOCK").write_text(json.dumps({"token": "old", "host": socket.gethostname(), "pid": dead.pid,
+                                           "since": "2026-01-01T00:00:00+00:00"}))
     summary = run_manifest(path, settings(out, break_lock=True))
     assert summary.done == 1 and not (out / "_LOCK").exists()
-    assert not held.held or held.release() is None
 
 
 def test_selection_force_and_settings_guard(ray_session, tmp_path, manifest):

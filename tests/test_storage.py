@@ -132,7 +132,7 @@ def test_stale_lock_is_named_and_can_be_broken(tmp_path):
 def test_a_live_lock_is_renewed_and_a_silent_one_goes_stale(tmp_path, monkeypatch):
     import time
 
-    import pipeline.storage as storage_module
+    import pipeline.run_lock as storage_module
 
     monkeypatch.setattr(storage_module, "LOCK_HEARTBEAT_S", 0.05)
     run = tmp_path / "run"

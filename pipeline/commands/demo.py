@@ -10,10 +10,14 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo", help="run a small demo on generated images (no downloads with --backbone random:...)",
         description="Draw a few (structure, appearance) pairs, build their manifest and run them with the preview "
-                    "preset. The default backbone (DINO ViT-S/16) is downloaded on first use; "
-                    "--backbone random:vit_tiny_patch16_224 needs no network (its outputs are meaningless).")
+                    "preset, then compare them with two reference methods in a report. The default backbone (DINO "
+                    "ViT-S/16) and the metrics' weights are used when cached (or in SPLICE_WEIGHTS_DIR) or "
+                    "downloadable; where they are not, random weights of the same architecture are used instead, "
+                    "said in large letters and in the report. --backbone random:vit_tiny_patch16_224 is a quick "
+                    "smoke run.")
     parser.add_argument("--out", help="demo folder (default ./demo-run): inputs/ and run/ go there")
-    parser.add_argument("--backbone", help="backbone spec (default: the preview preset's dino_vits16)")
+    parser.add_argument("--backbone", help="backbone spec (default: the preview preset's dino_vits16, or random weights "
+                                           "of its architecture where those cannot be had)")
     parser.add_argument("--method", default="splice", choices=list(METHODS))
     parser.add_argument("--pairs", type=int, default=DEMO_PAIRS, help=f"pairs to draw (default {DEMO_PAIRS})")
     parser.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"steps per pair (default {DEMO_STEPS})")
@@ -42,14 +46,17 @@ def demo(args) -> int:
     except ValueError as exc:
         raise SpliceError(f"invalid demo settings: {exc}") from exc
     out = args.out or default_out()
-    if args.method == "splice":  # fail fast and clearly if the backbone cannot be had (e.g. offline)
+    from .run import real_or_random
+
+    config, fallback = real_or_random(config, args)  # DINO ViT-S/16 where it can be had, else random (said loudly)
+    if args.method == "splice":  # fail fast and clearly if a named backbone cannot be had (e.g. offline)
         from ..backbone import load_backbone
 
         load_backbone(config.backbone, "cpu")
     from ..layout import join
 
     settings = RunSettings(out=join(out, "run"), method=args.method, config=config, address=args.address,
-                           force=args.force, progress=progress_enabled(args.progress))
+                           force=args.force, progress=progress_enabled(args.progress), backbone_fallback=fallback)
     manifest_url, summary = run_demo(out, settings, pairs=args.pairs, size=args.size)
     print_summary(summary)
     print(f"demo inputs: {redact_url(join(out, 'inputs'))}/<pair_id>/{{structure,appearance}}.png "

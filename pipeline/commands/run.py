@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..config import PRESETS, preset
 from ..console import add_progress_argument, progress_enabled
@@ -34,7 +35,15 @@ def register(subparsers) -> None:
     parser.add_argument("--max-retries", type=int, default=2, help="re-runs of a pair whose worker died (default 2)")
     parser.add_argument("--limit", type=int, help="only the first N pairs of the manifest")
     parser.add_argument("--only", nargs="+", action="extend", default=[], metavar="PAIR_ID", help="only these pairs")
-    parser.add_argument("--force", action="store_true", help="redo pairs that are already done")
+    parser.add_argument("--force", action="store_true",
+                        help="redo pairs that are already done: those whose inputs or settings changed, if any did; "
+                             "otherwise every selected pair")
+    parser.add_argument("--verify", action="store_true",
+                        help="check done pairs' files against the sha256 in their _SUCCESS (default: sizes only); "
+                             "damaged pairs are redone")
+    parser.add_argument("--max-input-bytes", type=int,
+                        help="refuse input files larger than this (default: derived from the pixel cap, 8 bytes per "
+                             "pixel of 40 megapixels)")
     parser.add_argument("--break-lock", action="store_true",
                         help="remove the run folder's lock left by a run that died (only if no other run is writing)")
     parser.add_argument("--break-stale-lock", action="store_true",
@@ -50,7 +59,9 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--method", default="splice", choices=list(METHODS), help="method (default splice)")
     parser.add_argument("--preset", default="paper", choices=list(PRESETS), help="training preset (default paper)")
-    parser.add_argument("--backbone", help="backbone spec, e.g. dino_vitb8, file:PATH, random:vit_tiny_patch16_224")
+    parser.add_argument("--backbone", help="backbone spec, e.g. dino_vitb8, file:PATH, random:vit_tiny_patch16_224 "
+                                           "(default: the preset's DINO; if its weights can be neither found nor "
+                                           "downloaded, random weights of its architecture, said loudly and recorded)")
     parser.add_argument("--steps", type=int, help="optimisation steps per pair (default: the preset's)")
     parser.add_argument("--seed", type=int, help="training seed (a manifest 'seed' column overrides it per pair)")
     parser.add_argument("--max-side", type=int, help="downscale inputs so the long side is at most this")
@@ -75,14 +86,31 @@ def config_from_args(args):
         raise SpliceError(f"invalid training settings: {exc}") from exc
 
 
+def real_or_random(config, args):
+    """The preset's backbone if its weights are here or can be downloaded, else its random twin, said loudly once;
+    a backbone named with --backbone is never replaced. Returns (config, why it fell back or None)."""
+    from ..methods import get_method
+    from ..weights import announce_fallback, resolve_backbone
+
+    if not get_method(args.method).uses_backbone:
+        return config, None
+    backbone, fallback = resolve_backbone(config.backbone, explicit=args.backbone is not None)
+    if fallback:
+        announce_fallback(fallback)
+        config = config.replace(backbone=backbone)
+    return config, fallback
+
+
 def run(args) -> int:
     from ..fanout import RunSettings, run_manifest
     from ..storage import parse_storage_options
 
+    config, fallback = real_or_random(config_from_args(args), args)
     settings = RunSettings(
-        out=args.out, method=args.method, config=config_from_args(args), address=args.address,
+        out=args.out, method=args.method, config=config, address=args.address, backbone_fallback=fallback,
         gpus_per_pair=args.gpus_per_pair, cpus_per_pair=args.cpus_per_pair, max_retries=args.max_retries,
-        limit=args.limit, only=tuple(args.only), force=args.force, break_lock=args.break_lock,
+        limit=args.limit, only=tuple(args.only), force=args.force, verify=args.verify,
+        max_input_bytes=args.max_input_bytes, break_lock=args.break_lock,
         break_stale_lock=args.break_stale_lock,
         storage_options=parse_storage_options(args.storage_option), progress=progress_enabled(args.progress),
         pack=args.pack, gpus_per_task=args.gpus_per_task, compile=args.compile,
@@ -109,8 +137,11 @@ def print_summary(summary) -> None:
 
     out = redact_url(summary.out)
     print(f"run {out}: {summary.total} pair(s): {summary.done} done ({summary.skipped} skipped as already done), "
-          f"{summary.failed} failed, {summary.pending} pending, in {summary.seconds:.1f}s")
+          f"{summary.failed} failed, {summary.pending} pending, in {summary.seconds:.1f}s"
+          + (f"; {summary.damaged} damaged pair(s) redone" if summary.damaged else ""))
     if summary.failures:  # each was printed once as it failed
         print(f"failed pairs: `splice status {out} --failed` lists them (tracebacks in pairs/<pair_id>/error.txt); "
               f"fix them and run again to retry")
     print(f"outputs: {out}/pairs/<pair_id>/output.png")
+    if summary.storage_error:
+        print(f"error: {summary.storage_error}", file=sys.stderr)
