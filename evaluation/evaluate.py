@@ -81,7 +81,9 @@ class EvaluateSummary:
         states = ", ".join(f"{n} {s}" for s, n in sorted(self.statuses.items()))
         text = (f"{redact_url(self.run)}: {self.computed} pair(s) evaluated, {self.up_to_date} up to date ({states}); "
                 f"metrics {', '.join(self.metrics) or 'none'} -> {redact_url(runio.metrics_url(self.run))}")
-        return text + "".join(f"\n  skipped {m}: {why}" for m, why in self.skipped.items())
+        if self.skipped:  # why (and how to provide the weights) was logged once when the models were loaded
+            text += f"; skipped {', '.join(self.skipped)} (weights not available, see the warnings)"
+        return text
 
 
 def evaluate_run(run_url: str, settings: EvalSettings = EvalSettings(), *, storage: Storage | None = None,

@@ -87,6 +87,7 @@ def load_metric_models(settings: EvalSettings, device: torch.device | str) -> Me
     """Load what the asked-for metrics need, sharing one model between metrics (and roles) where they agree."""
     models = MetricModels()
     loaded: dict[str, object] = {}  # spec -> model, so one ViT serves every role and metric that names it
+    random: dict[str, list[str]] = {}  # model id -> metrics computed with it, for one warning per model
     for name in settings.metrics:
         role = METRICS[name].model
         try:
@@ -100,7 +101,9 @@ def load_metric_models(settings: EvalSettings, device: torch.device | str) -> Me
         setattr(models, role, model)
         models.ids[name] = model_id
         if model_id.endswith("@" + RANDOM):
-            log.warning("metric %s uses RANDOM weights (%s): its values are for smoke tests only", name, model_id)
+            random.setdefault(model_id, []).append(name)
+    for model_id, names in random.items():
+        log.warning("metric(s) %s use RANDOM weights (%s): their values are for smoke tests only", ", ".join(names), model_id)
     return models
 
 

@@ -1,9 +1,9 @@
 """`splice report`: benchmark tables (tables.md, tables.csv, tables.tex) and report.html for one or more evaluated runs.
 
-report.html holds the tables, the metric definitions (which classes layout_miou counts), per-metric distribution
-plots and loss curves as inline SVG, and a grid of thumbnails (structure | appearance | each method's output) for a
-seeded sample of pairs; thumbnails are JPEG files under thumbs/ referenced by relative links, so the folder can be
-zipped and opened anywhere.
+report.html is one file by default (images embedded within a size budget, see evaluation.report_images): the
+tables, warnings collected once, the structure/appearance trade-off, examples, the worst and best pairs per metric
+and method, a sortable and filterable per-pair table, a view per pair, distributions and loss curves
+(evaluation.html_report). `assets="external"` writes the images as files under assets/ beside it instead.
 
 The report is written into a staging folder beside REPORT_DIR and moved into place at the end (under a lock, so
 two reports never write one folder): a killed report leaves the previous report intact, or none, never a mix.
@@ -12,7 +12,6 @@ inputs in different runs are named in a warning.
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import posixpath
@@ -23,21 +22,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from pipeline import layout, run_folder
 from pipeline.fault_injection import pause_at
-from pipeline.images import decode_image, downscale_to, max_input_bytes
 from pipeline.storage import Storage, absolute, is_local, redact_url
 
-from . import html_report, runio, svg, tables
+from . import html_report, report_pairs, runio, svg, tables
 from .evaluate import EVALUATION_JSON
+from .metrics import METRICS
+from .report_images import build_store
+from .report_notes import collect_warnings, metric_descriptions
+from .report_pairs import LOSS_TERMS
 
 log = logging.getLogger(__name__)
 
-THUMB_SIDE = 224
-LOSS_PAIRS = 24  # loss curves: at most this many pairs per method are read
-LOSS_TERMS = ["total", "appearance", "structure", "identity", "full_appearance", "full_structure"]
+LOSS_PAIRS = 24  # the loss chart of a method: faint totals of at most this many pairs, medians over all
 
 
 @dataclass
@@ -63,7 +62,7 @@ class ReportSummary:
 
 def build_report(run_urls: list[str], out_dir: str, *, reference: str | None = None, group_by: list[str] | None = None,
                  thumbnails: int = 12, storage: Storage | None = None, n_boot: int = 2000, seed: int = 0,
-                 pairs: str = "common") -> ReportSummary:
+                 assets: str = "inline", extremes: int = 5, pairs: str = "common") -> ReportSummary:
     storage = storage or Storage()
     # 1. load every run's manifest and eval/metrics.parquet; check they compare the same pairs
     runs = _load_runs(storage, run_urls)
@@ -76,7 +75,8 @@ def build_report(run_urls: list[str], out_dir: str, *, reference: str | None = N
         _clean_leftovers(storage, parent, name)
         staging = layout.join(parent, f".{name}.staging-{uuid.uuid4().hex[:12]}")
         try:
-            summary = _write_report(storage, runs, frame, staging, reference, group_by, thumbnails, n_boot, seed, pairs)
+            summary = _write_report(storage, runs, frame, staging, reference, group_by, thumbnails, n_boot, seed, pairs,
+                                    assets, extremes)
             pause_at("report-before-publish")
             _publish(storage, staging, out_dir)
         finally:
@@ -84,8 +84,9 @@ def build_report(run_urls: list[str], out_dir: str, *, reference: str | None = N
     return ReportSummary(out_dir, summary.methods, summary.pairs, warnings)
 
 
-def _write_report(storage, runs, frame, out_dir, reference, group_by, thumbnails, n_boot, seed, pairs) -> ReportSummary:
-    """Steps 2-5 into `out_dir` (the staging folder)."""
+def _write_report(storage, runs, frame, out_dir, reference, group_by, thumbnails, n_boot, seed, pairs, assets,
+                  extremes) -> ReportSummary:
+    """Steps 2-6 into `out_dir` (the staging folder)."""
     # 2. the tables, in three formats
     try:
         table = tables.build_tables(frame, group_by=group_by, reference=reference, n_boot=n_boot, seed=seed, pairs=pairs)
@@ -97,15 +98,28 @@ def _write_report(storage, runs, frame, out_dir, reference, group_by, thumbnails
     storage.write_bytes(layout.join(out_dir, "tables.csv"), tables.to_csv(table).encode())
     storage.write_bytes(layout.join(out_dir, "tables.tex"), tables.to_latex(table).encode())
 
-    # 3. plots: the distribution of each metric per method, loss curves of trained methods
+    # 3. per pair: every method's outcome, a seeded sample, the worst and best, loss curves
+    records = report_pairs.pair_records(runs)
+    sample = report_pairs.sample_pairs(records, thumbnails, seed)
+    ranked = report_pairs.extremes(records, [r.label for r in runs], table.metrics, extremes)
+    pair_losses = report_pairs.read_losses(storage, runs, records)
+    report_pairs.attach_loss_curves(records, pair_losses)
+
+    # 4. plots: the trade-off, the distribution of each metric per method, loss curves of trained methods
+    tradeoff = _tradeoff(table, records, [r.label for r in runs])
     distributions = [_distribution(frame, metric, runs) for metric in table.metrics]
-    losses = [chart for r in runs if (chart := _loss_chart(storage, r, seed)) is not None]
+    losses = [chart for r in runs if (chart := _loss_chart(r, pair_losses, seed)) is not None]
 
-    # 4. thumbnails of a seeded sample of pairs
-    grid = _thumbnails(storage, runs, out_dir, thumbnails, seed)
+    # 5. images: embedded (or under assets/), the sampled and the ranked pairs first
+    first = sample + [p for item in ranked for _, worst, best in item.rows for p, _ in worst + best]
+    store = build_store(storage, report_pairs.image_sources(records, runs, first), out_dir, assets, seed=seed)
 
-    # 5. report.html
-    page = html_report.render(table, runs=runs, distributions=distributions, losses=losses, grid=grid)
+    # 6. report.html
+    classes = next((r.evaluation.get("layout_classes") for r in runs if r.evaluation.get("layout_classes")), None)
+    page = html_report.render(table, runs=runs, warnings=collect_warnings(runs, table, records, store),
+                              descriptions=metric_descriptions(runs, table.metrics), distributions=distributions,
+                              losses=losses, tradeoff=tradeoff, records=records, sample=sample, extremes=ranked,
+                              k=extremes, store=store, layout_classes=classes)
     storage.write_bytes(layout.join(out_dir, "report.html"), page.encode())
     return ReportSummary(out_dir, [r.label for r in runs], int(frame["pair_id"].nunique()))
 
@@ -157,72 +171,52 @@ def _distribution(frame: pd.DataFrame, metric: str, runs: list[RunData]) -> dict
     ok = frame[frame["status"] == "ok"]
     series = {r.label: ok.loc[ok["method"] == r.label, metric].dropna().to_numpy() for r in runs}
     note = f"{info.better} is better"
-    return {"metric": metric, "svg": svg.strip_plot(f"{metric} {tables.ARROWS[info.better]}", series, note)}
+    return {"metric": metric, "svg": svg.strip_plot(f"{metric} {tables.ARROWS[info.better]}", series, note,
+                                                    x_label=f"{metric} per pair ({info.aspect})")}
 
 
-def _loss_chart(storage: Storage, run: RunData, seed: int) -> dict | None:
-    """Median of each loss term per step over a sample of pairs, and each sampled pair's total (faint)."""
-    with_losses = sorted(p for p, names in run.files.items() if layout.LOSSES in names)
-    if not with_losses:
+def _tradeoff(table: tables.Tables, records, methods: list[str]) -> str:
+    """Structure metric (x) against appearance metric (y): per-pair points and each method's mean with its CI."""
+    structure = next((m for m in table.metrics if METRICS[m].aspect == "structure"), None)
+    appearance = next((m for m in table.metrics if METRICS[m].aspect == "appearance"), None)
+    if structure is None or appearance is None:
+        return ""
+    overall = {row.method: row for row in table.groups[0].rows}
+    series = []
+    for index, method in enumerate(methods):
+        row = overall.get(method)
+        cx, cy = (row.cells.get(structure), row.cells.get(appearance)) if row else (None, None)
+        both = [r.outputs[index].values for r in records
+                if structure in r.outputs[index].values and appearance in r.outputs[index].values]
+        series.append({"label": method, "x": [v[structure] for v in both], "y": [v[appearance] for v in both],
+                       "mean_x": cx.mean if cx else float("nan"), "mean_y": cy.mean if cy else float("nan"),
+                       "x_ci": (cx.low, cx.high) if cx else (float("nan"),) * 2,
+                       "y_ci": (cy.low, cy.high) if cy else (float("nan"),) * 2})
+    arrows = tables.ARROWS
+    ideal = ("left" if METRICS[structure].better == "lower" else "right", "top" if METRICS[appearance].better == "higher" else "bottom")
+    return svg.scatter_plot(f"{structure} against {appearance}", series,
+                            f"{structure} {arrows[METRICS[structure].better]} (structure kept)",
+                            f"{appearance} {arrows[METRICS[appearance].better]} (appearance taken)",
+                            note=f"better: {ideal[1]} {ideal[0]}; bars: 95% CI of the mean; dots: pairs")
+
+
+def _loss_chart(run: RunData, pair_losses: dict, seed: int) -> dict | None:
+    """Median of each loss term per step over the pairs, and a sample of pairs' totals (faint)."""
+    curves = [frame.assign(pair_id=p) for (method, p), frame in sorted(pair_losses.items(), key=lambda i: i[0])
+              if method == run.label]
+    if not curves:  # methods that do not train write empty loss tables
         return None
     rng = np.random.default_rng(seed)
-    sample = sorted(rng.choice(with_losses, min(LOSS_PAIRS, len(with_losses)), replace=False))
-    curves = []
-    for pair_id in sample:
-        try:
-            curves.append(runio.read_parquet(storage, layout.pair_file(run.run.url, pair_id, layout.LOSSES)).assign(pair_id=pair_id))
-        except (runio.RunError, OSError) as exc:
-            log.warning("loss curves: skipping pair '%s' of %s (%s)", pair_id, run.label, exc)
-    curves = [c for c in curves if len(c)]  # methods that do not train write empty loss tables
-    if not curves:
-        return None
+    faint = sorted(rng.choice(len(curves), min(LOSS_PAIRS, len(curves)), replace=False))
     losses = pd.concat(curves, ignore_index=True)
-    lines = [{"label": f"pair {p}", "x": part["step"], "y": part["total"], "color": "#999", "width": 0.7,
-              "opacity": 0.5, "legend": False} for p, part in losses.groupby("pair_id")] if "total" in losses else []
+    lines = [{"label": f"pair {curves[i]['pair_id'].iloc[0]}", "x": curves[i]["step"], "y": curves[i]["total"],
+              "color": "#999", "width": 0.7, "opacity": 0.5, "legend": False} for i in faint if "total" in curves[i]]
     terms = [t for t in LOSS_TERMS if t in losses.columns]
     median = losses.groupby("step")[terms].median().reset_index()
-    for index, term in enumerate(terms):
+    for index, term in enumerate(terms):  # a term that was never on draws nothing and gets no legend entry
         lines.append({"label": f"median {term}", "x": median["step"], "y": median[term], "color": svg.color(index), "width": 2})
-    title = f"{run.label}: loss terms ({len(curves)} of {len(with_losses)} pairs)"
-    return {"method": run.label, "svg": svg.line_plot(title, lines, log_y=True)}
-
-
-def _thumbnails(storage: Storage, runs: list[RunData], out_dir: str, count: int, seed: int) -> list[dict]:
-    """Sample pairs (seeded) and write thumbs/<pair>/{structure,appearance,mN}.jpg; one dict per pair for the grid."""
-    manifest = runs[0].run.manifest
-    ids = sorted(manifest["pair_id"].astype(str))
-    rng = np.random.default_rng(seed)
-    sample = sorted(rng.choice(ids, min(count, len(ids)), replace=False)) if ids and count > 0 else []
-    records = manifest.set_index(manifest["pair_id"].astype(str))
-    grid = []
-    for pair_id in sample:
-        record = records.loc[pair_id]
-        cells = [_thumb(storage, record["structure_uri"], out_dir, pair_id, "structure"),
-                 _thumb(storage, record["appearance_uri"], out_dir, pair_id, "appearance")]
-        outputs = []
-        for index, run in enumerate(runs):
-            row = run.metrics.set_index("pair_id").loc[pair_id] if pair_id in set(run.metrics["pair_id"]) else None
-            status = row["status"] if row is not None else "not in run"
-            has_output = layout.OUTPUT_PNG in run.files.get(pair_id, {}) and layout.SUCCESS in run.files.get(pair_id, {})
-            cell = (_thumb(storage, layout.pair_file(run.run.url, pair_id, layout.OUTPUT_PNG), out_dir, pair_id, f"m{index}")
-                    if has_output else {"src": None, "error": f"{status}: {row['error'] if row is not None else ''}"})
-            cell["values"] = {m: row[m] for m in tables.METRICS if row is not None and m in row and pd.notna(row[m])}
-            cell["status"] = status
-            outputs.append(cell)
-        grid.append({"pair_id": pair_id, "structure": cells[0], "appearance": cells[1], "outputs": outputs})
-    return grid
-
-
-def _thumb(storage: Storage, url: str, out_dir: str, pair_id: str, name: str) -> dict:
-    relative = f"thumbs/{pair_id}/{name}.jpg"
-    try:
-        image = downscale_to(decode_image(storage.read_input(url, max_bytes=max_input_bytes()), redact_url(url)), THUMB_SIDE)
-    except Exception as exc:  # a thumbnail that cannot be made is shown as such, never fails the report
-        return {"src": None, "error": f"unreadable: {exc}"}
-    buffer = io.BytesIO()
-    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="JPEG", quality=85)
-    storage.write_bytes(layout.join(out_dir, relative), buffer.getvalue())
-    return {"src": relative, "error": None}
+    title = f"{run.label}: loss terms (median of {len(curves)} pairs; grey: {len(faint)} pairs' totals)"
+    return {"method": run.label, "svg": svg.line_plot(title, lines, log_y=True, y_label="loss (log scale)")}
 
 
 # --- pairs compared across runs ------------------------------------------------------------------------------

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import signal
 import sys
 import threading
 
+from .console import configure_logging
 from .errors import SpliceError
 
 COMMAND_MODULES = [
@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="splice",
         description="Semantic appearance transfer (Splice) over whole datasets: train, run, evaluate, report.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="-v: this project's debug messages (and tracebacks of failed pairs); -vv: also other "
+                             "libraries' info messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     _terminated.clear()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
     try:

@@ -42,6 +42,7 @@ from .fault_injection import fault_plan, inject_delay, inject_fault
 from .images import ImageError, decode_image, max_input_bytes
 from .manifest import Manifest, ManifestError, PairSpec, read_manifest, write_manifest
 from .methods import get_method, run_method
+from .progress import ProgressRecorder, RunProgress
 from .packs import PackRendezvous, auto_pack_size, image_size, plan_packs
 from .run_lock import LockLost
 from .run_state import ResultsTable, row_from_meta, settings_mismatch, write_run_record
@@ -146,6 +147,9 @@ def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
         skipped = len(jobs) - len(todo)
         log.info("%d pair(s) selected: %d already done, %d to run with method %s -> %s",
                  len(jobs), skipped, len(todo), method.name, redact_url(settings.out))
+        for spec in sorted({job.config.backbone for job in todo if method.uses_backbone}):
+            if spec.startswith("random:"):  # said here once, not by every worker that loads it
+                log.warning("backbone %s has RANDOM weights: outputs are for testing only and are labelled 'random'", spec)
 
         # 4. fan out and collect
         storage_error = None
@@ -211,8 +215,6 @@ def _job(pair: PairSpec, settings: RunSettings) -> PairJob:
 
 
 def _fan_out(todo: list[PairJob], settings: RunSettings, results: ResultsTable, skipped: int, run_lock) -> None:
-    from tqdm import tqdm
-
     started_ray = _ensure_ray(settings.address)
     if _address(settings.address) and is_local(settings.out):
         log.warning("--out %s is a local path but pairs run on a Ray cluster: each node writes to its own disk unless "
@@ -224,9 +226,9 @@ def _fan_out(todo: list[PairJob], settings: RunSettings, results: ResultsTable, 
                                   retry_exceptions=False)
         window = max(8, 2 * _slots(settings.cpus_per_pair, gpus))
         queue, pending = deque(packs), {}
-        counts = {"done": 0, "failed": 0}
-        bar = tqdm(total=len(todo), unit="pair", desc="splice run", dynamic_ncols=True, disable=not settings.progress)
-        bar.set_postfix(done=0, failed=0, skipped=skipped)
+        steps = {job.pair_id: job.config.steps if get_method(job.method).uses_backbone else 0 for job in todo}
+        bar = RunProgress(Storage(settings.storage_options), settings.out, steps, enabled=settings.progress,
+                          skipped=skipped)
         try:
             while queue or pending:
                 if run_lock.lost is not None:  # taken over (--break-lock elsewhere): stop, write nothing more
@@ -237,16 +239,16 @@ def _fan_out(todo: list[PairJob], settings: RunSettings, results: ResultsTable, 
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
                 for ref in ready:
                     for row in _collect_pack(ref, pending.pop(ref), settings.max_retries):
+                        trace = row.pop("traceback", None)
                         if row.pop("lock_lost", False):
                             run_lock.check()  # a worker found the lock taken over: confirm, and stop
                         results.update(row)
-                        counts[row["status"]] += 1
-                        bar.set_postfix(done=counts["done"], failed=counts["failed"], skipped=skipped, refresh=False)
-                        bar.update(1)
-                        if row["status"] == "failed" and settings.progress:
-                            bar.write(f"failed: {row['error']}")
-                        elif row["status"] == "failed":
+                        bar.pair_finished(row["pair_id"], row["status"])
+                        if row["status"] == "failed":  # one line per failed pair; its traceback with -v and in error.txt
                             log.warning("failed: %s", row["error"])
+                            if trace:
+                                log.debug("pair %s: %s", row["pair_id"], trace)
+                bar.poll([job.pair_id for pack in pending.values() for job in pack])
                 try:
                     results.maybe_write()
                 except OSError as exc:  # e.g. disk full: keep the rows in memory and try again later
@@ -478,18 +480,25 @@ def _device_probe(backbone_spec: str) -> dict:
 
 @ray.remote(max_calls=0)  # keep workers (and their cached backbone) alive across packs, GPU tasks included
 def _pack_task(jobs: list[PairJob], compile_backbone: str = "auto") -> list[dict]:
+    recorder = ProgressRecorder(Storage(jobs[0].storage_options))  # pairs/<id>/progress.json while they train
+    for job in jobs:
+        if get_method(job.method).uses_backbone:
+            recorder.track(job.pair_id, job.pair_dir, job.config.steps)
     try:
-        return run_pack(jobs, compile_backbone=compile_backbone)
+        return run_pack(jobs, compile_backbone=compile_backbone, on_step=recorder)
     except Exception as exc:  # what crosses into Ray (its logs, the driver) carries no credentials
         ids = ", ".join(job.pair_id for job in jobs)
         raise RuntimeError(redact_text(f"pairs {ids}: {type(exc).__name__}: {exc}")) from None
+    finally:
+        for job in jobs:
+            recorder.finish(job.pair_id)
 
 
 def run_pack(jobs: list[PairJob], compile_backbone: str = "auto", on_step=None) -> list[dict]:
     """Do a pack of pairs; returns their results rows. Each pair goes through `run_pair` in its own thread; those
     that reach training train together. Never raises for a bad pair. on_step(pair_id, step): per-pair progress."""
     if len(jobs) == 1 or not get_method(jobs[0].method).uses_backbone:
-        return [run_pair(job) for job in jobs]
+        return [run_pair(job, on_step=on_step) for job in jobs]
     from concurrent.futures import ThreadPoolExecutor
 
     from .trainer import TrainOptions, default_device, train_pack
@@ -512,10 +521,11 @@ def run_pack(jobs: list[PairJob], compile_backbone: str = "auto", on_step=None) 
 
 
 
-def run_pair(job: PairJob, train=None) -> dict:
+def run_pair(job: PairJob, train=None, on_step=None) -> dict:
     """Do one pair end to end; returns its results row. Never raises for a bad pair.
 
-    `train`: what trains a Splice pair (default `trainer.train_pair`; `run_pack` passes its pack's)."""
+    `train`: what trains a Splice pair (default `trainer.train_pair`; `run_pack` passes its pack's).
+    `on_step(pair_id, steps_done)`: progress of a pair trained alone (a pack reports through its own trainer)."""
     started_at, clock = _now(), time.perf_counter()
     storage = Storage(job.storage_options)
     fs, pair_dir = storage.fs(job.pair_dir)
@@ -545,6 +555,10 @@ def run_pair(job: PairJob, train=None) -> dict:
             loaded = cached_backbone.cache_info().misses > misses
         checkpoint = with_retries(lambda: pair_io.load_checkpoint(fs, pair_dir), what="reading checkpoint") if method.resumable else None
         save = functools.partial(_save_checkpoint, fs, pair_dir) if method.resumable else None
+        if train is None and on_step is not None and method.uses_backbone:
+            from .trainer import train_pair
+
+            train = functools.partial(train_pair, on_step=functools.partial(on_step, job.pair_id))
         result = run_method(job.method, structure, appearance, job.config, backbone=backbone, device=device,
                             checkpoint=checkpoint, save_checkpoint=save, train=train)
         # 3. outputs, _SUCCESS last
@@ -560,15 +574,16 @@ def run_pair(job: PairJob, train=None) -> dict:
         with_retries(lambda: pair_io.write_pair_result(fs, pair_dir, result, extra, row=done,
                                                        fence=lambda: _fence(storage, job)),
                      what=f"writing pair {job.pair_id}")
+        storage.remove(layout.join(job.pair_dir, layout.ERROR_TXT))  # an earlier attempt's error no longer holds
         inject_fault(job, attempt, storage, after_write=True)
         return {**done, "wall_seconds": time.perf_counter() - clock}
-    except Exception as exc:  # a bad pair fails alone; the error goes to results.parquet
-        if isinstance(exc, (SpliceError, OSError)):
-            log.warning("%s", _describe(job, exc))
-        else:
-            log.error("pair %s failed unexpectedly:\n%s", job.pair_id, redact_text(traceback.format_exc()))
-        return {**row, "status": "failed", "error": _describe(job, exc), "finished_at": _now(),
-                "wall_seconds": time.perf_counter() - clock, "lock_lost": isinstance(exc, LockLost)}
+    except Exception as exc:  # a bad pair fails alone; the error goes to results.parquet, the traceback to error.txt
+        error, trace = _describe(job, exc), redact_text(traceback.format_exc())
+        lock_lost = isinstance(exc, LockLost)
+        if not lock_lost:  # fenced: a pair whose run lost its lock writes nothing
+            _write_error(storage, job, error, trace)
+        return {**row, "status": "failed", "error": error, "finished_at": _now(),
+                "wall_seconds": time.perf_counter() - clock, "traceback": trace, "lock_lost": lock_lost}
     finally:
         _release_device_memory()
 
@@ -577,7 +592,13 @@ def run_pair(job: PairJob, train=None) -> dict:
 def cached_backbone(spec: str, device: str):
     from .backbone import load_backbone
 
-    return load_backbone(spec, device)
+    backbone_log = logging.getLogger("pipeline.backbone")
+    level = backbone_log.level
+    backbone_log.setLevel(logging.ERROR)  # the driver has said whether it is random: no copy from every worker
+    try:
+        return load_backbone(spec, device)
+    finally:
+        backbone_log.setLevel(level)
 
 
 def _fence(storage: Storage, job: PairJob) -> None:
@@ -620,8 +641,17 @@ def _describe(job: PairJob, exc: Exception) -> str:
                     f"space (or write elsewhere) and run again")
         return redact_text(f"pair {job.pair_id!r}: storage error writing {job.pair_dir} ({type(exc).__name__}: "
                            f"{exc}): check the storage and run again")[:600]
-    return redact_text(f"pair {job.pair_id!r}: {type(exc).__name__}: {str(exc)[:500]} (a bug? the worker log has the "
-                       f"traceback)")
+    where = redact_url(layout.join(job.pair_dir, layout.ERROR_TXT))
+    return redact_text(f"pair {job.pair_id!r}: {type(exc).__name__}: {str(exc)[:500]} (a bug? traceback in {where}, "
+                       f"and with -v)")
+
+
+def _write_error(storage: Storage, job: PairJob, error: str, trace: str) -> None:
+    """pairs/<id>/error.txt: the one-line error and the traceback, for the user and `splice status`."""
+    try:
+        storage.write_bytes(layout.join(job.pair_dir, layout.ERROR_TXT), f"{error}\n\n{trace}".encode())
+    except Exception as exc:  # the results row still records the error
+        log.debug("could not write %s for pair %s: %s", layout.ERROR_TXT, job.pair_id, exc)
 
 
 def _save_checkpoint(fs, pair_dir: str, state: dict) -> None:

@@ -13,6 +13,8 @@ META_JSON = "meta.json"  # config, seed, timings, device, peak memory, final los
 LOSSES = "losses.parquet"  # loss terms per logged step
 CHECKPOINT = "checkpoint.pt"  # optional, for resuming a pair
 SUCCESS = "_SUCCESS"  # written last: a pair with it is done
+PROGRESS_JSON = "progress.json"  # while a pair trains: its last reported step (pipeline/progress.py); removed at the end
+ERROR_TXT = "error.txt"  # a failed pair's error and traceback
 
 
 def join(base: str, *parts: str) -> str:

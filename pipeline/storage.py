@@ -416,6 +416,7 @@ def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 5, base_dela
 
 
 def _refused(exc: BaseException) -> bool:
+    """A refused connection somewhere in the chain (s3fs / aiohttp / azure wrap it)."""
     return any(isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED
                for cause in _causes(exc))
 

@@ -70,10 +70,12 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 def train_pair(structure: torch.Tensor, appearance: torch.Tensor, config, backbone: DinoBackbone,
                device: torch.device, *, checkpoint: dict | None = None,
                save_checkpoint: Callable[[dict], None] | None = None, progress: bool = False,
-               options: TrainOptions = TrainOptions()) -> TrainResult:
-    """Train G on (structure, appearance), each a (3, H, W) uint8 tensor, and return G(structure)."""
+               options: TrainOptions = TrainOptions(), on_step: Callable[[int], None] | None = None) -> TrainResult:
+    """Train G on (structure, appearance), each a (3, H, W) uint8 tensor, and return G(structure).
+    on_step(steps_done) after each step (e.g. a live progress record)."""
     pair = PairInput("pair", structure, appearance, config, checkpoint, save_checkpoint)
-    result = train_pack([pair], backbone, device, progress=progress, options=options)["pair"]
+    report = (lambda _, step: on_step(step)) if on_step is not None else None
+    result = train_pack([pair], backbone, device, progress=progress, options=options, on_step=report)["pair"]
     if isinstance(result, Exception):
         raise result
     return result

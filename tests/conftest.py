@@ -139,4 +139,7 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(pipeline.backbone, "_cached_hub_file", lambda hub_id: None)
+    import pipeline.weights
+
+    monkeypatch.setattr(pipeline.weights, "_announced", set())  # banners are once per process: once per test here
     return tmp_path

@@ -2,6 +2,7 @@
 in a real headless browser when one is installed."""
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -183,22 +184,41 @@ def report(tmp_path_factory):
     return out
 
 
-class Links(HTMLParser):
-    def __init__(self):
+class Page(HTMLParser):
+    """Every tag's attributes, the <img> keys, the links, and the JSON blocks of a report page."""
+
+    def __init__(self, html: str):
         super().__init__()
-        self.images, self.links = [], []
+        self.tags, self.keys, self.links, self.json, self._block = [], [], [], {}, None
+        self.feed(html)
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
-        if tag == "img":
-            self.images.append(attrs["src"])
+        self.tags.append((tag, attrs))
+        if tag == "img" and "data-key" in attrs:
+            self.keys.append(attrs["data-key"])
         if tag == "a" and "href" in attrs:
             self.links.append(attrs["href"])
+        if tag == "script" and attrs.get("type") == "application/json":
+            self._block = attrs["id"]
+
+    def handle_data(self, data):
+        if self._block:
+            self.json[self._block] = json.loads(data)
+            self._block = None
 
 
-def test_report_folder_is_complete_and_self_contained(report):
+def decode_data_uri(uri: str) -> Image.Image:
+    assert uri.startswith("data:image/jpeg;base64,"), uri[:40]
+    image = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    image.load()
+    return image
+
+
+def test_report_is_one_self_contained_file(report):
     for name in ("tables.md", "tables.csv", "tables.tex", "report.html"):
         assert (report / name).is_file()
+    assert sorted(p.name for p in report.iterdir()) == ["report.html", "tables.csv", "tables.md", "tables.tex"]
     markdown = (report / "tables.md").read_text()
     assert all(f"| {method} |" in markdown for method in ("strotss", "wct2", "splice"))
     csv = pd.read_csv(report / "tables.csv")
@@ -208,43 +228,159 @@ def test_report_folder_is_complete_and_self_contained(report):
     assert overall.loc["strotss", "selfsim_win_n"] == 2  # against splice, on the 2 pairs every method has
     assert "strotss lacks 1 (1 missing)" in markdown and "| 2 | 1 | 0 |" in markdown
 
-    page = (report / "report.html").read_text()
-    parser = Links()
-    parser.feed(page)
-    # 3 pairs x (structure + appearance) + the outputs that exist (2 + 3 + 3): every link is relative and resolves
-    assert len(parser.images) == 14
-    for target in parser.images + parser.links:
-        assert "://" not in target and not target.startswith("/") and (report / target).is_file(), target
-    svgs = re.findall(r"<svg.*?</svg>", page, flags=re.S)
-    assert len(svgs) == 3  # two metric distributions, one loss chart (only 'splice' has losses)
+    html = (report / "report.html").read_text()
+    page = Page(html)
+    # every image is embedded once, as a JPEG data URI of bounded size, and every <img> names one that exists:
+    # 3 pairs x (structure + appearance) + the outputs that exist (2 + 3 + 3)
+    views, full = page.json["images"], page.json["full"]
+    assert len(views) == 14 and set(page.keys) <= set(views)
+    assert decode_data_uri(views["p0s"]).size == (56, 40)  # small images: the view is the full resolution ...
+    assert full == dict.fromkeys(views, "")  # ... and is not stored twice
+    # nothing is fetched: no src at all in the page (the script fills them from the map), links are in-page or the
+    # sibling table files
+    assert not [a for tag, a in page.tags if "src" in a and tag != "img"] and not [a for t, a in page.tags if a.get("src")]
+    assert not re.search(r"(src|href)=[\"']?(https?:)?//", html)
+    assert set(page.links) - {"tables.md", "tables.csv", "tables.tex"} <= {
+        link for link in page.links if link.startswith("#")}
+    for link in {l for l in page.links if l.startswith("#pair-")}:  # every pair link opens an existing view
+        assert f'id="{link[1:]}"' in html
+
+    # warnings at the top, each cause once with the runs it affects
+    warnings = html[html.index('<ul class="warnings"'):html.index("</ul>", html.index('<ul class="warnings"'))]
+    assert warnings.count("RANDOM weights") == 1 and all(f"{m} (selfsim, dino_i)" in warnings for m in ("strotss", "wct2", "splice"))
+    assert "pairs without a value" in warnings and "strotss (1 missing)" in warnings
+    assert html.index('class="warnings"') < html.index('id="tables"')
+
+    # the per-pair table: one row per pair and method, sortable numbers in data-v, the failure's reason
+    table = html[html.index('<table id="pairs-table"'):html.index("</table>", html.index('<table id="pairs-table"'))]
+    assert table.count("<tr data-method=") == 9 and table.count('data-status="missing"') == 1
+    assert "has no output for pair &#x27;p2&#x27;" in table
+    # one view per pair with every method's output (or why there is none), its loss curve and cost
+    for pair_id in ("p0", "p1", "p2"):
+        view = html[html.index(f'<section class="pair" id="pair-{pair_id}">'):]
+        view = view[:view.index("</section>")]
+        assert view.count("<figure>") == 5 + 1  # structure, appearance, three methods, splice's loss curve
+        assert "splice: losses of pair" in view and "NVIDIA H100" in view
+    # worst and best per metric and method, and the trade-off figure
+    assert html.count("<h3>selfsim ↓</h3>") == 1 and "<th>worst</th><th>best</th>" in html
+    svgs = re.findall(r"<svg.*?</svg>", html, flags=re.S)
+    assert len(svgs) == 1 + 2 + 1 + 3  # trade-off, two distributions, splice's loss chart, three per-pair loss charts
     for svg in svgs:
         ET.fromstring(svg)  # well-formed
-    assert "splice: loss terms (3 of 3 pairs)" in page and "random weights" in page
-    assert "layout_miou</b> counts" in page and "has no output for pair" in page
+    tradeoff = svgs[0]
+    assert "selfsim ↓ (structure kept)" in tradeoff and "dino_i ↑ (appearance taken)" in tradeoff
+    assert "splice: loss terms (median of 3 pairs" in html and "random weights" in html
+    # loss axes: log ticks at round values, and a legend entry only for the terms that were logged
+    chart = next(s for s in svgs if "loss terms" in s)
+    ticks = re.findall(r'text-anchor="end">([^<]+)</text>', chart)
+    assert ticks and all(re.fullmatch(r"(0\.0*[125]|[125]0*)", t) for t in ticks), ticks
+    assert "median full_appearance" not in chart and "median identity" in chart
+    # metric descriptions name the model the values were computed with
+    assert "vit_tiny_patch16_224 (random weights)" in html and "DINO ViT-B/8" not in html
+    assert "layout_miou</b> counts" in html
+
+
+def test_external_assets_keep_images_beside_the_page(report, tmp_path):
+    runs = [str(report.parent / m) for m in ("strotss", "wct2", "splice")]
+    out = tmp_path / "external"
+    build_report(runs, str(out), assets="external")
+    page = Page((out / "report.html").read_text())
+    views, full = page.json["images"], page.json["full"]
+    assert len(views) == 14 and all((out / src).is_file() and src.startswith("assets/") for src in views.values())
+    for link in full.values():  # full resolution: a relative link to the stored image itself
+        assert not link.startswith("/") and (out / link).resolve().is_file()
+    assert (out / full["p0o2"]).resolve() == (report.parent / "splice" / "pairs" / "p0" / "output.png").resolve()
+
+
+def test_a_large_run_stays_under_its_size_budget(tmp_path, monkeypatch):
+    """The budget mechanism at a small scale: 40 pairs x 4 methods (280 images) against budgets scaled down by
+    1000/40 from the defaults; benchmarks/report_size.py measures 1000 x 4 against the full budget."""
+    from synthetic_runs import make_synthetic_runs
+
+    import evaluation.report_images as images
+
+    scale = 40 / 1000
+    monkeypatch.setattr(images, "VIEW_BUDGET", int(images.VIEW_BUDGET * scale))
+    monkeypatch.setattr(images, "FULL_BUDGET", int(images.FULL_BUDGET * scale))
+    runs = make_synthetic_runs(tmp_path, pairs=40, methods=4, size=224)
+    out = tmp_path / "report"
+    build_report(runs, str(out), n_boot=200)
+    html = (out / "report.html").read_text()
+    assert len(html.encode()) <= 60 * 2**20 * scale  # the stated budget, scaled
+    page = Page(html)
+    assert len(page.json["images"]) == 40 * 6 - 1  # one pair failed in the last method
+    sides = {max(decode_data_uri(u).size) for u in page.json["images"].values()}
+    assert max(sides) < 224  # smaller than stored, to fit
+    assert 0 < len(page.json["full"]) < len(page.json["images"])  # full size for the first pairs only, and it says so
+    assert "embedded for" in html and "--assets external" in html
 
 
 def browser() -> str | None:
     return next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 
 
-def dump_dom(page, profile) -> str:
+def dump_dom(page, profile, fragment: str = "") -> str:
     command = [browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-               "--virtual-time-budget=10000", "--dump-dom", page.as_uri()]
+               "--virtual-time-budget=10000", "--dump-dom", page.as_uri() + fragment]
     return subprocess.run(command, capture_output=True, text=True, timeout=90, check=True).stdout
+
+
+# Added to a copy of the page by the browser test: a Content-Security-Policy that lets the page load nothing but
+# its own inline parts and data: images (anything else is blocked and counted), and a script that clicks a header
+# of the per-pair table and types into its filter the way a reader would, recording what the table shows.
+PROBE_HEAD = ('<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
+              'style-src \'unsafe-inline\'; script-src \'unsafe-inline\'">'
+              "<script>var violations = [];document.addEventListener('securitypolicyviolation', function (e) "
+              "{ violations.push(e.blockedURI); document.documentElement.setAttribute('data-violations', violations.join(' ')); });"
+              "</script>")
+PROBE_BODY = """<script>
+window.addEventListener('load', function () {
+  var table = document.getElementById('pairs-table'), headers = table.tHead.rows[0].cells, column = -1;
+  for (var i = 0; i < headers.length; i++) if (headers[i].textContent.indexOf('selfsim') === 0) column = i;
+  var read = function () {
+    return Array.prototype.filter.call(table.tBodies[0].rows, function (r) { return !r.hidden; })
+      .map(function (r) { return r.cells[column].getAttribute('data-v'); }).join(',');
+  };
+  headers[column].click();
+  document.body.setAttribute('data-ascending', read());
+  headers[column].click();
+  document.body.setAttribute('data-descending', read());
+  var filter = document.getElementById('pairs-filter');
+  filter.value = 'wct2 p1';
+  filter.dispatchEvent(new Event('input'));
+  document.body.setAttribute('data-filtered', String(Array.prototype.filter.call(table.tBodies[0].rows, function (r) { return !r.hidden; }).length));
+});
+</script>"""
 
 
 @pytest.mark.skipif(browser() is None, reason="no headless browser installed (Debian: apt-get install -y chromium)")
 def test_report_renders_in_a_headless_browser(report, tmp_path):
-    dom = dump_dom(report / "report.html", tmp_path / "profile")
-    assert 'data-images-loaded="14"' in dom and 'data-images-broken="0"' in dom
-    assert dom.count("<svg") == 3 and "<table" in dom
-    # moved without its thumbnails: the page says so
+    html = (report / "report.html").read_text()
+    probed = tmp_path / "report.html"
+    probed.write_text(html.replace("<head>", "<head>" + PROBE_HEAD, 1).replace("</body>", PROBE_BODY + "</body>", 1))
+    dom = dump_dom(probed, tmp_path / "profile", "#selfcheck")
+    # every image of the page decodes, and those on the main page are shown
+    assert 'data-selfcheck-decoded="14"' in dom and 'data-selfcheck-broken="0"' in dom
+    loaded = int(re.search(r'data-images-loaded="(\d+)"', dom).group(1))
+    assert loaded >= 14 and 'data-images-broken="0"' in dom
+    assert 'data-violations="' not in dom  # nothing outside the page was requested
+    # the per-pair table sorts on a header click (missing values last) and filters as one types
+    values = lambda name: [float(v) if v else None for v in re.search(f'{name}="([^"]*)"', dom).group(1).split(",")]
+    ascending, descending = values("data-ascending"), values("data-descending")
+    present = [v for v in ascending if v is not None]
+    assert len(ascending) == 9 and present == sorted(present) and ascending[len(present):] == [None] * (9 - len(present))
+    assert [v for v in descending if v is not None] == sorted(present, reverse=True)
+    assert 'data-filtered="1"' in dom
+    assert dom.count("<svg") == 7 and "<table" in dom
+    # external assets moved without their folder: the page says so
+    external = tmp_path / "external"
+    build_report([str(report.parent / m) for m in ("strotss", "wct2", "splice")], str(external), assets="external")
     moved = tmp_path / "moved"
     moved.mkdir()
-    shutil.copy(report / "report.html", moved / "report.html")
+    shutil.copy(external / "report.html", moved / "report.html")
     dom = dump_dom(moved / "report.html", tmp_path / "profile2")
-    assert 'data-images-broken="14"' in dom and "keep the thumbs/ folder" in dom
+    assert 'data-images-broken="0"' not in dom and "keep the assets/ folder" in dom
 
 
 def test_report_of_an_unevaluated_run_says_what_to_do(tmp_path, report):
@@ -256,3 +392,18 @@ def test_report_of_an_unevaluated_run_says_what_to_do(tmp_path, report):
     with pytest.raises(RunError, match="--reference 'nope'"):
         build_report([str(run)], str(tmp_path / "r"), reference="nope")
     assert os.listdir(tmp_path) == ["copy"]  # nothing written on error
+
+
+def test_worst_and_best_pairs_are_ranked_by_each_metrics_direction():
+    from evaluation.report_pairs import Output, PairRecord, extremes
+
+    values = {"p0": (0.1, 0.9), "p1": (0.4, 0.2), "p2": (0.3, 0.5), "p3": (0.2, None), "p4": (None, None)}
+    records = []
+    for pair_id, (selfsim, dino) in values.items():
+        found = {k: v for k, v in (("selfsim", selfsim), ("dino_i", dino)) if v is not None}
+        records.append(PairRecord(pair_id, {}, "s", "a", "ks", "ka", [Output("m", "ok", None, found, {}, None)]))
+    by_metric = {item.metric: item.rows[0] for item in extremes(records, ["m"], ["selfsim", "dino_i"], k=5)}
+    method, worst, best = by_metric["selfsim"]  # lower is better; 4 values: 2 worst, 2 best, no pair in both
+    assert method == "m" and worst == [("p1", 0.4), ("p2", 0.3)] and best == [("p0", 0.1), ("p3", 0.2)]
+    _, worst, best = by_metric["dino_i"]  # higher is better; 3 values: one each
+    assert worst == [("p1", 0.2)] and best == [("p0", 0.9)]

@@ -329,14 +329,14 @@ def test_5_a_report_in_object_storage_is_published_whole(tmp_path, s3_bucket):
     run = _evaluated_import(tmp_path, "strotss", manifest, inputs, 11)
     storage = Storage({**s3_bucket.options, "skip_instance_cache": True})
     out = s3_bucket.url("reports", "r")
-    build_report([run], out, thumbnails=2, n_boot=50, storage=storage)
+    build_report([run], out, thumbnails=2, n_boot=50, storage=storage, assets="external")
     fs = s3_bucket.fs()
     first = set(fs.find(f"{s3_bucket.bucket}/reports"))
-    assert f"{s3_bucket.bucket}/reports/r/report.html" in first and len([k for k in first if "/thumbs/" in k]) == 6
-    build_report([run], out, thumbnails=1, n_boot=50, storage=storage)  # fewer thumbnails: the others go
+    assert f"{s3_bucket.bucket}/reports/r/report.html" in first and len([k for k in first if "/assets/" in k]) == 6
+    build_report([run], out, thumbnails=1, n_boot=50, storage=storage)  # images inline now: the asset files go
     fs.invalidate_cache()
     second = set(fs.find(f"{s3_bucket.bucket}/reports"))
-    assert f"{s3_bucket.bucket}/reports/r/report.html" in second and len([k for k in second if "/thumbs/" in k]) == 3
+    assert f"{s3_bucket.bucket}/reports/r/report.html" in second and not [k for k in second if "/assets/" in k]
     assert all(k.startswith(f"{s3_bucket.bucket}/reports/r/") for k in second), second  # no staging, no lock left
 
 

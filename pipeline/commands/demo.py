@@ -3,6 +3,7 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
+    from ..console import add_progress_argument
     from ..demo import DEMO_PAIRS, DEMO_SIZE, DEMO_STEPS
     from ..methods import METHODS
 
@@ -23,7 +24,7 @@ def register(subparsers) -> None:
     parser.add_argument("--size", type=int, default=DEMO_SIZE, help=f"image side in pixels (default {DEMO_SIZE})")
     parser.add_argument("--address", help="Ray cluster address (default: an embedded Ray here)")
     parser.add_argument("--force", action="store_true", help="redo pairs already done in this demo folder")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(parser)
     parser.add_argument("--no-report", action="store_true",
                         help="only run the pairs: skip the reference methods, evaluation and report")
     parser.set_defaults(handler=demo)
@@ -31,6 +32,7 @@ def register(subparsers) -> None:
 
 def demo(args) -> int:
     from ..config import preset
+    from ..console import progress_enabled
     from ..demo import default_out, run_demo
     from ..errors import SpliceError
     from ..fanout import RunSettings
@@ -54,7 +56,7 @@ def demo(args) -> int:
     from ..layout import join
 
     settings = RunSettings(out=join(out, "run"), method=args.method, config=config, address=args.address,
-                           force=args.force, progress=not args.no_progress, backbone_fallback=fallback)
+                           force=args.force, progress=progress_enabled(args.progress), backbone_fallback=fallback)
     manifest_url, summary = run_demo(out, settings, pairs=args.pairs, size=args.size)
     print_summary(summary)
     print(f"demo inputs: {redact_url(join(out, 'inputs'))}/<pair_id>/{{structure,appearance}}.png "
@@ -65,6 +67,6 @@ def demo(args) -> int:
         return summary.exit_code
     from ..demo import compare_and_report
 
-    references, report = compare_and_report(out, settings, manifest_url, progress=not args.no_progress)
+    references, report = compare_and_report(out, settings, manifest_url, progress=settings.progress)
     print(f"report: {redact_url(join(report, 'report.html'))} (tables: {redact_url(join(report, 'tables.md'))})")
     return max([summary.exit_code] + [r.exit_code for r in references])

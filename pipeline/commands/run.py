@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from ..config import PRESETS, preset
+from ..console import add_progress_argument, progress_enabled
 from ..errors import SpliceError
 
 
@@ -49,7 +50,7 @@ def register(subparsers) -> None:
                         help="take the lock over only if it is stale: its process is gone (same host) or it was not "
                              "renewed for 2 minutes; safe for automatic retries such as a RayJob's")
     add_storage_arguments(parser)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(parser)
     parser.set_defaults(handler=run)
 
 
@@ -111,7 +112,7 @@ def run(args) -> int:
         limit=args.limit, only=tuple(args.only), force=args.force, verify=args.verify,
         max_input_bytes=args.max_input_bytes, break_lock=args.break_lock,
         break_stale_lock=args.break_stale_lock,
-        storage_options=parse_storage_options(args.storage_option), progress=not args.no_progress,
+        storage_options=parse_storage_options(args.storage_option), progress=progress_enabled(args.progress),
         pack=args.pack, gpus_per_task=args.gpus_per_task, compile=args.compile,
     )
     summary = run_manifest(args.manifest, settings)
@@ -138,12 +139,9 @@ def print_summary(summary) -> None:
     print(f"run {out}: {summary.total} pair(s): {summary.done} done ({summary.skipped} skipped as already done), "
           f"{summary.failed} failed, {summary.pending} pending, in {summary.seconds:.1f}s"
           + (f"; {summary.damaged} damaged pair(s) redone" if summary.damaged else ""))
-    if summary.failures:
-        print(f"failed pairs (also in {out}/results.parquet); fix them and run again to retry:")
-        for _, error in summary.failures[:20]:
-            print(f"  {error}")
-        if len(summary.failures) > 20:
-            print(f"  ... and {len(summary.failures) - 20} more")
+    if summary.failures:  # each was printed once as it failed
+        print(f"failed pairs: `splice status {out} --failed` lists them (tracebacks in pairs/<pair_id>/error.txt); "
+              f"fix them and run again to retry")
     print(f"outputs: {out}/pairs/<pair_id>/output.png")
     if summary.storage_error:
         print(f"error: {summary.storage_error}", file=sys.stderr)

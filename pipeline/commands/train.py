@@ -5,6 +5,7 @@ import argparse
 import os
 
 from ..config import PRESETS, preset
+from ..console import add_progress_argument, progress_enabled
 from ..errors import SpliceError
 
 BACKBONE_HELP = ("DINO backbone: dino_vitb8 | dino_vits8 | dino_vitb16 | dino_vits16 (timm weights, cached on first "
@@ -28,7 +29,7 @@ def register(subparsers) -> None:
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                         help="torch.compile the backbone's 224x224 passes: auto (on CUDA only; falls back to eager "
                              "where compiling fails) | on | off")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_argument(parser)
     parser.set_defaults(handler=run_train)
 
 
@@ -92,7 +93,7 @@ def run_train(args: argparse.Namespace) -> int:
     checkpoint = pair_io.load_checkpoint(fs, out)
     result = train_pair(
         structure, appearance, config, backbone, device, checkpoint=checkpoint,
-        save_checkpoint=lambda state: pair_io.save_checkpoint(fs, out, state), progress=not args.no_progress,
+        save_checkpoint=lambda state: pair_io.save_checkpoint(fs, out, state), progress=progress_enabled(args.progress),
         options=TrainOptions(compile=args.compile),
     )
 
