@@ -31,10 +31,19 @@ S3_ERRORS = {
 # --- processes -----------------------------------------------------------------------------------------------
 
 
+_HANDED_OUT: set[int] = set()  # ports this process already gave out: the OS may offer a just-closed port again
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port on 127.0.0.1, never one this process handed out before (two components of one Ray node given the
+    same port fail to start)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def start_session(cmd: list[str], *, env: dict, log_path, cwd=None) -> subprocess.Popen:
