@@ -74,21 +74,8 @@ def pair_files(storage: Storage, run_url: str) -> dict[str, dict[str, str]]:
     A stamp (size and ETag, checksum or modification time) changes when the file is rewritten; evaluation uses it
     to avoid re-reading outputs whose content hash it already knows.
     """
-    fs, root = storage.fs(layout.join(run_url, layout.PAIRS))
-    try:
-        fs.invalidate_cache(root)
-        found = fs.find(root, detail=True)
-    except FileNotFoundError:
-        return {}
-    files: dict[str, dict[str, str]] = {}
-    prefix = root.rstrip("/") + "/"
-    for path, info in found.items():
-        relative = path[len(prefix):] if path.startswith(prefix) else None
-        if not relative or relative.count("/") != 1:
-            continue
-        pair_id, name = relative.split("/")
-        files.setdefault(pair_id, {})[name] = _stamp(info)
-    return files
+    return {pair_id: {name: _stamp(info) for name, info in files.items()}
+            for pair_id, files in run_folder.list_pair_files(storage, run_url).items()}
 
 
 def _stamp(info: dict) -> str:

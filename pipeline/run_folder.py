@@ -338,8 +338,9 @@ def scan(storage: Storage, run: str, *, verify: bool = False) -> Scan:
     return result
 
 
-def list_pairs(storage: Storage, run: str) -> dict[str, dict[str, int | None]]:
-    """pair_id -> {file name -> size} for every file under <run>/pairs/, in one listing."""
+def list_pair_files(storage: Storage, run: str) -> dict[str, dict[str, dict]]:
+    """pair_id -> {file name -> the store's listing info (size, ETag or mtime, ...)} for every file under
+    <run>/pairs/, in one listing."""
     fs, root = storage.fs(layout.join(run, layout.PAIRS))
     try:
         fs.invalidate_cache(root)
@@ -347,13 +348,19 @@ def list_pairs(storage: Storage, run: str) -> dict[str, dict[str, int | None]]:
     except FileNotFoundError:
         return {}
     prefix = root.rstrip("/") + "/"
-    files: dict[str, dict[str, int | None]] = {}
+    files: dict[str, dict[str, dict]] = {}
     for path, info in found.items():
         relative = path[len(prefix):] if path.startswith(prefix) else ""
         if relative.count("/") == 1:
             pair_id, name = relative.split("/")
-            files.setdefault(pair_id, {})[name] = info.get("size")
+            files.setdefault(pair_id, {})[name] = info
     return files
+
+
+def list_pairs(storage: Storage, run: str) -> dict[str, dict[str, int | None]]:
+    """pair_id -> {file name -> size} for every file under <run>/pairs/, in one listing."""
+    return {pair_id: {name: info.get("size") for name, info in files.items()}
+            for pair_id, files in list_pair_files(storage, run).items()}
 
 
 def _check_pair(storage: Storage, run: str, pair_id: str, sizes: dict, verify: bool) -> tuple[dict | None, str | None]:
