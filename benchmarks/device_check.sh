@@ -24,7 +24,7 @@ import sys
 import torch, timm
 print("python", sys.version.split()[0], "torch", torch.__version__, "timm", timm.__version__,
       "cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
-import pipeline.methods, pipeline.packs, pipeline.trainer  # noqa: F401  (the worker-side modules)
+import pipeline.method.registry, pipeline.runs.packs, pipeline.method.trainer  # noqa: F401  (the worker-side modules)
 assert "ray" not in sys.modules, "the trainer modules import Ray"
 assert torch.cuda.is_available(), "no CUDA device: this check is for a GPU machine"
 print("trainer modules import without ray: ok")

@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from pipeline.backbone import load_backbone
-from pipeline.config import TrainConfig
-from pipeline.trainer import PairInput, TrainOptions, resolve_device, train_pack, train_pair
+from pipeline.method.backbone import load_backbone
+from pipeline.method.config import TrainConfig
+from pipeline.method.trainer import PairInput, TrainOptions, resolve_device, train_pack, train_pair
 
 SIZES = [((96, 128), (112, 96)), ((128, 128), (128, 128)), ((120, 100), (96, 128))]
 

@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from synthetic_runs import make_synthetic_runs  # noqa: E402
 
-from evaluation.report import build_report  # noqa: E402
+from evaluation.report.build import build_report  # noqa: E402
 
-BUDGET_MB = 60.0  # at 1000 pairs x 4 methods, see evaluation/report_images.py
+BUDGET_MB = 60.0  # at 1000 pairs x 4 methods, see evaluation/report/images.py
 
 
 def parts(html: str) -> dict[str, float]:

@@ -27,12 +27,12 @@ from datetime import datetime, timezone
 
 import torch
 
-from pipeline.augment import sample_batch
-from pipeline.backbone import load_backbone
-from pipeline.config import TrainConfig
-from pipeline.generator import SkipGenerator
-from pipeline.objective import full_structure_target, loss_weights, splice_losses
-from pipeline.trainer import PairInput, TrainOptions, resolve_device, resolve_precision, train_pack
+from pipeline.method.augment import sample_batch
+from pipeline.method.backbone import load_backbone
+from pipeline.method.config import TrainConfig
+from pipeline.method.generator import SkipGenerator
+from pipeline.method.objective import full_structure_target, loss_weights, splice_losses
+from pipeline.method.trainer import PairInput, TrainOptions, resolve_device, resolve_precision, train_pack
 
 HD = ((900, 1200), (982, 1280))
 SQUARE_512 = ((512, 512), (512, 512))

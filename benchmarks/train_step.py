@@ -7,7 +7,7 @@ Random weights cost the same as real ones. The pair has the shape of the HD refe
 appearance 1280x982) scaled so the structure's long side is --size.
 
 Rows:
-  production  the trainer's own step (pipeline.objective.splice_losses + backward + Adam), timed end to end
+  production  the trainer's own step (pipeline.method.objective.splice_losses + backward + Adam), timed end to end
   breakdown   the same step with a device sync around each phase (so phases add up; slightly slower)
   authors     the structure of the authors' loop: PIL augmentation of the whole image each step, three backbone
               passes with gradient and three without, weight gradients for the frozen backbone, a full-resolution
@@ -26,12 +26,12 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 from PIL import Image
 
-from pipeline.augment import sample_batch
-from pipeline.backbone import load_backbone, self_similarity
-from pipeline.config import TrainConfig
-from pipeline.generator import SkipGenerator
-from pipeline.objective import full_structure_target, loss_weights, splice_losses
-from pipeline.trainer import resolve_device, resolve_precision
+from pipeline.method.augment import sample_batch
+from pipeline.method.backbone import load_backbone, self_similarity
+from pipeline.method.config import TrainConfig
+from pipeline.method.generator import SkipGenerator
+from pipeline.method.objective import full_structure_target, loss_weights, splice_losses
+from pipeline.method.trainer import resolve_device, resolve_precision
 
 
 def sync(device: torch.device) -> None:

@@ -13,8 +13,8 @@ import logging
 
 from pipeline.storage import Storage
 
-from .models import EvalSettings, best_device, load_metric_models
-from .weights import MetricUnavailable
+from evaluation.models import EvalSettings, best_device, load_metric_models
+from evaluation.weights import MetricUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class _Worker:
     def __init__(self, settings: EvalSettings, storage_options: dict, threads: int | None, chunk_delay: float = 0.0):
         import torch
 
-        from .evaluate import model_info
+        from evaluation.evaluate import model_info
 
         if threads:
             torch.set_num_threads(threads)
@@ -47,7 +47,7 @@ class _Worker:
         return self.error, None if self.error else self.info
 
     def evaluate(self, tasks):
-        from .evaluate import evaluate_chunk
+        from evaluation.evaluate import evaluate_chunk
 
         if self.chunk_delay:
             import time
@@ -64,8 +64,8 @@ class RayBackend:
         import ray
 
         self.ray = ray
-        from pipeline.fanout import connect_ray
-        from pipeline.fault_injection import chunk_delay
+        from pipeline.runs.fanout import connect_ray
+        from pipeline.runs.fault_injection import chunk_delay
 
         self.started = connect_ray(address, log_to_driver=False)
         resources = ray.cluster_resources()
@@ -90,7 +90,7 @@ class RayBackend:
 
     def run(self, chunks):
         """Yield each chunk's updates as it finishes; every actor holds at most two chunks at a time."""
-        from .evaluate import PairUpdate
+        from evaluation.evaluate import PairUpdate
 
         chunks = iter(chunks)
         pending: dict = {}  # object ref -> (actor, chunk)

@@ -14,8 +14,8 @@ from typing import Callable
 
 import torch
 
-from . import metrics as M
-from .models import MetricModels
+from evaluation import metrics as M
+from evaluation.models import MetricModels
 
 
 @dataclass

@@ -25,15 +25,15 @@ from datetime import datetime, timezone
 import pandas as pd
 import torch
 
-from pipeline import layout, run_folder
-from pipeline.fault_injection import pause_at
-from pipeline.images import ImageError, decode_image, max_input_bytes
+from pipeline.runs import layout, run_folder
+from pipeline.runs.fault_injection import pause_at
+from pipeline.method.images import ImageError, decode_image, max_input_bytes
 from pipeline.storage import Storage, redact_text, redact_url
 
-from . import runio
-from .engine import PairImages, compute_metrics
-from .metrics import METRICS
-from .models import EvalSettings, MetricModels, best_device, load_metric_models
+from evaluation import runio
+from evaluation.engine import PairImages, compute_metrics
+from evaluation.metrics import METRICS
+from evaluation.models import EvalSettings, MetricModels, best_device, load_metric_models
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def evaluate_run(run_url: str, settings: EvalSettings = EvalSettings(), *, stora
     # 2. the models (locally, or on the Ray workers) and the provenance id of every available metric
     address = address or os.environ.get("RAY_ADDRESS")  # as `splice run` does
     if address:
-        from .distributed import RayBackend
+        from evaluation.distributed import RayBackend
         backend = RayBackend(address, settings, storage.options)
     else:
         backend = LocalBackend(settings, device or best_device(), storage)

@@ -31,14 +31,14 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from pipeline import layout, run_folder
+from pipeline.runs import layout, run_folder
 from pipeline.errors import SpliceError
-from pipeline.images import DEFAULT_MAX_PIXELS, ImageError, decode_image, encode_png, max_input_bytes
-from pipeline.manifest import PAIR_ID, manifest_folder, read_manifest, resolve_uri
-from pipeline.manifest_builders import IMAGE_EXTENSIONS
+from pipeline.method.images import DEFAULT_MAX_PIXELS, ImageError, decode_image, encode_png, max_input_bytes
+from manifests.schema import PAIR_ID, manifest_folder, read_manifest, resolve_uri
+from manifests.builders import IMAGE_EXTENSIONS
 from pipeline.storage import Storage, redact_text, redact_url
 
-from . import runio
+from evaluation import runio
 
 log = logging.getLogger(__name__)
 

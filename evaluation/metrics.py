@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.backbone import DinoBackbone, backbone_input_size, resize_for_backbone, self_similarity
+from pipeline.method.backbone import DinoBackbone, backbone_input_size, resize_for_backbone, self_similarity
 
 SMALL_SIDE = 512  # LPIPS and segmentation compare at the structure size, long side capped at this
 PROTOCOL_SIDE = 512  # the published protocol first resizes every image to this square with PIL bilinear

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pipeline.backbone import BackboneUnavailable, load_backbone
-from pipeline.images import DEFAULT_MAX_PIXELS
+from pipeline.method.backbone import BackboneUnavailable, load_backbone
+from pipeline.method.images import DEFAULT_MAX_PIXELS
 
-from .metrics import DEFAULT_METRICS, METRICS
-from .segmenter import DEFAULT_SEGMENTER, load_segmenter
-from .weights import MetricUnavailable, load_state_dict
+from evaluation.metrics import DEFAULT_METRICS, METRICS
+from evaluation.segmenter import DEFAULT_SEGMENTER, load_segmenter
+from evaluation.weights import MetricUnavailable, load_state_dict
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Reading a run's stored files for evaluation and reports (layout: pipeline/layout.py, storage: pipeline/storage.py).
+"""Reading a run's stored files for evaluation and reports (layout: pipeline/runs/layout.py, storage: pipeline/storage.py).
 
 Evaluation reads run.json (the method's name), manifest.parquet, results.parquet (why a pair failed), and per pair
 output.png, meta.json (cost) and _SUCCESS; it writes only under <run>/eval/.
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from pipeline import layout, run_folder
+from pipeline.runs import layout, run_folder
 from pipeline.errors import SpliceError
-from pipeline.manifest import resolve_uris, validate_frame
+from manifests.schema import resolve_uris, validate_frame
 from pipeline.storage import Storage, redact_url
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .weights import MetricUnavailable, load_state_dict
+from evaluation.weights import MetricUnavailable, load_state_dict
 
 DEFAULT_SEGMENTER = "deeplabv3_mobilenet_v3_large"
 RANDOM_WEIGHTS_ID = "random"

@@ -14,7 +14,7 @@ import torch
 
 from pipeline.errors import SpliceError
 from pipeline.network import reachable
-from pipeline.weights import weights_dir_file
+from pipeline.method.weights import weights_dir_file
 
 log = logging.getLogger(__name__)
 

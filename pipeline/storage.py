@@ -33,8 +33,8 @@ from typing import Callable, TypeVar
 
 import fsspec
 
-from .errors import SpliceError
-from .filesystems import library_options, open_filesystem
+from pipeline.errors import SpliceError
+from pipeline.filesystems import library_options, open_filesystem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -444,11 +444,3 @@ def unreachable(what: str, exc: BaseException, attempts: int, elapsed: float) ->
         f"endpoint_url; az://: account_name or connection_string), that the store is up and reachable from this "
         f"machine (network, proxy, firewall), and the credentials")
 
-
-def __getattr__(name: str):
-    """The run lock lives in pipeline/run_lock.py; `from pipeline.storage import RunLock` keeps working."""
-    if name in ("RunLock", "RunLocked", "LockLost", "stale_reason", "LOCK_HEARTBEAT_S", "LOCK_STALE_S"):
-        from . import run_lock
-
-        return getattr(run_lock, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -133,13 +133,13 @@ class ColourSegmenter:
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     """No cached weights anywhere and no network: what a fresh offline machine looks like."""
-    import pipeline.backbone
+    import pipeline.method.backbone
 
     monkeypatch.setenv("SPLICE_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(pipeline.backbone, "_cached_hub_file", lambda hub_id: None)
-    import pipeline.weights
+    monkeypatch.setattr(pipeline.method.backbone, "_cached_hub_file", lambda hub_id: None)
+    import pipeline.method.weights
 
-    monkeypatch.setattr(pipeline.weights, "_announced", set())  # banners are once per process: once per test here
+    monkeypatch.setattr(pipeline.method.weights, "_announced", set())  # banners are once per process: once per test here
     return tmp_path

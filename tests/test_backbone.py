@@ -6,7 +6,7 @@ import torch
 
 from torchvision.transforms import Resize
 
-from pipeline.backbone import (BackboneUnavailable, DinoBackbone, backbone_input_size, dino_position_embedding,
+from pipeline.method.backbone import (BackboneUnavailable, DinoBackbone, backbone_input_size, dino_position_embedding,
                                load_backbone, self_similarity)
 
 TINY = "random:vit_tiny_patch16_224"

@@ -13,16 +13,16 @@ import pytest
 import torch
 
 from conftest import TINY_BACKBONE
-from pipeline import layout
-from pipeline.backbone import load_backbone
-from pipeline.cli import build_parser, main
-from pipeline.config import TrainConfig
-from pipeline.console import configure_logging, progress_enabled
-from pipeline.manifest import validate_frame, write_manifest
-from pipeline.manifest_builders import build_pairs_dir
-from pipeline.progress import ProgressRecorder, RunProgress, read_progress
+from pipeline.runs import layout
+from pipeline.method.backbone import load_backbone
+from pipeline.cli.main import build_parser, main
+from pipeline.method.config import TrainConfig
+from pipeline.cli.console import configure_logging, progress_enabled
+from manifests.schema import validate_frame, write_manifest
+from manifests.builders import build_pairs_dir
+from pipeline.runs.progress import ProgressRecorder, RunProgress, read_progress
 from pipeline.storage import Storage
-from pipeline.trainer import train_pair
+from pipeline.method.trainer import train_pair
 
 
 @pytest.fixture
@@ -42,16 +42,16 @@ def test_log_lines_are_timestamped_once_each_and_verbose_is_scoped_to_this_proje
     stream = console(0)
     for _ in range(3):
         logging.getLogger("evaluation.models").warning("metric x uses RANDOM weights")
-    logging.getLogger("pipeline.fanout").info("4 pair(s) selected")
-    logging.getLogger("pipeline.fanout").debug("a detail")
+    logging.getLogger("pipeline.runs.fanout").info("4 pair(s) selected")
+    logging.getLogger("pipeline.runs.fanout").debug("a detail")
     logging.getLogger("botocore.endpoint").info("sending request")
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2  # the warning once, the info; no debug, no other library's info
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d WARNING evaluation\.models: metric x uses RANDOM weights", lines[0])
-    assert lines[1].endswith("INFO pipeline.fanout: 4 pair(s) selected")
+    assert lines[1].endswith("INFO pipeline.runs.fanout: 4 pair(s) selected")
 
     stream = console(1)  # -v: this project's debug messages, and still not botocore's
-    logging.getLogger("pipeline.fanout").debug("a detail")
+    logging.getLogger("pipeline.runs.fanout").debug("a detail")
     logging.getLogger("botocore.endpoint").debug("sending request")
     logging.getLogger("botocore.endpoint").info("connection pool")
     assert "a detail" in stream.getvalue() and "botocore" not in stream.getvalue()

@@ -10,9 +10,9 @@ import numpy as np
 from PIL import Image
 
 from conftest import TINY_BACKBONE
-from pipeline.cli import main
-from pipeline.demo import write_demo_inputs
-from pipeline.manifest import read_manifest
+from pipeline.cli.main import main
+from pipeline.cli.demo_job import write_demo_inputs
+from manifests.schema import read_manifest
 
 
 def _saturation(path) -> float:
@@ -61,7 +61,7 @@ def test_demo_runs_offline_and_says_where_the_outputs_are(ray_session, tmp_path,
 
 def test_demo_starts_an_embedded_ray_when_given_no_address(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    command = [sys.executable, "-m", "pipeline.cli", "demo", "--out", str(tmp_path / "demo"), "--method",
+    command = [sys.executable, "-m", "pipeline", "demo", "--out", str(tmp_path / "demo"), "--method",
                "color-transfer", "--pairs", "2", "--size", "48", "--no-progress", "--no-report"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr

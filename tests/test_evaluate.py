@@ -18,8 +18,8 @@ from conftest import ColourSegmenter
 from evaluation.evaluate import evaluate_run
 from evaluation.importer import ImportRefused, import_outputs
 from evaluation.models import EvalSettings
-from pipeline.cli import main
-from pipeline.images import read_image_file
+from pipeline.cli.main import main
+from pipeline.method.images import read_image_file
 from pipeline.storage import Storage
 
 TINY = "random:vit_tiny_patch16_224"

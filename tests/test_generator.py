@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.generator import SkipGenerator
+from pipeline.method.generator import SkipGenerator
 
 
 class Concat(nn.Module):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.images import ImageError, downscale_to, read_image_file
+from pipeline.method.images import ImageError, downscale_to, read_image_file
 
 
 def _save(path, array, mode=None, **kwargs):

@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.cli import main
-from pipeline.manifest import ManifestError, read_manifest, resolve_uri, validate_frame, write_manifest
-from pipeline.manifest_builders import build_afhq, build_csv, build_pairs_dir
+from pipeline.cli.main import main
+from manifests.schema import ManifestError, read_manifest, resolve_uri, validate_frame, write_manifest
+from manifests.builders import build_afhq, build_csv, build_pairs_dir
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from evaluation.engine import PairImages, compute_metrics
 from evaluation.models import EvalSettings, MetricModels, load_lpips, load_metric_models
 from evaluation.segmenter import load_segmenter
 from evaluation.weights import MetricUnavailable, hub_cache_path
-from pipeline.backbone import load_backbone
+from pipeline.method.backbone import load_backbone
 
 TINY = "random:vit_tiny_patch16_224"
 

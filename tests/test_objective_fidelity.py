@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torchvision.transforms import Normalize, Resize
 
-from pipeline.augment import sample_batch
-from pipeline.backbone import DinoBackbone, load_backbone
-from pipeline.config import TrainConfig
-from pipeline.generator import SkipGenerator
-from pipeline.objective import full_structure_target, loss_weights, splice_losses
+from pipeline.method.augment import sample_batch
+from pipeline.method.backbone import DinoBackbone, load_backbone
+from pipeline.method.config import TrainConfig
+from pipeline.method.generator import SkipGenerator
+from pipeline.method.objective import full_structure_target, loss_weights, splice_losses
 
 LOSS_RTOL = 1e-6
 GRAD_RTOL = 1e-5

@@ -8,12 +8,12 @@ import logging
 import pytest
 import torch
 
-from pipeline import pair_run
-from pipeline.backbone import load_backbone
-from pipeline.config import TrainConfig
-from pipeline.generator import SkipGenerator
-from pipeline.packs import auto_pack_size, plan_packs
-from pipeline.trainer import PairInput, TrainingError, TrainOptions, train_pack, train_pair
+from pipeline.method import pair_run
+from pipeline.method.backbone import load_backbone
+from pipeline.method.config import TrainConfig
+from pipeline.method.generator import SkipGenerator
+from pipeline.runs.packs import auto_pack_size, plan_packs
+from pipeline.method.trainer import PairInput, TrainingError, TrainOptions, train_pack, train_pair
 from test_trainer import make_pair
 
 SMALLEST = "random:test_vit"  # timm's 6-block, 64-dim test ViT: the cheapest backbone that is a real ViT

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from evaluation.importer import ImportRefused, import_outputs
-from pipeline.cli import main
-from pipeline.manifest import ManifestError, read_manifest
-from pipeline.manifest_builders import apply_direction, build_afhq, build_folders, build_pairs_dir
+from pipeline.cli.main import main
+from manifests.schema import ManifestError, read_manifest
+from manifests.builders import apply_direction, build_afhq, build_folders, build_pairs_dir
 from pipeline.storage import Storage
 
 
@@ -191,7 +191,7 @@ def test_build_and_import_from_s3(s3_bucket, dataroot, wild_pairs):
     assert list(folders["pair_id"]) == ["1", "2", "3", "4"]
     assert any("9.jpg" in note for note in folders.attrs["notes"])
 
-    from pipeline.manifest import write_manifest
+    from manifests.schema import write_manifest
 
     write_manifest(frame, s3_bucket.url("m.parquet"), storage)
     summary = import_outputs("strotss", s3_bucket.url("afhq_comparison"), s3_bucket.url("m.parquet"),

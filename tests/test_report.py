@@ -17,13 +17,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from evaluation import tables as T
+from evaluation.report import tables as T
 from evaluation.evaluate import evaluate_run
 from evaluation.importer import import_outputs
 from evaluation.models import EvalSettings
-from evaluation.report import build_report
+from evaluation.report.build import build_report
 from evaluation.runio import RunError
-from pipeline.cli import main
+from pipeline.cli.main import main
 
 TINY = "random:vit_tiny_patch16_224"
 NAN = float("nan")
@@ -297,7 +297,7 @@ def test_a_large_run_stays_under_its_size_budget(tmp_path, monkeypatch):
     1000/40 from the defaults; benchmarks/report_size.py measures 1000 x 4 against the full budget."""
     from synthetic_runs import make_synthetic_runs
 
-    import evaluation.report_images as images
+    import evaluation.report.images as images
 
     scale = 40 / 1000
     monkeypatch.setattr(images, "VIEW_BUDGET", int(images.VIEW_BUDGET * scale))
@@ -395,7 +395,7 @@ def test_report_of_an_unevaluated_run_says_what_to_do(tmp_path, report):
 
 
 def test_worst_and_best_pairs_are_ranked_by_each_metrics_direction():
-    from evaluation.report_pairs import Output, PairRecord, extremes
+    from evaluation.report.pairs import Output, PairRecord, extremes
 
     values = {"p0": (0.1, 0.9), "p1": (0.4, 0.2), "p2": (0.3, 0.5), "p3": (0.2, None), "p4": (None, None)}
     records = []

@@ -23,16 +23,17 @@ import torch
 from PIL import Image
 
 from conftest import TINY_BACKBONE
-from pipeline.cli import main
-from pipeline.config import TrainConfig
-from pipeline.fanout import ATTEMPTS, RunSettings, run_manifest
-from pipeline.fault_injection import FAULT_ENV
-from pipeline.images import decode_image
-from pipeline.manifest import ManifestError, validate_frame, write_manifest
-from pipeline.manifest_builders import build_pairs_dir
-from pipeline.methods import color_transfer, run_method, srgb_to_lab, lab_to_srgb
-from pipeline.run_state import RunMismatch
-from pipeline.storage import RunLock, RunLocked, Storage
+from pipeline.cli.main import main
+from pipeline.method.config import TrainConfig
+from pipeline.runs.fanout import ATTEMPTS, RunSettings, run_manifest
+from pipeline.runs.fault_injection import FAULT_ENV
+from pipeline.method.images import decode_image
+from manifests.schema import ManifestError, validate_frame, write_manifest
+from manifests.builders import build_pairs_dir
+from pipeline.method.registry import color_transfer, run_method, srgb_to_lab, lab_to_srgb
+from pipeline.runs.run_state import RunMismatch
+from pipeline.runs.run_lock import RunLock, RunLocked
+from pipeline.storage import Storage
 
 SPLICE = TrainConfig(backbone=TINY_BACKBONE, steps=2, log_every=1)
 
@@ -171,7 +172,7 @@ def test_interrupted_driver_resumes_with_nothing_lost_or_done_twice(ray_session,
     ids = [f"i{n}" for n in range(8)]
     path = manifest(ids)
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "pipeline.cli", "run", path, "--out", str(out), "--method", "structure-copy",
+    command = [sys.executable, "-m", "pipeline", "run", path, "--out", str(out), "--method", "structure-copy",
                "--address", ray_session, "--no-progress"]
     slow = {**os.environ, FAULT_ENV: "sleep=1.5"}
     driver = subprocess.Popen(command, env=slow, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -242,9 +243,9 @@ def test_selection_force_and_settings_guard(ray_session, tmp_path, manifest):
 
 
 def test_splice_pair_resumes_from_its_checkpoint(ray_session, tmp_path, manifest):
-    from pipeline import pair_io
-    from pipeline.backbone import load_backbone
-    from pipeline.trainer import train_pair
+    from pipeline.runs import pair_io
+    from pipeline.method.backbone import load_backbone
+    from pipeline.method.trainer import train_pair
 
     path = manifest(["c0"])
     config = TrainConfig(backbone=TINY_BACKBONE, steps=2, log_every=1, checkpoint_every=1)
@@ -338,7 +339,7 @@ def test_an_address_with_no_cluster_fails_in_seconds_with_what_to_check(tmp_path
         port = probe.getsockname()[1]
     csv = tmp_path / "pairs.csv"
     csv.write_text("pair_id,structure_uri,appearance_uri\np0,a.png,b.png\n")
-    splice = [sys.executable, "-m", "pipeline.cli"]
+    splice = [sys.executable, "-m", "pipeline"]
     assert subprocess.run([*splice, "manifest", "build", "csv", str(csv), "-o", str(tmp_path / "m.parquet")]).returncode == 0
     started = time.monotonic()
     done = subprocess.run([*splice, "run", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "run"),
@@ -351,8 +352,8 @@ def test_an_address_with_no_cluster_fails_in_seconds_with_what_to_check(tmp_path
 # --- packs (--pack K: several pairs trained together per task) ------------------------------------------------
 
 def test_splice_run_in_packs_matches_pairs_trained_alone(ray_session, tmp_path, manifest, monkeypatch, capsys):
-    from pipeline.backbone import load_backbone
-    from pipeline.trainer import train_pair
+    from pipeline.method.backbone import load_backbone
+    from pipeline.method.trainer import train_pair
 
     path = manifest(["q0", "q1", "q2", "qbad"], corrupt={"qbad"})
     # q1's worker dies right after writing q1: Ray retries its pack, which skips q1 and finishes q0
@@ -390,7 +391,7 @@ def test_splice_run_in_packs_matches_pairs_trained_alone(ray_session, tmp_path, 
 
 
 def test_gpus_per_pair_is_pack_one_and_conflicts_with_its_replacement(tmp_path, manifest, capsys, caplog):
-    from pipeline.fanout import resolve_task_settings
+    from pipeline.runs.fanout import resolve_task_settings
 
     legacy = resolve_task_settings(settings(tmp_path / "run", gpus_per_pair=0.5))
     assert (legacy.gpus_per_task, legacy.pack) == (0.5, 1)

@@ -28,12 +28,13 @@ from evaluation.evaluate import evaluate_run
 from evaluation.importer import ImportRefused, import_outputs
 from evaluation.metrics import METRICS
 from evaluation.models import EvalSettings
-from evaluation.report import build_report
+from evaluation.report.build import build_report
 from evaluation.runio import RunError
 from faults import FaultyS3, Rule, wait_for
-from pipeline.cli import main
-from pipeline.fault_injection import FAULT_ENV
-from pipeline.storage import RunLock, RunLocked, Storage, redact_text, redact_url, with_retries
+from pipeline.cli.main import main
+from pipeline.runs.fault_injection import FAULT_ENV
+from pipeline.runs.run_lock import RunLock, RunLocked
+from pipeline.storage import Storage, redact_text, redact_url, with_retries
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "random:vit_tiny_patch16_224"
@@ -94,7 +95,7 @@ def child_env(**extra) -> dict:
 
 
 def splice_process(args, env, log_path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, args)], env=env, cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)], env=env, cwd=REPO,
                             stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
@@ -154,7 +155,7 @@ def test_1_changed_inputs_or_pair_settings_are_refused_and_force_redoes_exactly_
 
 def _png_of(path: Path) -> bytes:
     """The bytes structure-copy writes for an input image (decoded, then encoded as PNG)."""
-    from pipeline.images import decode_image, encode_png
+    from pipeline.method.images import decode_image, encode_png
 
     return encode_png(decode_image(path.read_bytes(), "x"))
 

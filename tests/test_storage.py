@@ -9,8 +9,8 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from pipeline.errors import SpliceError
-from pipeline.storage import (RunLock, RunLocked, Storage, is_transient, parse_storage_options, redact, redact_url,
-                              with_retries)
+from pipeline.runs.run_lock import RunLock, RunLocked
+from pipeline.storage import Storage, is_transient, parse_storage_options, redact, redact_url, with_retries
 
 
 def test_storage_options_parse_nested_typed_values():
@@ -132,7 +132,7 @@ def test_stale_lock_is_named_and_can_be_broken(tmp_path):
 def test_a_live_lock_is_renewed_and_a_silent_one_goes_stale(tmp_path, monkeypatch):
     import time
 
-    import pipeline.run_lock as storage_module
+    import pipeline.runs.run_lock as storage_module
 
     monkeypatch.setattr(storage_module, "LOCK_HEARTBEAT_S", 0.05)
     run = tmp_path / "run"

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 from pipeline.filesystems import open_filesystem
 from pipeline.storage import NO_ANSWER_WINDOW_S, Storage, StoreUnreachable, redact, redact_text, with_retries
 from faults import free_port

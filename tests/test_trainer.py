@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.backbone import load_backbone
-from pipeline.config import TrainConfig
-from pipeline.generator import SkipGenerator
-from pipeline.trainer import TrainingError, train_pair
+from pipeline.method.backbone import load_backbone
+from pipeline.method.config import TrainConfig
+from pipeline.method.generator import SkipGenerator
+from pipeline.method.trainer import TrainingError, train_pair
 
 TINY = "random:vit_tiny_patch16_224"
 
@@ -107,7 +107,7 @@ def test_non_finite_loss_stops_the_pair_with_a_clear_error():
 
 # ---- the command line --------------------------------------------------------------------------------------------
 def splice(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=300, **kwargs)
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300, **kwargs)
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ def test_interrupted_splice_train_resumes_and_matches_an_uninterrupted_run(tmp_p
     reference = tmp_path / "reference"
     assert splice("train", *args, "-o", str(reference)).returncode == 0
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "train", *args, "-o", str(interrupted)],
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", "train", *args, "-o", str(interrupted)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (interrupted / "checkpoint.pt").exists() and time.monotonic() < deadline and process.poll() is None:

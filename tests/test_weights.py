@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import TINY_BACKBONE
-from pipeline.backbone import load_backbone
-from pipeline.cli import main
-from pipeline.weights import WEIGHTS_DIR_ENV, announce_fallback, resolve_backbone
+from pipeline.method.backbone import load_backbone
+from pipeline.cli.main import main
+from pipeline.method.weights import WEIGHTS_DIR_ENV, announce_fallback, resolve_backbone
 
 DINO_S16 = "hf/timm/vit_small_patch16_224.dino/model.safetensors"
 ALEXNET = "torch/alexnet-owt-7be5be79.pth"
@@ -102,7 +102,7 @@ def test_a_default_backbone_that_cannot_be_had_falls_back_to_random_loudly_and_o
     # the report says so too
     from evaluation.evaluate import evaluate_run
     from evaluation.models import EvalSettings
-    from evaluation.report import build_report
+    from evaluation.report.build import build_report
 
     evaluate_run(str(run), EvalSettings(metrics=("selfsim",), metric_backbone=TINY_BACKBONE), progress=False)
     build_report([str(run)], str(tmp_path / "report"), thumbnails=0)
@@ -117,7 +117,7 @@ def test_a_default_backbone_that_cannot_be_had_falls_back_to_random_loudly_and_o
 
 
 def test_demo_metrics_fall_back_to_random_where_weights_cannot_be_had(offline, capsys):
-    from pipeline.demo import demo_eval_settings
+    from pipeline.cli.demo_job import demo_eval_settings
 
     settings = demo_eval_settings("dino_vits16")
     assert settings.backbone_specs()["vitb8"] == "random:vit_base_patch8_224"  # what the default metrics use

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.backbone import DINO_BACKBONES, load_backbone
+from pipeline.method.backbone import DINO_BACKBONES, load_backbone
 
 EVAL = "eval"
 

@@ -1,0 +1,1 @@
+"""The `splice` command line: one module per command; `main.py` builds the parser."""

@@ -1,0 +1,72 @@
+"""`splice demo`: draw a few pairs, build their manifest and run them; works offline with a random: backbone."""
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    from pipeline.cli.console import add_progress_argument
+    from pipeline.cli.demo_job import DEMO_PAIRS, DEMO_SIZE, DEMO_STEPS
+    from pipeline.method.registry import METHODS
+
+    parser = subparsers.add_parser(
+        "demo", help="run a small demo on generated images (no downloads with --backbone random:...)",
+        description="Draw a few (structure, appearance) pairs, build their manifest and run them with the preview "
+                    "preset, then compare them with two reference methods in a report. The default backbone (DINO "
+                    "ViT-S/16) and the metrics' weights are used when cached (or in SPLICE_WEIGHTS_DIR) or "
+                    "downloadable; where they are not, random weights of the same architecture are used instead, "
+                    "said in large letters and in the report. --backbone random:vit_tiny_patch16_224 is a quick "
+                    "smoke run.")
+    parser.add_argument("--out", help="demo folder (default ./demo-run): inputs/ and run/ go there")
+    parser.add_argument("--backbone", help="backbone spec (default: the preview preset's dino_vits16, or random weights "
+                                           "of its architecture where those cannot be had)")
+    parser.add_argument("--method", default="splice", choices=list(METHODS))
+    parser.add_argument("--pairs", type=int, default=DEMO_PAIRS, help=f"pairs to draw (default {DEMO_PAIRS})")
+    parser.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"steps per pair (default {DEMO_STEPS})")
+    parser.add_argument("--size", type=int, default=DEMO_SIZE, help=f"image side in pixels (default {DEMO_SIZE})")
+    parser.add_argument("--address", help="Ray cluster address (default: an embedded Ray here)")
+    parser.add_argument("--force", action="store_true", help="redo pairs already done in this demo folder")
+    add_progress_argument(parser)
+    parser.add_argument("--no-report", action="store_true",
+                        help="only run the pairs: skip the reference methods, evaluation and report")
+    parser.set_defaults(handler=demo)
+
+
+def demo(args) -> int:
+    from pipeline.method.config import preset
+    from pipeline.cli.console import progress_enabled
+    from pipeline.cli.demo_job import default_out, run_demo
+    from pipeline.errors import SpliceError
+    from pipeline.runs.fanout import RunSettings
+    from pipeline.storage import redact_url
+    from pipeline.cli.run import print_summary
+
+    if args.pairs < 1 or args.size < 32:
+        raise SpliceError("splice demo needs --pairs >= 1 and --size >= 32")
+    try:
+        config = preset("preview", backbone=args.backbone, steps=args.steps, checkpoint_every=0)
+    except ValueError as exc:
+        raise SpliceError(f"invalid demo settings: {exc}") from exc
+    out = args.out or default_out()
+    from pipeline.cli.run import real_or_random
+
+    config, fallback = real_or_random(config, args)  # DINO ViT-S/16 where it can be had, else random (said loudly)
+    if args.method == "splice":  # fail fast and clearly if a named backbone cannot be had (e.g. offline)
+        from pipeline.method.backbone import load_backbone
+
+        load_backbone(config.backbone, "cpu")
+    from pipeline.runs.layout import join
+
+    settings = RunSettings(out=join(out, "run"), method=args.method, config=config, address=args.address,
+                           force=args.force, progress=progress_enabled(args.progress), backbone_fallback=fallback)
+    manifest_url, summary = run_demo(out, settings, pairs=args.pairs, size=args.size)
+    print_summary(summary)
+    print(f"demo inputs: {redact_url(join(out, 'inputs'))}/<pair_id>/{{structure,appearance}}.png "
+          f"(manifest {redact_url(manifest_url)})")
+    print(f"demo outputs: {redact_url(settings.out)}/pairs/<pair_id>/output.png; "
+          f"progress: splice status {redact_url(settings.out)}")
+    if args.no_report:
+        return summary.exit_code
+    from pipeline.cli.demo_job import compare_and_report
+
+    references, report = compare_and_report(out, settings, manifest_url, progress=settings.progress)
+    print(f"report: {redact_url(join(report, 'report.html'))} (tables: {redact_url(join(report, 'tables.md'))})")
+    return max([summary.exit_code] + [r.exit_code for r in references])

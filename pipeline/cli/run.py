@@ -1,0 +1,147 @@
+"""`splice run M.parquet --out URL`: every pair of a manifest, one Ray task each, outputs in storage."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.method.config import PRESETS, preset
+from pipeline.cli.console import add_progress_argument, progress_enabled
+from pipeline.errors import SpliceError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run", help="run a method over every pair of a manifest (Ray fan-out, resumable)",
+        description="Run a method over every pair of a manifest, one Ray task per pack of pairs, writing "
+                    "<out>/pairs/<pair_id>/{output.png,meta.json,losses.parquet,_SUCCESS} and <out>/results.parquet. "
+                    "Pairs already done are skipped, so running the same command again resumes.")
+    parser.add_argument("manifest", help="manifest Parquet file (local path or fsspec URL)")
+    parser.add_argument("--out", required=True, help="run folder: local path, file://, s3://, gs://, ...")
+    add_method_arguments(parser)
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded Ray here)")
+    parser.add_argument("--pack", type=_pack_size, default=None, metavar="K|auto",
+                        help="pairs trained together in one task (one backbone pass for all, one optimiser step); "
+                             "results do not depend on it. auto (default): 1 on CPUs; on GPUs as many as fit the "
+                             "GPU's memory for the images' sizes, at most 16")
+    parser.add_argument("--gpus-per-task", type=float,
+                        help="GPUs per task (one task trains one pack); 0.5 runs two tasks per GPU; 0 runs on CPUs "
+                             "(default: 1 where the cluster has GPUs, else 0)")
+    parser.add_argument("--gpus-per-pair", type=float,
+                        help="deprecated: --gpus-per-task G --pack 1 (one pair per task)")
+    parser.add_argument("--cpus-per-pair", type=float, default=1.0, help="CPUs per task (default 1)")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                        help="torch.compile the backbone's 224x224 passes: auto (on CUDA only; falls back to eager "
+                             "where compiling fails) | on | off")
+    parser.add_argument("--max-retries", type=int, default=2, help="re-runs of a pair whose worker died (default 2)")
+    parser.add_argument("--limit", type=int, help="only the first N pairs of the manifest")
+    parser.add_argument("--only", nargs="+", action="extend", default=[], metavar="PAIR_ID", help="only these pairs")
+    parser.add_argument("--force", action="store_true",
+                        help="redo pairs that are already done: those whose inputs or settings changed, if any did; "
+                             "otherwise every selected pair")
+    parser.add_argument("--verify", action="store_true",
+                        help="check done pairs' files against the sha256 in their _SUCCESS (default: sizes only); "
+                             "damaged pairs are redone")
+    parser.add_argument("--max-input-bytes", type=int,
+                        help="refuse input files larger than this (default: derived from the pixel cap, 8 bytes per "
+                             "pixel of 40 megapixels)")
+    parser.add_argument("--break-lock", action="store_true",
+                        help="remove the run folder's lock left by a run that died (only if no other run is writing)")
+    parser.add_argument("--break-stale-lock", action="store_true",
+                        help="take the lock over only if it is stale: its process is gone (same host) or it was not "
+                             "renewed for 2 minutes; safe for automatic retries such as a RayJob's")
+    add_storage_arguments(parser)
+    add_progress_argument(parser)
+    parser.set_defaults(handler=run)
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.method.registry import METHODS
+
+    parser.add_argument("--method", default="splice", choices=list(METHODS), help="method (default splice)")
+    parser.add_argument("--preset", default="paper", choices=list(PRESETS), help="training preset (default paper)")
+    parser.add_argument("--backbone", help="backbone spec, e.g. dino_vitb8, file:PATH, random:vit_tiny_patch16_224 "
+                                           "(default: the preset's DINO; if its weights can be neither found nor "
+                                           "downloaded, random weights of its architecture, said loudly and recorded)")
+    parser.add_argument("--steps", type=int, help="optimisation steps per pair (default: the preset's)")
+    parser.add_argument("--seed", type=int, help="training seed (a manifest 'seed' column overrides it per pair)")
+    parser.add_argument("--max-side", type=int, help="downscale inputs so the long side is at most this")
+    parser.add_argument("--checkpoint-every", type=int, default=100,
+                        help="save a resumable checkpoint every N steps (default 100; 0: never)")
+    parser.add_argument("--no-antialias", action="store_true",
+                        help="resize to the backbone's input without antialiasing (the authors' pinned torchvision 0.10)")
+
+
+def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage-option", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="fsspec option for non-local storage, e.g. endpoint_url=http://host:9000 key=... "
+                             "(s3 endpoint also from AWS_ENDPOINT_URL); never logged")
+
+
+def config_from_args(args):
+    try:
+        return preset(args.preset, backbone=args.backbone, steps=args.steps, seed=args.seed, max_side=args.max_side,
+                      checkpoint_every=args.checkpoint_every,
+                      antialias=False if getattr(args, "no_antialias", False) else None)
+    except ValueError as exc:
+        raise SpliceError(f"invalid training settings: {exc}") from exc
+
+
+def real_or_random(config, args):
+    """The preset's backbone if its weights are here or can be downloaded, else its random twin, said loudly once;
+    a backbone named with --backbone is never replaced. Returns (config, why it fell back or None)."""
+    from pipeline.method.registry import get_method
+    from pipeline.method.weights import announce_fallback, resolve_backbone
+
+    if not get_method(args.method).uses_backbone:
+        return config, None
+    backbone, fallback = resolve_backbone(config.backbone, explicit=args.backbone is not None)
+    if fallback:
+        announce_fallback(fallback)
+        config = config.replace(backbone=backbone)
+    return config, fallback
+
+
+def run(args) -> int:
+    from pipeline.runs.fanout import RunSettings, run_manifest
+    from pipeline.storage import parse_storage_options
+
+    config, fallback = real_or_random(config_from_args(args), args)
+    settings = RunSettings(
+        out=args.out, method=args.method, config=config, address=args.address, backbone_fallback=fallback,
+        gpus_per_pair=args.gpus_per_pair, cpus_per_pair=args.cpus_per_pair, max_retries=args.max_retries,
+        limit=args.limit, only=tuple(args.only), force=args.force, verify=args.verify,
+        max_input_bytes=args.max_input_bytes, break_lock=args.break_lock,
+        break_stale_lock=args.break_stale_lock,
+        storage_options=parse_storage_options(args.storage_option), progress=progress_enabled(args.progress),
+        pack=args.pack, gpus_per_task=args.gpus_per_task, compile=args.compile,
+    )
+    summary = run_manifest(args.manifest, settings)
+    print_summary(summary)
+    return summary.exit_code
+
+
+def _pack_size(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pairs or auto, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def print_summary(summary) -> None:
+    from pipeline.storage import redact_url
+
+    out = redact_url(summary.out)
+    print(f"run {out}: {summary.total} pair(s): {summary.done} done ({summary.skipped} skipped as already done), "
+          f"{summary.failed} failed, {summary.pending} pending, in {summary.seconds:.1f}s"
+          + (f"; {summary.damaged} damaged pair(s) redone" if summary.damaged else ""))
+    if summary.failures:  # each was printed once as it failed
+        print(f"failed pairs: `splice status {out} --failed` lists them (tracebacks in pairs/<pair_id>/error.txt); "
+              f"fix them and run again to retry")
+    print(f"outputs: {out}/pairs/<pair_id>/output.png")
+    if summary.storage_error:
+        print(f"error: {summary.storage_error}", file=sys.stderr)

@@ -1,0 +1,175 @@
+"""Methods a run can apply to each pair: Splice itself and cheap reference methods for benchmark tables.
+
+Every method is a plain function of (structure, appearance, config) -> MethodResult, where the images are
+(3, H, W) uint8 tensors and the result has the trainer's fields (output, losses, meta), so one writer stores
+them all in the same layout. Nothing here knows of Ray or storage URLs.
+
+  splice            the Splice generator, trained per pair (pipeline.method.trainer)
+  structure-copy    the structure image itself: perfect structure, no appearance transfer (a floor/ceiling)
+  appearance-copy   the appearance image, cropped to the structure's aspect and size: the opposite extreme
+  color-transfer    Reinhard et al. (2001): per-channel mean/std of the structure image matched to the
+                    appearance image's, in CIELAB
+"""
+from __future__ import annotations
+
+import platform
+import resource
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.method.config import TrainConfig
+from pipeline.errors import SpliceError
+from pipeline.method.images import downscale_to
+
+
+@dataclass
+class MethodResult:
+    output: torch.Tensor  # (3, H, W) uint8 CPU, at the structure image's (possibly max_side-capped) resolution
+    losses: list[dict]  # per logged step; empty for methods without training
+    meta: dict  # JSON-able facts: method, seconds, device, peak memory, ...
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    run: Callable[..., MethodResult]  # (structure, appearance, config, **context) -> result
+    uses_backbone: bool  # needs a DinoBackbone and a device
+    resumable: bool  # accepts checkpoint / save_checkpoint
+    settings: Callable[[TrainConfig], dict]  # what run.json records as the method's settings
+    summary: str
+
+
+def run_method(name: str, structure: torch.Tensor, appearance: torch.Tensor, config: TrainConfig, *,
+               backbone=None, device: torch.device | None = None, checkpoint: dict | None = None,
+               save_checkpoint: Callable[[dict], None] | None = None, train: Callable | None = None):
+    """Apply method `name` to one pair. Splice needs `backbone` and `device`; the others ignore them.
+
+    `train` replaces `pipeline.method.trainer.train_pair` (same signature), e.g. to train the pair in a pack."""
+    method = get_method(name)
+    if method.uses_backbone:
+        return method.run(structure, appearance, config, backbone=backbone, device=device or torch.device("cpu"),
+                          checkpoint=checkpoint, save_checkpoint=save_checkpoint, train=train)
+    return method.run(structure, appearance, config)
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise SpliceError(f"unknown method {name!r}: use one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+# --- splice --------------------------------------------------------------------------------------------------
+
+def splice(structure, appearance, config: TrainConfig, *, backbone, device, checkpoint=None, save_checkpoint=None,
+           train=None):
+    from pipeline.method.trainer import train_pair
+
+    result = (train or train_pair)(structure, appearance, config, backbone, device, checkpoint=checkpoint,
+                                   save_checkpoint=save_checkpoint)
+    result.meta.setdefault("method", "splice")
+    return result
+
+
+# --- reference methods ---------------------------------------------------------------------------------------
+
+def structure_copy(structure: torch.Tensor, appearance: torch.Tensor, config: TrainConfig) -> MethodResult:
+    started = time.perf_counter()
+    structure = downscale_to(structure, config.max_side)
+    return _result("structure-copy", structure.clone(), structure, appearance, started)
+
+
+def appearance_copy(structure: torch.Tensor, appearance: torch.Tensor, config: TrainConfig) -> MethodResult:
+    started = time.perf_counter()
+    structure = downscale_to(structure, config.max_side)
+    output = _cover(appearance, tuple(structure.shape[-2:]))
+    return _result("appearance-copy", output, structure, appearance, started)
+
+
+def color_transfer(structure: torch.Tensor, appearance: torch.Tensor, config: TrainConfig) -> MethodResult:
+    started = time.perf_counter()
+    structure = downscale_to(structure, config.max_side)
+    source = srgb_to_lab(structure.permute(1, 2, 0).numpy())  # (H, W, 3) L*, a*, b*
+    target = srgb_to_lab(appearance.permute(1, 2, 0).numpy())
+    source_mean, source_std = source.mean(axis=(0, 1)), source.std(axis=(0, 1))
+    target_mean, target_std = target.mean(axis=(0, 1)), target.std(axis=(0, 1))
+    scale = np.where(source_std > 1e-6, target_std / np.maximum(source_std, 1e-6), 1.0)
+    transferred = (source - source_mean) * scale + target_mean
+    output = torch.from_numpy(lab_to_srgb(transferred)).permute(2, 0, 1).contiguous()
+    return _result("color-transfer", output, structure, appearance, started)
+
+
+def _cover(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize (aspect kept) so `image` covers `size`, then centre-crop to it."""
+    height, width = image.shape[-2:]
+    scale = max(size[0] / height, size[1] / width)
+    scaled = (max(size[0], round(height * scale)), max(size[1], round(width * scale)))
+    resized = F.interpolate(image[None].float(), size=scaled, mode="bilinear", antialias=True, align_corners=False)[0]
+    top, left = (scaled[0] - size[0]) // 2, (scaled[1] - size[1]) // 2
+    return resized[:, top:top + size[0], left:left + size[1]].round().clamp(0, 255).to(torch.uint8)
+
+
+def _result(name: str, output: torch.Tensor, structure: torch.Tensor, appearance: torch.Tensor, started: float) -> MethodResult:
+    seconds = time.perf_counter() - started
+    meta = {
+        "method": name,
+        "device": "cpu",
+        "device_name": platform.processor() or platform.machine() or "cpu",
+        "seconds": seconds,
+        "steps": 0,
+        "peak_memory_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
+        "peak_memory_kind": "process_rss",
+        "structure_size": list(structure.shape[-2:]),
+        "appearance_size": list(appearance.shape[-2:]),
+        "final_losses": {},
+    }
+    return MethodResult(output=output.contiguous(), losses=[], meta=meta)
+
+
+# --- CIELAB (D65) --------------------------------------------------------------------------------------------
+
+_RGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
+                        [0.2126729, 0.7151522, 0.0721750],
+                        [0.0193339, 0.1191920, 0.9503041]])
+_XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ)
+_WHITE = np.array([0.95047, 1.0, 1.08883])
+_EPSILON, _KAPPA = 216 / 24389, 24389 / 27
+
+
+def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 sRGB -> (..., 3) float64 CIELAB."""
+    c = rgb.astype(np.float64) / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = linear @ _RGB_TO_XYZ.T / _WHITE
+    f = np.where(xyz > _EPSILON, np.cbrt(xyz), (_KAPPA * xyz + 16) / 116)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def lab_to_srgb(lab: np.ndarray) -> np.ndarray:
+    """(..., 3) CIELAB -> (..., 3) uint8 sRGB (out-of-gamut colours clipped)."""
+    fy = (lab[..., 0] + 16) / 116
+    f = np.stack([fy + lab[..., 1] / 500, fy, fy - lab[..., 2] / 200], axis=-1)
+    xyz = np.where(f ** 3 > _EPSILON, f ** 3, (116 * f - 16) / _KAPPA) * _WHITE
+    linear = np.clip(xyz @ _XYZ_TO_RGB.T, 0, 1)
+    c = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
+    return np.clip(np.round(c * 255), 0, 255).astype(np.uint8)
+
+
+METHODS: dict[str, Method] = {
+    "splice": Method("splice", splice, uses_backbone=True, resumable=True,
+                     settings=lambda config: config.to_dict(), summary="Splice: a generator trained per pair"),
+    "structure-copy": Method("structure-copy", structure_copy, uses_backbone=False, resumable=False,
+                             settings=lambda config: {"max_side": config.max_side},
+                             summary="the structure image unchanged"),
+    "appearance-copy": Method("appearance-copy", appearance_copy, uses_backbone=False, resumable=False,
+                              settings=lambda config: {"max_side": config.max_side, "fit": "cover, centre crop"},
+                              summary="the appearance image, cropped to the structure's size"),
+    "color-transfer": Method("color-transfer", color_transfer, uses_backbone=False, resumable=False,
+                             settings=lambda config: {"max_side": config.max_side, "color_space": "CIELAB (D65)",
+                                                      "statistics": "per-channel mean and std (Reinhard et al. 2001)"},
+                             summary="mean/std colour statistics transfer in CIELAB"),
+}

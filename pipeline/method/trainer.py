@@ -1,0 +1,307 @@
+"""Train Splice generators: one pair (`train_pair`) or K pairs packed together (`train_pack`), one code path.
+
+The loop reads top to bottom in a fixed order: loss weights for the step, augmented batches, forward + losses,
+backward, optimiser step, zero_grad, then (on log steps only) one host sync to record every pair's losses, and
+periodic checkpoints. Images are decoded once and live on the device as tensors for the whole run.
+
+A pack shares what does not mix pairs: one no-grad backbone pass over all pairs' crops, one backbone pass over all
+generators' outputs, one backward of the sum of the pairs' totals (parameters are disjoint, so gradients do not
+mix), one Adam over all generators' parameters (elementwise, so the same as one Adam per pair). Each pair keeps
+its own seed, augmentation RNG, step counter, checkpoints and result: a pair trained alone or in any pack gives
+the same losses and output. A pair whose loss goes non-finite (seen on a log step) or whose output is
+non-finite fails alone; the others go on. A pair that finishes leaves the pack at once, through `on_result`.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import resource
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from pipeline.method.augment import sample_batch
+from pipeline.method.backbone import DinoBackbone
+from pipeline.method.objective import Features, last_block_reader, loss_weights, pack_losses
+from pipeline.method.pair_run import (MIN_SIDE, RESUMABLE_CHANGES, PairInput, PairRun, TrainingError, TrainResult,
+                       pair_optimizer_state, restore_optimizer_state)
+from pipeline.errors import SpliceError
+
+log = logging.getLogger(__name__)
+__all__ = ["MIN_SIDE", "RESUMABLE_CHANGES", "PairInput", "TrainOptions", "TrainResult", "TrainingError",
+           "default_device", "resolve_device", "resolve_precision", "train_pack", "train_pair"]
+# settings that every pair of a pack must share (the rest, e.g. seed and steps, may differ per pair)
+PACK_SHARED = ("backbone", "precision", "lr", "betas", "antialias")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How to run the step, not what it computes: results agree with the defaults up to rounding."""
+    compile: str = "auto"  # torch.compile the 224x224 backbone passes: auto (on for CUDA, off for CPU) | on | off
+    compile_backend: str | Callable = "inductor"  # torch.compile backend: a name, or a backend function
+    compile_mode: str | None = None  # torch.compile mode (None: default; "reduce-overhead" adds CUDA graphs)
+
+    def __post_init__(self):
+        if self.compile not in ("auto", "on", "off"):
+            raise ValueError(f"compile must be auto, on or off, got {self.compile!r}")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return default_device()
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SpliceError(f"device {name!r} asked for, but no CUDA device is available: use --device cpu or auto")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+
+
+def train_pair(structure: torch.Tensor, appearance: torch.Tensor, config, backbone: DinoBackbone,
+               device: torch.device, *, checkpoint: dict | None = None,
+               save_checkpoint: Callable[[dict], None] | None = None, progress: bool = False,
+               options: TrainOptions = TrainOptions(), on_step: Callable[[int], None] | None = None) -> TrainResult:
+    """Train G on (structure, appearance), each a (3, H, W) uint8 tensor, and return G(structure).
+    on_step(steps_done) after each step (e.g. a live progress record)."""
+    pair = PairInput("pair", structure, appearance, config, checkpoint, save_checkpoint)
+    report = (lambda _, step: on_step(step)) if on_step is not None else None
+    result = train_pack([pair], backbone, device, progress=progress, options=options, on_step=report)["pair"]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def train_pack(pairs: list[PairInput], backbone: DinoBackbone, device: torch.device, *,
+               options: TrainOptions = TrainOptions(), on_step: Callable[[str, int], None] | None = None,
+               on_result: Callable[[str, TrainResult | TrainingError], None] | None = None,
+               progress: bool = False) -> dict[str, TrainResult | TrainingError]:
+    """Train every pair's generator, packed; returns {pair_id: TrainResult, or the TrainingError it failed with}.
+
+    on_step(pair_id, steps_done) is called after each step of each pair (no device sync); on_result(pair_id,
+    result or error) as soon as a pair is finished or has failed, while the others go on.
+    """
+    started = time.perf_counter()
+    device = torch.device(device)
+    _check_shared_settings(pairs)
+    precision = resolve_precision(pairs[0].config.precision, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    backbone = backbone.to(device)
+    outcomes: dict[str, TrainResult | TrainingError] = {}
+
+    def finish(run_id: str, outcome) -> None:
+        outcomes[run_id] = outcome
+        if on_result is not None:
+            on_result(run_id, outcome)
+
+    # 1. set up every pair (inputs on the device, generator, RNG, checkpoint); one that cannot start fails alone
+    active: list[PairRun] = []
+    for pair in pairs:
+        try:
+            active.append(PairRun(pair, backbone, device, precision))
+        except TrainingError as exc:
+            finish(pair.pair_id, exc)
+    facts = _run_facts(backbone, device, precision, [run.pair_id for run in active])
+    optimizer = _optimizer(active, device)
+    crop_features = _crop_features(backbone, device, options)
+
+    # 2. train: one joint step per iteration; a pair leaves the pack when it is done or has failed
+    bar = _progress_bar(progress, active)
+    while active:
+        weights = [loss_weights(run.step, run.config) for run in active]
+        batches = [sample_batch(run.rng, run.structure, run.appearance, run.config, include_full=w.full_image)
+                   for run, w in zip(active, weights)]
+        terms = pack_losses([run.generator for run in active], backbone, batches, weights,
+                            [run.full_target for run in active], precision, crop_features, pairs[0].config.antialias)
+        torch.stack([pair_terms["total"] for pair_terms in terms]).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        leaving = _log_step(active, terms, finish, bar)  # the only host-device sync in the loop
+        for run in active:
+            if run in leaving:
+                continue
+            run.step += 1
+            if on_step is not None:
+                on_step(run.pair_id, run.step)
+            if run.is_checkpoint_step():
+                try:
+                    run.save(run.checkpoint_state(pair_optimizer_state(optimizer, run)))
+                except Exception as exc:  # e.g. storage gone for good: this pair fails, its pack-mates go on
+                    leaving.append(run)
+                    finish(run.pair_id, exc)
+        if bar is not None:
+            bar.update(len(active))
+        for run in active:
+            if run.done and run not in leaving:
+                leaving.append(run)
+                finish(run.pair_id, _result(run, facts, started))
+        if leaving:
+            active = [run for run in active if run not in leaving]
+            optimizer = _optimizer(active, device, previous=optimizer)
+    if bar is not None:
+        bar.close()
+    return outcomes
+
+
+# --- the step's parts -------------------------------------------------------------------------------------------
+
+def _log_step(active: list[PairRun], terms: list[dict], finish, bar) -> list[PairRun]:
+    """Record the losses of pairs on a log step (one device sync for the whole pack); returns the pairs that failed."""
+    logging_runs = [(run, pair_terms) for run, pair_terms in zip(active, terms) if run.is_log_step()]
+    if not logging_runs:
+        return []
+    names = [list(pair_terms) for _, pair_terms in logging_runs]
+    values = torch.stack([pair_terms[name].detach().float() for _, pair_terms in logging_runs
+                          for name in pair_terms]).tolist()
+    failed = []
+    for (run, _), pair_names in zip(logging_runs, names):
+        row, values = dict(zip(pair_names, values)), values[len(pair_names):]
+        try:
+            run.log(run.step, row)
+        except TrainingError as exc:
+            failed.append(run)
+            finish(run.pair_id, exc)
+            continue
+        if bar is not None and run is active[0]:
+            bar.set_postfix_str(f"loss {row['total']:.4g}", refresh=False)
+    return failed
+
+
+def _optimizer(active: list[PairRun], device: torch.device, previous: torch.optim.Optimizer | None = None):
+    """One Adam over every active pair's parameters: fused on CUDA, foreach elsewhere. Adam is elementwise, so
+    each parameter's update is the one it would get from an Adam of its own pair alone."""
+    if not active:
+        return None
+    config = active[0].config
+    parameters = [p for run in active for p in run.parameters]
+    flags = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    optimizer = torch.optim.Adam(parameters, lr=config.lr, betas=config.betas, **flags)
+    for run in active:
+        if previous is not None:  # the pack shrank: carry every remaining parameter's state over
+            for parameter in run.parameters:
+                if parameter in previous.state:
+                    optimizer.state[parameter] = previous.state[parameter]
+        restore_optimizer_state(optimizer, run)  # from a checkpoint, the first time only
+    return optimizer
+
+
+def _crop_features(backbone: DinoBackbone, device: torch.device, options: TrainOptions) -> Features:
+    """The reader of the 224x224 crop passes: compiled where asked (default: on CUDA), else eager."""
+    eager = last_block_reader(backbone)
+    wanted = options.compile == "on" or (options.compile == "auto" and device.type == "cuda")
+    if not wanted:
+        return eager
+    try:
+        compiled = torch.compile(eager, backend=options.compile_backend, mode=options.compile_mode)
+    except Exception as exc:  # e.g. a backend this torch does not have
+        log.warning("torch.compile is not available here (%s): the backbone runs eagerly", _first_line(exc))
+        return eager
+    return _FallbackFeatures(compiled, eager)
+
+
+class _FallbackFeatures:
+    """A compiled reader that turns into the eager one, for good, the first time compiling or running it fails
+    (no compiler, an unsupported op): the run goes on, a little slower, with the same results."""
+
+    def __init__(self, compiled: Features, eager: Features):
+        self.compiled, self.eager = compiled, eager
+
+    def __call__(self, pixels: torch.Tensor):
+        if self.compiled is not None:
+            try:
+                return self.compiled(pixels)
+            except Exception as exc:  # compilation errors surface on the first call with a new shape
+                log.warning("compiled backbone failed (%s): running it eagerly from now on", _first_line(exc))
+                self.compiled = None
+        return self.eager(pixels)
+
+
+def _check_shared_settings(pairs: list[PairInput]) -> None:
+    if not pairs:
+        raise ValueError("train_pack needs at least one pair")
+    first = pairs[0].config
+    for pair in pairs[1:]:
+        differ = [name for name in PACK_SHARED if getattr(pair.config, name) != getattr(first, name)]
+        if differ:
+            raise ValueError(f"pairs {pairs[0].pair_id!r} and {pair.pair_id!r} differ in {', '.join(differ)}: "
+                             f"pairs trained in one pack must share {', '.join(PACK_SHARED)}")
+    ids = [pair.pair_id for pair in pairs]
+    if len(set(ids)) != len(ids):
+        raise ValueError("pair ids in a pack must be unique")
+
+
+# --- results ----------------------------------------------------------------------------------------------------
+
+def _result(run: PairRun, facts: dict, started: float) -> TrainResult | TrainingError:
+    try:
+        output = run.output()
+    except TrainingError as exc:
+        return exc
+    seconds = time.perf_counter() - started
+    meta = {
+        "config": run.config.to_dict(),
+        "seed": run.config.seed,
+        **facts,
+        "backbone_resize": {"rule": "torchvision Resize(224, max_size=480)", "antialias": run.config.antialias},
+        "seconds": seconds,  # wall time from the start of the pack until this pair was done
+        "seconds_share": seconds / facts["pack_size"],  # its share of the device time when its pack-mates took as long
+        "steps": run.config.steps,
+        "resumed_from_step": run.start_step,
+        "seconds_per_step": seconds / max(1, run.config.steps - run.start_step),
+        **_peak_memory(torch.device(facts["device"])),
+        "structure_size": list(run.structure.shape[-2:]),
+        "appearance_size": list(run.appearance.shape[-2:]),
+        "final_losses": run.losses[-1] if run.losses else {},
+    }
+    return TrainResult(output=output, losses=run.losses, meta=meta)
+
+
+def _run_facts(backbone: DinoBackbone, device: torch.device, precision: torch.dtype, pair_ids: list[str]) -> dict:
+    return {
+        "backbone": backbone.spec,
+        "weights_id": backbone.weights_id,
+        "random_backbone": backbone.is_random,
+        "device": str(device),
+        "device_name": _device_name(device),
+        "precision": str(precision).replace("torch.", ""),
+        "pack_size": len(pair_ids),  # pairs trained together (1: alone); results do not depend on it
+        "torch_version": torch.__version__,
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _peak_memory(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)), "peak_memory_kind": "cuda_allocated"}
+    # the process's peak resident set (Linux reports KiB): an upper bound that includes everything in the process
+    return {"peak_memory_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "peak_memory_kind": "process_rss"}
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _progress_bar(enabled: bool, active: list[PairRun]):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    total = sum(run.config.steps for run in active)
+    initial = sum(run.start_step for run in active)
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)

@@ -1,0 +1,681 @@
+"""The Ray layer of `splice run`: one task per pack of pairs (a pack of one by default on CPUs), results
+collected as they finish.
+
+Driver (`run_manifest`): validate the manifest, lock the run folder, record run.json and manifest.parquet,
+skip pairs that have `_SUCCESS`, submit the rest (a bounded window of tasks in flight), collect them with
+ray.wait, and keep results.parquet up to date so an interrupted driver loses nothing.
+
+Worker (`run_pair`, a plain function; `_pack_task` is the Ray wrapper of a pack of them): read the two images
+through storage, apply the method (the backbone is loaded once per worker process and cached), write the pair
+through pair_io with `_SUCCESS` last. A bad pair returns a 'failed' row instead of raising, so it fails alone; a worker that
+dies mid-pair is re-run by Ray (`max_retries`) and the half-written folder, lacking `_SUCCESS`, is redone.
+
+Packs (`--pack K`, see pipeline/runs/packs.py): the driver groups pairs into packs of up to K (equal image sizes
+together) and sends one task per pack (`_pack_task` -> `run_pack`); the task runs `run_pair` for each of its pairs
+in a thread of its own, and the pairs that reach training train together. Everything else stays per pair:
+`_SUCCESS`, attempts, checkpoints, a failure, the results row; a retried pack skips its pairs already done.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import functools
+import logging
+import os
+import re
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import ray
+
+from pipeline.runs import layout, pair_io, run_folder
+from pipeline.method.config import TrainConfig
+from pipeline.errors import SpliceError
+from pipeline.runs.fault_injection import fault_plan, inject_delay, inject_fault
+from pipeline.method.images import ImageError, decode_image, max_input_bytes
+from manifests.schema import Manifest, ManifestError, PairSpec, read_manifest, write_manifest
+from pipeline.method.registry import get_method, run_method
+from pipeline.runs.progress import ProgressRecorder, RunProgress
+from pipeline.runs.packs import PackRendezvous, auto_pack_size, image_size, plan_packs
+from pipeline.runs.run_lock import LockLost
+from pipeline.runs.run_state import ResultsTable, row_from_meta, settings_mismatch, write_run_record
+from pipeline.storage import Storage, StorageError, absolute, is_local, redact_text, redact_url, with_retries
+
+log = logging.getLogger(__name__)
+ATTEMPTS = "attempts.json"  # per pair: one entry per time a worker started it
+WAIT_SECONDS = 1.0  # ray.wait timeout: how often the driver wakes to flush results and notice Ctrl-C
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    out: str  # the run folder (any fsspec URL)
+    method: str = "splice"  # see pipeline.method.registry.METHODS
+    config: TrainConfig = field(default_factory=TrainConfig)  # training settings (splice) / max_side (others)
+    address: str | None = None  # Ray cluster address; None: RAY_ADDRESS, else an embedded Ray on this machine
+    gpus_per_pair: float | None = None  # DEPRECATED: the same as gpus_per_task with pack 1 (one pair per task)
+    cpus_per_pair: float = 1.0  # CPUs each task (a pack of pairs) asks for
+    max_retries: int = 2  # re-runs of a pair whose worker process died
+    limit: int | None = None  # only the first N pairs of the manifest
+    only: tuple[str, ...] = ()  # only these pair ids
+    force: bool = False  # redo done pairs: those whose inputs/settings changed if any did, else every selected one
+    verify: bool = False  # check done pairs' files against the sha256 in their _SUCCESS (not only sizes)
+    max_input_bytes: int | None = None  # cap per input file; None: derived from config.max_pixels
+    break_lock: bool = False  # remove any lock (its run is known to be dead)
+    break_stale_lock: bool = False  # remove the lock only if it is stale (holder gone, or not renewed)
+    storage_options: dict = field(default_factory=dict)  # for non-local filesystems; never logged
+    progress: bool = True  # show a progress bar
+    pack: int | None = None  # pairs trained together per task (None: auto: 1 on CPUs, on GPUs as many as fit)
+    gpus_per_task: float | None = None  # GPUs per task (0.5: two tasks per GPU); None: 1 if the cluster has GPUs, else 0
+    compile: str = "auto"  # torch.compile the backbone's crop passes: auto (on CUDA) | on | off
+    backbone_fallback: str | None = None  # why the default backbone was replaced by random weights (run.json)
+
+
+@dataclass(frozen=True)
+class PairJob:
+    """Everything a worker needs for one pair (sent to Ray; holds credentials, so never logged)."""
+    pair_id: str
+    structure_uri: str
+    appearance_uri: str
+    pair_dir: str
+    method: str
+    config: TrainConfig
+    storage_options: dict
+    force: bool
+    labels: dict
+    fault: dict | None = None  # TEST-ONLY fault injection
+    lock_url: str | None = None  # the run's lock: a pair is only written while it still holds lock_token
+    lock_token: str | None = None
+    max_input_bytes: int | None = None  # cap per input file
+
+
+@dataclass
+class RunSummary:
+    out: str
+    total: int  # pairs in the manifest
+    done: int  # done, including skipped
+    skipped: int  # done before this invocation
+    failed: int
+    pending: int  # not run (outside --limit/--only, or interrupted)
+    seconds: float
+    failures: list[tuple[str, str]]
+    damaged: int = 0  # done before, but their files no longer matched _SUCCESS: redone
+    storage_error: str | None = None  # results.parquet / run.json could not be written at the end
+
+    @property
+    def exit_code(self) -> int:
+        return 2 if self.storage_error else 1 if self.failed else 0
+
+
+# --- driver --------------------------------------------------------------------------------------------------
+
+def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
+    started = time.perf_counter()
+    settings = dataclasses.replace(settings, out=absolute(settings.out))  # workers have other working folders
+    # 1. validate everything before any work: method, manifest, selection, per-pair settings, the target
+    storage = Storage(settings.storage_options)
+    method = get_method(settings.method)
+    manifest = read_manifest(manifest_url, storage)
+    jobs = [_job(pair, settings) for pair in select_pairs(manifest, settings.only, settings.limit)]
+    settings = resolve_task_settings(settings)
+    run_folder.check_target(storage, settings.out)
+
+    # 2. one writer per run folder
+    run_lock = run_folder.lock(storage, settings.out, "splice run", break_lock=settings.break_lock,
+                               break_stale=settings.break_stale_lock)
+    with run_lock:
+        # 3. compare with what the folder was made from, record the run, find what is left to do
+        plan = run_folder.plan_rerun(storage, settings.out, manifest, {job.pair_id for job in jobs}, force=settings.force,
+                                     verify=settings.verify,
+                                     settings_check=lambda existing: settings_mismatch(existing, settings.out, method,
+                                                                                       settings.config))
+        try:
+            record = write_run_record(storage, settings, method, manifest, existing=plan.existing, inputs=plan.inputs)
+            write_manifest(plan.manifest_frame, layout.join(settings.out, layout.MANIFEST), storage)
+            _unmark(storage, settings.out, plan.unmark)  # first, so an interrupted run never leaves them marked done
+        except OSError as exc:
+            raise StorageError(f"cannot write run folder {redact_url(settings.out)}: {_os_reason(exc)}") from None
+        results = ResultsTable(storage, settings.out, list(plan.manifest_frame["pair_id"]), plan.found)
+        jobs = [dataclasses.replace(job, lock_url=run_lock.url, lock_token=run_lock.token) for job in jobs]
+        todo = [job for job in jobs if job.pair_id not in plan.found.done]
+        skipped = len(jobs) - len(todo)
+        log.info("%d pair(s) selected: %d already done, %d to run with method %s -> %s",
+                 len(jobs), skipped, len(todo), method.name, redact_url(settings.out))
+        for spec in sorted({job.config.backbone for job in todo if method.uses_backbone}):
+            if spec.startswith("random:"):  # said here once, not by every worker that loads it
+                log.warning("backbone %s has RANDOM weights: outputs are for testing only and are labelled 'random'", spec)
+
+        # 4. fan out and collect
+        storage_error = None
+        try:
+            if todo:
+                _fan_out(todo, settings, results, skipped, run_lock)
+        finally:
+            if run_lock.lost is None:  # fenced: a run whose lock was taken over writes nothing more
+                results.mark_done(run_folder.scan(storage, settings.out))  # storage is the truth
+                counts = results.counts()
+                storage_error = _write_final(storage, settings, method, manifest, record, results, counts)
+        if run_lock.lost is not None:
+            run_lock.check()  # raises LockLost
+    return RunSummary(out=settings.out, total=len(results.rows), done=counts["done"], skipped=skipped,
+                      failed=counts["failed"], pending=counts["pending"], seconds=time.perf_counter() - started,
+                      failures=results.failures(), damaged=len(plan.found.damaged), storage_error=storage_error)
+
+
+def _write_final(storage, settings, method, manifest, record, results, counts) -> str | None:
+    """results.parquet and run.json at the end; a storage error (e.g. disk full) is reported, not raised."""
+    try:
+        results.write()
+        write_run_record(storage, settings, method, manifest, previous=record, finished=counts,
+                         weights_ids=results.weights_ids())
+    except OSError as exc:
+        reason = (f"cannot write {layout.RESULTS} / {layout.RUN_JSON} in {redact_url(settings.out)}: {_os_reason(exc)}; "
+                  f"`splice status` rebuilds the counts from the pair folders")
+        log.error("%s", reason)
+        return reason
+    return None
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device: free some space (or write elsewhere) and run again"
+    return redact_text(exc.strerror or exc).splitlines()[0][:300]
+
+
+def select_pairs(manifest: Manifest, only: tuple[str, ...] = (), limit: int | None = None) -> list[PairSpec]:
+    pairs = manifest.pairs()
+    if only:
+        unknown = sorted(set(only) - set(manifest.pair_ids))
+        if unknown:
+            raise ManifestError(f"--only names pair(s) not in manifest {redact_url(manifest.url)}: {', '.join(unknown[:10])}")
+        pairs = [pair for pair in pairs if pair.pair_id in set(only)]
+    if limit is not None:
+        if limit < 1:
+            raise SpliceError(f"--limit must be at least 1, got {limit}")
+        pairs = pairs[:limit]
+    return pairs
+
+
+def _job(pair: PairSpec, settings: RunSettings) -> PairJob:
+    try:  # per-pair overrides from the manifest's seed / steps / backbone columns
+        config = settings.config.replace(seed=pair.seed, steps=pair.steps, backbone=pair.backbone)
+    except ValueError as exc:
+        raise ManifestError(f"pair {pair.pair_id!r}: {exc}; fix its row in the manifest") from exc
+    return PairJob(pair_id=pair.pair_id, structure_uri=pair.structure_uri, appearance_uri=pair.appearance_uri,
+                   pair_dir=layout.pair_dir(settings.out, pair.pair_id), method=settings.method, config=config,
+                   storage_options=settings.storage_options, force=settings.force, labels=pair.labels,
+                   fault=fault_plan(pair.pair_id),
+                   max_input_bytes=settings.max_input_bytes or max_input_bytes(config.max_pixels))
+
+
+def _fan_out(todo: list[PairJob], settings: RunSettings, results: ResultsTable, skipped: int, run_lock) -> None:
+    started_ray = _ensure_ray(settings.address)
+    if _address(settings.address) and is_local(settings.out):
+        log.warning("--out %s is a local path but pairs run on a Ray cluster: each node writes to its own disk unless "
+                    "the path is shared storage; prefer s3://, gs://, ...", settings.out)
+    try:
+        gpus = _gpus_per_pair(settings.gpus_per_task, started_embedded=started_ray and not _address(settings.address))
+        packs = _plan(todo, settings, gpus)
+        task = _pack_task.options(num_cpus=settings.cpus_per_pair, num_gpus=gpus, max_retries=settings.max_retries,
+                                  retry_exceptions=False)
+        window = max(8, 2 * _slots(settings.cpus_per_pair, gpus))
+        queue, pending = deque(packs), {}
+        steps = {job.pair_id: job.config.steps if get_method(job.method).uses_backbone else 0 for job in todo}
+        bar = RunProgress(Storage(settings.storage_options), settings.out, steps, enabled=settings.progress,
+                          skipped=skipped)
+        try:
+            while queue or pending:
+                if run_lock.lost is not None:  # taken over (--break-lock elsewhere): stop, write nothing more
+                    run_lock.check()
+                while queue and len(pending) < window:
+                    pack = queue.popleft()
+                    pending[task.remote(pack, settings.compile)] = pack
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
+                for ref in ready:
+                    for row in _collect_pack(ref, pending.pop(ref), settings.max_retries):
+                        trace = row.pop("traceback", None)
+                        if row.pop("lock_lost", False):
+                            run_lock.check()  # a worker found the lock taken over: confirm, and stop
+                        results.update(row)
+                        bar.pair_finished(row["pair_id"], row["status"])
+                        if row["status"] == "failed":  # one line per failed pair; its traceback with -v and in error.txt
+                            log.warning("failed: %s", row["error"])
+                            if trace:
+                                log.debug("pair %s: %s", row["pair_id"], trace)
+                bar.poll([job.pair_id for pack in pending.values() for job in pack])
+                try:
+                    results.maybe_write()
+                except OSError as exc:  # e.g. disk full: keep the rows in memory and try again later
+                    log.warning("could not write %s yet (%s)", layout.RESULTS, _os_reason(exc))
+        finally:
+            bar.close()
+            if pending and (not started_ray or run_lock.lost is not None):  # stop our in-flight pairs
+                _cancel(list(pending))
+    finally:
+        if started_ray:  # ending the driver's job also ends its in-flight tasks
+            ray.shutdown()
+
+
+def _cancel(refs: list) -> None:
+    """Stop in-flight pairs (politely, then by killing their workers) so none outlives this driver's lock."""
+    for ref in refs:
+        ray.cancel(ref)
+    _, still = ray.wait(refs, num_returns=len(refs), timeout=5)
+    for ref in still:
+        ray.cancel(ref, force=True)
+    if still:
+        ray.wait(still, num_returns=len(still), timeout=10)
+
+
+def _unmark(storage: Storage, run: str, pair_ids: set[str]) -> None:
+    if pair_ids:
+        log.info("removing the _SUCCESS marker of %d pair(s) to redo", len(pair_ids))
+        fs, _ = storage.fs(run)
+        paths = [storage.fs(layout.pair_file(run, p, layout.SUCCESS))[1] for p in sorted(pair_ids)]
+        with_retries(lambda: fs.rm(paths), what=f"removing {len(paths)} _SUCCESS marker(s) for --force")
+
+
+def _collect(ref, job: PairJob, max_retries: int) -> dict:
+    try:
+        return ray.get(ref)
+    except ray.exceptions.WorkerCrashedError:
+        error = f"pair {job.pair_id!r}: its worker process died {max_retries + 1} time(s) (out of memory?); run again to retry it"
+    except ray.exceptions.RayError as exc:
+        error = f"pair {job.pair_id!r}: {type(exc).__name__}: {redact_text((str(exc).splitlines() or [''])[0])[:300]}"
+    return {"pair_id": job.pair_id, "status": "failed", "error": error, "method": job.method,
+            "attempts": max_retries + 1}
+
+
+def _gpus_per_pair(asked: float | None, started_embedded: bool) -> float:
+    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    if asked is None or (started_embedded and not has_gpus):  # auto, or nothing could ever provide a GPU here
+        if asked:
+            log.warning("no GPU on this machine: pairs run on CPUs (--gpus-per-task %s ignored)", asked)
+        return 1.0 if has_gpus else 0.0
+    if asked and not has_gpus:
+        log.warning("the cluster has no GPU now: pairs wait until GPU nodes join (--gpus-per-task 0 runs them on CPUs)")
+    return asked
+
+
+def _address(address: str | None) -> str | None:
+    return address or os.environ.get("RAY_ADDRESS")
+
+
+def _ensure_ray(address: str | None) -> bool:
+    return connect_ray(address)
+
+
+def connect_ray(address: str | None, **options) -> bool:
+    """Use an initialised Ray as it is; else connect to address / RAY_ADDRESS, else start one here.
+
+    Returns whether this call initialised Ray. 'local' (or no address) always starts a fresh instance here,
+    never a stray cluster that another `ray start` left running.
+    """
+    if ray.is_initialized():
+        return False
+    with _keep_sigterm_handler():
+        return _connect_ray(address, **options)
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler():
+    """ray.init installs its own SIGTERM handler (abort, no cleanup); keep the caller's (the CLI's releases locks)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _connect_ray(address: str | None, **options) -> bool:
+    address = _address(address)
+    if not address or address == "local":
+        ray.init(address="local", include_dashboard=False, **options)
+        return True
+    _check_listening(address)
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError, TimeoutError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise SpliceError(
+            f"cannot connect to the Ray cluster at {address} ({reason}). Check the address (`ray status` on the head "
+            f"node); if the cluster uses token authentication, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or "
+            f"RAY_AUTH_TOKEN_PATH) here as on the head") from exc
+    return True
+
+
+def _check_listening(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not minutes, when a HOST:PORT (or ray://HOST:PORT) address has nothing listening:
+    Ray itself keeps retrying a silent address for minutes."""
+    match = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d+)/?", address.strip())
+    if not match:  # 'auto' and other forms are Ray's to resolve
+        return
+    host, port = match.group(1), int(match.group(2))
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as exc:
+        raise SpliceError(f"no Ray cluster answers at {address} ({exc.strerror or exc}): check the address (the head "
+                          f"node prints it at `ray start --head`; `ray status` there shows it) and that its port is "
+                          f"reachable from here") from exc
+
+
+def _slots(cpus_per_pair: float, gpus_per_pair: float) -> int:
+    resources = ray.cluster_resources()
+    if gpus_per_pair:
+        return max(1, int(resources.get("GPU", 0) / gpus_per_pair))
+    return max(1, int(resources.get("CPU", 1) / max(cpus_per_pair, 1e-3)))
+
+
+# --- packs ---------------------------------------------------------------------------------------------------
+
+def resolve_task_settings(settings: RunSettings) -> RunSettings:
+    """Check --pack / --gpus-per-task and translate the deprecated --gpus-per-pair (a pack of one per task)."""
+    if settings.pack is not None and settings.pack < 1:
+        raise SpliceError(f"--pack must be at least 1 (or auto), got {settings.pack}")
+    for name in ("gpus_per_task", "gpus_per_pair"):
+        value = getattr(settings, name)
+        if value is not None and value < 0:
+            raise SpliceError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
+    if settings.gpus_per_pair is None:
+        return settings
+    if settings.gpus_per_task is not None or (settings.pack or 1) > 1:
+        raise SpliceError("--gpus-per-pair is replaced by --gpus-per-task (GPUs per task, a task training a pack of "
+                          "--pack pairs): pass --gpus-per-task alone")
+    log.warning("--gpus-per-pair %s means --gpus-per-task %s --pack 1 (one pair per task); use --gpus-per-task to "
+                "train several pairs per task", settings.gpus_per_pair, settings.gpus_per_pair)
+    return dataclasses.replace(settings, gpus_per_task=settings.gpus_per_pair, pack=1)
+
+
+def _plan(todo: list[PairJob], settings: RunSettings, gpus: float) -> list[list[PairJob]]:
+    """Packs of pairs: of one backbone each, equal image sizes together; K from --pack or the auto rule."""
+    trains = get_method(settings.method).uses_backbone
+    size = settings.pack if trains else 1
+    if size == 1 or len(todo) == 1 or (size is None and not gpus):
+        return [[job] for job in todo]
+    sizes = _probe_sizes(todo, Storage(settings.storage_options))
+    if size is None:
+        size = _auto_pack_size(todo, sizes, settings, gpus)
+    packs = plan_packs(todo, size, key=lambda job: (job.config.backbone,), size=lambda job: sizes.get(job.pair_id))
+    log.info("%d pair(s) in %d pack(s) of up to %d, %s GPU(s) per pack", len(todo), len(packs), size, gpus)
+    return packs
+
+
+def _probe_sizes(jobs: list[PairJob], storage: Storage) -> dict[str, tuple]:
+    """{pair_id: ((structure h, w), (appearance h, w))} from the images' headers, read in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read_header(uri: str):
+        fs, path = storage.fs(uri)
+        return image_size(lambda count: fs.cat_file(path, start=0, end=count))
+
+    def probe(job: PairJob):
+        return job.pair_id, (read_header(job.structure_uri), read_header(job.appearance_uri))
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return {pair_id: sizes for pair_id, sizes in pool.map(probe, jobs) if all(sizes)}
+
+
+def _auto_pack_size(todo: list[PairJob], sizes: dict, settings: RunSettings, gpus: float) -> int:
+    """--pack auto on GPUs: ask one GPU task for the device's memory and the backbone's patch size, then the rule
+    of packs.auto_pack_size over the largest pair."""
+    log.info("--pack auto: asking a GPU worker for its memory (--pack K skips this)")
+    probe = _device_probe.options(num_cpus=settings.cpus_per_pair, num_gpus=gpus, max_retries=settings.max_retries)
+    try:
+        device = ray.get(probe.remote(todo[0].config.backbone))
+    except ray.exceptions.RayError as exc:
+        log.warning("--pack auto: the GPU probe failed (%s): one pair per task", str(exc).splitlines()[0][:200])
+        return 1
+    memory = int(device["memory_bytes"] * min(1.0, gpus)) if device["memory_bytes"] else None
+    scaled = [(downscaled(s, todo[0].config.max_side), downscaled(a, todo[0].config.max_side)) for s, a in sizes.values()]
+    pack = auto_pack_size(memory, scaled, device.get("patch_size") or 8, fp32=todo[0].config.precision == "fp32")
+    log.info("--pack auto: %s with %.1f GiB for each task: %d pair(s) per pack", device["name"],
+             (memory or 0) / 2**30, pack)
+    return pack
+
+
+def downscaled(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """The size of an image after --max-side (as images.downscale_to)."""
+    if not max_side or max(size) <= max_side:
+        return tuple(size)
+    scale = max_side / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def _collect_pack(ref, jobs: list[PairJob], max_retries: int) -> list[dict]:
+    """The rows of a pack's pairs; where the whole task failed, a failed row for each of them."""
+    outcome = _collect(ref, jobs[0], max_retries)
+    if isinstance(outcome, list):
+        return outcome
+    return [outcome] + [_collect(ref, job, max_retries) for job in jobs[1:]]
+
+
+@ray.remote(max_calls=0)
+def _device_probe(backbone_spec: str) -> dict:
+    from pipeline.method.trainer import default_device
+
+    import torch
+
+    device = default_device()
+    info = {"name": str(device), "memory_bytes": None, "patch_size": None}
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+        info["memory_bytes"] = int(torch.cuda.mem_get_info(device)[1])
+    try:
+        info["patch_size"] = cached_backbone(backbone_spec, str(device)).patch_size  # warms this worker's cache too
+    except Exception:  # noqa: BLE001  (the pairs themselves report an unusable backbone, with the reason)
+        pass
+    return info
+
+
+# --- worker --------------------------------------------------------------------------------------------------
+
+@ray.remote(max_calls=0)  # keep workers (and their cached backbone) alive across packs, GPU tasks included
+def _pack_task(jobs: list[PairJob], compile_backbone: str = "auto") -> list[dict]:
+    recorder = ProgressRecorder(Storage(jobs[0].storage_options))  # pairs/<id>/progress.json while they train
+    for job in jobs:
+        if get_method(job.method).uses_backbone:
+            recorder.track(job.pair_id, job.pair_dir, job.config.steps)
+    try:
+        return run_pack(jobs, compile_backbone=compile_backbone, on_step=recorder)
+    except Exception as exc:  # what crosses into Ray (its logs, the driver) carries no credentials
+        ids = ", ".join(job.pair_id for job in jobs)
+        raise RuntimeError(redact_text(f"pairs {ids}: {type(exc).__name__}: {exc}")) from None
+    finally:
+        for job in jobs:
+            recorder.finish(job.pair_id)
+
+
+def run_pack(jobs: list[PairJob], compile_backbone: str = "auto", on_step=None) -> list[dict]:
+    """Do a pack of pairs; returns their results rows. Each pair goes through `run_pair` in its own thread; those
+    that reach training train together. Never raises for a bad pair. on_step(pair_id, step): per-pair progress."""
+    if len(jobs) == 1 or not get_method(jobs[0].method).uses_backbone:
+        return [run_pair(job, on_step=on_step) for job in jobs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.method.trainer import TrainOptions, default_device, train_pack
+
+    cached_backbone(jobs[0].config.backbone, str(default_device()))  # load once, before the threads ask for it
+    rendezvous = PackRendezvous([job.pair_id for job in jobs], train_pack,
+                                options=TrainOptions(compile=compile_backbone),
+                                on_step=on_step)
+
+    def one(job: PairJob) -> dict:
+        try:
+            return run_pair(job, train=rendezvous.member(job.pair_id))
+        finally:
+            rendezvous.drop(job.pair_id)
+
+    with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="pair") as pool:
+        rows = [pool.submit(one, job) for job in jobs]
+        rendezvous.run()
+        return [row.result() for row in rows]
+
+
+
+def run_pair(job: PairJob, train=None, on_step=None) -> dict:
+    """Do one pair end to end; returns its results row. Never raises for a bad pair.
+
+    `train`: what trains a Splice pair (default `trainer.train_pair`; `run_pack` passes its pack's).
+    `on_step(pair_id, steps_done)`: progress of a pair trained alone (a pack reports through its own trainer)."""
+    started_at, clock = _now(), time.perf_counter()
+    storage = Storage(job.storage_options)
+    fs, pair_dir = storage.fs(job.pair_dir)
+    row = {"pair_id": job.pair_id, "method": job.method, "started_at": started_at}
+    try:
+        if job.force:  # forget the old result first, so a crash now cannot leave an old _SUCCESS over new files
+            for name in (layout.SUCCESS, layout.CHECKPOINT, ATTEMPTS):
+                storage.remove(layout.join(job.pair_dir, name))
+        elif storage.exists(layout.join(job.pair_dir, layout.SUCCESS)):  # a retry after the pair was finished
+            return row_from_meta(storage, job.pair_dir, job.pair_id)
+        attempt = row["attempts"] = _record_attempt(storage, job, started_at)
+        inject_fault(job, attempt, storage)
+        # 1. inputs
+        structure = _read_image(storage, job, "structure", job.structure_uri)
+        appearance = _read_image(storage, job, "appearance", job.appearance_uri)
+        inject_delay(job)
+        # 2. method (backbone cached per worker process)
+        method = get_method(job.method)
+        backbone = device = None
+        loaded = False
+        if method.uses_backbone:
+            from pipeline.method.trainer import default_device
+
+            device = default_device()
+            misses = cached_backbone.cache_info().misses
+            backbone = cached_backbone(job.config.backbone, str(device))
+            loaded = cached_backbone.cache_info().misses > misses
+        checkpoint = with_retries(lambda: pair_io.load_checkpoint(fs, pair_dir), what="reading checkpoint") if method.resumable else None
+        save = functools.partial(_save_checkpoint, fs, pair_dir) if method.resumable else None
+        if train is None and on_step is not None and method.uses_backbone:
+            from pipeline.method.trainer import train_pair
+
+            train = functools.partial(train_pair, on_step=functools.partial(on_step, job.pair_id))
+        result = run_method(job.method, structure, appearance, job.config, backbone=backbone, device=device,
+                            checkpoint=checkpoint, save_checkpoint=save, train=train)
+        # 3. outputs, _SUCCESS last
+        finished_at = _now()
+        extra = {"pair_id": job.pair_id, "method": job.method, "attempt": attempt, "labels": job.labels,
+                 "structure_uri": redact_url(job.structure_uri), "appearance_uri": redact_url(job.appearance_uri),
+                 "started_at": started_at, "finished_at": finished_at,
+                 "worker": {"host": socket.gethostname(), "pid": os.getpid(), "backbone_loaded": loaded}}
+        meta = result.meta
+        done = {**row, "status": "done", "error": None, "seconds": float(meta.get("seconds", 0.0)),
+                "device": meta.get("device_name") or meta.get("device"), "weights_id": meta.get("weights_id"),
+                "finished_at": finished_at}
+        with_retries(lambda: pair_io.write_pair_result(fs, pair_dir, result, extra, row=done,
+                                                       fence=lambda: _fence(storage, job)),
+                     what=f"writing pair {job.pair_id}")
+        storage.remove(layout.join(job.pair_dir, layout.ERROR_TXT))  # an earlier attempt's error no longer holds
+        inject_fault(job, attempt, storage, after_write=True)
+        return {**done, "wall_seconds": time.perf_counter() - clock}
+    except Exception as exc:  # a bad pair fails alone; the error goes to results.parquet, the traceback to error.txt
+        error, trace = _describe(job, exc), redact_text(traceback.format_exc())
+        lock_lost = isinstance(exc, LockLost)
+        if not lock_lost:  # fenced: a pair whose run lost its lock writes nothing
+            _write_error(storage, job, error, trace)
+        return {**row, "status": "failed", "error": error, "finished_at": _now(),
+                "wall_seconds": time.perf_counter() - clock, "traceback": trace, "lock_lost": lock_lost}
+    finally:
+        _release_device_memory()
+
+
+@functools.lru_cache(maxsize=2)
+def cached_backbone(spec: str, device: str):
+    from pipeline.method.backbone import load_backbone
+
+    backbone_log = logging.getLogger("pipeline.method.backbone")
+    level = backbone_log.level
+    backbone_log.setLevel(logging.ERROR)  # the driver has said whether it is random: no copy from every worker
+    try:
+        return load_backbone(spec, device)
+    finally:
+        backbone_log.setLevel(level)
+
+
+def _fence(storage: Storage, job: PairJob) -> None:
+    """Raise LockLost unless this job's run still holds the run folder's lock (checked before final writes)."""
+    if not job.lock_url:
+        return
+    try:
+        holder = storage.read_json(job.lock_url)
+    except (FileNotFoundError, ValueError):
+        holder = None
+    if not isinstance(holder, dict) or holder.get("token") != job.lock_token:
+        who = f"host {holder.get('host')}, pid {holder.get('pid')}" if isinstance(holder, dict) else "lock removed"
+        raise LockLost(f"the run's lock was taken over by another command ({who}): this pair was not written")
+
+
+def _read_image(storage: Storage, job: PairJob, role: str, uri: str):
+    limit = job.max_input_bytes or max_input_bytes(job.config.max_pixels)
+    try:
+        data = storage.read_input(uri, max_bytes=limit)
+    except FileNotFoundError:
+        raise SpliceError(f"{role} image {redact_url(uri)} does not exist: fix {role}_uri in the manifest") from None
+    except SpliceError as exc:
+        raise SpliceError(f"{role} image {exc}") from None
+    except Exception as exc:  # OSError, HTTP errors: never with the URL's credentials
+        reason = redact_text(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
+        raise SpliceError(f"{role} image {redact_url(uri)} cannot be read ({reason}): check it and the storage "
+                          f"options") from None
+    try:
+        return decode_image(data, redact_url(uri), job.config.max_pixels)
+    except ImageError as exc:  # "image X is not ..." -> "structure image X is not ..."
+        raise ImageError(f"{role} {exc}") from exc
+
+
+def _describe(job: PairJob, exc: Exception) -> str:
+    if isinstance(exc, SpliceError):
+        return redact_text(f"pair {job.pair_id!r}: {exc}")
+    if isinstance(exc, OSError):  # storage trouble, not a bug: say what to do
+        if exc.errno == errno.ENOSPC:
+            return (f"pair {job.pair_id!r}: no space left on the device writing {redact_url(job.pair_dir)}: free some "
+                    f"space (or write elsewhere) and run again")
+        return redact_text(f"pair {job.pair_id!r}: storage error writing {job.pair_dir} ({type(exc).__name__}: "
+                           f"{exc}): check the storage and run again")[:600]
+    where = redact_url(layout.join(job.pair_dir, layout.ERROR_TXT))
+    return redact_text(f"pair {job.pair_id!r}: {type(exc).__name__}: {str(exc)[:500]} (a bug? traceback in {where}, "
+                       f"and with -v)")
+
+
+def _write_error(storage: Storage, job: PairJob, error: str, trace: str) -> None:
+    """pairs/<id>/error.txt: the one-line error and the traceback, for the user and `splice status`."""
+    try:
+        storage.write_bytes(layout.join(job.pair_dir, layout.ERROR_TXT), f"{error}\n\n{trace}".encode())
+    except Exception as exc:  # the results row still records the error
+        log.debug("could not write %s for pair %s: %s", layout.ERROR_TXT, job.pair_id, exc)
+
+
+def _save_checkpoint(fs, pair_dir: str, state: dict) -> None:
+    with_retries(lambda: pair_io.save_checkpoint(fs, pair_dir, state), what="writing checkpoint")
+
+
+def _record_attempt(storage: Storage, job: PairJob, started_at: str) -> int:
+    """Append this start to pairs/<id>/attempts.json; only one driver (the lock) and one task per pair write it."""
+    url = layout.join(job.pair_dir, ATTEMPTS)
+    try:
+        attempts = storage.read_json(url).get("attempts", [])
+    except (FileNotFoundError, ValueError):
+        attempts = []
+    attempts.append({"attempt": len(attempts) + 1, "started_at": started_at, "host": socket.gethostname(), "pid": os.getpid()})
+    storage.write_json(url, {"pair_id": job.pair_id, "attempts": attempts})
+    return len(attempts)
+
+
+def _release_device_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

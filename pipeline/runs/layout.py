@@ -1,0 +1,33 @@
+"""Where a run's files live (see DESIGN.md, "Storage layout of a run"). Paths are fsspec URLs joined with '/'."""
+from __future__ import annotations
+
+RUN_JSON = "run.json"  # resolved config, code version, backbone id and weights hash, start time
+MANIFEST = "manifest.parquet"  # the manifest as run
+RESULTS = "results.parquet"  # one row per pair: status, error, seconds, device, attempts
+PAIRS = "pairs"
+EVAL = "eval"
+LOCK = "_LOCK"
+
+OUTPUT_PNG = "output.png"  # the result image
+META_JSON = "meta.json"  # config, seed, timings, device, peak memory, final losses, status
+LOSSES = "losses.parquet"  # loss terms per logged step
+CHECKPOINT = "checkpoint.pt"  # optional, for resuming a pair
+SUCCESS = "_SUCCESS"  # written last: a pair with it is done
+PROGRESS_JSON = "progress.json"  # while a pair trains: its last reported step (pipeline/runs/progress.py); removed at the end
+ERROR_TXT = "error.txt"  # a failed pair's error and traceback
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URL/path parts with '/', keeping the scheme of `base` intact."""
+    out = base.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+def pair_dir(run: str, pair_id: str) -> str:
+    return join(run, PAIRS, pair_id)
+
+
+def pair_file(run: str, pair_id: str, name: str) -> str:
+    return join(run, PAIRS, pair_id, name)
