@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from pipeline.runs import hooks
 from pipeline.storage import Storage
 
 from evaluation.models import EvalSettings, best_device, load_metric_models
@@ -25,7 +26,7 @@ MAX_TASK_RETRIES = -1  # ... and the chunks it held are re-run until it is back 
 
 
 class _Worker:
-    def __init__(self, settings: EvalSettings, storage_options: dict, threads: int | None, chunk_delay: float = 0.0):
+    def __init__(self, settings: EvalSettings, storage_options: dict, threads: int | None):
         import torch
 
         from evaluation.evaluate import model_info
@@ -35,7 +36,6 @@ class _Worker:
         self.settings = settings
         self.storage = Storage(storage_options)
         self.device = best_device()
-        self.chunk_delay = chunk_delay  # TEST-ONLY (SPLICE_FAULT_INJECTION eval-sleep): keep chunks in flight
         self.error = None
         try:
             self.models = load_metric_models(settings, self.device)
@@ -49,10 +49,7 @@ class _Worker:
     def evaluate(self, tasks):
         from evaluation.evaluate import evaluate_chunk
 
-        if self.chunk_delay:
-            import time
-
-            time.sleep(self.chunk_delay)
+        hooks.point("evaluate.chunk")
         return evaluate_chunk(tasks, self.models, self.settings, self.storage, self.device)
 
 
@@ -65,7 +62,6 @@ class RayBackend:
 
         self.ray = ray
         from pipeline.runs.fanout import connect_ray
-        from pipeline.runs.fault_injection import chunk_delay
 
         self.started = connect_ray(address, log_to_driver=False)
         resources = ray.cluster_resources()
@@ -77,8 +73,9 @@ class RayBackend:
             per_actor = max(1, min(CPUS_PER_ACTOR, max(node_cpus)))
             count = max(1, sum(c // per_actor for c in node_cpus))
             options, threads = {"num_cpus": per_actor}, per_actor
-        worker = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES, **options)(_Worker)
-        self.actors = [worker.remote(settings, storage_options, threads, chunk_delay()) for _ in range(count)]
+        worker = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES, runtime_env=hooks.runtime_env(),
+                            **options)(_Worker)
+        self.actors = [worker.remote(settings, storage_options, threads) for _ in range(count)]
         log.info("evaluating on Ray: %d worker(s) with %s each", count, options)
 
     def model_info(self):

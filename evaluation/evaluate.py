@@ -25,8 +25,7 @@ from datetime import datetime, timezone
 import pandas as pd
 import torch
 
-from pipeline.runs import layout, run_folder
-from pipeline.runs.fault_injection import pause_at
+from pipeline.runs import hooks, layout, run_folder
 from pipeline.method.images import ImageError, decode_image, max_input_bytes
 from pipeline.storage import Storage, redact_text, redact_url
 
@@ -299,7 +298,7 @@ def _stored_rows(storage: Storage, run_url: str) -> dict[str, dict]:
 def _save(storage: Storage, run_url: str, rows: dict, ids: dict, skipped: dict, classes: list | None) -> None:
     """Write metrics.parquet and evaluation.json under the eval/ lock, merged with what another evaluation saved
     meanwhile: its metrics' columns are kept, never lost."""
-    pause_at("evaluate-before-save")
+    hooks.point("evaluate.before_save")
     with run_folder.lock(storage, layout.join(run_url, layout.EVAL), "splice evaluate", wait=SAVE_LOCK_WAIT_S,
                          break_stale=True):
         stored = _stored_rows(storage, run_url)

@@ -74,6 +74,21 @@ def ray_session():
     ray.shutdown()
 
 
+# --- faults ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def inject_faults(monkeypatch):
+    """inject_faults(plan): crash or slow the pipeline at its hook points as `plan` says (see tests/faults.py), in
+    this process and in the Ray workers and subprocesses it starts, for this test only."""
+    from faults import fault_env
+
+    def install(plan: str) -> None:
+        for name, value in fault_env(plan).items():
+            monkeypatch.setenv(name, value)
+
+    return install
+
+
 # --- S3 ------------------------------------------------------------------------------------------------------
 
 @dataclass

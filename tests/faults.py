@@ -6,6 +6,15 @@
   process reach it through the environment from `FaultyS3.client_env()`.
 - `free_port`, `start_session`, `kill_session`: run a command tree (a Ray cluster, a driver with its embedded Ray)
   in a session of its own and end exactly that session, whatever its processes did with their process groups.
+- `hook` and `fault_env`: this file is also the test hook module of pipeline/runs/hooks.py. `fault_env(plan)` gives
+  the environment that installs it; the plan (SPLICE_TEST_FAULTS) says what happens at which hook point:
+    kill-once=ID1,ID2:    on the pair's first attempt the worker writes a partial output.png and exits hard (os._exit);
+    kill-after-write=ID3: on the first attempt the worker exits hard just after writing the complete pair;
+    sleep=S:              every pair sleeps S seconds after reading its images;
+    eval-sleep=S:         every chunk of `splice evaluate` on Ray sleeps S seconds before it starts;
+    pause=POINT:PATH:     a command reaching hook point POINT creates PATH.waiting, then waits until PATH exists, so
+                          that a test can act (run a second command, kill this one) at a known point.
+  e.g. "kill-once=k1;kill-after-write=k2;sleep=1.5". Parts are separated by ';'.
 """
 from __future__ import annotations
 
@@ -106,6 +115,50 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.1, what: str = "c
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+# --- crashes and delays at the pipeline's hook points (pipeline/runs/hooks.py) -------------------------------
+
+HOOKS_ENV = "SPLICE_TEST_HOOKS"  # = pipeline.runs.hooks.HOOKS_ENV: names this file as the hook module
+FAULTS_ENV = "SPLICE_TEST_FAULTS"  # the plan (see the module docstring)
+
+
+def fault_env(plan: str) -> dict:
+    """Environment variables that install this module's hook with `plan`, in this process and all it starts."""
+    return {HOOKS_ENV: os.path.abspath(__file__), FAULTS_ENV: plan}
+
+
+def _plan() -> list[tuple[str, str]]:
+    parts = filter(None, (p.strip() for p in os.environ.get(FAULTS_ENV, "").split(";")))
+    return [tuple(part.partition("=")[::2]) for part in parts]
+
+
+def hook(point: str, **context) -> None:
+    """Called by pipeline.runs.hooks.point(point, **context) wherever the pipeline marks a hook point."""
+    for name, value in _plan():
+        if point == "pair.started" and name == "kill-once" and context["attempt"] == 1 \
+                and context["pair_id"] in value.split(","):
+            from pipeline.runs import layout
+
+            context["storage"].write_bytes(layout.join(context["pair_dir"], layout.OUTPUT_PNG), b"\x89PNG half-written")
+            os._exit(1)
+        elif point == "pair.written" and name == "kill-after-write" and context["attempt"] == 1 \
+                and context["pair_id"] in value.split(","):
+            os._exit(1)
+        elif (point, name) in (("pair.inputs_read", "sleep"), ("evaluate.chunk", "eval-sleep")):
+            time.sleep(float(value))
+        elif name == "pause" and value.partition(":")[0] == point:
+            _pause(value.partition(":")[2])
+
+
+def _pause(path: str, timeout: float = 300.0) -> None:
+    """Wait until `path` exists (after creating `path`.waiting to say so); at once if it already exists."""
+    if not path or os.path.exists(path):
+        return
+    open(f"{path}.waiting", "w").close()
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 # --- the faulty store ----------------------------------------------------------------------------------------

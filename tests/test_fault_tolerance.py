@@ -9,9 +9,9 @@ meets the Ray session of this pytest process and can be killed whole:
 - `ray job submit` and `splice run --address` against a `ray start --head` cluster with token authentication.
 
 Pairs are tiny generated images; most scenarios use the cheap `structure-copy` method (its output must equal the
-structure image, which makes "outputs intact" exact) and the fan-out's test-only SPLICE_FAULT_INJECTION=sleep=S
-to keep pairs in flight long enough to be hit. The job-submission test runs the real Splice trainer (random tiny
-backbone, 2 steps).
+structure image, which makes "outputs intact" exact) and the test hook's `sleep=S` (tests/faults.py, at the fan-out's
+hook point pair.inputs_read) to keep pairs in flight long enough to be hit. The job-submission test runs the real
+Splice trainer (random tiny backbone, 2 steps).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from faults import FaultyS3, Rule, free_port, kill_session, start_session, wait_for
+from faults import FaultyS3, Rule, fault_env, free_port, kill_session, start_session, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the environment under test: its `splice` and `ray`, wherever pip put them
@@ -64,7 +64,7 @@ def write_pairs(folder: Path, count: int, size=(24, 32)) -> tuple[Path, dict[str
 
 def child_env(**extra) -> dict:
     """This environment, less anything that would point Ray at another cluster or token, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_", "SPLICE_FAULT"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_", "SPLICE_TEST_"))}
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PYTHONUNBUFFERED="1", RAY_AUTH_MODE="disabled",
                RAY_DISABLE_USAGE_STATS="1", TQDM_DISABLE="1")
     env.update(extra)
@@ -131,7 +131,7 @@ def test_losing_a_worker_node_mid_run_redoes_its_pairs_and_loses_none(tmp_path):
     scenario = start_session(
         [sys.executable, str(REPO / "tests" / "ray_cluster_scenario.py"), str(manifest), str(run),
          str(tmp_path / "scenario.json"), "--method", "structure-copy"],
-        env=child_env(SPLICE_FAULT_INJECTION="sleep=2"), log_path=tmp_path / "scenario.log", cwd=REPO)
+        env=child_env(**fault_env("sleep=2")), log_path=tmp_path / "scenario.log", cwd=REPO)
     try:
         code = scenario.wait(timeout=420)
     finally:
@@ -167,7 +167,7 @@ def test_losing_a_node_mid_evaluation_redoes_its_chunk_and_evaluate_honours_ray_
     scenario = start_session(
         [sys.executable, str(REPO / "tests" / "ray_eval_scenario.py"), str(run), str(tmp_path / "scenario.json"),
          "--metrics", "selfsim", "--metric-backbone", "random:vit_tiny_patch16_224", "--batch-size", "1"],
-        env=child_env(SPLICE_FAULT_INJECTION="eval-sleep=1.5"), log_path=tmp_path / "scenario.log", cwd=REPO)
+        env=child_env(**fault_env("eval-sleep=1.5")), log_path=tmp_path / "scenario.log", cwd=REPO)
     try:
         code = scenario.wait(timeout=420)
     finally:
@@ -199,7 +199,7 @@ def test_killed_driver_resumes_and_recomputes_nothing_that_had_success(tmp_path)
     manifest, structures = write_pairs(tmp_path / "data", 8)
     run = tmp_path / "run"
     command = [SPLICE, "run", str(manifest), "--out", str(run), "--method", "structure-copy", "--no-progress"]
-    env = child_env(SPLICE_FAULT_INJECTION="sleep=1.5")
+    env = child_env(**fault_env("sleep=1.5"))
 
     # 1. kill the driver, its embedded Ray and every worker outright once some pairs are done
     def started_not_done() -> set[str]:

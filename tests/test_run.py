@@ -26,7 +26,7 @@ from conftest import TINY_BACKBONE
 from pipeline.cli.main import main
 from pipeline.method.config import TrainConfig
 from pipeline.runs.fanout import ATTEMPTS, RunSettings, run_manifest
-from pipeline.runs.fault_injection import FAULT_ENV
+from faults import FAULTS_ENV, fault_env
 from pipeline.method.images import decode_image
 from manifests.schema import ManifestError, validate_frame, write_manifest
 from manifests.builders import build_pairs_dir
@@ -137,10 +137,10 @@ def test_manifest_errors_stop_the_run_before_any_work(tmp_path, capsys):
 
 # --- reliability ---------------------------------------------------------------------------------------------
 
-def test_worker_killed_mid_pair_is_retried_and_done_exactly_once(ray_session, tmp_path, manifest, monkeypatch):
+def test_worker_killed_mid_pair_is_retried_and_done_exactly_once(ray_session, tmp_path, manifest, inject_faults):
     path = manifest(["k0", "k1", "k2"])
     # k1's first attempt writes half an output.png and dies; k2's dies just after finishing its pair
-    monkeypatch.setenv(FAULT_ENV, "kill-once=k1;kill-after-write=k2")
+    inject_faults("kill-once=k1;kill-after-write=k2")
     out = tmp_path / "run"
     summary = run_manifest(path, settings(out, max_retries=2))
     assert (summary.done, summary.failed) == (3, 0)
@@ -155,9 +155,10 @@ def test_worker_killed_mid_pair_is_retried_and_done_exactly_once(ray_session, tm
     assert torch.equal(output, structure)  # the complete output of the retry, not the half-written one
 
 
-def test_worker_killed_without_retries_fails_cleanly_and_is_redone_next_time(ray_session, tmp_path, manifest, monkeypatch):
+def test_worker_killed_without_retries_fails_cleanly_and_is_redone_next_time(ray_session, tmp_path, manifest,
+                                                                             inject_faults):
     path = manifest(["z0", "z1"])
-    monkeypatch.setenv(FAULT_ENV, "kill-once=z1")
+    inject_faults("kill-once=z1")
     out = tmp_path / "run"
     summary = run_manifest(path, settings(out, max_retries=0))
     assert (summary.done, summary.failed) == (1, 1)
@@ -174,7 +175,7 @@ def test_interrupted_driver_resumes_with_nothing_lost_or_done_twice(ray_session,
     out = tmp_path / "run"
     command = [sys.executable, "-m", "pipeline", "run", path, "--out", str(out), "--method", "structure-copy",
                "--address", ray_session, "--no-progress"]
-    slow = {**os.environ, FAULT_ENV: "sleep=1.5"}
+    slow = {**os.environ, **fault_env("sleep=1.5")}
     driver = subprocess.Popen(command, env=slow, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 90
     while len(list(out.glob("pairs/*/_SUCCESS"))) < 2:
@@ -191,7 +192,7 @@ def test_interrupted_driver_resumes_with_nothing_lost_or_done_twice(ray_session,
     table = results(out)  # written on the way out: the finished pairs are recorded
     assert 2 <= sum(table["status"] == "done") and set(table.index[table["status"] == "done"]) <= set(done_before)
 
-    quick = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+    quick = {k: v for k, v in os.environ.items() if k != FAULTS_ENV}
     rerun = subprocess.run(command, env=quick, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"({len(done_before)} skipped as already done)" in rerun.stdout
@@ -351,13 +352,13 @@ def test_an_address_with_no_cluster_fails_in_seconds_with_what_to_check(tmp_path
 
 # --- packs (--pack K: several pairs trained together per task) ------------------------------------------------
 
-def test_splice_run_in_packs_matches_pairs_trained_alone(ray_session, tmp_path, manifest, monkeypatch, capsys):
+def test_splice_run_in_packs_matches_pairs_trained_alone(ray_session, tmp_path, manifest, inject_faults, capsys):
     from pipeline.method.backbone import load_backbone
     from pipeline.method.trainer import train_pair
 
     path = manifest(["q0", "q1", "q2", "qbad"], corrupt={"qbad"})
     # q1's worker dies right after writing q1: Ray retries its pack, which skips q1 and finishes q0
-    monkeypatch.setenv(FAULT_ENV, "kill-after-write=q1")
+    inject_faults("kill-after-write=q1")
     out = tmp_path / "run"
     argv = ["run", path, "--out", str(out), "--method", "splice", "--backbone", TINY_BACKBONE, "--steps", "2",
             "--pack", "2", "--no-progress"]

@@ -30,9 +30,8 @@ from evaluation.metrics import METRICS
 from evaluation.models import EvalSettings
 from evaluation.report.build import build_report
 from evaluation.runio import RunError
-from faults import FaultyS3, Rule, wait_for
+from faults import FaultyS3, Rule, fault_env, wait_for
 from pipeline.cli.main import main
-from pipeline.runs.fault_injection import FAULT_ENV
 from pipeline.runs.run_lock import RunLock, RunLocked
 from pipeline.storage import Storage, redact_text, redact_url, with_retries
 
@@ -89,7 +88,7 @@ def results(out) -> pd.DataFrame:
 
 
 def child_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "SPLICE_FAULT"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "SPLICE_TEST_"))}
     env.update(PYTHONUNBUFFERED="1", TQDM_DISABLE="1", **extra)
     return env
 
@@ -212,7 +211,7 @@ def test_3_a_run_whose_lock_was_taken_over_stops_writing(ray_session, tmp_path):
     manifest = manifest_of(tmp_path / "m.parquet", inputs)
     out = tmp_path / "run"
     driver = splice_process(["run", manifest, "--out", out, "--method", "structure-copy", "--address", ray_session,
-                             "--no-progress"], child_env(**{FAULT_ENV: "sleep=2"}), tmp_path / "driver.log")
+                             "--no-progress"], child_env(**fault_env("sleep=2")), tmp_path / "driver.log")
     try:
         wait_for(lambda: list(out.glob("pairs/*/attempts.json")) or driver.poll() is not None, timeout=120,
                  what="a pair in flight")
@@ -249,7 +248,7 @@ def test_4_concurrent_evaluations_with_different_metrics_keep_both(tmp_path):
     go = tmp_path / "go"
     # evaluation A plans and computes, then is held just before it saves ...
     a = splice_process(["evaluate", run, "--metrics", first, "--metric-backbone", TINY, "--device", "cpu",
-                        "--no-progress"], child_env(**{FAULT_ENV: f"pause=evaluate-before-save:{go}"}),
+                        "--no-progress"], child_env(**fault_env(f"pause=evaluate.before_save:{go}")),
                        tmp_path / "a.log")
     try:
         wait_for(lambda: Path(f"{go}.waiting").exists() or a.poll() is not None, timeout=180, what="A before saving")
@@ -295,7 +294,7 @@ def test_5_reports_are_atomic_and_compare_like_with_like(tmp_path, caplog):
     # a report killed after writing its new files, before they are in place: the old report is intact
     go = tmp_path / "go"
     killed = splice_process(["report", a, b, "-o", out, "--thumbnails", "1", "--seed", "5"],
-                            child_env(**{FAULT_ENV: f"pause=report-before-publish:{go}"}), tmp_path / "report.log")
+                            child_env(**fault_env(f"pause=report.before_publish:{go}")), tmp_path / "report.log")
     try:
         wait_for(lambda: Path(f"{go}.waiting").exists() or killed.poll() is not None, timeout=180,
                  what="the report before publishing")
@@ -463,7 +462,7 @@ def test_7_sigterm_releases_the_lock_and_records_results(ray_session, tmp_path):
     manifest = manifest_of(tmp_path / "m.parquet", inputs)
     out = tmp_path / "run"
     driver = splice_process(["run", manifest, "--out", out, "--method", "structure-copy", "--address", ray_session,
-                             "--no-progress"], child_env(**{FAULT_ENV: "sleep=2"}), tmp_path / "driver.log")
+                             "--no-progress"], child_env(**fault_env("sleep=2")), tmp_path / "driver.log")
     try:
         wait_for(lambda: list(out.glob("pairs/*/attempts.json")) or driver.poll() is not None, timeout=120,
                  what="a pair in flight")

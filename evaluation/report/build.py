@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from pipeline.runs import layout, run_folder
-from pipeline.runs.fault_injection import pause_at
+from pipeline.runs import hooks, layout, run_folder
 from pipeline.storage import Storage, absolute, is_local, redact_url
 
 from evaluation.report import html as html_report, pairs as report_pairs, svg, tables
@@ -78,7 +77,7 @@ def build_report(run_urls: list[str], out_dir: str, *, reference: str | None = N
         try:
             summary = _write_report(storage, runs, frame, staging, reference, group_by, thumbnails, n_boot, seed, pairs,
                                     assets, extremes)
-            pause_at("report-before-publish")
+            hooks.point("report.before_publish")
             _publish(storage, staging, out_dir)
         finally:
             _remove_tree(storage, staging)

@@ -35,10 +35,9 @@ from datetime import datetime, timezone
 
 import ray
 
-from pipeline.runs import layout, pair_io, run_folder
+from pipeline.runs import hooks, layout, pair_io, run_folder
 from pipeline.method.config import TrainConfig
 from pipeline.errors import SpliceError
-from pipeline.runs.fault_injection import fault_plan, inject_delay, inject_fault
 from pipeline.method.images import ImageError, decode_image, max_input_bytes
 from manifests.schema import Manifest, ManifestError, PairSpec, read_manifest, write_manifest
 from pipeline.method.registry import get_method, run_method
@@ -89,7 +88,6 @@ class PairJob:
     storage_options: dict
     force: bool
     labels: dict
-    fault: dict | None = None  # TEST-ONLY fault injection
     lock_url: str | None = None  # the run's lock: a pair is only written while it still holds lock_token
     lock_token: str | None = None
     max_input_bytes: int | None = None  # cap per input file
@@ -210,7 +208,6 @@ def _job(pair: PairSpec, settings: RunSettings) -> PairJob:
     return PairJob(pair_id=pair.pair_id, structure_uri=pair.structure_uri, appearance_uri=pair.appearance_uri,
                    pair_dir=layout.pair_dir(settings.out, pair.pair_id), method=settings.method, config=config,
                    storage_options=settings.storage_options, force=settings.force, labels=pair.labels,
-                   fault=fault_plan(pair.pair_id),
                    max_input_bytes=settings.max_input_bytes or max_input_bytes(config.max_pixels))
 
 
@@ -223,7 +220,7 @@ def _fan_out(todo: list[PairJob], settings: RunSettings, results: ResultsTable, 
         gpus = _gpus_per_pair(settings.gpus_per_task, started_embedded=started_ray and not _address(settings.address))
         packs = _plan(todo, settings, gpus)
         task = _pack_task.options(num_cpus=settings.cpus_per_pair, num_gpus=gpus, max_retries=settings.max_retries,
-                                  retry_exceptions=False)
+                                  retry_exceptions=False, runtime_env=hooks.runtime_env())
         window = max(8, 2 * _slots(settings.cpus_per_pair, gpus))
         queue, pending = deque(packs), {}
         steps = {job.pair_id: job.config.steps if get_method(job.method).uses_backbone else 0 for job in todo}
@@ -537,11 +534,11 @@ def run_pair(job: PairJob, train=None, on_step=None) -> dict:
         elif storage.exists(layout.join(job.pair_dir, layout.SUCCESS)):  # a retry after the pair was finished
             return row_from_meta(storage, job.pair_dir, job.pair_id)
         attempt = row["attempts"] = _record_attempt(storage, job, started_at)
-        inject_fault(job, attempt, storage)
+        hooks.point("pair.started", pair_id=job.pair_id, attempt=attempt, storage=storage, pair_dir=job.pair_dir)
         # 1. inputs
         structure = _read_image(storage, job, "structure", job.structure_uri)
         appearance = _read_image(storage, job, "appearance", job.appearance_uri)
-        inject_delay(job)
+        hooks.point("pair.inputs_read", pair_id=job.pair_id)
         # 2. method (backbone cached per worker process)
         method = get_method(job.method)
         backbone = device = None
@@ -575,7 +572,7 @@ def run_pair(job: PairJob, train=None, on_step=None) -> dict:
                                                        fence=lambda: _fence(storage, job)),
                      what=f"writing pair {job.pair_id}")
         storage.remove(layout.join(job.pair_dir, layout.ERROR_TXT))  # an earlier attempt's error no longer holds
-        inject_fault(job, attempt, storage, after_write=True)
+        hooks.point("pair.written", pair_id=job.pair_id, attempt=attempt)
         return {**done, "wall_seconds": time.perf_counter() - clock}
     except Exception as exc:  # a bad pair fails alone; the error goes to results.parquet, the traceback to error.txt
         error, trace = _describe(job, exc), redact_text(traceback.format_exc())
