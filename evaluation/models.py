@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pipeline.method import devices
 from pipeline.method.backbone import BackboneUnavailable, load_backbone
 from pipeline.method.images import DEFAULT_MAX_PIXELS
+from pipeline.method.weights import RANDOM_WEIGHTS_ID
 
 from evaluation.metrics import DEFAULT_METRICS, METRICS
 from evaluation.segmenter import DEFAULT_SEGMENTER, load_segmenter
@@ -22,7 +24,6 @@ log = logging.getLogger(__name__)
 
 DINO_ROLES = {"vitb8": "dino_vitb8", "vits16": "dino_vits16"}  # model role -> default backbone spec
 LPIPS_NAME = "lpips-v0.1-alex"
-RANDOM = "random"
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,8 @@ class MetricModels:
 
 
 def best_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """The evaluation's default device: CUDA, else Apple's MPS, else the CPU (pipeline/method/devices.py)."""
+    return devices.best_device(mps=True)
 
 
 def load_metric_models(settings: EvalSettings, device: torch.device | str) -> MetricModels:
@@ -100,7 +98,7 @@ def load_metric_models(settings: EvalSettings, device: torch.device | str) -> Me
             continue
         setattr(models, role, model)
         models.ids[name] = model_id
-        if model_id.endswith("@" + RANDOM):
+        if model_id.endswith("@" + RANDOM_WEIGHTS_ID):
             random.setdefault(model_id, []).append(name)
     for model_id, names in random.items():
         log.warning("metric(s) %s use RANDOM weights (%s): their values are for smoke tests only", ", ".join(names), model_id)
@@ -142,8 +140,8 @@ def load_lpips(weights: str, device) -> tuple[torch.nn.Module, str]:
     with warnings.catch_warnings():  # lpips calls torchvision's deprecated `pretrained=` argument
         warnings.simplefilter("ignore", UserWarning)
         model = lpips.LPIPS(net="alex", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
-    if weights == RANDOM:
-        weights_id = RANDOM
+    if weights == "random":  # --lpips-weights random
+        weights_id = RANDOM_WEIGHTS_ID
     elif weights == "pretrained" or weights.startswith("file:"):
         local = weights.split(":", 1)[1] if weights.startswith("file:") else None
         state, weights_id = load_state_dict(AlexNet_Weights.IMAGENET1K_V1.url, "LPIPS AlexNet trunk (metric lpips_structure)",

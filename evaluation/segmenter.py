@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.method.weights import RANDOM_WEIGHTS_ID
+
 from evaluation.weights import MetricUnavailable, load_state_dict
 
 DEFAULT_SEGMENTER = "deeplabv3_mobilenet_v3_large"
-RANDOM_WEIGHTS_ID = "random"
 
 
 class TorchvisionSegmenter(nn.Module):

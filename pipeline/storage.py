@@ -203,24 +203,9 @@ class Storage:
         return with_retries(lambda: fs.cat_file(path), what=f"reading {redact_url(url)}")
 
     def write_bytes(self, url: str, data: bytes) -> None:
-        """Write a whole file so a reader sees the old or the new content, never a part (local: temp + rename)."""
+        """Write a whole file so a reader sees the old or the new content, never a part (see `write_whole`)."""
         fs, path = self.fs(url)
-
-        def write():
-            if is_local(url):
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                temporary = f"{path}.{uuid.uuid4().hex}.tmp"
-                try:
-                    with open(temporary, "wb") as handle:
-                        handle.write(data)
-                    os.replace(temporary, path)
-                except BaseException:  # e.g. disk full: never leave a temporary file behind
-                    _remove_quietly(temporary)
-                    raise
-            else:
-                fs.pipe_file(path, data)
-
-        with_retries(write, what=f"writing {redact_url(url)}")
+        with_retries(lambda: write_whole(fs, path, data), what=f"writing {redact_url(url)}")
 
     def read_input(self, url: str, *, max_bytes: int, timeout: float = READ_TIMEOUT_S) -> bytes:
         """Read an input (image, manifest) with limits: only a regular file or object, at most `max_bytes` (checked
@@ -335,11 +320,32 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
+def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in LOCAL_PROTOCOLS
+
+
 def ensure_folder(fs, path: str) -> None:
     """Create a local folder; object stores have no folders, and creating one there may create a BUCKET."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in LOCAL_PROTOCOLS:
+    if is_local_fs(fs):
         fs.makedirs(path, exist_ok=True)
+
+
+def write_whole(fs, path: str, data: bytes) -> None:
+    """Write a whole file so a reader sees the old or the new content, never a part: on a local disk a temporary
+    file renamed over the target (its folder created); object stores replace an object atomically on put."""
+    if not is_local_fs(fs):
+        fs.pipe_file(path, data)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = f"{path}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except BaseException:  # e.g. disk full: never leave a temporary file behind
+        _remove_quietly(temporary)
+        raise
 
 
 # --- retries -------------------------------------------------------------------------------------------------

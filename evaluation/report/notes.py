@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from pipeline.method.weights import RANDOM_WEIGHTS_ID
+
 from evaluation.metrics import METRICS
 
 DINO_NAME = re.compile(r"DINO ViT-[A-Za-z]+/\d+")
@@ -45,9 +47,9 @@ def collect_warnings(runs, table, records, store) -> Warnings:
         found.add(text)
     for run in runs:
         info = run.run.info
-        if str(info.get("backbone") or "").startswith("random:") or "random" in (info.get("backbone_weights_ids") or []):
+        if str(info.get("backbone") or "").startswith("random:") or RANDOM_WEIGHTS_ID in (info.get("backbone_weights_ids") or []):
             found.add("outputs made with a RANDOM backbone: they are meaningless (a smoke test)", run.label)
-        randoms = [m for m in METRICS if any(i.endswith("@random") for i in _model_ids(run.metrics, m))]
+        randoms = [m for m in METRICS if any(i.endswith(f"@{RANDOM_WEIGHTS_ID}") for i in _model_ids(run.metrics, m))]
         if randoms:
             found.add("metrics computed with RANDOM weights: their values are for smoke tests only, not results",
                       f"{run.label} ({', '.join(randoms)})")
@@ -94,7 +96,7 @@ def model_name(model_id: str) -> str:
         name = f"weights file {spec.rsplit('/', 1)[-1]}"
     else:
         name = spec
-    return f"{name} (random weights)" if weights == "random" else name
+    return f"{name} (random weights)" if weights == RANDOM_WEIGHTS_ID else name
 
 
 def first_clause(reason: str) -> str:

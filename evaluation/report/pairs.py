@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from pipeline.method.objective import TERMS
 from pipeline.runs import layout
 
 from evaluation import runio
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 LABEL_COLUMNS = ("dataset", "domain", "split")
 COST_COLUMNS = ("train_seconds", "train_device", "train_peak_memory_bytes")
-LOSS_TERMS = ["total", "appearance", "structure", "identity", "full_appearance", "full_structure"]
+LOSS_TERMS = ["total", *TERMS]  # the columns of losses.parquet the report plots: the objective's terms and their sum
 LOSS_POINTS = 60  # per-pair loss curves are thinned to at most this many steps
 READ_THREADS = 8
 

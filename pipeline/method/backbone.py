@@ -29,7 +29,7 @@ from torchvision.transforms.v2.functional._geometry import _compute_resized_outp
 
 from pipeline.errors import SpliceError
 from pipeline.network import reachable
-from pipeline.method.weights import weights_dir_file
+from pipeline.method.weights import RANDOM_WEIGHTS_ID, weights_dir_file
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,6 @@ DINO_BACKBONES = {
 }
 SHORT_SIDE = 224  # backbone input: short side resized to this ...
 LONG_SIDE_MAX = 480  # ... unless the long side would exceed this
-RANDOM_WEIGHTS_ID = "random"
 
 
 class BackboneUnavailable(SpliceError, RuntimeError):

@@ -35,13 +35,6 @@ class TrainingError(SpliceError):
 
 
 @dataclass
-class TrainResult:
-    output: torch.Tensor  # (3, H, W) uint8 on the CPU: G(structure) at the structure image's resolution
-    losses: list[dict]  # one row per logged step: step, total and every term (NaN where a term was off)
-    meta: dict  # JSON-able facts about the run: config, backbone, device, precision, seconds, memory, losses
-
-
-@dataclass
 class PairInput:
     """What one pair brings to a training run."""
     pair_id: str

@@ -1,8 +1,8 @@
 """Methods a run can apply to each pair: Splice itself and cheap reference methods for benchmark tables.
 
-Every method is a plain function of (structure, appearance, config) -> MethodResult, where the images are
-(3, H, W) uint8 tensors and the result has the trainer's fields (output, losses, meta), so one writer stores
-them all in the same layout. Nothing here knows of Ray or storage URLs.
+Every method is a plain function of (structure, appearance, config) -> MethodResult (pipeline/method/result.py,
+what the trainer returns too), where the images are (3, H, W) uint8 tensors, so one writer stores them all in the
+same layout. Nothing here knows of Ray or storage URLs.
 
   splice            the Splice generator, trained per pair (pipeline.method.trainer)
   structure-copy    the structure image itself: perfect structure, no appearance transfer (a floor/ceiling)
@@ -12,8 +12,6 @@ them all in the same layout. Nothing here knows of Ray or storage URLs.
 """
 from __future__ import annotations
 
-import platform
-import resource
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -24,14 +22,9 @@ import torch.nn.functional as F
 
 from pipeline.method.config import TrainConfig
 from pipeline.errors import SpliceError
+from pipeline.method.devices import device_name, peak_memory
 from pipeline.method.images import downscale_to
-
-
-@dataclass
-class MethodResult:
-    output: torch.Tensor  # (3, H, W) uint8 CPU, at the structure image's (possibly max_side-capped) resolution
-    losses: list[dict]  # per logged step; empty for methods without training
-    meta: dict  # JSON-able facts: method, seconds, device, peak memory, ...
+from pipeline.method.result import MethodResult
 
 
 @dataclass(frozen=True)
@@ -115,14 +108,14 @@ def _cover(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def _result(name: str, output: torch.Tensor, structure: torch.Tensor, appearance: torch.Tensor, started: float) -> MethodResult:
     seconds = time.perf_counter() - started
+    cpu = torch.device("cpu")
     meta = {
         "method": name,
-        "device": "cpu",
-        "device_name": platform.processor() or platform.machine() or "cpu",
+        "device": str(cpu),
+        "device_name": device_name(cpu),
         "seconds": seconds,
         "steps": 0,
-        "peak_memory_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
-        "peak_memory_kind": "process_rss",
+        **peak_memory(cpu),
         "structure_size": list(structure.shape[-2:]),
         "appearance_size": list(appearance.shape[-2:]),
         "final_losses": {},

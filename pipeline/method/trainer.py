@@ -14,8 +14,6 @@ non-finite fails alone; the others go on. A pair that finishes leaves the pack a
 from __future__ import annotations
 
 import logging
-import platform
-import resource
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -25,13 +23,14 @@ import torch
 from pipeline.method.augment import sample_batch
 from pipeline.method.backbone import DinoBackbone
 from pipeline.method.objective import Features, last_block_reader, loss_weights, pack_losses
-from pipeline.method.pair_run import (MIN_SIDE, RESUMABLE_CHANGES, PairInput, PairRun, TrainingError, TrainResult,
-                       pair_optimizer_state, restore_optimizer_state)
-from pipeline.errors import SpliceError
+from pipeline.method.devices import device_name, peak_memory, reset_peak_memory, resolve_device
+from pipeline.method.pair_run import (MIN_SIDE, RESUMABLE_CHANGES, PairInput, PairRun, TrainingError,
+                                      pair_optimizer_state, restore_optimizer_state)
+from pipeline.method.result import MethodResult
 
 log = logging.getLogger(__name__)
-__all__ = ["MIN_SIDE", "RESUMABLE_CHANGES", "PairInput", "TrainOptions", "TrainResult", "TrainingError",
-           "default_device", "resolve_device", "resolve_precision", "train_pack", "train_pair"]
+__all__ = ["MIN_SIDE", "RESUMABLE_CHANGES", "MethodResult", "PairInput", "TrainOptions", "TrainingError",
+           "resolve_device", "resolve_precision", "train_pack", "train_pair"]
 # settings that every pair of a pack must share (the rest, e.g. seed and steps, may differ per pair)
 PACK_SHARED = ("backbone", "precision", "lr", "betas", "antialias")
 
@@ -48,19 +47,6 @@ class TrainOptions:
             raise ValueError(f"compile must be auto, on or off, got {self.compile!r}")
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return default_device()
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SpliceError(f"device {name!r} asked for, but no CUDA device is available: use --device cpu or auto")
-    return device
-
-
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -70,7 +56,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 def train_pair(structure: torch.Tensor, appearance: torch.Tensor, config, backbone: DinoBackbone,
                device: torch.device, *, checkpoint: dict | None = None,
                save_checkpoint: Callable[[dict], None] | None = None, progress: bool = False,
-               options: TrainOptions = TrainOptions(), on_step: Callable[[int], None] | None = None) -> TrainResult:
+               options: TrainOptions = TrainOptions(), on_step: Callable[[int], None] | None = None) -> MethodResult:
     """Train G on (structure, appearance), each a (3, H, W) uint8 tensor, and return G(structure).
     on_step(steps_done) after each step (e.g. a live progress record)."""
     pair = PairInput("pair", structure, appearance, config, checkpoint, save_checkpoint)
@@ -83,9 +69,9 @@ def train_pair(structure: torch.Tensor, appearance: torch.Tensor, config, backbo
 
 def train_pack(pairs: list[PairInput], backbone: DinoBackbone, device: torch.device, *,
                options: TrainOptions = TrainOptions(), on_step: Callable[[str, int], None] | None = None,
-               on_result: Callable[[str, TrainResult | TrainingError], None] | None = None,
-               progress: bool = False) -> dict[str, TrainResult | TrainingError]:
-    """Train every pair's generator, packed; returns {pair_id: TrainResult, or the TrainingError it failed with}.
+               on_result: Callable[[str, MethodResult | TrainingError], None] | None = None,
+               progress: bool = False) -> dict[str, MethodResult | TrainingError]:
+    """Train every pair's generator, packed; returns {pair_id: MethodResult, or the TrainingError it failed with}.
 
     on_step(pair_id, steps_done) is called after each step of each pair (no device sync); on_result(pair_id,
     result or error) as soon as a pair is finished or has failed, while the others go on.
@@ -94,10 +80,9 @@ def train_pack(pairs: list[PairInput], backbone: DinoBackbone, device: torch.dev
     device = torch.device(device)
     _check_shared_settings(pairs)
     precision = resolve_precision(pairs[0].config.precision, device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     backbone = backbone.to(device)
-    outcomes: dict[str, TrainResult | TrainingError] = {}
+    outcomes: dict[str, MethodResult | TrainingError] = {}
 
     def finish(run_id: str, outcome) -> None:
         outcomes[run_id] = outcome
@@ -243,7 +228,7 @@ def _check_shared_settings(pairs: list[PairInput]) -> None:
 
 # --- results ----------------------------------------------------------------------------------------------------
 
-def _result(run: PairRun, facts: dict, started: float) -> TrainResult | TrainingError:
+def _result(run: PairRun, facts: dict, started: float) -> MethodResult | TrainingError:
     try:
         output = run.output()
     except TrainingError as exc:
@@ -259,12 +244,12 @@ def _result(run: PairRun, facts: dict, started: float) -> TrainResult | Training
         "steps": run.config.steps,
         "resumed_from_step": run.start_step,
         "seconds_per_step": seconds / max(1, run.config.steps - run.start_step),
-        **_peak_memory(torch.device(facts["device"])),
+        **peak_memory(facts["device"]),
         "structure_size": list(run.structure.shape[-2:]),
         "appearance_size": list(run.appearance.shape[-2:]),
         "final_losses": run.losses[-1] if run.losses else {},
     }
-    return TrainResult(output=output, losses=run.losses, meta=meta)
+    return MethodResult(output=output, losses=run.losses, meta=meta)
 
 
 def _run_facts(backbone: DinoBackbone, device: torch.device, precision: torch.dtype, pair_ids: list[str]) -> dict:
@@ -273,24 +258,11 @@ def _run_facts(backbone: DinoBackbone, device: torch.device, precision: torch.dt
         "weights_id": backbone.weights_id,
         "random_backbone": backbone.is_random,
         "device": str(device),
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "precision": str(precision).replace("torch.", ""),
         "pack_size": len(pair_ids),  # pairs trained together (1: alone); results do not depend on it
         "torch_version": torch.__version__,
     }
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def _peak_memory(device: torch.device) -> dict:
-    if device.type == "cuda":
-        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)), "peak_memory_kind": "cuda_allocated"}
-    # the process's peak resident set (Linux reports KiB): an upper bound that includes everything in the process
-    return {"peak_memory_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "peak_memory_kind": "process_rss"}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -18,6 +18,7 @@ import os
 import sys
 
 WEIGHTS_DIR_ENV = "SPLICE_WEIGHTS_DIR"
+RANDOM_WEIGHTS_ID = "random"  # the weights id of every randomly initialised network (backbones, metric models)
 _announced: set[str] = set()  # fallback banners already printed by this process
 
 

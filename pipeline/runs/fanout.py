@@ -38,6 +38,7 @@ import ray
 from pipeline.runs import hooks, layout, pair_io, run_folder
 from pipeline.method.config import TrainConfig
 from pipeline.errors import SpliceError
+from pipeline.method.devices import best_device
 from pipeline.method.images import ImageError, decode_image, max_input_bytes
 from manifests.schema import Manifest, ManifestError, PairSpec, read_manifest, write_manifest
 from pipeline.method.registry import get_method, run_method
@@ -457,11 +458,9 @@ def _collect_pack(ref, jobs: list[PairJob], max_retries: int) -> list[dict]:
 
 @ray.remote(max_calls=0)
 def _device_probe(backbone_spec: str) -> dict:
-    from pipeline.method.trainer import default_device
-
     import torch
 
-    device = default_device()
+    device = best_device()
     info = {"name": str(device), "memory_bytes": None, "patch_size": None}
     if device.type == "cuda":
         info["name"] = torch.cuda.get_device_name(device)
@@ -498,9 +497,9 @@ def run_pack(jobs: list[PairJob], compile_backbone: str = "auto", on_step=None) 
         return [run_pair(job, on_step=on_step) for job in jobs]
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipeline.method.trainer import TrainOptions, default_device, train_pack
+    from pipeline.method.trainer import TrainOptions, train_pack
 
-    cached_backbone(jobs[0].config.backbone, str(default_device()))  # load once, before the threads ask for it
+    cached_backbone(jobs[0].config.backbone, str(best_device()))  # load once, before the threads ask for it
     rendezvous = PackRendezvous([job.pair_id for job in jobs], train_pack,
                                 options=TrainOptions(compile=compile_backbone),
                                 on_step=on_step)
@@ -544,9 +543,7 @@ def run_pair(job: PairJob, train=None, on_step=None) -> dict:
         backbone = device = None
         loaded = False
         if method.uses_backbone:
-            from pipeline.method.trainer import default_device
-
-            device = default_device()
+            device = best_device()
             misses = cached_backbone.cache_info().misses
             backbone = cached_backbone(job.config.backbone, str(device))
             loaded = cached_backbone.cache_info().misses > misses

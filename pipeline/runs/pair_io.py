@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 from typing import Callable
 
 import pandas as pd
@@ -16,7 +15,7 @@ import torch
 from pipeline.runs import layout
 from pipeline.method.images import encode_png
 from pipeline.runs.run_folder import success_marker
-from pipeline.storage import ensure_folder
+from pipeline.storage import ensure_folder, write_whole
 from pipeline.method.objective import TERMS
 
 LOSS_COLUMNS = ["step", "total", *TERMS]
@@ -73,21 +72,7 @@ def save_checkpoint(fs, pair_dir: str, state: dict) -> None:
     """Write a checkpoint so that a reader never sees a half-written one (temp name, then rename)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    target = layout.join(pair_dir, layout.CHECKPOINT)
-    ensure_folder(fs, pair_dir)
-    if _is_local(fs):
-        temporary = f"{target}.{uuid.uuid4().hex}.tmp"
-        try:
-            fs.pipe_file(temporary, buffer.getvalue())
-            fs.mv(temporary, target)
-        except BaseException:  # e.g. disk full: no temporary file left behind
-            try:
-                fs.rm_file(temporary)
-            except OSError:
-                pass
-            raise
-    else:  # object stores replace an object atomically on put
-        fs.pipe_file(target, buffer.getvalue())
+    write_whole(fs, layout.join(pair_dir, layout.CHECKPOINT), buffer.getvalue())
 
 
 def load_checkpoint(fs, pair_dir: str) -> dict | None:
@@ -98,8 +83,3 @@ def load_checkpoint(fs, pair_dir: str) -> dict | None:
         return torch.load(io.BytesIO(fs.cat_file(target)), map_location="cpu", weights_only=True)
     except Exception:  # a damaged checkpoint is not worth failing the pair over: start again
         return None
-
-
-def _is_local(fs) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
