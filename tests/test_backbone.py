@@ -6,10 +6,9 @@ import torch
 
 from torchvision.transforms import Resize
 
+from conftest import TINY_BACKBONE as TINY
 from pipeline.method.backbone import (BackboneUnavailable, DinoBackbone, backbone_input_size, dino_position_embedding,
                                load_backbone, self_similarity)
-
-TINY = "random:vit_tiny_patch16_224"
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,13 @@ import torch
 from PIL import Image
 
 import evaluation.evaluate as evaluate_module
-from conftest import ColourSegmenter
+from conftest import TINY_BACKBONE as TINY, ColourSegmenter
 from evaluation.evaluate import evaluate_run
 from evaluation.importer import ImportRefused, import_outputs
 from evaluation.models import EvalSettings
 from pipeline.cli.main import main
 from pipeline.method.images import read_image_file
 from pipeline.storage import Storage
-
-TINY = "random:vit_tiny_patch16_224"
 
 
 ALL = EvalSettings(metric_backbone=TINY, lpips_weights="random", segmenter=ColourSegmenter(), explicit=True)

@@ -31,6 +31,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import TINY_BACKBONE
 from faults import FaultyS3, Rule, fault_env, free_port, kill_session, start_session, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,7 +167,7 @@ def test_losing_a_node_mid_evaluation_redoes_its_chunk_and_evaluate_honours_ray_
     started = time.monotonic()
     scenario = start_session(
         [sys.executable, str(REPO / "tests" / "ray_eval_scenario.py"), str(run), str(tmp_path / "scenario.json"),
-         "--metrics", "selfsim", "--metric-backbone", "random:vit_tiny_patch16_224", "--batch-size", "1"],
+         "--metrics", "selfsim", "--metric-backbone", TINY_BACKBONE, "--batch-size", "1"],
         env=child_env(**fault_env("eval-sleep=1.5")), log_path=tmp_path / "scenario.log", cwd=REPO)
     try:
         code = scenario.wait(timeout=420)
@@ -353,7 +354,7 @@ def test_ray_job_submit_runs_a_tiny_run_into_the_store(tmp_path, token_cluster):
     submit = run_cli(
         [RAY, "job", "submit", "--address", token_cluster["dashboard"], "--working-dir", ".", "--",
          "splice", "run", str(manifest), "--out", str(run), "--method", "splice",
-         "--backbone", "random:vit_tiny_patch16_224", "--steps", "2", "--no-progress"],
+         "--backbone", TINY_BACKBONE, "--steps", "2", "--no-progress"],
         env=child_env(**token_cluster["auth"]), cwd=REPO, timeout=300)
     assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
     assert_local_run_complete(run, structures, copies=False)

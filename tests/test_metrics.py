@@ -5,15 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ColourSegmenter
+from conftest import TINY_BACKBONE as TINY, ColourSegmenter
 from evaluation import metrics as M
 from evaluation.engine import PairImages, compute_metrics
 from evaluation.models import EvalSettings, MetricModels, load_lpips, load_metric_models
 from evaluation.segmenter import load_segmenter
 from evaluation.weights import MetricUnavailable, hub_cache_path
 from pipeline.method.backbone import load_backbone
-
-TINY = "random:vit_tiny_patch16_224"
 
 
 def smooth_image(seed: int, height: int, width: int) -> torch.Tensor:

@@ -25,7 +25,8 @@ from evaluation.report.build import build_report
 from evaluation.runio import RunError
 from pipeline.cli.main import main
 
-TINY = "random:vit_tiny_patch16_224"
+from conftest import TINY_BACKBONE as TINY
+
 NAN = float("nan")
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import tiny_image_bytes
+from conftest import TINY_BACKBONE as TINY, tiny_image_bytes
 from evaluation.evaluate import evaluate_run
 from evaluation.importer import ImportRefused, import_outputs
 from evaluation.metrics import METRICS
@@ -36,7 +36,6 @@ from pipeline.runs.run_lock import RunLock, RunLocked
 from pipeline.storage import Storage, redact_text, redact_url, with_retries
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = "random:vit_tiny_patch16_224"
 CHEAP_METRICS = [m for m in METRICS if m not in ("lpips_structure", "layout_miou")][:2]  # DINO-only metrics
 
 

@@ -13,11 +13,10 @@ import torch
 from PIL import Image
 
 from pipeline.method.backbone import load_backbone
+from conftest import TINY_BACKBONE as TINY
 from pipeline.method.config import TrainConfig
 from pipeline.method.generator import SkipGenerator
 from pipeline.method.trainer import TrainingError, train_pair
-
-TINY = "random:vit_tiny_patch16_224"
 
 
 def make_pair(seed=0, structure_size=(48, 64), appearance_size=(56, 40)):
