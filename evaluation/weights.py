@@ -5,7 +5,6 @@ Set SPLICE_OFFLINE=1 (or TORCH_HUB_OFFLINE=1) to forbid downloads altogether.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import urllib.parse
@@ -14,7 +13,7 @@ import torch
 
 from pipeline.errors import SpliceError
 from pipeline.network import reachable
-from pipeline.method.weights import weights_dir_file
+from pipeline.method.weights import file_sha256, weights_dir_file
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ def load_state_dict(url: str, what: str, local_file: str | None = None, option: 
     if local_file:
         if not os.path.isfile(local_file):
             raise MetricUnavailable(f"{what}: weights file {local_file} does not exist; give the path to {os.path.basename(url)}")
-        return _load(local_file, what), "sha256:" + _file_hash(local_file)
+        return _load(local_file, what), "sha256:" + file_sha256(local_file)[:16]
     exported = weights_dir_file("torch", os.path.basename(urllib.parse.urlparse(url).path))  # SPLICE_WEIGHTS_DIR
     if exported:
         return _load(exported, what), os.path.basename(exported)
@@ -65,14 +64,6 @@ def _load(path: str, what: str) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise MetricUnavailable(f"{what}: weights file {path} cannot be loaded ({exc}); replace it") from exc
-
-
-def _file_hash(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def _host(url: str) -> str:

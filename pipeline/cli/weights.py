@@ -7,7 +7,6 @@ weights.json listing each file's source and sha256); copy DIR to the cluster and
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,7 +14,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 from pipeline.errors import SpliceError
-from pipeline.method.weights import WEIGHTS_DIR_ENV, dino_hub_id, export_path, weights_dir_file
+from pipeline.method.weights import WEIGHTS_DIR_ENV, dino_hub_id, export_path, file_sha256, weights_dir_file
 
 
 @dataclass(frozen=True)
@@ -160,7 +159,7 @@ def run_export(args) -> int:
         if os.path.abspath(path) != destination:
             shutil.copyfile(path, destination)
         exported.append({"name": entry.name, "file": entry.export_path, "source": entry.source,
-                         "used_by": entry.used_by, "sha256": _sha256(destination)})
+                         "used_by": entry.used_by, "sha256": file_sha256(destination)})
     if not exported:
         raise SpliceError(f"no weight file is cached here to export (missing: {', '.join(missing)}); run `splice "
                           f"weights fetch` first, on a machine with network access")
@@ -189,11 +188,3 @@ def _download(entry: WeightsFile) -> None:
 
 def _file_name(url: str) -> str:
     return os.path.basename(urllib.parse.urlparse(url).path)
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -14,12 +14,22 @@ the report); a backbone the user named is never replaced: it fails fast and says
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 
 WEIGHTS_DIR_ENV = "SPLICE_WEIGHTS_DIR"
 RANDOM_WEIGHTS_ID = "random"  # the weights id of every randomly initialised network (backbones, metric models)
 _announced: set[str] = set()  # fallback banners already printed by this process
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a (weights) file, in hex, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def weights_dir_file(kind: str, name: str, filename: str | None = None) -> str | None:
