@@ -159,7 +159,7 @@ def evaluate_chunk(tasks: list[PairTask], models: MetricModels, settings: EvalSe
         loaded = list(pool.map(lambda t: _load_pair(t, storage, settings.max_pixels), tasks))
     groups: dict[tuple[str, ...], list[PairImages]] = defaultdict(list)
     updates = []
-    for task, (update, images, needed) in zip(tasks, loaded):
+    for update, images, needed in loaded:
         updates.append(update)
         if images is not None and needed:
             groups[needed].append(images)

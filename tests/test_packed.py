@@ -137,8 +137,10 @@ def test_compiled_backbone_falls_back_to_eager_where_compiling_fails(backbone, c
         raise RuntimeError("no C++ compiler found")
 
     pair = pair_input("a", CONFIG.replace(steps=1))
-    train = lambda **options: train_pair(pair.structure, pair.appearance, pair.config, backbone,  # noqa: E731
-                                         torch.device("cpu"), options=TrainOptions(**options))
+    def train(**options):
+        return train_pair(pair.structure, pair.appearance, pair.config, backbone, torch.device("cpu"),
+                          options=TrainOptions(**options))
+
     eager = train()  # the CPU default: compile off
     caplog.set_level(logging.WARNING)
     for backend in (no_compiler, "no_such_backend"):

@@ -243,7 +243,7 @@ def test_report_is_one_self_contained_file(report):
     assert not re.search(r"(src|href)=[\"']?(https?:)?//", html)
     assert set(page.links) - {"tables.md", "tables.csv", "tables.tex"} <= {
         link for link in page.links if link.startswith("#")}
-    for link in {l for l in page.links if l.startswith("#pair-")}:  # every pair link opens an existing view
+    for link in {link for link in page.links if link.startswith("#pair-")}:  # every pair link opens an existing view
         assert f'id="{link[1:]}"' in html
 
     # warnings at the top, each cause once with the runs it affects
@@ -367,7 +367,9 @@ def test_report_renders_in_a_headless_browser(report, tmp_path):
     assert loaded >= 14 and 'data-images-broken="0"' in dom
     assert 'data-violations="' not in dom  # nothing outside the page was requested
     # the per-pair table sorts on a header click (missing values last) and filters as one types
-    values = lambda name: [float(v) if v else None for v in re.search(f'{name}="([^"]*)"', dom).group(1).split(",")]
+    def values(name):
+        return [float(v) if v else None for v in re.search(f'{name}="([^"]*)"', dom).group(1).split(",")]
+
     ascending, descending = values("data-ascending"), values("data-descending")
     present = [v for v in ascending if v is not None]
     assert len(ascending) == 9 and present == sorted(present) and ascending[len(present):] == [None] * (9 - len(present))

@@ -90,7 +90,7 @@ def line_plot(title: str, lines: list[dict], log_y: bool = True, x_label: str = 
     """lines: dicts with label, x, y, and optionally color, width, opacity, legend (bool). A line with one point
     draws a dot; a line with none draws nothing and has no legend entry."""
     left, right, top, bottom = 64, legend_width, 28, 40
-    points = [(np.asarray(l["x"], float), np.asarray(l["y"], float)) for l in lines]
+    points = [(np.asarray(line["x"], float), np.asarray(line["y"], float)) for line in lines]
     xs = np.concatenate([p[0] for p in points] or [np.zeros(1)])
     xs = xs[np.isfinite(xs)] if np.isfinite(xs).any() else np.zeros(1)
     ys = np.concatenate([p[1] for p in points] or [np.ones(1)])
