@@ -11,6 +11,8 @@
     kill-once=ID1,ID2:    on the pair's first attempt the worker writes a partial output.png and exits hard (os._exit);
     kill-after-write=ID3: on the first attempt the worker exits hard just after writing the complete pair;
     sleep=S:              every pair sleeps S seconds after reading its images;
+    hold=ID1,ID2:PATH:    those pairs wait after reading their images until PATH exists (a run interrupted while
+                          they are held has a known set of finished pairs, however fast the others ran);
     eval-sleep=S:         every chunk of `splice evaluate` on Ray sleeps S seconds before it starts;
     pause=POINT:PATH:     a command reaching hook point POINT creates PATH.waiting, then waits until PATH exists, so
                           that a test can act (run a second command, kill this one) at a known point.
@@ -147,6 +149,9 @@ def hook(point: str, **context) -> None:
             os._exit(1)
         elif (point, name) in (("pair.inputs_read", "sleep"), ("evaluate.chunk", "eval-sleep")):
             time.sleep(float(value))
+        elif point == "pair.inputs_read" and name == "hold" \
+                and context["pair_id"] in value.partition(":")[0].split(","):
+            _pause(value.partition(":")[2])
         elif name == "pause" and value.partition(":")[0] == point:
             _pause(value.partition(":")[2])
 

@@ -175,8 +175,9 @@ def test_interrupted_driver_resumes_with_nothing_lost_or_done_twice(ray_session,
     out = tmp_path / "run"
     command = [sys.executable, "-m", "pipeline", "run", path, "--out", str(out), "--method", "structure-copy",
                "--address", ray_session, "--no-progress"]
-    slow = {**os.environ, **fault_env("sleep=1.5")}
-    driver = subprocess.Popen(command, env=slow, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    release = tmp_path / "release"  # i2..i7 are held until the driver has been interrupted
+    held = {**os.environ, **fault_env(f"hold={','.join(ids[2:])}:{release}")}
+    driver = subprocess.Popen(command, env=held, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 90
     while len(list(out.glob("pairs/*/_SUCCESS"))) < 2:
         assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[0]
@@ -192,6 +193,7 @@ def test_interrupted_driver_resumes_with_nothing_lost_or_done_twice(ray_session,
     table = results(out)  # written on the way out: the finished pairs are recorded
     assert 2 <= sum(table["status"] == "done") and set(table.index[table["status"] == "done"]) <= set(done_before)
 
+    release.touch()  # (the interrupted job's tasks end with its driver; this only frees any that did not)
     quick = {k: v for k, v in os.environ.items() if k != FAULTS_ENV}
     rerun = subprocess.run(command, env=quick, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
