@@ -3,29 +3,20 @@
 
 Run by tests/test_fault_tolerance.py in a process (and session) of its own:
 
-    python tests/ray_eval_scenario.py RUN RESULT.json [splice evaluate options...]
+    python tests/ray_eval_scenario.py RESULT.json RUN [splice evaluate options...]
 
-1. start a head without CPUs and one 1-CPU worker node (so one evaluation actor, holding every chunk);
-2. start `splice evaluate RUN` with RAY_ADDRESS set to the cluster, as a separate driver process;
-3. once an actor is inside `evaluate` (its process title says so), kill its node outright and add a fresh one;
-4. wait for the driver and write what happened to RESULT.json.
+A head without CPUs and one 1-CPU worker node (so one evaluation actor, holding every chunk); once the actor is
+inside `evaluate` (its process title says so), its node is killed outright and a fresh one added
+(tests/ray_node_loss.py). RESULT.json also records actor_pid_lost.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
 import sys
-import time
 
-from ray.cluster_utils import Cluster
-
-from faults import free_port, wait_for
-from ray_cluster_scenario import node_args, node_running
+from ray_node_loss import lose_a_node, node_running, splice_command
 
 IN_FLIGHT_TIMEOUT = 150  # actors import torch and build their models first: slow on a 2-core machine
-DRIVER_TIMEOUT = 240
 FAST_NODE_DEATH = {"health_check_period_ms": 1000, "health_check_failure_threshold": 2}  # a lost node is seen in ~2 s
 
 
@@ -43,46 +34,20 @@ def evaluating_pids() -> list[int]:
     return pids
 
 
-def main(run: str, result_path: str, options: list[str]) -> int:
-    # 1. the cluster
-    cluster = Cluster(initialize_head=True,
-                      head_node_args=node_args(num_cpus=0, include_dashboard=False, gcs_server_port=free_port(),
-                                               _system_config=FAST_NODE_DEATH))
-    cluster.add_node(**node_args())
-    cluster.wait_for_nodes()
-    result = {"address": cluster.address}
-    try:
-        # 2. the driver, told where the cluster is by RAY_ADDRESS only
-        splice = shutil.which("splice", path=os.path.dirname(sys.executable)) or shutil.which("splice")
-        driver = subprocess.Popen([splice, "evaluate", run, "--no-progress", *options],
-                                  env={**os.environ, "RAY_ADDRESS": cluster.address})
-        started = time.monotonic()
+def in_flight(cluster) -> dict | None:
+    for pid in evaluating_pids():
+        node = node_running(pid, cluster.worker_nodes)
+        if node is not None:
+            return {"node": node, "actor_pid_lost": pid}
+    return None
 
-        def in_flight():
-            for pid in evaluating_pids():
-                node = node_running(pid, cluster.worker_nodes)
-                if node is not None:
-                    return {"pid": pid, "node": node}
-            return None
 
-        # 3. lose the node of an actor in the middle of a chunk; get a new one
-        strike = wait_for(lambda: in_flight() or driver.poll() is not None, timeout=IN_FLIGHT_TIMEOUT,
-                          what="an evaluation actor inside a chunk")
-        result["driver_exited_before_loss"] = driver.poll() is not None
-        if not result["driver_exited_before_loss"]:
-            time.sleep(0.3)
-            cluster.remove_node(strike["node"], allow_graceful=False)
-            result["node_lost_at_s"] = time.monotonic() - started
-            result["actor_pid_lost"] = strike["pid"]
-        cluster.add_node(**node_args())
-        # 4. the driver finishes the evaluation
-        result["driver_exit_code"] = driver.wait(timeout=DRIVER_TIMEOUT)
-        result["evaluate_s"] = time.monotonic() - started
-    finally:
-        with open(result_path, "w") as f:
-            json.dump(result, f, indent=2)
-        cluster.shutdown()
-    return 0
+def main(result_path: str, run: str, options: list[str]) -> int:
+    return lose_a_node(
+        result_path, lambda address: splice_command("evaluate", run, "--no-progress", *options), in_flight,
+        env=lambda address: {**os.environ, "RAY_ADDRESS": address},  # told where the cluster is by RAY_ADDRESS only
+        workers=1, strike_timeout=IN_FLIGHT_TIMEOUT, what="an evaluation actor inside a chunk",
+        head_config=FAST_NODE_DEATH, settle=0.3)
 
 
 if __name__ == "__main__":

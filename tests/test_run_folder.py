@@ -4,6 +4,7 @@ where two commands must meet. Cheap methods (structure-copy, color-transfer), ti
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import http.server
 import json
@@ -33,7 +34,7 @@ from evaluation.runio import RunError
 from faults import FaultyS3, Rule, fault_env, wait_for
 from pipeline.cli.main import main
 from pipeline.runs.run_lock import RunLock, RunLocked
-from pipeline.storage import Storage, redact_text, redact_url, with_retries
+from pipeline.storage import Storage, StoreUnreachable, redact_text, redact_url, with_retries
 
 REPO = Path(__file__).resolve().parents[1]
 CHEAP_METRICS = [m for m in METRICS if m not in ("lpips_structure", "layout_miou")][:2]  # DINO-only metrics
@@ -95,6 +96,24 @@ def child_env(**extra) -> dict:
 def splice_process(args, env, log_path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)], env=env, cwd=REPO,
                             stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def slow_run_in_flight(tmp_path, ray_session, ids):
+    """`splice run` (structure-copy, every pair held 2 s) as a driver of its own on the test Ray session, over new
+    pairs `ids`; yields (run folder, driver) once a pair is in flight, and kills the driver if it is still there at
+    the end. Its output goes to tmp_path/driver.log."""
+    manifest = manifest_of(tmp_path / "m.parquet", write_inputs(tmp_path / "in", ids))
+    out = tmp_path / "run"
+    driver = splice_process(["run", manifest, "--out", out, "--method", "structure-copy", "--address", ray_session,
+                             "--no-progress"], child_env(**fault_env("sleep=2")), tmp_path / "driver.log")
+    try:
+        wait_for(lambda: list(out.glob("pairs/*/attempts.json")) or driver.poll() is not None, timeout=120,
+                 what="a pair in flight")
+        yield out, driver
+    finally:
+        if driver.poll() is None:
+            driver.kill()
 
 
 def mount_tmpfs(path: Path, options: str) -> bool:
@@ -206,23 +225,13 @@ def test_2_import_never_overwrites_a_run_and_takes_the_lock(ray_session, tmp_pat
 # (--break-lock refusing a live holder on this host: tests/test_run.py::test_a_second_run_into_the_same_out_refuses)
 
 def test_3_a_run_whose_lock_was_taken_over_stops_writing(ray_session, tmp_path):
-    inputs = write_inputs(tmp_path / "in", [f"f{n}" for n in range(4)])
-    manifest = manifest_of(tmp_path / "m.parquet", inputs)
-    out = tmp_path / "run"
-    driver = splice_process(["run", manifest, "--out", out, "--method", "structure-copy", "--address", ray_session,
-                             "--no-progress"], child_env(**fault_env("sleep=2")), tmp_path / "driver.log")
-    try:
-        wait_for(lambda: list(out.glob("pairs/*/attempts.json")) or driver.poll() is not None, timeout=120,
-                 what="a pair in flight")
+    with slow_run_in_flight(tmp_path, ray_session, [f"f{n}" for n in range(4)]) as (out, driver):
         assert driver.poll() is None and not list(out.glob("pairs/*/_SUCCESS"))
         # another command on another host takes the lock over (what --break-lock does there)
         (out / "_LOCK").write_text(json.dumps({"token": "other", "command": "splice run", "host": "elsewhere",
                                                "pid": 1, "since": "now", "heartbeat": "2099-01-01T00:00:00+00:00"}))
         run_json = (out / "run.json").read_bytes()
         code = driver.wait(timeout=120)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
     log = (tmp_path / "driver.log").read_text()
     assert code == 2 and "was taken over by another command" in log and "Traceback" not in log, log[-3000:]
     assert not list(out.glob("pairs/*/_SUCCESS")), "the ousted run still marked pairs done"
@@ -457,19 +466,9 @@ def test_7_the_cap_holds_while_reading_and_slow_reads_time_out(tmp_path):
 
 
 def test_7_sigterm_releases_the_lock_and_records_results(ray_session, tmp_path):
-    inputs = write_inputs(tmp_path / "in", ["t0", "t1", "t2"])
-    manifest = manifest_of(tmp_path / "m.parquet", inputs)
-    out = tmp_path / "run"
-    driver = splice_process(["run", manifest, "--out", out, "--method", "structure-copy", "--address", ray_session,
-                             "--no-progress"], child_env(**fault_env("sleep=2")), tmp_path / "driver.log")
-    try:
-        wait_for(lambda: list(out.glob("pairs/*/attempts.json")) or driver.poll() is not None, timeout=120,
-                 what="a pair in flight")
+    with slow_run_in_flight(tmp_path, ray_session, ["t0", "t1", "t2"]) as (out, driver):
         driver.send_signal(signal.SIGTERM)
         code = driver.wait(timeout=60)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
     log = (tmp_path / "driver.log").read_text()
     assert code == 143 and "terminated: run the same command again to resume" in log, log[-2000:]
     assert not (out / "_LOCK").exists() and (out / "results.parquet").exists()
@@ -649,8 +648,8 @@ def test_11_symlink_loops_and_refused_connections_are_not_retried(tmp_path, capl
             storage.read_input(str(loop_a), max_bytes=1000)
         assert "symbolic links" in str(loop.value) or loop.value.errno == 40
         started = time.monotonic()
-        with pytest.raises(Exception):
+        with pytest.raises(StoreUnreachable):
             storage.read_input("s3://bucket/x.png", max_bytes=1000)
-        with pytest.raises(Exception):
+        with pytest.raises(StoreUnreachable):
             with_retries(lambda: socket.create_connection(("127.0.0.1", port), timeout=2), what="connecting")
     assert "retrying" not in caplog.text and time.monotonic() - started < 20
