@@ -29,6 +29,15 @@ def tiny_image_bytes(size: tuple[int, int] = (48, 64), seed: int = 0, fmt: str =
     return buffer.getvalue()
 
 
+def save_image(path, seed: int, size: tuple[int, int] = (40, 56)):
+    """A smooth random colour PNG (height, width) at `path` (a pathlib.Path; folders created); returns `path`."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    coarse.resize((size[1], size[0]), Image.BILINEAR).save(path)
+    return path
+
+
 CORRUPT_IMAGE = tiny_image_bytes(seed=99)[:60]  # a PNG cut off after its header: fails to decode
 
 

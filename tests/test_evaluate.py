@@ -7,14 +7,13 @@ import logging
 import re
 import shutil
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
 import evaluation.evaluate as evaluate_module
-from conftest import TINY_BACKBONE as TINY, ColourSegmenter
+from conftest import TINY_BACKBONE as TINY, ColourSegmenter, save_image
 from evaluation.evaluate import evaluate_run
 from evaluation.importer import ImportRefused, import_outputs
 from evaluation.models import EvalSettings
@@ -25,14 +24,6 @@ from pipeline.storage import Storage
 
 ALL = EvalSettings(metric_backbone=TINY, lpips_weights="random", segmenter=ColourSegmenter(), explicit=True)
 CHEAP = EvalSettings(metrics=("selfsim", "dino_i"), metric_backbone=TINY, explicit=True)
-
-
-def save_image(path, seed: int, size=(40, 56)):
-    rng = np.random.default_rng(seed)
-    coarse = Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    coarse.resize((size[1], size[0]), Image.BILINEAR).save(path)
-    return path
 
 
 def make_inputs(root, pairs: int = 4):

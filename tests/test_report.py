@@ -25,7 +25,7 @@ from evaluation.report.build import build_report
 from evaluation.runio import RunError
 from pipeline.cli.main import main
 
-from conftest import TINY_BACKBONE as TINY
+from conftest import TINY_BACKBONE as TINY, save_image
 
 NAN = float("nan")
 
@@ -138,12 +138,6 @@ def test_unknown_reference_or_group_is_an_error():
         T.build_tables(fixture_frame(), reference="c")
     with pytest.raises(ValueError, match="--group-by split"):
         T.build_tables(fixture_frame(), group_by=["split"])
-
-
-def save_image(path, seed, size=(40, 56)):
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)).resize((size[1], size[0]), Image.BILINEAR).save(path)
 
 
 @pytest.fixture(scope="module")
