@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import TINY_BACKBONE
+
 from manifests.builders import build_pairs_dir
 from manifests.schema import validate_frame, write_manifest
 from pipeline import __version__
@@ -239,10 +239,10 @@ def test_report_with_a_storage_option_before_the_runs(tmp_path, capsys):
 # --- --version, python -m, start-up ---------------------------------------------------------------------------------
 
 def test_version_and_python_dash_m():
-    done = subprocess.run([sys.executable, "-m", "pipeline", "--version"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "pipeline", "--version"], check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == f"splice {__version__}"
     assert __version__ == importlib.metadata.version("splice-pipeline")  # the package's version, not a second copy
-    done = subprocess.run([sys.executable, "-m", "pipeline", "run", "--help"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "pipeline", "run", "--help"], check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "usage: splice run" in done.stdout and "--full-image-every" in done.stdout
 
 
@@ -250,6 +250,6 @@ def test_building_the_parser_imports_no_heavy_library():
     heavy = ["torch", "torchvision", "timm", "ray", "pandas", "pyarrow", "fsspec", "numpy", "PIL"]
     code = ("import sys; from pipeline.cli.main import build_parser; build_parser(); "
             f"print([m for m in {heavy!r} if m in sys.modules])")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

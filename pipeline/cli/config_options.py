@@ -19,8 +19,9 @@ import json
 import os
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from pipeline.errors import SpliceError
 
@@ -137,9 +138,8 @@ def _unpack(hint, where: str) -> tuple[type, bool, int | None]:
         if len(rest) == 1:
             optional, hint = True, rest[0]
             args = typing.get_args(hint)
-    if typing.get_origin(hint) is tuple and args and all(a is args[0] for a in args) and Ellipsis not in args:
-        if args[0] in _WORDS:
-            return args[0], optional, len(args)
+    if typing.get_origin(hint) is tuple and args and all(a is args[0] for a in args) and args[0] in _WORDS:
+        return args[0], optional, len(args)  # tuple[float, float]: a fixed number of one type
     if hint in _WORDS:
         return hint, optional, None
     raise TypeError(f"{where}: a command-line option cannot be made for type {hint!r}")
@@ -194,7 +194,7 @@ class ConfigOptions:
         """The values before any file or flag: the preset's, then this command's."""
         return {**dataclasses.asdict(self.presets[preset or self.default_preset]), **self.command_defaults}
 
-    def resolve(self, args: argparse.Namespace) -> "Resolved":
+    def resolve(self, args: argparse.Namespace) -> Resolved:
         """The configuration the command line asks for (see PRECEDENCE)."""
         kinds = field_kinds(self.cls)
         file_values, file_preset = ({}, None)
