@@ -7,6 +7,8 @@ import argparse
 import dataclasses
 import importlib.metadata
 import json
+import re
+import shlex
 import subprocess
 import sys
 
@@ -253,3 +255,27 @@ def test_building_the_parser_imports_no_heavy_library():
     done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_every_command_in_the_documentation_parses(capsys):
+    """The README's and docs' `splice ...` examples use today's spellings (synopsis lines with [optional] parts
+    are not commands and are left out)."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    documents = [repo / "README.md", repo / "manifests" / "README.md", repo / "infra" / "README.md",
+                 *sorted((repo / "docs").glob("*.md"))]
+    parser = build_parser()
+    commands = []
+    for document in documents:
+        for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", document.read_text(), re.DOTALL):
+            for line in block.replace("\\\n", " ").splitlines():
+                found = re.search(r"(?:^|&&\s*|\$\s*)splice\s+(.*)", line.strip())
+                if found and "[" not in found.group(1):
+                    commands.append((document.name, shlex.split(found.group(1), comments=True)))
+    assert len(commands) > 30
+    for name, argv in commands:
+        try:
+            parser.parse_args(argv)
+        except SystemExit as exit_:
+            assert not exit_.code, f"{name}: splice {' '.join(argv)}: {capsys.readouterr().err.strip()}"
