@@ -8,6 +8,7 @@ segmenter, the method registry, fsspec via storage).
 --baseline-src DIR also times an older revision's own code (e.g. `git archive da3f268 | tar -x -C DIR`, the commit
 before the CLI went lazy) in the same run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,13 @@ import time
 
 # what building the parser imported before (evaluation/metrics.py and segmenter.py: torch and torchvision;
 # pipeline/method/registry.py: torch, numpy; pipeline/storage.py: fsspec; pipeline/cli/demo_job.py: numpy, PIL)
-OLD_IMPORTS = ["evaluation.metrics", "evaluation.segmenter", "pipeline.method.registry", "pipeline.storage",
-               "pipeline.cli.demo_job"]
+OLD_IMPORTS = [
+    "evaluation.metrics",
+    "evaluation.segmenter",
+    "pipeline.method.registry",
+    "pipeline.storage",
+    "pipeline.cli.demo_job",
+]
 PYTHON_IMPORT_TIME = "pass"  # the interpreter alone, for reference
 
 
@@ -49,8 +55,10 @@ def main() -> None:
     median_seconds(command(["--help"], old=True), 1)  # warm the file cache for both
     interpreter = median_seconds([sys.executable, "-c", PYTHON_IMPORT_TIME], args.runs)
     extra = f" {'baseline src':>13}" if args.baseline_src else ""
-    print(f"{'command':<22} {'lazy (now)':>11} {'old (eager)':>12} {'speed-up':>9}{extra}   (median of {args.runs}; "
-          f"python alone {interpreter:.3f} s)")
+    print(
+        f"{'command':<22} {'lazy (now)':>11} {'old (eager)':>12} {'speed-up':>9}{extra}   (median of {args.runs}; "
+        f"python alone {interpreter:.3f} s)"
+    )
     for argv in (["--help"], ["run", "--help"]):
         now = median_seconds(command(argv, old=False), args.runs)
         old = median_seconds(command(argv, old=True), args.runs)

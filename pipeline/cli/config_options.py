@@ -10,6 +10,7 @@ option flags. Unknown keys and bad values are errors that name the key, where it
 
 Nothing here imports torch (or the config's module beyond the dataclass): `splice --help` stays quick.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,7 @@ class ConfigError(SpliceError):
 
 
 # --- the type of one field ---------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class FieldKind:
@@ -100,10 +102,15 @@ class FieldKind:
             raise ValueError(f"expected {self.describe()}, got {whole!r}") from None
 
     def _typed(self, value: Any, whole: Any) -> Any:
-        ok = (isinstance(value, bool) if self.base is bool else
-              isinstance(value, int) and not isinstance(value, bool) if self.base is int else
-              isinstance(value, (int, float)) and not isinstance(value, bool) if self.base is float else
-              isinstance(value, str))
+        ok = (
+            isinstance(value, bool)
+            if self.base is bool
+            else isinstance(value, int) and not isinstance(value, bool)
+            if self.base is int
+            else isinstance(value, (int, float)) and not isinstance(value, bool)
+            if self.base is float
+            else isinstance(value, str)
+        )
         if not ok:
             raise ValueError(f"expected {self.describe()}, got {whole!r}")
         return float(value) if self.base is float else value
@@ -125,8 +132,9 @@ def field_kinds(cls: type) -> dict[str, FieldKind]:
         if not f.init:
             continue
         base, optional, length = _unpack(hints[f.name], f"{cls.__name__}.{f.name}")
-        kinds[f.name] = FieldKind(f.name, base, optional, length, tuple(f.metadata.get("choices", ())),
-                                  f.metadata.get("help", ""))
+        kinds[f.name] = FieldKind(
+            f.name, base, optional, length, tuple(f.metadata.get("choices", ())), f.metadata.get("help", "")
+        )
     return kinds
 
 
@@ -147,6 +155,7 @@ def _unpack(hint, where: str) -> tuple[type, bool, int | None]:
 
 # --- adding the options to a parser ------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ConfigOptions:
     """How one command exposes a configuration dataclass on its command line."""
@@ -166,28 +175,53 @@ class ConfigOptions:
         if unknown:
             raise TypeError(f"command defaults name no field of {self.cls.__name__}: {unknown}")
         group = parser.add_argument_group(
-            self.title, f"every field of {self.cls.__name__}. Precedence, lowest first: {PRECEDENCE}.")
-        group.add_argument("--preset", choices=list(self.presets), default=None,
-                           help=(preset_help or f"starting values (default {self.default_preset})").replace("%", "%%"))
-        group.add_argument("--config", metavar="FILE", dest="config_file",
-                           help="JSON or TOML file of settings (a mapping of field names to values; a splice run's "
-                                "run.json or a pair's meta.json also works: its recorded settings are used)")
-        group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="config_set",
-                           help="one setting, by field name (repeat the flag for more), e.g. --set lr=1e-3")
+            self.title, f"every field of {self.cls.__name__}. Precedence, lowest first: {PRECEDENCE}."
+        )
+        group.add_argument(
+            "--preset",
+            choices=list(self.presets),
+            default=None,
+            help=(preset_help or f"starting values (default {self.default_preset})").replace("%", "%%"),
+        )
+        group.add_argument(
+            "--config",
+            metavar="FILE",
+            dest="config_file",
+            help="JSON or TOML file of settings (a mapping of field names to values; a splice run's "
+            "run.json or a pair's meta.json also works: its recorded settings are used)",
+        )
+        group.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            dest="config_set",
+            help="one setting, by field name (repeat the flag for more), e.g. --set lr=1e-3",
+        )
         defaults = self.defaults()
         for name, kind in kinds.items():
             shown = _show(defaults.get(name))
             text = " ".join(t for t in (kind.help, self.help_notes.get(name, "")) if t)
             text = f"{text} (default {shown})".replace("%", "%%")
             if kind.base is bool and kind.length is None and not kind.optional:
-                group.add_argument(kind.flag, dest=name, action=argparse.BooleanOptionalAction,
-                                   default=argparse.SUPPRESS, help=text)
+                group.add_argument(
+                    kind.flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text
+                )
                 continue
-            metavar = ("{" + ",".join(map(str, kind.choices)) + "}" if kind.choices else
-                       ",".join(["X"] * kind.length) if kind.length else
-                       "N" if kind.base is int else "X" if kind.base is float else "SPEC")
-            group.add_argument(kind.flag, dest=name, type=_argparse_type(kind), default=argparse.SUPPRESS,
-                               metavar=metavar, help=text)
+            metavar = (
+                "{" + ",".join(map(str, kind.choices)) + "}"
+                if kind.choices
+                else ",".join(["X"] * kind.length)
+                if kind.length
+                else "N"
+                if kind.base is int
+                else "X"
+                if kind.base is float
+                else "SPEC"
+            )
+            group.add_argument(
+                kind.flag, dest=name, type=_argparse_type(kind), default=argparse.SUPPRESS, metavar=metavar, help=text
+            )
         parser.set_defaults(config_options=self)
 
     def defaults(self, preset: str | None = None) -> dict:
@@ -246,6 +280,7 @@ def _show(value) -> str:
 
 # --- --set and --config ------------------------------------------------------------------------------------------
 
+
 def _key(raw: str, kinds: Mapping[str, FieldKind], source: str) -> str:
     key = raw.strip().replace("-", "_")
     if key in kinds:
@@ -289,7 +324,9 @@ def load_config_file(path: str, kinds: Mapping[str, FieldKind]) -> tuple[dict, s
         except (ValueError, UnicodeDecodeError) as exc:
             raise ConfigError(f"--config {path}: not valid JSON ({exc}); a .toml name reads it as TOML") from None
     if not isinstance(mapping, dict):
-        raise ConfigError(f"--config {path}: expected a mapping of setting names to values, got {type(mapping).__name__}")
+        raise ConfigError(
+            f"--config {path}: expected a mapping of setting names to values, got {type(mapping).__name__}"
+        )
     if isinstance(mapping.get("settings"), dict) and "format" in mapping:  # run.json
         mapping = mapping["settings"]
     elif isinstance(mapping.get("config"), dict) and "pair_id" in mapping:  # meta.json
@@ -313,8 +350,10 @@ def _parse_toml(data: bytes, path: str) -> dict:
         try:
             import tomli as tomllib
         except ModuleNotFoundError:
-            raise ConfigError(f"--config {path}: reading TOML needs Python 3.11+ (or the tomli package); "
-                              f"give the settings as JSON instead") from None
+            raise ConfigError(
+                f"--config {path}: reading TOML needs Python 3.11+ (or the tomli package); "
+                f"give the settings as JSON instead"
+            ) from None
     try:
         return tomllib.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:

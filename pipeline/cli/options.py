@@ -10,6 +10,7 @@ No option takes a variable number of values (`nargs="+"`), so none swallows the 
 
 This module imports only the standard library: building the parser must stay quick (see `pipeline.cli.main`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,12 +30,27 @@ class _Store(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_out_argument(parser: argparse.ArgumentParser, *, help: str, metavar: str = "OUT", required: bool = True,
-                     old_spellings: tuple[str, ...] = ()) -> argparse.Action:
+def add_out_argument(
+    parser: argparse.ArgumentParser,
+    *,
+    help: str,
+    metavar: str = "OUT",
+    required: bool = True,
+    old_spellings: tuple[str, ...] = (),
+) -> argparse.Action:
     """`-o/--out`, where the command writes. `old_spellings`: older spellings that still work, hidden from --help,
     with a one-line warning (one action, so `required` and "given twice" behave as for `-o/--out`)."""
-    action = parser.add_argument("-o", "--out", *old_spellings, dest="out", required=required, metavar=metavar,
-                                 help=help, action=_Store, old_spellings=old_spellings)
+    action = parser.add_argument(
+        "-o",
+        "--out",
+        *old_spellings,
+        dest="out",
+        required=required,
+        metavar=metavar,
+        help=help,
+        action=_Store,
+        old_spellings=old_spellings,
+    )
     # the parser still knows the old spellings (it looks them up by string); help, usage and errors show -o/--out only
     action.option_strings = ["-o", "--out"]
     return action
@@ -42,10 +58,15 @@ def add_out_argument(parser: argparse.ArgumentParser, *, help: str, metavar: str
 
 def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
     """--storage-option KEY=VALUE, repeated: options of every non-local filesystem."""
-    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="fsspec option for non-local storage, one per flag (repeat it), e.g. "
-                             "--storage-option endpoint_url=http://host:9000 --storage-option anon=true "
-                             "(s3 endpoint also from AWS_ENDPOINT_URL); never logged")
+    parser.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec option for non-local storage, one per flag (repeat it), e.g. "
+        "--storage-option endpoint_url=http://host:9000 --storage-option anon=true "
+        "(s3 endpoint also from AWS_ENDPOINT_URL); never logged",
+    )
 
 
 def comma_list(text: str) -> list[str]:
@@ -63,5 +84,10 @@ class _ExtendCommaList(argparse.Action):
 def add_list_argument(parser: argparse.ArgumentParser, *flags: str, metavar: str, help: str, default=None) -> None:
     """A list of names: one comma-separated value, and the flag may be repeated (values are joined).
     The namespace holds a list, or `default` when the flag is not given."""
-    parser.add_argument(*flags, action=_ExtendCommaList, default=default, metavar=metavar,
-                        help=f"{help} (comma-separated; the flag may be repeated)")
+    parser.add_argument(
+        *flags,
+        action=_ExtendCommaList,
+        default=default,
+        metavar=metavar,
+        help=f"{help} (comma-separated; the flag may be repeated)",
+    )

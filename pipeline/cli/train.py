@@ -52,10 +52,10 @@ def register(subparsers) -> None:
 def run_train(args: argparse.Namespace) -> int:
     import fsspec  # heavy imports here, not at parser build time: `splice --help` stays quick
 
-    from pipeline.runs import layout, pair_io
     from pipeline.method.backbone import load_backbone
     from pipeline.method.images import read_image_file
     from pipeline.method.trainer import TrainOptions, resolve_device, train_pair
+    from pipeline.runs import layout, pair_io
 
     # 1. validate inputs
     resolved = resolve_config(args)
