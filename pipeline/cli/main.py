@@ -2,8 +2,9 @@
 
 Start-up time: building the parser imports only the standard library and this project's light modules; each
 command's handler imports torch, Ray, pandas and fsspec when it runs. This laziness is measured to matter
-(benchmarks/cli_startup.py, 2-core CPU): `splice --help` takes ~0.1 s this way and ~1.7 s when the parser
-modules import torch, as they did before. tests/test_cli_options.py checks that no heavy library is imported.
+(benchmarks/cli_startup.py, 2-core CPU; benchmarks/RESULTS.md): `splice --help` takes 0.1-0.2 s this way and
+~1.7 s (idle machine) to ~10 s (loaded) when building the parser imports torch, as it did before.
+tests/test_cli_options.py checks that building the parser imports no heavy library.
 """
 from __future__ import annotations
 
