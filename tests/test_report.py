@@ -83,7 +83,7 @@ def test_tables_equal_hand_computed_means_with_a_bootstrap_ci_around_them():
 
 
 def test_a_partial_run_reads_as_partial_and_methods_are_compared_on_common_pairs():
-    """After `splice run --only p0 p1`, 'a' has 2 pairs done and 3 pending; 'b' has all 5, one failed. By default
+    """After `splice run --only p0,p1`, 'a' has 2 pairs done and 3 pending; 'b' has all 5, one failed. By default
     means, win rates and differences are over the pairs both have; the pending pairs are neither failures nor losses."""
     rng = np.random.default_rng(0)
     b_values = rng.uniform(0.2, 0.4, 5)

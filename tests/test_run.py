@@ -281,9 +281,9 @@ def test_run_from_and_to_s3(ray_session, s3_bucket, make_pairs, caplog, capsys):
     frame.to_parquet(buffer, index=False)
     fs.pipe_file(f"{s3_bucket.bucket}/data/manifest.parquet", buffer.getvalue())
     out = s3_bucket.url("runs", "r1")
-    options = [f"{k}={v}" for k, v in s3_bucket.options.items()]
+    options = [flag for k, v in s3_bucket.options.items() for flag in ("--storage-option", f"{k}={v}")]
     argv = ["run", s3_bucket.url("data", "manifest.parquet"), "--out", out, "--method", "color-transfer",
-            "--no-progress", "--storage-option", *options]
+            "--no-progress", *options]
     assert main(argv) == 1  # one corrupt pair
     run = f"{s3_bucket.bucket}/runs/r1"
     for pair_id in ("s3a", "s3b"):
@@ -296,7 +296,7 @@ def test_run_from_and_to_s3(ray_session, s3_bucket, make_pairs, caplog, capsys):
     assert json.loads(record)["storage_options"]["secret"] == "***"
 
     assert main(argv) == 1  # re-run: skips the done pairs
-    assert main(["status", out, "--storage-option", *options]) == 0
+    assert main(["status", out, *options]) == 0
     printed = capsys.readouterr()
     assert "2 done (2 skipped as already done)" in printed.out and "3 pair(s): 2 done, 1 failed, 0 pending" in printed.out
     secret = s3_bucket.options["secret"]  # credentials appear nowhere

@@ -481,15 +481,15 @@ def test_8_a_missing_bucket_is_an_error_and_is_never_created(ray_session, tmp_pa
 
     manifest = manifest_of(tmp_path / "m.parquet", write_inputs(tmp_path / "in", ["b0"]))
     typo = f"typo-{uuid.uuid4().hex[:8]}"
-    options = [f"{k}={v}" for k, v in s3_bucket.options.items()]
-    code, _, err = run_cli(capsys, manifest, f"s3://{typo}/runs/r1", "--storage-option", *options)
+    options = [flag for k, v in s3_bucket.options.items() for flag in ("--storage-option", f"{k}={v}")]
+    code, _, err = run_cli(capsys, manifest, f"s3://{typo}/runs/r1", *options)
     line = one_line_error(code, err)
     assert f"bucket '{typo}'" in line and "does not exist" in line and "never creates buckets" in line
     client = boto3.client("s3", endpoint_url=s3_bucket.endpoint, aws_access_key_id=s3_bucket.options["key"],
                           aws_secret_access_key=s3_bucket.options["secret"], region_name="us-east-1")
     assert typo not in {b["Name"] for b in client.list_buckets()["Buckets"]}
     code, _, err = cli(capsys, "import", "x", tmp_path / "in", "--manifest", manifest, "--out", f"s3://{typo}/imp",
-                       "--storage-option", *options)
+                       *options)
     assert "does not exist" in one_line_error(code, err)
     assert typo not in {b["Name"] for b in client.list_buckets()["Buckets"]}
 

@@ -103,7 +103,7 @@ def report_time(capsys, endpoint: str) -> tuple[float, str]:
     """Run `splice manifest validate` against a dead S3 endpoint; (seconds, stderr)."""
     started = time.monotonic()
     code = main(["manifest", "validate", "s3://bucket/m.parquet", "--storage-option", f"endpoint_url={endpoint}",
-                 "key=AKIAEXAMPLEKEY", "secret=do-not-print-me"])
+                 "--storage-option", "key=AKIAEXAMPLEKEY", "--storage-option", "secret=do-not-print-me"])
     seconds = time.monotonic() - started
     error = capsys.readouterr().err
     assert code == 2

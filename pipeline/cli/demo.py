@@ -1,12 +1,18 @@
 """`splice demo`: draw a few pairs, build their manifest and run them; works offline with a random: backbone."""
 from __future__ import annotations
 
+from pipeline.cli.config_options import resolve_config
+from pipeline.cli.console import add_progress_argument, progress_enabled
+from pipeline.cli.options import add_out_argument
+from pipeline.cli.run import add_training_arguments
+from pipeline.errors import SpliceError
+
+DEMO_PAIRS = 4
+DEMO_STEPS = 40  # a few minutes for 4 pairs on 2 CPU cores with the preview preset
+DEMO_SIZE = 128  # pixels, square
+
 
 def register(subparsers) -> None:
-    from pipeline.cli.console import add_progress_argument
-    from pipeline.cli.demo_job import DEMO_PAIRS, DEMO_SIZE, DEMO_STEPS
-    from pipeline.method.registry import METHODS
-
     parser = subparsers.add_parser(
         "demo", help="run a small demo on generated images (no downloads with --backbone random:...)",
         description="Draw a few (structure, appearance) pairs, build their manifest and run them with the preview "
@@ -15,40 +21,31 @@ def register(subparsers) -> None:
                     "downloadable; where they are not, random weights of the same architecture are used instead, "
                     "said in large letters and in the report. --backbone random:vit_tiny_patch16_224 is a quick "
                     "smoke run.")
-    parser.add_argument("--out", help="demo folder (default ./demo-run): inputs/ and run/ go there")
-    parser.add_argument("--backbone", help="backbone spec (default: the preview preset's dino_vits16, or random weights "
-                                           "of its architecture where those cannot be had)")
-    parser.add_argument("--method", default="splice", choices=list(METHODS))
+    add_out_argument(parser, required=False, metavar="DEMO_DIR",
+                     help="demo folder (default ./demo-run): inputs/ and run/ go there")
+    parser.add_argument("--method", default="splice", help="method (default splice)")
     parser.add_argument("--pairs", type=int, default=DEMO_PAIRS, help=f"pairs to draw (default {DEMO_PAIRS})")
-    parser.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"steps per pair (default {DEMO_STEPS})")
     parser.add_argument("--size", type=int, default=DEMO_SIZE, help=f"image side in pixels (default {DEMO_SIZE})")
     parser.add_argument("--address", help="Ray cluster address (default: an embedded Ray here)")
     parser.add_argument("--force", action="store_true", help="redo pairs already done in this demo folder")
     add_progress_argument(parser)
     parser.add_argument("--no-report", action="store_true",
                         help="only run the pairs: skip the reference methods, evaluation and report")
+    add_training_arguments(parser, "preview", {"steps": DEMO_STEPS, "checkpoint_every": 0})
     parser.set_defaults(handler=demo)
 
 
 def demo(args) -> int:
-    from pipeline.method.config import preset
-    from pipeline.cli.console import progress_enabled
     from pipeline.cli.demo_job import default_out, run_demo
-    from pipeline.errors import SpliceError
+    from pipeline.cli.run import print_summary, real_or_random
     from pipeline.runs.fanout import RunSettings
     from pipeline.storage import redact_url
-    from pipeline.cli.run import print_summary
 
     if args.pairs < 1 or args.size < 32:
         raise SpliceError("splice demo needs --pairs >= 1 and --size >= 32")
-    try:
-        config = preset("preview", backbone=args.backbone, steps=args.steps, checkpoint_every=0)
-    except ValueError as exc:
-        raise SpliceError(f"invalid demo settings: {exc}") from exc
     out = args.out or default_out()
-    from pipeline.cli.run import real_or_random
-
-    config, fallback = real_or_random(config, args)  # DINO ViT-S/16 where it can be had, else random (said loudly)
+    # DINO ViT-S/16 where it can be had, else random (said loudly)
+    config, fallback = real_or_random(resolve_config(args), args.method)
     if args.method == "splice":  # fail fast and clearly if a named backbone cannot be had (e.g. offline)
         from pipeline.method.backbone import load_backbone
 

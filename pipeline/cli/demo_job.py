@@ -13,12 +13,9 @@ import random
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pipeline.cli.demo import DEMO_PAIRS, DEMO_SIZE
 from pipeline.runs import layout
 from pipeline.storage import Storage
-
-DEMO_PAIRS = 4
-DEMO_STEPS = 40  # a few minutes for 4 pairs on 2 CPU cores with the preview preset
-DEMO_SIZE = 128  # pixels, square
 
 
 # --- drawing -------------------------------------------------------------------------------------------------

@@ -1,4 +1,11 @@
-"""The `splice` command line: one sub-command per module in `COMMAND_MODULES`, each exposing `register(subparsers)`."""
+"""The `splice` command line: one sub-command per module in `COMMAND_MODULES`, each exposing `register(subparsers)`.
+
+Start-up time: building the parser imports only the standard library and this project's light modules; each
+command's handler imports torch, Ray, pandas and fsspec when it runs. This laziness is measured to matter
+(benchmarks/cli_startup.py, 2-core CPU; benchmarks/RESULTS.md): `splice --help` takes 0.1-0.2 s this way and
+~1.7 s (idle machine) to ~10 s (loaded) when building the parser imports torch, as it did before.
+tests/test_cli_options.py checks that building the parser imports no heavy library.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +14,7 @@ import signal
 import sys
 import threading
 
+from pipeline import __version__
 from pipeline.cli.console import configure_logging
 from pipeline.errors import SpliceError
 
@@ -16,7 +24,9 @@ COMMAND_MODULES = [
     "pipeline.cli.run",  # splice run
     "pipeline.cli.demo",  # splice demo
     "pipeline.cli.status",  # splice status
-    "pipeline.cli.evaluation",  # splice evaluate | report | import
+    "pipeline.cli.evaluate",  # splice evaluate
+    "pipeline.cli.report",  # splice report
+    "pipeline.cli.import_outputs",  # splice import
     "pipeline.cli.weights",  # splice weights fetch | status | export
 ]
 
@@ -26,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="splice",
         description="Semantic appearance transfer (Splice) over whole datasets: train, run, evaluate, report.",
     )
+    parser.add_argument("--version", action="version", version=f"splice {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="-v: this project's debug messages (and tracebacks of failed pairs); -vv: also other "
                              "libraries' info messages")
@@ -48,10 +59,9 @@ def _on_sigterm(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.storage import redact_text
-
     parser = build_parser()
     args = parser.parse_args(argv)
+    from pipeline.storage import redact_text  # after parsing: `--help` needs no fsspec
     configure_logging(args.verbose)
     _terminated.clear()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None

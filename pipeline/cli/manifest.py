@@ -1,7 +1,7 @@
 """`splice manifest build afhq|pairs-dir|folders|csv ...` and `splice manifest validate M.parquet`."""
 from __future__ import annotations
 
-from pipeline.cli.run import add_storage_arguments
+from pipeline.cli.options import add_list_argument, add_out_argument, add_storage_arguments
 
 
 def register(subparsers) -> None:
@@ -15,7 +15,8 @@ def register(subparsers) -> None:
                                            "domain (or across domains with --cross-domain)")
     afhq.add_argument("root")
     afhq.add_argument("--pairs", type=int, help="pairs in all, spread evenly over the domains (default: one per image)")
-    afhq.add_argument("--domains", default="cat,dog,wild", help="comma-separated domains (default cat,dog,wild)")
+    add_list_argument(afhq, "--domains", default=["cat", "dog", "wild"], metavar="DOMAIN,...",
+                      help="domains to draw from (default cat,dog,wild)")
     afhq.add_argument("--split", default="train", choices=["train", "val"])
     afhq.add_argument("--seed", type=int, default=0, help="seed of the pair draw (default 0)")
     afhq.add_argument("--cross-domain", nargs="?", const="all", metavar="SRC->DST,...",
@@ -35,7 +36,8 @@ def register(subparsers) -> None:
         source.add_argument("--direction", default="AtoB", choices=["AtoB", "BtoA"],
                             help="BtoA swaps structure and appearance (A/ or the first folder becomes the appearance)")
     for source in (afhq, pairs_dir, folders, csv):
-        source.add_argument("-o", "--output", required=True, help="manifest to write (.parquet; local or fsspec URL)")
+        add_out_argument(source, metavar="M.parquet", help="manifest to write (.parquet; local or fsspec URL)",
+                         old_spellings=("--output",))
         add_storage_arguments(source)
         source.set_defaults(handler=build_command)
 
@@ -53,7 +55,7 @@ def build_command(args) -> int:
 
     storage = Storage(parse_storage_options(args.storage_option))
     if args.source == "afhq":
-        domains = [d.strip() for d in args.domains.split(",") if d.strip()]
+        domains = args.domains
         cross = builders.parse_cross_domain(args.cross_domain, domains) if args.cross_domain else None
         frame = builders.build_afhq(args.root, pairs=args.pairs, domains=domains, split=args.split, seed=args.seed,
                                     cross_domain=cross, storage=storage)
@@ -69,8 +71,8 @@ def build_command(args) -> int:
     frame.attrs = {}  # the notes are for the console, not for the file
     for note in notes:
         print(note)
-    write_manifest(frame, args.output, storage)
-    print(f"wrote {redact_url(args.output)}: {len(frame)} pair(s)" + _breakdown(frame))
+    write_manifest(frame, args.out, storage)
+    print(f"wrote {redact_url(args.out)}: {len(frame)} pair(s)" + _breakdown(frame))
     return 0
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.method.config import PRESETS, preset
+from pipeline.cli.config_options import resolve_config
 from pipeline.cli.console import add_progress_argument, progress_enabled
-from pipeline.errors import SpliceError
+from pipeline.cli.options import add_list_argument, add_out_argument, add_storage_arguments
+from pipeline.cli.train import preset_help, training_options
+
+RUN_CHECKPOINT_EVERY = 100  # splice run's default: a pair whose worker died resumes from its last 100 steps
 
 
 def register(subparsers) -> None:
@@ -16,8 +19,9 @@ def register(subparsers) -> None:
                     "<out>/pairs/<pair_id>/{output.png,meta.json,losses.parquet,_SUCCESS} and <out>/results.parquet. "
                     "Pairs already done are skipped, so running the same command again resumes.")
     parser.add_argument("manifest", help="manifest Parquet file (local path or fsspec URL)")
-    parser.add_argument("--out", required=True, help="run folder: local path, file://, s3://, gs://, ...")
-    add_method_arguments(parser)
+    add_out_argument(parser, metavar="RUN_URL", help="run folder: local path, file://, s3://, gs://, ...")
+    parser.add_argument("--method", default="splice",
+                        help="method: splice (default), a reference method (color-transfer, ...) or a plug-in")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded Ray here)")
     parser.add_argument("--pack", type=_pack_size, default=None, metavar="K|auto",
                         help="pairs trained together in one task (one backbone pass for all, one optimiser step); "
@@ -34,7 +38,7 @@ def register(subparsers) -> None:
                              "where compiling fails) | on | off")
     parser.add_argument("--max-retries", type=int, default=2, help="re-runs of a pair whose worker died (default 2)")
     parser.add_argument("--limit", type=int, help="only the first N pairs of the manifest")
-    parser.add_argument("--only", nargs="+", action="extend", default=[], metavar="PAIR_ID", help="only these pairs")
+    add_list_argument(parser, "--only", default=[], metavar="PAIR_ID,...", help="only these pairs")
     parser.add_argument("--force", action="store_true",
                         help="redo pairs that are already done: those whose inputs or settings changed, if any did; "
                              "otherwise every selected pair")
@@ -51,50 +55,31 @@ def register(subparsers) -> None:
                              "renewed for 2 minutes; safe for automatic retries such as a RayJob's")
     add_storage_arguments(parser)
     add_progress_argument(parser)
+    add_training_arguments(parser)
     parser.set_defaults(handler=run)
 
 
-def add_method_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipeline.method.registry import METHODS
-
-    parser.add_argument("--method", default="splice", choices=list(METHODS), help="method (default splice)")
-    parser.add_argument("--preset", default="paper", choices=list(PRESETS), help="training preset (default paper)")
-    parser.add_argument("--backbone", help="backbone spec, e.g. dino_vitb8, file:PATH, random:vit_tiny_patch16_224 "
-                                           "(default: the preset's DINO; if its weights can be neither found nor "
-                                           "downloaded, random weights of its architecture, said loudly and recorded)")
-    parser.add_argument("--steps", type=int, help="optimisation steps per pair (default: the preset's)")
-    parser.add_argument("--seed", type=int, help="training seed (a manifest 'seed' column overrides it per pair)")
-    parser.add_argument("--max-side", type=int, help="downscale inputs so the long side is at most this")
-    parser.add_argument("--checkpoint-every", type=int, default=100,
-                        help="save a resumable checkpoint every N steps (default 100; 0: never)")
-    parser.add_argument("--no-antialias", action="store_true",
-                        help="resize to the backbone's input without antialiasing (the authors' pinned torchvision 0.10)")
+def add_training_arguments(parser: argparse.ArgumentParser, default_preset: str = "paper",
+                           command_defaults: dict | None = None) -> None:
+    """The TrainConfig options of a command that runs a manifest (run, demo)."""
+    notes = {"backbone": "(unset, where the preset's weights can be neither found nor downloaded: random weights "
+                         "of its architecture, said loudly and recorded)",
+             "seed": "(a manifest 'seed' column overrides it per pair)",
+             "steps": "(a manifest 'steps' column overrides it per pair)"}
+    defaults = {"checkpoint_every": RUN_CHECKPOINT_EVERY, **(command_defaults or {})}
+    training_options(default_preset, defaults, notes).add_to(parser, preset_help(default_preset))
 
 
-def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--storage-option", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="fsspec option for non-local storage, e.g. endpoint_url=http://host:9000 key=... "
-                             "(s3 endpoint also from AWS_ENDPOINT_URL); never logged")
-
-
-def config_from_args(args):
-    try:
-        return preset(args.preset, backbone=args.backbone, steps=args.steps, seed=args.seed, max_side=args.max_side,
-                      checkpoint_every=args.checkpoint_every,
-                      antialias=False if getattr(args, "no_antialias", False) else None)
-    except ValueError as exc:
-        raise SpliceError(f"invalid training settings: {exc}") from exc
-
-
-def real_or_random(config, args):
+def real_or_random(resolved, method: str):
     """The preset's backbone if its weights are here or can be downloaded, else its random twin, said loudly once;
-    a backbone named with --backbone is never replaced. Returns (config, why it fell back or None)."""
+    a backbone the user set (flag, --set or --config) is never replaced. Returns (config, why it fell back or None)."""
     from pipeline.method.registry import get_method
     from pipeline.method.weights import announce_fallback, resolve_backbone
 
-    if not get_method(args.method).uses_backbone:
+    config = resolved.config
+    if not get_method(method).uses_backbone:
         return config, None
-    backbone, fallback = resolve_backbone(config.backbone, explicit=args.backbone is not None)
+    backbone, fallback = resolve_backbone(config.backbone, explicit="backbone" in resolved.explicit)
     if fallback:
         announce_fallback(fallback)
         config = config.replace(backbone=backbone)
@@ -105,7 +90,7 @@ def run(args) -> int:
     from pipeline.runs.fanout import RunSettings, run_manifest
     from pipeline.storage import parse_storage_options
 
-    config, fallback = real_or_random(config_from_args(args), args)
+    config, fallback = real_or_random(resolve_config(args), args.method)
     settings = RunSettings(
         out=args.out, method=args.method, config=config, address=args.address, backbone_fallback=fallback,
         gpus_per_pair=args.gpus_per_pair, cpus_per_pair=args.cpus_per_pair, max_retries=args.max_retries,

@@ -1,6 +1,7 @@
 """`splice status RUN_URL`: how far a run has got, read from its storage alone."""
 from __future__ import annotations
 
+from pipeline.cli.options import add_storage_arguments
 from pipeline.errors import SpliceError
 
 
@@ -14,8 +15,6 @@ def register(subparsers) -> None:
     parser.add_argument("--failed", action="store_true", help="list every failed and damaged pair with its error")
     parser.add_argument("--verify", action="store_true", help="also check every done pair's files by sha256")
     parser.add_argument("--json", action="store_true", help="print the status as one JSON object (for scripts)")
-    from pipeline.cli.run import add_storage_arguments
-
     add_storage_arguments(parser)
     parser.set_defaults(handler=status)
 

@@ -4,12 +4,28 @@ from __future__ import annotations
 import argparse
 import os
 
-from pipeline.method.config import PRESETS, preset
+from pipeline.cli.config_options import ConfigOptions, resolve_config
 from pipeline.cli.console import add_progress_argument, progress_enabled
-from pipeline.errors import SpliceError
+from pipeline.cli.options import add_out_argument
+from pipeline.method.config import PRESETS, TrainConfig
 
-BACKBONE_HELP = ("DINO backbone: dino_vitb8 | dino_vits8 | dino_vitb16 | dino_vits16 (timm weights, cached on first "
-                 "use), file:PATH (local weights), or random:TIMM_ARCH (random weights, tests only)")
+
+def training_options(default_preset: str = "paper", command_defaults: dict | None = None,
+                     help_notes: dict | None = None) -> ConfigOptions:
+    """The TrainConfig options shared by every command that trains (train, run, demo): one flag per field.
+    `command_defaults`: this command's values over the preset's; `help_notes`: field -> sentence added to its help."""
+    return ConfigOptions(TrainConfig, PRESETS, default_preset, command_defaults or {}, title="training options",
+                         help_notes=help_notes or {})
+
+
+def preset_help(default: str) -> str:
+    """What each preset changes from TrainConfig's defaults, read from the presets themselves."""
+    base = TrainConfig().to_dict()
+    described = []
+    for name, config in PRESETS.items():
+        changes = [f"{k}={v}" for k, v in config.to_dict().items() if v != base[k]]
+        described.append(f"{name}: {', '.join(changes) or 'the defaults'}")
+    return f"starting values (default {default}): " + "; ".join(described)
 
 
 def register(subparsers) -> None:
@@ -18,60 +34,33 @@ def register(subparsers) -> None:
         description="Train a Splice generator so the structure image takes on the appearance of the appearance "
                     "image. Writes OUT_DIR/output.png, meta.json, losses.parquet (and checkpoint.pt while training); "
                     "re-running with the same OUT_DIR resumes from the last checkpoint.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("structure", metavar="STRUCTURE_IMAGE", help="image whose structure (layout, shapes) is kept")
     parser.add_argument("appearance", metavar="APPEARANCE_IMAGE", help="image whose appearance (colours, textures) is transferred")
-    parser.add_argument("-o", "--out", required=True, metavar="OUT_DIR", help="folder for the outputs (created)")
-    add_training_options(parser)
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available) | cpu | cuda | cuda:N")
+    add_out_argument(parser, metavar="OUT_DIR", help="folder for the outputs (created)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available; default) | cpu | cuda | cuda:N")
     parser.add_argument("--force", action="store_true", help="retrain even if OUT_DIR already holds a finished result")
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                         help="torch.compile the backbone's 224x224 passes: auto (on CUDA only; falls back to eager "
-                             "where compiling fails) | on | off")
+                             "where compiling fails; default) | on | off")
     add_progress_argument(parser)
+    notes = {"checkpoint_every": "(splice train: unless set, every steps/4 steps, at most 500, so that it resumes)"}
+    training_options(help_notes=notes).add_to(parser, preset_help("paper"))
     parser.set_defaults(handler=run_train)
-
-
-def add_training_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that trains (train, run, demo)."""
-    parser.add_argument("--preset", default="paper", choices=sorted(PRESETS),
-                        help="paper: ViT-B/8, 2000 steps; authors: 10000 steps; preview: ViT-S/16, 300 steps, inputs capped at 512 px")
-    parser.add_argument("--steps", type=int, help="optimisation steps (overrides the preset)")
-    parser.add_argument("--backbone", help=BACKBONE_HELP + " (overrides the preset)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="auto: bf16 backbone on CUDA, fp32 on CPU")
-    parser.add_argument("--seed", type=int, help="seed for generator initialisation and augmentation (default 0)")
-    parser.add_argument("--max-pixels", type=int, help="refuse images above this many pixels (default 40000000)")
-    parser.add_argument("--max-side", type=int, help="downscale inputs so their long side is at most this many pixels")
-    parser.add_argument("--checkpoint-every", type=int, help="write a resumable checkpoint every N steps (0: never)")
-    parser.add_argument("--log-every", type=int, help="record loss terms every N steps (default 10)")
-    parser.add_argument("--no-antialias", action="store_true",
-                        help="resize to the backbone's input without antialiasing, as the authors' pinned torchvision 0.10 "
-                             "did (default: antialiased, as modern torchvision and the authors' code today)")
-
-
-def config_from_args(args: argparse.Namespace):
-    try:
-        return preset(
-            args.preset, steps=args.steps, backbone=args.backbone, precision=args.precision, seed=args.seed,
-            max_pixels=args.max_pixels, max_side=args.max_side, checkpoint_every=args.checkpoint_every,
-            log_every=args.log_every, antialias=False if getattr(args, "no_antialias", False) else None,
-        )
-    except ValueError as exc:
-        raise SpliceError(str(exc)) from exc
 
 
 def run_train(args: argparse.Namespace) -> int:
     import fsspec  # heavy imports here, not at parser build time: `splice --help` stays quick
 
-    from pipeline.runs import layout, pair_io
     from pipeline.method.backbone import load_backbone
     from pipeline.method.images import read_image_file
     from pipeline.method.trainer import TrainOptions, resolve_device, train_pair
+    from pipeline.runs import layout, pair_io
 
     # 1. validate inputs
-    config = config_from_args(args)
-    if config.checkpoint_every == 0 and args.checkpoint_every is None:
+    resolved = resolve_config(args)
+    config = resolved.config
+    if config.checkpoint_every == 0 and "checkpoint_every" not in resolved.explicit:
         config = config.replace(checkpoint_every=max(1, min(500, config.steps // 4)))  # resumable by default
     fs = fsspec.filesystem("file")
     out = os.path.abspath(args.out)

@@ -7,33 +7,47 @@ from dataclasses import dataclass, field
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels: inputs above this are refused (decompression-bomb guard)
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def setting(default, help: str, **metadata):
+    """A field with its one-line description: the `splice train/run/demo` options are generated from these."""
+    return field(default=default, metadata={"help": help, **metadata})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    backbone: str = "dino_vitb8"  # backbone spec: dino_vit{b,s}{8,16}, file:PATH or random:TIMM_ARCH
-    steps: int = 2000  # optimisation steps (paper: 2000; authors' code: 10000)
-    lr: float = 2e-3  # Adam learning rate, constant
-    betas: tuple[float, float] = (0.0, 0.99)  # Adam betas
-    appearance_weight: float = 10.0  # weight of the [CLS] appearance term
-    structure_weight: float = 1.0  # weight of the key self-similarity structure term
-    identity_weight: float = 1.0  # weight of the keys identity term on G(appearance crop)
-    full_image_every: int = 75  # every N steps (step 0 included) the whole structure image also goes through G
-    crop_min_fraction: float = 0.95  # square crop side drawn uniformly in [fraction * h, h], capped at the width
-    flip_p: float = 0.5  # horizontal flip probability (both crops)
-    jitter_p: float = 0.5  # colour jitter probability (structure crop)
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
-    blur_p: float = 0.2  # 3x3 Gaussian blur probability (structure crop)
-    antialias: bool = True  # antialiased resize to the backbone's input (modern torchvision); False: the authors' pinned torchvision 0.10
-    max_side: int | None = None  # downscale inputs so the long side is at most this (None: full resolution)
-    max_pixels: int = DEFAULT_MAX_PIXELS  # refuse inputs above this many pixels (decompression-bomb guard)
-    seed: int = 0  # seeds generator init and augmentation
-    precision: str = "auto"  # auto (bf16 backbone on CUDA, fp32 on CPU) | fp32 | bf16
-    log_every: int = 10  # record loss terms (and sync with the device) every N steps
-    checkpoint_every: int = 0  # write a resumable checkpoint every N steps (0: never)
+    backbone: str = setting("dino_vitb8", "DINO backbone: dino_vitb8 | dino_vits8 | dino_vitb16 | dino_vits16 (timm "
+                                          "weights, cached on first use), file:PATH (local weights) or "
+                                          "random:TIMM_ARCH (random weights, tests only)")
+    steps: int = setting(2000, "optimisation steps (paper: 2000; authors' code: 10000)")
+    lr: float = setting(2e-3, "Adam learning rate, constant")
+    betas: tuple[float, float] = setting((0.0, 0.99), "Adam betas")
+    appearance_weight: float = setting(10.0, "weight of the [CLS] appearance term")
+    structure_weight: float = setting(1.0, "weight of the key self-similarity structure term")
+    identity_weight: float = setting(1.0, "weight of the keys identity term on G(appearance crop)")
+    full_image_every: int = setting(75, "every N steps (step 0 included) the whole structure image also goes "
+                                        "through G")
+    crop_min_fraction: float = setting(0.95, "square crop side drawn uniformly in [fraction * h, h], capped at "
+                                             "the width")
+    flip_p: float = setting(0.5, "horizontal flip probability (both crops)")
+    jitter_p: float = setting(0.5, "colour jitter probability (structure crop)")
+    jitter: tuple[float, float, float, float] = setting((0.4, 0.4, 0.2, 0.1), "colour jitter strengths: brightness, "
+                                                                              "contrast, saturation, hue")
+    blur_p: float = setting(0.2, "3x3 Gaussian blur probability (structure crop)")
+    antialias: bool = setting(True, "antialiased resize to the backbone's input (modern torchvision); off: as the "
+                                    "authors' pinned torchvision 0.10")
+    max_side: int | None = setting(None, "downscale inputs so the long side is at most this (none: full resolution)")
+    max_pixels: int = setting(DEFAULT_MAX_PIXELS, "refuse inputs above this many pixels (decompression-bomb guard)")
+    seed: int = setting(0, "seeds generator init and augmentation")
+    precision: str = setting("auto", "auto: bf16 backbone on CUDA, fp32 on CPU", choices=PRECISIONS)
+    log_every: int = setting(10, "record loss terms (and sync with the device) every N steps")
+    checkpoint_every: int = setting(0, "write a resumable checkpoint every N steps (0: never)")
 
     def __post_init__(self):
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.precision not in ("auto", "fp32", "bf16"):
+        if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
@@ -41,6 +55,18 @@ class TrainConfig:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if not 0 < self.crop_min_fraction <= 1:
             raise ValueError(f"crop_min_fraction must be in (0, 1], got {self.crop_min_fraction}")
+        if self.full_image_every < 1:
+            raise ValueError(f"full_image_every must be >= 1, got {self.full_image_every}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("appearance_weight", "structure_weight", "identity_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("flip_p", "jitter_p", "blur_p"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        if self.max_pixels < 1 or (self.max_side is not None and self.max_side < 1):
+            raise ValueError(f"max_pixels and max_side must be >= 1, got {self.max_pixels} and {self.max_side}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
