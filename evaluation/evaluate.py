@@ -1,10 +1,15 @@
 """`splice evaluate`: metrics of a run's stored outputs, computed incrementally into <run>/eval/metrics.parquet.
 
-One row per manifest pair: pair_id, method, dataset, domain, status ('ok' | 'failed' | 'missing' | 'error' |
-'pending': never run or not finished),
-error, the output's content hash, training cost copied from meta.json (train_seconds, train_device,
-train_peak_memory_bytes), and per metric its value with provenance columns `<metric>__version` and
-`<metric>__model` (backbone spec and weights id; random weights end in '@random').
+One row per manifest pair: pair_id, method, status (the run folder's one vocabulary, run_folder.PairStatus: 'done'
+when its metrics are computed; 'pending' (never run or not finished), 'failed', 'missing' or 'damaged' as the run
+says; 'error' when its files cannot be read or a metric fails), error, the output's content hash, training cost
+from results.parquet (train_seconds, train_device, train_peak_memory_bytes), and per metric its value with
+provenance columns `<metric>__version` and `<metric>__model` (backbone spec and weights id; random weights end in
+'@random'). Labels (dataset, domain) stay in the run's manifest.parquet; the report joins them from there.
+
+Everything is read and written through the run folder (pipeline/runs/run_folder.py). metrics.parquet is read,
+merged and written under the lock of eval/ (`RunFolder.eval_lock`): two evaluations of one run at once, e.g. with
+other metrics, both keep their rows and columns; `splice run` may go on filling the folder meanwhile.
 
 Re-running computes only what is missing: pairs not evaluated yet, metrics newly asked for or whose version or
 model changed, and outputs whose content hash changed (an output whose listing stamp, i.e. size and ETag or
@@ -25,19 +30,17 @@ from datetime import datetime, timezone
 import pandas as pd
 import torch
 
-from pipeline.runs import hooks, layout, run_folder
+from pipeline.runs import hooks, layout
 from pipeline.method.images import ImageError, decode_image, max_input_bytes
+from pipeline.runs.run_folder import COST_COLUMNS, PairStatus, Run, RunFolder, RunFolderError
 from pipeline.storage import Storage, redact_text, redact_url
 
-from evaluation import runio
 from evaluation.engine import PairImages, compute_metrics
 from evaluation.metrics import METRICS
 from evaluation.models import EvalSettings, MetricModels, best_device, load_metric_models
 
 log = logging.getLogger(__name__)
 
-EVALUATION_JSON = "evaluation.json"  # under <run>/eval/: what the last evaluation used
-COST_KEYS = {"seconds": "train_seconds", "device": "train_device", "peak_memory_bytes": "train_peak_memory_bytes"}
 SAVE_EVERY_S = 30.0  # rewrite metrics.parquet at least this often during a long evaluation
 READ_THREADS = 8
 SAVE_LOCK_WAIT_S = 120.0  # another evaluation saving into the same eval/: wait this long for it
@@ -50,7 +53,6 @@ class PairTask:
     structure_uri: str
     appearance_uri: str
     output_url: str
-    meta_url: str
     known_hash: str | None  # content hash of the output the stored values were computed on
     fresh: tuple[str, ...]  # metrics whose stored values stay valid if the hash is unchanged
     wanted: tuple[str, ...]  # metrics asked for
@@ -64,7 +66,6 @@ class PairUpdate:
     errors: dict[str, str] = field(default_factory=dict)
     changed: bool = False  # the output's content differs from the one the stored values were computed on
     image_error: str | None = None
-    cost: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -75,11 +76,12 @@ class EvaluateSummary:
     statuses: dict[str, int]
     metrics: list[str]
     skipped: dict[str, str]
+    metrics_url: str = ""
 
     def line(self) -> str:
         states = ", ".join(f"{n} {s}" for s, n in sorted(self.statuses.items()))
         text = (f"{redact_url(self.run)}: {self.computed} pair(s) evaluated, {self.up_to_date} up to date ({states}); "
-                f"metrics {', '.join(self.metrics) or 'none'} -> {redact_url(runio.metrics_url(self.run))}")
+                f"metrics {', '.join(self.metrics) or 'none'} -> {redact_url(self.metrics_url)}")
         if self.skipped:  # why (and how to provide the weights) was logged once when the models were loaded
             text += f"; skipped {', '.join(self.skipped)} (weights not available, see the warnings)"
         return text
@@ -90,9 +92,10 @@ def evaluate_run(run_url: str, settings: EvalSettings = EvalSettings(), *, stora
                  progress: bool = True) -> EvaluateSummary:
     storage = storage or Storage()
     # 1. read the run: manifest, results, one listing of the pair files, what was evaluated before
-    run = runio.read_run(storage, run_url)
-    files = runio.pair_files(storage, run_url)
-    stored = _stored_rows(storage, run_url)
+    folder = RunFolder(storage, run_url)
+    run = folder.read()
+    files = folder.pair_stamps()
+    stored = _stored_rows(folder)
 
     # 2. the models (locally, or on the Ray workers) and the provenance id of every available metric
     address = address or os.environ.get("RAY_ADDRESS")  # as `splice run` does
@@ -115,17 +118,17 @@ def evaluate_run(run_url: str, settings: EvalSettings = EvalSettings(), *, stora
             _merge(rows[update.pair_id], update, ids)
         bar.update(len(updates))
         if time.monotonic() - last_save > SAVE_EVERY_S:
-            _save(storage, run_url, rows, ids, skipped, classes)
+            _save(folder, rows, ids, skipped, classes)
             last_save = time.monotonic()
     bar.close()
     backend.close()
 
     # 5. write metrics.parquet and evaluation.json
-    _save(storage, run_url, rows, ids, skipped, classes)
+    _save(folder, rows, ids, skipped, classes)
     statuses = pd.Series([r["status"] for r in rows.values()]).value_counts().to_dict() if rows else {}
     recomputed = {t.pair_id for t in tasks}
-    up_to_date = sum(1 for p, r in rows.items() if p not in recomputed and r.get("status") == "ok")
-    return EvaluateSummary(run_url, len(tasks), up_to_date, statuses, list(ids), skipped)
+    up_to_date = sum(1 for p, r in rows.items() if p not in recomputed and r.get("status") == PairStatus.DONE)
+    return EvaluateSummary(run_url, len(tasks), up_to_date, statuses, list(ids), skipped, folder.metrics_url)
 
 
 class LocalBackend:
@@ -178,7 +181,6 @@ def _load_pair(task: PairTask, storage: Storage, max_pixels: int):
         update.output_sha256 = "sha256:" + hashlib.sha256(data).hexdigest()
         update.changed = update.output_sha256 != task.known_hash
         needed = tuple(m for m in task.wanted if update.changed or m not in task.fresh)
-        update.cost = _cost(storage, task.meta_url)
         if not needed:
             return update, None, needed
         limit = max_input_bytes(max_pixels)
@@ -197,17 +199,7 @@ def _load_pair(task: PairTask, storage: Storage, max_pixels: int):
         return update, None, ()
 
 
-def _cost(storage: Storage, meta_url: str) -> dict:
-    try:
-        meta = runio.read_json_if_any(storage, meta_url)
-    except runio.RunError:
-        return {}
-    cost = {column: meta.get(key) for key, column in COST_KEYS.items()}
-    cost["train_device"] = meta.get("device_name") or meta.get("device")  # e.g. 'NVIDIA H100 80GB HBM3', else 'cuda'
-    return cost
-
-
-def _plan(run: runio.Run, files, stored, ids, force):
+def _plan(run: Run, files, stored, ids, force):
     """Rows for every manifest pair (stored values kept where still valid) and the tasks of pairs to (re)compute."""
     results = {}
     if run.results is not None and "pair_id" in run.results:
@@ -216,13 +208,13 @@ def _plan(run: runio.Run, files, stored, ids, force):
     for record in run.manifest.to_dict("records"):
         pair_id = str(record["pair_id"])
         old = stored.get(pair_id, {})
-        row = {**old, "pair_id": pair_id, "method": run.method, "dataset": _text(record.get("dataset")),
-               "domain": _text(record.get("domain"))}
+        row = {k: v for k, v in old.items() if k not in ("dataset", "domain")}  # labels: in the manifest (format 3)
+        row.update(pair_id=pair_id, method=run.method, **_cost(results.get(pair_id)))
         rows[pair_id] = row
         present = files.get(pair_id, {})
         if layout.SUCCESS in present and layout.OUTPUT_PNG not in present:  # marked done, output gone: damaged
             _clear_metrics(row)
-            row.update(output_sha256=None, output_stamp=None, status="missing",
+            row.update(output_sha256=None, output_stamp=None, status=PairStatus.DAMAGED.value,
                        error=f"pair '{pair_id}' is damaged: {layout.OUTPUT_PNG} is missing though {layout.SUCCESS} "
                              f"marks it done; `splice run` again redoes it (`splice status` lists damaged pairs)")
             continue
@@ -232,14 +224,13 @@ def _plan(run: runio.Run, files, stored, ids, force):
             continue
         stamp = present[layout.OUTPUT_PNG]
         fresh = () if force else tuple(m for m in ids if _is_fresh(old, m, ids[m]))
-        same_stamp = not force and old.get("output_stamp") == stamp and old.get("status") == "ok"
+        same_stamp = not force and old.get("output_stamp") == stamp and old.get("status") == PairStatus.DONE
         if same_stamp and all(m in fresh for m in ids):
             continue  # nothing to do
         row["output_stamp"] = stamp
         tasks.append(PairTask(
             pair_id, record["structure_uri"], record["appearance_uri"],
-            output_url=layout.pair_file(run.url, pair_id, layout.OUTPUT_PNG),
-            meta_url=layout.pair_file(run.url, pair_id, layout.META_JSON),
+            output_url=run.folder.pair_file(pair_id, layout.OUTPUT_PNG),
             known_hash=old.get("output_sha256") if not force else None, fresh=fresh, wanted=tuple(ids),
         ))
     return rows, tasks
@@ -257,24 +248,29 @@ def _merge(row: dict, update: PairUpdate, ids: dict[str, str]) -> None:
         _clear_metrics(row)  # values of another output are no longer this pair's
     if update.output_sha256:
         row["output_sha256"] = update.output_sha256
-    row.update(update.cost)
     for metric, value in update.values.items():
         row.update({metric: value, f"{metric}__version": METRICS[metric].version, f"{metric}__model": ids[metric]})
     if update.image_error:
-        row.update(status="error", error=update.image_error)
+        row.update(status=PairStatus.ERROR.value, error=update.image_error)
     elif update.errors:
-        row.update(status="error", error="; ".join(f"{m}: {e}" for m, e in update.errors.items()))
+        row.update(status=PairStatus.ERROR.value, error="; ".join(f"{m}: {e}" for m, e in update.errors.items()))
     else:
-        row.update(status="ok", error=None)
+        row.update(status=PairStatus.DONE.value, error=None)
+
+
+def _cost(result: dict | None) -> dict:
+    """Training cost of a pair, as its run recorded it in results.parquet."""
+    return {column: _value((result or {}).get(key)) for key, column in COST_COLUMNS.items()}
 
 
 def _failure(pair_id: str, result: dict | None) -> dict:
-    if result and str(result.get("status")) == "failed":
-        return {"status": "failed", "error": _text(result.get("error")) or "failed in the run (no error recorded)"}
-    if result and str(result.get("status")) not in ("done", "None", "pending"):
-        return {"status": "missing", "error": _text(result.get("error")) or f"no output (status {result.get('status')})"}
-    return {"status": "pending", "error": f"pair '{pair_id}' has no {layout.OUTPUT_PNG} with {layout.SUCCESS}: "
-                                         f"not run or not finished yet"}
+    """The row of a pair without an output: the run's word for it (failed, missing, damaged), else pending."""
+    status = PairStatus.of((result or {}).get("status"))
+    if status in (PairStatus.FAILED, PairStatus.MISSING, PairStatus.DAMAGED):
+        error = _text(result.get("error")) or f"no output ({status} in the run, no error recorded)"
+        return {"status": status.value, "error": error}
+    return {"status": PairStatus.PENDING.value, "error": f"pair '{pair_id}' has no {layout.OUTPUT_PNG} with "
+                                                         f"{layout.SUCCESS}: not run or not finished yet"}
 
 
 def _clear_metrics(row: dict) -> None:
@@ -283,28 +279,31 @@ def _clear_metrics(row: dict) -> None:
             row.pop(key, None)
 
 
-def _stored_rows(storage: Storage, run_url: str) -> dict[str, dict]:
-    url = runio.metrics_url(run_url)
-    if not storage.exists(url):
-        return {}
+def _stored_rows(folder: RunFolder) -> dict[str, dict]:
     try:
-        frame = runio.read_parquet(storage, url)
-    except runio.RunError as exc:  # e.g. truncated by a killed writer: everything is computed again
+        frame = folder.metrics()
+    except RunFolderError as exc:  # e.g. truncated by a killed writer: everything is computed again
         log.warning("%s: computing every metric again", exc)
+        return {}
+    if frame is None:
         return {}
     return {str(r["pair_id"]): {k: v for k, v in r.items() if not _isnan(v)} for r in frame.to_dict("records")}
 
 
-def _save(storage: Storage, run_url: str, rows: dict, ids: dict, skipped: dict, classes: list | None) -> None:
+def _save(folder: RunFolder, rows: dict, ids: dict, skipped: dict, classes: list | None) -> None:
     """Write metrics.parquet and evaluation.json under the eval/ lock, merged with what another evaluation saved
-    meanwhile: its metrics' columns are kept, never lost."""
+    meanwhile: its metrics' columns and the rows of pairs this one does not know are kept, never lost."""
     hooks.point("evaluate.before_save")
-    with run_folder.lock(storage, layout.join(run_url, layout.EVAL), "splice evaluate", wait=SAVE_LOCK_WAIT_S,
-                         break_stale=True):
-        stored = _stored_rows(storage, run_url)
+    with folder.eval_lock(wait=SAVE_LOCK_WAIT_S, break_stale=True):
+        stored = _stored_rows(folder)
         merged = {pair_id: _merge_stored(stored.get(pair_id), row, ids) for pair_id, row in rows.items()}
-        others = runio.read_json_if_any(storage, layout.join(run_url, layout.EVAL, EVALUATION_JSON)).get("metrics") or {}
-        _write(storage, run_url, merged, ids, skipped, classes, others)
+        merged.update({pair_id: row for pair_id, row in stored.items() if pair_id not in merged})
+        try:
+            others = folder.evaluation().get("metrics") or {}
+        except RunFolderError as exc:
+            log.warning("%s: rewriting it", exc)
+            others = {}
+        _write(folder, merged, ids, skipped, classes, others)
 
 
 def _merge_stored(stored: dict | None, row: dict, ids: dict) -> dict:
@@ -317,21 +316,21 @@ def _merge_stored(stored: dict | None, row: dict, ids: dict) -> dict:
     return merged
 
 
-def _write(storage: Storage, run_url: str, rows: dict, ids: dict, skipped: dict, classes: list | None,
-           others: dict) -> None:
-    front = ["pair_id", "method", "dataset", "domain", "status", "error", "output_sha256", "output_stamp",
-             *COST_KEYS.values(), "evaluated_at"]
+def _write(folder: RunFolder, rows: dict, ids: dict, skipped: dict, classes: list | None, others: dict) -> None:
+    front = ["pair_id", "method", "status", "error", "output_sha256", "output_stamp", *COST_COLUMNS.values(),
+             "evaluated_at"]
     frame = pd.DataFrame(list(rows.values()))
     metric_columns = [c for m in METRICS for c in (m, f"{m}__version", f"{m}__model") if c in frame.columns]
     frame = frame.reindex(columns=front + metric_columns)
     for metric in METRICS:
         if metric in frame.columns:
             frame[metric] = frame[metric].astype("float64")
-    runio.write_parquet(storage, runio.metrics_url(run_url), frame)
+    frame["status"] = [PairStatus.of(s).value for s in frame["status"]]
+    folder.write_metrics(frame)
     described = {m: {"version": METRICS[m].version, "model": ids[m], "better": METRICS[m].better,
                      "summary": METRICS[m].summary} for m in ids}
     described = {**{m: v for m, v in others.items() if m in frame.columns and m not in ids}, **described}
-    storage.write_json(layout.join(run_url, layout.EVAL, EVALUATION_JSON), {
+    folder.write_evaluation({
         "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "metrics": described, "skipped": skipped,
         "layout_classes": classes,  # the segmenter's classes, all counted by layout_miou
     })
@@ -344,6 +343,10 @@ def _chunks(tasks: list, size: int):
 
 def _text(value) -> str | None:
     return None if value is None or _isnan(value) else str(value)
+
+
+def _value(value):
+    return None if value is None or _isnan(value) or value is pd.NA else value
 
 
 def _isnan(value) -> bool:

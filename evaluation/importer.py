@@ -10,8 +10,9 @@ Where the outputs are, in one of three ways:
 Every image is decoded (any mode: RGBA over white, 16-bit scaled, any size; an unreadable one is caught here, not
 later) and stored as pairs/<pair_id>/output.png with a meta.json and _SUCCESS. A pair with no image, or with
 several where one was expected, is recorded in results.parquet as 'missing' (the error says which), one with an
-unreadable image as 'failed'; all are counted in the tables rather than dropped. _SUCCESS holds the files' sizes
-and hashes, as `splice run` writes it.
+unreadable image as 'failed' (run_folder.PairStatus); all are counted in the tables rather than dropped. The run
+folder is written through RunFolder, as `splice run` writes it: run.json with its format, the manifest validated
+once here, _SUCCESS with the files' sizes and hashes.
 
 An import is a writer like `splice run`: it takes the run folder's lock, and it never writes into a run of another
 method, a run made by `splice run`, or over outputs already there, unless `force`.
@@ -31,14 +32,14 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from pipeline.runs import layout, run_folder
+from pipeline.runs import layout
 from pipeline.errors import SpliceError
 from pipeline.method.images import DEFAULT_MAX_PIXELS, ImageError, decode_image, encode_png, max_input_bytes
 from manifests.schema import PAIR_ID, manifest_folder, read_manifest, resolve_uri
 from manifests.builders import IMAGE_EXTENSIONS
+from pipeline.runs.rerun import pair_inputs
+from pipeline.runs.run_folder import PairStatus, RunFolder
 from pipeline.storage import Storage, redact_text, redact_url
-
-from evaluation import runio
 
 log = logging.getLogger(__name__)
 
@@ -85,20 +86,22 @@ def import_outputs(method: str, outputs_dir: str | None, manifest_url: str, out_
     if storage.fs(outputs_dir) == storage.fs(out_url):
         raise ImportRefused(f"--out {redact_url(out_url)} is the outputs folder itself: write the run somewhere else")
     parsed = read_manifest(manifest_url, storage)
-    manifest = parsed.frame  # validated, image URIs absolute
-    run_folder.check_target(storage, out_url)
+    manifest = parsed.frame  # validated (the one validation of this run's manifest), image URIs absolute
+    folder = RunFolder(storage, out_url)
+    folder.check_target()
 
-    with run_folder.lock(storage, out_url, "splice import"):  # one writer at a time, `splice run` included
+    with folder.lock("splice import"):  # one writer at a time, `splice run` included
         # 2. never into another method's run, a trained run, or over existing outputs (unless force)
-        _check_existing(storage, out_url, method, set(manifest["pair_id"]), force)
+        _check_existing(folder, method, set(manifest["pair_id"]), force)
         found, problems = _match(storage, manifest, outputs_dir, pattern, csv)
-        inputs = run_folder.pair_inputs(storage, parsed.pairs())
-        return _import(storage, method, outputs_dir, manifest_url, out_url, manifest, found, problems, inputs,
-                       max_pixels, pattern, csv)
+        inputs = pair_inputs(storage, parsed.pairs())
+        return _import(folder, method, outputs_dir, manifest_url, manifest, found, problems, inputs, max_pixels,
+                       pattern, csv)
 
 
-def _check_existing(storage: Storage, out_url: str, method: str, pair_ids: set[str], force: bool) -> None:
-    existing = run_folder.read_record(storage, out_url) or {}
+def _check_existing(folder: RunFolder, method: str, pair_ids: set[str], force: bool) -> None:
+    out_url = folder.url
+    existing = folder.record() or {}
     if force:
         return
     if existing.get("method") not in (None, method):
@@ -107,7 +110,7 @@ def _check_existing(storage: Storage, out_url: str, method: str, pair_ids: set[s
     if existing and not existing.get("imported"):
         raise ImportRefused(f"--out {redact_url(out_url)} holds a run made by `splice run` ({existing.get('method')}): "
                            f"import into another folder (or pass --force to replace its outputs)")
-    done = sorted(p for p, files in run_folder.list_pairs(storage, out_url).items()
+    done = sorted(p for p, files in folder.list_pairs().items()
                   if p in pair_ids and layout.OUTPUT_PNG in files)
     if done:
         shown = ", ".join(done[:8]) + (f" and {len(done) - 8} more" if len(done) > 8 else "")
@@ -130,29 +133,29 @@ def _match(storage: Storage, manifest, outputs_dir: str, pattern: str | None, cs
     return _outputs_by_pair(storage, outputs_dir, set(manifest["pair_id"])), {}
 
 
-def _import(storage, method, outputs_dir, manifest_url, out_url, manifest, found, problems, inputs, max_pixels,
+def _import(folder: RunFolder, method, outputs_dir, manifest_url, manifest, found, problems, inputs, max_pixels,
             pattern, csv) -> ImportSummary:
     # 3. write each pair's output.png, meta.json and _SUCCESS (last)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     def one(pair_id: str) -> dict:
-        row = _import_pair(storage, out_url, method, pair_id, found.get(pair_id), outputs_dir, max_pixels, started)
+        row = _import_pair(folder, method, pair_id, found.get(pair_id), outputs_dir, max_pixels, started)
         return {**row, "error": problems[pair_id].error} if pair_id in problems else row
 
     with ThreadPoolExecutor(8) as pool:
-        results = pd.DataFrame(list(pool.map(one, manifest["pair_id"])))
+        rows = list(pool.map(one, manifest["pair_id"]))
 
     # 4. the run's manifest, results and run.json
-    runio.write_parquet(storage, layout.join(out_url, layout.MANIFEST), manifest)
-    runio.write_parquet(storage, layout.join(out_url, layout.RESULTS), results)
-    storage.write_json(layout.join(out_url, layout.RUN_JSON), {
-        "format": run_folder.FORMAT, "method": method, "imported": True,
-        "imported_from": redact_url(csv or outputs_dir), "pattern": pattern,
+    folder.write_manifest(manifest)
+    folder.write_results(rows)
+    folder.write_record({
+        "method": method, "imported": True, "imported_from": redact_url(csv or outputs_dir), "pattern": pattern,
         "manifest": redact_url(manifest_url), "started_at": started, "pairs": int(len(manifest)), "inputs": inputs,
     })
-    counts = results["status"].value_counts()
-    summary = ImportSummary(out_url, method, int(counts.get("done", 0)), int(counts.get("missing", 0)),
-                            int(counts.get("failed", 0)), sum(p.kind == "ambiguous" for p in problems.values()))
+    counts = pd.Series([row["status"] for row in rows]).value_counts()
+    summary = ImportSummary(folder.url, method, int(counts.get(PairStatus.DONE.value, 0)),
+                            int(counts.get(PairStatus.MISSING.value, 0)), int(counts.get(PairStatus.FAILED.value, 0)),
+                            sum(p.kind == "ambiguous" for p in problems.values()))
     log.info(summary.line())
     return summary
 
@@ -272,27 +275,24 @@ def _preference(name: str) -> int:
     return EXTENSIONS.index(ext) if ext in EXTENSIONS else len(EXTENSIONS)
 
 
-def _import_pair(storage: Storage, out_url: str, method: str, pair_id: str, name: str | None, outputs_dir: str,
+def _import_pair(folder: RunFolder, method: str, pair_id: str, name: str | None, outputs_dir: str,
                  max_pixels: int, started: str) -> dict:
-    row = {"pair_id": pair_id, "status": "done", "error": None, "seconds": None, "device": None, "attempts": 1}
-    success = layout.pair_file(out_url, pair_id, layout.SUCCESS)
+    row = {"pair_id": pair_id, "status": PairStatus.DONE.value, "error": None, "seconds": None, "device": None,
+           "attempts": 1, "method": method}
+    pair = folder.pair(pair_id)
     if name is None:
-        storage.remove(success)  # a pair imported before and now gone is no longer done
-        return {**row, "status": "missing", "attempts": 0,
+        pair.unmark()  # a pair imported before and now gone is no longer done
+        return {**row, "status": PairStatus.MISSING.value, "attempts": 0,
                 "error": f"{method} has no output for pair '{pair_id}' in {redact_url(outputs_dir)}"}
     source = name if "://" in name or os.path.isabs(name) else layout.join(outputs_dir, name)  # a name in OUTPUTS_DIR, or a URL
     try:
-        data = storage.read_input(source, max_bytes=max_input_bytes(max_pixels))
+        data = folder.storage.read_input(source, max_bytes=max_input_bytes(max_pixels))
         image = decode_image(data, f"output {redact_url(source)}", max_pixels)
     except (ImageError, OSError) as exc:
-        storage.remove(success)
-        return {**row, "status": "failed", "error": redact_text(f"pair '{pair_id}': {exc}")}
-    storage.remove(success)  # while rewriting, the pair is not done
-    files = {layout.OUTPUT_PNG: encode_png(image), layout.META_JSON: json.dumps({
-        "method": method, "status": "done", "imported": True, "source": redact_url(source),
+        pair.unmark()
+        return {**row, "status": PairStatus.FAILED.value, "error": redact_text(f"pair '{pair_id}': {exc}")}
+    pair.write_files({layout.OUTPUT_PNG: encode_png(image), layout.META_JSON: json.dumps({
+        "method": method, "status": PairStatus.DONE.value, "imported": True, "source": redact_url(source),
         "imported_at": started, "height": int(image.shape[1]), "width": int(image.shape[2]),
-    }, indent=2).encode()}
-    for file_name, content in files.items():
-        storage.write_bytes(layout.pair_file(out_url, pair_id, file_name), content)
-    storage.write_bytes(success, run_folder.success_marker(pair_id, files, {**row, "method": method}))
+    }, indent=2).encode()}, row=row)
     return row

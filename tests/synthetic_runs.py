@@ -61,7 +61,7 @@ def make_synthetic_runs(root: Path, pairs: int, methods: int = 4, size: int = 96
             pair = run / "pairs" / pair_id
             pair.mkdir(parents=True, exist_ok=True)
             row = {"pair_id": pair_id, "method": method, "domain": manifest["domain"][number],
-                   "status": "failed" if failed else "ok", "error": "pair failed in the run (synthetic)" if failed else None}
+                   "status": "failed" if failed else "done", "error": "pair failed in the run (synthetic)" if failed else None}
             if not failed:
                 (pair / "output.png").write_bytes(textured_image(rng, size))
                 (pair / "_SUCCESS").write_bytes(b"")

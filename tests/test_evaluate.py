@@ -95,10 +95,13 @@ def test_import_builds_the_run_layout(tmp_path, caplog):
 
 def test_evaluate_writes_one_row_per_pair_with_provenance_and_counts_failures(run):
     summary = evaluate_run(str(run), ALL, device="cpu", progress=False)
-    assert summary.statuses == {"ok": 2, "missing": 1, "failed": 1} and summary.computed == 2
+    assert summary.statuses == {"done": 2, "missing": 1, "failed": 1} and summary.computed == 2
     frame = metrics_of(run)
     assert list(frame.index) == ["p0", "p1", "p2", "p3"]
-    assert list(frame["method"].unique()) == ["strotss"] and frame.loc["p1", "domain"] == "dog"
+    assert list(frame["method"].unique()) == ["strotss"]
+    # labels stay in one place, the run's manifest (the report joins them from there), not copied per table
+    assert "domain" not in frame.columns and "dataset" not in frame.columns
+    assert pd.read_parquet(run / "manifest.parquet").set_index("pair_id").loc["p1", "domain"] == "dog"
     # output == structure image: ideal structure scores; output == appearance image: ideal appearance scores
     assert frame.loc["p0", "selfsim"] == pytest.approx(0, abs=1e-9)
     assert frame.loc["p0", "lpips_structure"] == pytest.approx(0, abs=1e-9)
@@ -146,7 +149,7 @@ def test_re_running_computes_only_what_is_missing(run, monkeypatch):
     save_image(run / "pairs" / "p2" / "output.png", 5, (36, 44))
     (run / "pairs" / "p2" / "_SUCCESS").write_bytes(b"")
     assert evaluate() == [(["p2"], ["selfsim"])]
-    assert metrics_of(run).loc["p2", "status"] == "ok"
+    assert metrics_of(run).loc["p2", "status"] == "done"
     # another metric model: its values are stale
     assert evaluate(metric_backbone="random:test_vit") == [(["p0", "p1", "p2"], ["selfsim"])]
     assert metrics_of(run).loc["p0", "dino_i"] == after.loc["p0", "dino_i"]  # values of other metrics are kept
@@ -194,4 +197,4 @@ def test_import_and_evaluate_a_run_in_object_storage(tmp_path, s3_bucket):
     assert evaluate_run(run_url, settings, storage=storage, device="cpu", progress=False).computed == 2
     assert evaluate_run(run_url, settings, storage=storage, device="cpu", progress=False).computed == 0
     frame = pd.read_parquet(s3_bucket.fs().open(f"{s3_bucket.bucket}/runs/strotss/eval/metrics.parquet"))
-    assert list(frame["status"]) == ["ok", "ok"] and frame["selfsim"][0] == pytest.approx(0, abs=1e-9)
+    assert list(frame["status"]) == ["done", "done"] and frame["selfsim"][0] == pytest.approx(0, abs=1e-9)

@@ -181,7 +181,7 @@ def test_losing_a_node_mid_evaluation_redoes_its_chunk_and_evaluate_honours_ray_
     # every pair evaluated, the chunk that was on the lost node included: nothing lost, nothing marked failed
     metrics = pd.read_parquet(run / "eval" / "metrics.parquet")
     assert sorted(metrics["pair_id"]) == sorted(structures)
-    assert (metrics["status"] == "ok").all(), metrics[["pair_id", "status", "error"]]
+    assert (metrics["status"] == "done").all(), metrics[["pair_id", "status", "error"]]
     assert metrics["selfsim"].notna().all()
     assert np.allclose(metrics["selfsim"], 0.0, atol=1e-6)  # output == structure image: identical structure
 

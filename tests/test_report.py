@@ -22,7 +22,7 @@ from evaluation.evaluate import evaluate_run
 from evaluation.importer import import_outputs
 from evaluation.models import EvalSettings
 from evaluation.report.build import build_report
-from evaluation.runio import RunError
+from pipeline.runs.run_folder import RunFolderError as RunError
 from pipeline.cli.main import main
 
 from conftest import TINY_BACKBONE as TINY, save_image
@@ -39,7 +39,7 @@ def fixture_frame() -> pd.DataFrame:
         for index in range(4):
             failed = method == "a" and index == 3
             rows.append({"method": method, "pair_id": f"p{index}", "domain": ["cat", "dog"][index % 2],
-                         "status": "failed" if failed else "ok", "selfsim": values["selfsim"][index],
+                         "status": "failed" if failed else "done", "selfsim": values["selfsim"][index],
                          "dino_i": values["dino_i"][index], "selfsim__model": f"{TINY}@random",
                          "dino_i__model": "dino_vits16@sha256:0123", "train_seconds": 10.0 if method == "b" else None})
     return pd.DataFrame(rows)
@@ -90,10 +90,10 @@ def test_a_partial_run_reads_as_partial_and_methods_are_compared_on_common_pairs
     a_values = b_values[:3] - 0.1 + rng.normal(0, 0.005, 3)  # a is better (lower) by 0.1 on every pair it has
     rows = []
     for index in range(5):
-        rows.append({"method": "a", "pair_id": f"p{index}", "status": "ok" if index < 3 else "pending",
+        rows.append({"method": "a", "pair_id": f"p{index}", "status": "done" if index < 3 else "pending",
                      "selfsim": a_values[index] if index < 3 else NAN})
         failed = index == 1
-        rows.append({"method": "b", "pair_id": f"p{index}", "status": "failed" if failed else "ok",
+        rows.append({"method": "b", "pair_id": f"p{index}", "status": "failed" if failed else "done",
                      "selfsim": NAN if failed else b_values[index]})
     frame = pd.DataFrame(rows)
     tables = T.build_tables(frame, metrics=["selfsim"], reference="b")
@@ -163,14 +163,14 @@ def report(tmp_path_factory):
                 shutil.copy(root / "in" / f"{pair_id}_{what}.png", outputs / f"{pair_id}.png")
         import_outputs(method, str(outputs), str(root / "m.parquet"), str(root / method))
         runs.append(str(root / method))
-    for pair_id in ("p0", "p1", "p2"):  # make 'splice' look trained: loss curves and cost in meta.json
+    for pair_id in ("p0", "p1", "p2"):  # make 'splice' look trained: loss curves, and cost in results.parquet
         pair = root / "splice" / "pairs" / pair_id
         steps = np.arange(0, 50, 10)
         pd.DataFrame({"step": steps, "total": np.exp(-steps / 20) + 0.1, "appearance": np.exp(-steps / 10),
                       "structure": 0.05 + 0 * steps, "identity": 0.02 + 0 * steps}).to_parquet(pair / "losses.parquet")
-        meta = json.loads((pair / "meta.json").read_text())
-        meta.update(seconds=30.0, device="cuda", device_name="NVIDIA H100", peak_memory_bytes=2 * 2**30)
-        (pair / "meta.json").write_text(json.dumps(meta))
+    results = pd.read_parquet(root / "splice" / "results.parquet")
+    results = results.assign(seconds=30.0, device="NVIDIA H100", peak_memory_bytes=float(2 * 2**30))
+    results.to_parquet(root / "splice" / "results.parquet", index=False)
     settings = EvalSettings(metrics=("selfsim", "dino_i"), metric_backbone=TINY)
     for run in runs:
         evaluate_run(run, settings, device="cpu", progress=False)
@@ -398,7 +398,7 @@ def test_worst_and_best_pairs_are_ranked_by_each_metrics_direction():
     records = []
     for pair_id, (selfsim, dino) in values.items():
         found = {k: v for k, v in (("selfsim", selfsim), ("dino_i", dino)) if v is not None}
-        records.append(PairRecord(pair_id, {}, "s", "a", "ks", "ka", [Output("m", "ok", None, found, {}, None)]))
+        records.append(PairRecord(pair_id, {}, "s", "a", "ks", "ka", [Output("m", "done", None, found, {}, None)]))
     by_metric = {item.metric: item.rows[0] for item in extremes(records, ["m"], ["selfsim", "dino_i"], k=5)}
     method, worst, best = by_metric["selfsim"]  # lower is better; 4 values: 2 worst, 2 best, no pair in both
     assert method == "m" and worst == [("p1", 0.4), ("p2", 0.3)] and best == [("p0", 0.1), ("p3", 0.2)]

@@ -25,13 +25,14 @@ from PIL import Image
 from conftest import TINY_BACKBONE
 from pipeline.cli.main import main
 from pipeline.method.config import TrainConfig
-from pipeline.runs.fanout import ATTEMPTS, RunSettings, run_manifest
+from pipeline.runs.fanout import RunSettings, run_manifest
+from pipeline.runs.layout import ATTEMPTS
 from faults import FAULTS_ENV, fault_env
 from pipeline.method.images import decode_image
 from manifests.schema import ManifestError, validate_frame, write_manifest
 from manifests.builders import build_pairs_dir
 from pipeline.method.registry import color_transfer, run_method, srgb_to_lab, lab_to_srgb
-from pipeline.runs.run_state import RunMismatch
+from pipeline.runs.rerun import RunMismatch
 from pipeline.runs.run_lock import RunLock, RunLocked
 from pipeline.storage import Storage
 
@@ -246,7 +247,7 @@ def test_selection_force_and_settings_guard(ray_session, tmp_path, manifest):
 
 
 def test_splice_pair_resumes_from_its_checkpoint(ray_session, tmp_path, manifest):
-    from pipeline.runs import pair_io
+    from pipeline.runs.run_folder import RunFolder
     from pipeline.method.backbone import load_backbone
     from pipeline.method.trainer import train_pair
 
@@ -258,9 +259,7 @@ def test_splice_pair_resumes_from_its_checkpoint(ray_session, tmp_path, manifest
     states = []  # an earlier attempt that got one step in before it died (its checkpoint after step 0)
     train_pair(structure, appearance, config, load_backbone(TINY_BACKBONE), torch.device("cpu"), save_checkpoint=states.append)
     out = tmp_path / "run"
-    storage = Storage()
-    fs, pair_dir = storage.fs(str(out / "pairs" / "c0"))
-    pair_io.save_checkpoint(fs, pair_dir, states[0])
+    RunFolder(Storage(), str(out)).pair("c0").save_checkpoint(states[0])
     summary = run_manifest(path, settings(out, method="splice", config=config))
     assert summary.done == 1
     assert meta(out, "c0")["resumed_from_step"] == states[0]["step"] == 1

@@ -30,7 +30,7 @@ from evaluation.importer import ImportRefused, import_outputs
 from evaluation.metrics import METRICS
 from evaluation.models import EvalSettings
 from evaluation.report.build import build_report
-from evaluation.runio import RunError
+from pipeline.runs.run_folder import RunFolderError as RunError
 from faults import FaultyS3, Rule, fault_env, wait_for
 from pipeline.cli.main import main
 from pipeline.runs.run_lock import RunLock, RunLocked
@@ -137,7 +137,7 @@ def test_1_changed_inputs_or_pair_settings_are_refused_and_force_redoes_exactly_
     out = tmp_path / "run"
     assert run_cli(capsys, first, out)[0] == 0
     record = json.loads((out / "run.json").read_text())
-    assert record["format"] == 2 and set(record["inputs"]) == {"p0", "p1", "p2"}
+    assert record["format"] == 3 and set(record["inputs"]) == {"p0", "p1", "p2"}
     assert record["inputs"]["p0"]["structure"]["size"] > 0 and record["inputs"]["p2"]["settings"]["steps"] == 3
     kept_manifest = (out / "manifest.parquet").read_bytes()
     marks = {p: (out / "pairs" / p / "_SUCCESS").stat().st_mtime_ns for p in ("p0", "p1", "p2")}
@@ -273,6 +273,37 @@ def test_4_concurrent_evaluations_with_different_metrics_keep_both(tmp_path):
     assert frame[[first, second]].notna().all().all(), frame  # neither column lost
     described = json.loads((run / "eval" / "evaluation.json").read_text())["metrics"]
     assert {first, second} <= set(described) and not (run / "eval" / "_LOCK").exists()
+
+
+def test_4_an_evaluation_saving_late_keeps_the_rows_of_pairs_it_never_saw(tmp_path):
+    inputs = write_inputs(tmp_path / "in", ["p0", "p1", "p2"])
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    for pair_id, (structure, _) in inputs.items():
+        (outputs / f"{pair_id}.png").write_bytes(structure.read_bytes())
+    run = tmp_path / "run"
+    import_outputs("strotss", str(outputs), manifest_of(tmp_path / "m2.parquet", dict(list(inputs.items())[:2])), str(run))
+    first, second = CHEAP_METRICS
+    go = tmp_path / "go"
+    # evaluation A knows pairs p0, p1 and is held just before it saves ...
+    a = splice_process(["evaluate", run, "--metrics", first, "--metric-backbone", TINY, "--device", "cpu",
+                        "--no-progress"], child_env(**fault_env(f"pause=evaluate.before_save:{go}")),
+                       tmp_path / "a.log")
+    try:
+        wait_for(lambda: Path(f"{go}.waiting").exists() or a.poll() is not None, timeout=180, what="A before saving")
+        assert a.poll() is None, (tmp_path / "a.log").read_text()
+        # ... while p2 joins the run and evaluation B evaluates all three
+        import_outputs("strotss", str(outputs), manifest_of(tmp_path / "m3.parquet", inputs), str(run), force=True)
+        evaluate_run(str(run), EvalSettings(metrics=(second,), metric_backbone=TINY, explicit=True), device="cpu",
+                     progress=False)
+        go.touch()
+        assert a.wait(timeout=120) == 0, (tmp_path / "a.log").read_text()
+    finally:
+        if a.poll() is None:
+            a.kill()
+    frame = pd.read_parquet(run / "eval" / "metrics.parquet").set_index("pair_id")
+    assert sorted(frame.index) == ["p0", "p1", "p2"] and (frame["status"] == "done").all(), frame
+    assert frame.loc[["p0", "p1"], [first, second]].notna().all().all() and pd.notna(frame.loc["p2", second])
 
 
 # --- 5. reports: killed mid-way, inputs that differ, the same run twice ---------------------------------------
@@ -520,7 +551,7 @@ def test_9_damaged_pairs_are_reported_and_redone(ray_session, tmp_path, capsys):
                            device="cpu", progress=False)
     frame = pd.read_parquet(out / "eval" / "metrics.parquet").set_index("pair_id")
     assert "damaged" in frame.at["d0", "error"] and "not run or not finished" not in frame.at["d0", "error"]
-    assert summary.statuses == {"ok": 1, "error": 2, "missing": 1}  # d1, d2 do not decode; d0 is gone
+    assert summary.statuses == {"done": 1, "error": 2, "damaged": 1}  # d1, d2 do not decode; d0 is gone
 
     code, printed, _ = run_cli(capsys, manifest, out, "--verify")
     assert code == 0 and "4 done (1 skipped as already done)" in printed and "3 damaged pair(s) redone" in printed
@@ -630,7 +661,7 @@ def test_11_garbage_meta_and_truncated_results_are_rebuilt_from_markers(ray_sess
     with caplog.at_level(logging.WARNING):
         summary = evaluate_run(str(out), EvalSettings(metrics=(CHEAP_METRICS[0],), metric_backbone=TINY,
                                                       explicit=True), device="cpu", progress=False)
-    assert summary.statuses == {"ok": 2} and "using the pair folders' _SUCCESS markers" in caplog.text
+    assert summary.statuses == {"done": 2} and "using the pair folders' _SUCCESS markers" in caplog.text
     assert "2 done, 0 failed, 0 pending" in cli(capsys, "status", out)[1]
 
 

@@ -33,7 +33,7 @@ img[data-key]{cursor:zoom-in;background:#f3f3f3}
 #pairs-table{font-size:.85em}#pairs-table th{cursor:pointer;user-select:none;position:sticky;top:0}
 #pairs-table th[aria-sort=ascending]::after{content:" \\25B2"}#pairs-table th[aria-sort=descending]::after{content:" \\25BC"}
 #pairs-table td.err{max-width:28em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;text-align:left}
-tr.status-failed td,tr.status-missing td,tr.status-error td{color:#900}
+tr.status-failed td,tr.status-missing td,tr.status-damaged td,tr.status-error td{color:#900}
 .filters{display:flex;gap:.6em;align-items:center;flex-wrap:wrap;margin:.5em 0}.filters input{min-width:18em}
 section.pair{display:none}
 section.pair:target{display:block;position:fixed;inset:0;overflow:auto;background:#fff;z-index:10;padding:1em 2em}

@@ -8,7 +8,8 @@ and method, a sortable and filterable per-pair table, a view per pair, distribut
 The report is written into a staging folder beside REPORT_DIR and moved into place at the end (under a lock, so
 two reports never write one folder): a killed report leaves the previous report intact, or none, never a mix.
 Runs are compared pair by pair: the same run given twice is refused, and pairs with the same pair_id but other
-inputs in different runs are named in a warning.
+inputs in different runs are named in a warning. Every run is read through its RunFolder: its manifest (with the
+dataset/domain labels the tables group by), results and eval/metrics.parquet, statuses in the one vocabulary.
 """
 from __future__ import annotations
 
@@ -23,16 +24,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from pipeline.runs import hooks, layout, run_folder
+from pipeline.runs import hooks, layout
+from pipeline.runs.rerun import same_content
+from pipeline.runs.run_folder import PairStatus, Run, RunFolder, RunFolderError, check_target
+from pipeline.runs.run_lock import RunLock
 from pipeline.storage import Storage, absolute, is_local, redact_url
 
 from evaluation.report import html as html_report, pairs as report_pairs, svg, tables
-from evaluation import runio
-from evaluation.evaluate import EVALUATION_JSON
 from evaluation.metrics import METRICS
 from evaluation.report.images import build_store
 from evaluation.report.notes import collect_warnings, metric_descriptions
-from evaluation.report.pairs import LOSS_TERMS
+from evaluation.report.pairs import LABEL_COLUMNS, LOSS_TERMS
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,9 @@ LOSS_PAIRS = 24  # the loss chart of a method: faint totals of at most this many
 
 @dataclass
 class RunData:
-    run: runio.Run
+    run: Run
     label: str  # the method's name, made unique among the runs
-    metrics: pd.DataFrame  # one row per manifest pair (pairs never evaluated: status 'not evaluated')
+    metrics: pd.DataFrame  # one row per manifest pair, labels from the manifest (never evaluated: 'pending')
     evaluation: dict  # eval/evaluation.json
     files: dict  # pair_id -> {file name -> stamp}
 
@@ -69,9 +71,9 @@ def build_report(run_urls: list[str], out_dir: str, *, reference: str | None = N
     warnings = _input_warnings(runs)
     frame = pd.concat([r.metrics for r in runs], ignore_index=True)
     out_dir = absolute(out_dir)
-    run_folder.check_target(storage, out_dir, what="report folder", create=False)
+    check_target(storage, out_dir, what="report folder", create=False)
     parent, name = _split(out_dir)
-    with run_folder.lock(storage, parent, "splice report", name=f".{name}.lock", break_stale=True):
+    with RunLock(storage, parent, command="splice report", name=f".{name}.lock", break_stale=True):
         _clean_leftovers(storage, parent, name)
         staging = layout.join(parent, f".{name}.staging-{uuid.uuid4().hex[:12]}")
         try:
@@ -91,7 +93,7 @@ def _write_report(storage, runs, frame, out_dir, reference, group_by, thumbnails
     try:
         table = tables.build_tables(frame, group_by=group_by, reference=reference, n_boot=n_boot, seed=seed, pairs=pairs)
     except ValueError as exc:
-        raise runio.RunError(str(exc)) from exc
+        raise RunFolderError(str(exc)) from exc
     table.notes += [f"{r.label} was run with RANDOM backbone weights, not the preset's DINO: {r.run.info['backbone_fallback']}"
                     for r in runs if r.run.info.get("backbone_fallback")]
     storage.write_bytes(layout.join(out_dir, "tables.md"), tables.to_markdown(table).encode())
@@ -126,49 +128,50 @@ def _write_report(storage, runs, frame, out_dir, reference, group_by, thumbnails
 
 def _load_runs(storage: Storage, run_urls: list[str]) -> list[RunData]:
     if not run_urls:
-        raise runio.RunError("give at least one run folder to report on")
+        raise RunFolderError("give at least one run folder to report on")
     seen = Counter(absolute(url).rstrip("/") for url in run_urls)
     twice = [url for url, count in seen.items() if count > 1]
     if twice:
-        raise runio.RunError(f"run {redact_url(twice[0])} is given more than once: each run is one method in the "
+        raise RunFolderError(f"run {redact_url(twice[0])} is given more than once: each run is one method in the "
                              f"tables; give each run once")
     runs = []
     counts = Counter()
-    loaded = [runio.read_run(storage, url) for url in run_urls]
+    loaded = [RunFolder(storage, url).read() for url in run_urls]
     names = Counter(r.method for r in loaded)
     for run in loaded:
         counts[run.method] += 1
         label = run.method if names[run.method] == 1 else f"{run.method} ({posixpath.basename(run.url.rstrip('/'))})"
         if names[run.method] > 1 and label in [r.label for r in runs]:
             label = f"{run.method} #{counts[run.method]}"
-        url = runio.metrics_url(run.url)
-        if not storage.exists(url):
-            raise runio.RunError(f"run {redact_url(run.url)} ({run.method}) has not been evaluated: run "
-                                 f"`splice evaluate {redact_url(run.url)}` first")
         try:
-            stored = runio.read_parquet(storage, url)
-        except runio.RunError as exc:
-            raise runio.RunError(f"{exc}: run `splice evaluate {redact_url(run.url)}` to rewrite it") from None
-        evaluation = runio.read_json_if_any(storage, layout.join(run.url, layout.EVAL, EVALUATION_JSON))
-        runs.append(RunData(run, label, _per_pair(run, stored, label), evaluation, runio.pair_files(storage, run.url)))
+            stored = run.folder.metrics()
+        except RunFolderError as exc:
+            raise RunFolderError(f"{exc}: run `splice evaluate {redact_url(run.url)}` to rewrite it") from None
+        if stored is None:
+            raise RunFolderError(f"run {redact_url(run.url)} ({run.method}) has not been evaluated: run "
+                                 f"`splice evaluate {redact_url(run.url)}` first")
+        runs.append(RunData(run, label, _per_pair(run, stored, label), run.folder.evaluation(),
+                            run.folder.pair_stamps()))
     return runs
 
 
-def _per_pair(run: runio.Run, stored: pd.DataFrame, label: str) -> pd.DataFrame:
-    """Every manifest pair once: its stored metrics row, or status 'not evaluated' if evaluation has not seen it."""
-    keep = [c for c in run.manifest.columns if c in ("pair_id", "dataset", "domain", "split")]
-    merged = run.manifest[keep].merge(stored.drop(columns=[c for c in ("dataset", "domain", "method") if c in stored]),
+def _per_pair(run: Run, stored: pd.DataFrame, label: str) -> pd.DataFrame:
+    """Every manifest pair once, with its labels from the run's manifest (the one place they are kept) and its
+    stored metrics row; 'pending' with the reason if evaluation has not seen it yet."""
+    keep = [c for c in run.manifest.columns if c in ("pair_id", *LABEL_COLUMNS)]
+    # metrics.parquet of format 2 carried copies of the labels: the manifest's are the ones
+    merged = run.manifest[keep].merge(stored.drop(columns=[c for c in (*LABEL_COLUMNS, "method") if c in stored]),
                                       on="pair_id", how="left")
     never = merged["status"].isna()
     merged.loc[never, "error"] = f"not evaluated yet: run `splice evaluate {redact_url(run.url)}`"
-    merged.loc[never, "status"] = "not evaluated"
+    merged.loc[never, "status"] = PairStatus.PENDING.value
     merged["method"] = label
     return merged
 
 
 def _distribution(frame: pd.DataFrame, metric: str, runs: list[RunData]) -> dict:
     info = tables.METRICS[metric]
-    ok = frame[frame["status"] == "ok"]
+    ok = frame[frame["status"] == PairStatus.DONE]
     series = {r.label: ok.loc[ok["method"] == r.label, metric].dropna().to_numpy() for r in runs}
     note = f"{info.better} is better"
     return {"metric": metric, "svg": svg.strip_plot(f"{metric} {tables.ARROWS[info.better]}", series, note,
@@ -235,7 +238,7 @@ def _input_warnings(runs: list[RunData]) -> list[str]:
                 first[pair_id] = (data.label, key, fingerprints)
                 continue
             label, old_key, old_prints = first[pair_id]
-            content = all(run_folder.same_content(old_prints.get(r), fingerprints.get(r)) for r in ("structure", "appearance"))
+            content = all(same_content(old_prints.get(r), fingerprints.get(r)) for r in ("structure", "appearance"))
             if (old_key != key or not content) and pair_id not in differing:
                 differing[pair_id] = f"{pair_id} ({label} vs {data.label})"
     if not differing:

@@ -145,4 +145,4 @@ def _definitions(descriptions, classes) -> str:
     layout += (f"Segmenter classes: {escape(', '.join(classes))}.</p>" if classes else "</p>")
     return (f'<h2 id="metrics">Metrics</h2><ul>{items}</ul>{layout}<p class="note">An output whose size differs from its '
             "structure image's is resized to the structure image's size before comparison. Cost columns are copied from "
-            "each pair's meta.json (training seconds, device, peak memory).</p>")
+            "the run's results.parquet (training seconds, device, peak memory per pair).</p>")

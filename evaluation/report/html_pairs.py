@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from html import escape
 
+from pipeline.runs.run_folder import PairStatus
+
 from evaluation.report import tables as T
 from evaluation.report.pairs import Extremes, PairRecord
 
@@ -35,7 +37,7 @@ def pairs_table(records: list[PairRecord], methods: list[str], metrics: list[str
             memory = output.cost.get("train_peak_memory_bytes")
             cells += [_number(seconds, "{:.1f}"), f"<td>{escape(str(output.cost.get('train_device', '')))}</td>",
                       _number(memory / 2**30 if memory is not None else None, "{:.2f}")]
-            error = output.error if output.status != "ok" else ""
+            error = output.error if output.status != PairStatus.DONE else ""
             cells.append(f'<td class="err" title="{escape(error or "")}">{escape(error or "")}</td>')
             rows.append(f'<tr data-method="{escape(output.method)}" data-status="{escape(output.status)}" '
                         f'class="status-{escape(output.status.replace(" ", "-"))}">{"".join(cells)}</tr>')

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from pipeline.method.weights import RANDOM_WEIGHTS_ID
+from pipeline.runs.run_folder import PairStatus
 
 from evaluation.metrics import METRICS
 
@@ -55,10 +56,10 @@ def collect_warnings(runs, table, records, store) -> Warnings:
                       f"{run.label} ({', '.join(randoms)})")
         for metric, reason in (run.evaluation.get("skipped") or {}).items():
             found.add(f"{metric} not computed: {first_clause(reason)}", run.label, detail=reason)
-        counts = Counter(str(s) for s in run.metrics["status"] if s != "ok")
+        counts = Counter(str(s) for s in run.metrics["status"] if s != PairStatus.DONE)
         if counts:
             states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-            found.add("pairs without a value (failed, missing, unreadable or not evaluated): they are in no mean; "
+            found.add("pairs without a value (pending, failed, missing, damaged or unreadable): they are in no mean; "
                       "filter the per-pair table by status to see why", f"{run.label} ({states})")
     if store.errors:
         examples = "; ".join(list(store.errors.values())[:3])

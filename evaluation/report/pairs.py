@@ -12,8 +12,8 @@ import pandas as pd
 
 from pipeline.method.objective import TERMS
 from pipeline.runs import layout
+from pipeline.runs.run_folder import PairStatus, RunFolderError
 
-from evaluation import runio
 from evaluation.report import svg
 from evaluation.metrics import METRICS
 from evaluation.report.images import ImageSource
@@ -30,7 +30,7 @@ READ_THREADS = 8
 @dataclass
 class Output:
     method: str  # the run's label
-    status: str  # ok | failed | missing | error | not evaluated | not in run
+    status: str  # a PairStatus word, or 'not in run' (this run's manifest has no such pair)
     error: str | None
     values: dict[str, float]  # metric -> value (ok pairs only)
     cost: dict  # train_seconds, train_device, train_peak_memory_bytes where recorded
@@ -76,7 +76,7 @@ def pair_records(runs) -> list[PairRecord]:
             if row is None:
                 record.outputs.append(Output(run.label, "not in run", "this run's manifest has no such pair", {}, {}, None))
                 continue
-            values = {m: float(row[m]) for m in METRICS if m in row and _present(row[m]) and row.get("status") == "ok"}
+            values = {m: float(row[m]) for m in METRICS if m in row and _present(row[m]) and row.get("status") == PairStatus.DONE}
             cost = {c: row[c] for c in COST_COLUMNS if c in row and _present(row[c])}
             error = str(row["error"]) if _present(row.get("error")) else None
             record.outputs.append(Output(run.label, str(row.get("status")), error, values, cost,
@@ -95,7 +95,7 @@ def image_sources(records: list[PairRecord], runs, first: list[str]) -> list[lis
                  ImageSource(record.appearance_key, record.appearance_uri, f"appearance image of pair {record.pair_id}")]
         for run, output in zip(runs, record.outputs):
             if output.key:
-                items.append(ImageSource(output.key, layout.pair_file(run.run.url, record.pair_id, layout.OUTPUT_PNG),
+                items.append(ImageSource(output.key, run.run.folder.pair_file(record.pair_id, layout.OUTPUT_PNG),
                                          f"output of {run.label} for pair {record.pair_id}"))
         sources.append(items)
     return sources
@@ -138,8 +138,8 @@ def read_losses(storage, runs, records: list[PairRecord]) -> dict[tuple[str, str
     def read(job):
         run, pair_id = job
         try:
-            return run.label, pair_id, runio.read_parquet(storage, layout.pair_file(run.run.url, pair_id, layout.LOSSES))
-        except (runio.RunError, OSError) as exc:
+            return run.label, pair_id, run.run.folder.pair(pair_id).read_losses()
+        except (RunFolderError, OSError) as exc:
             log.warning("loss curves: skipping pair '%s' of %s (%s)", pair_id, run.label, exc)
             return run.label, pair_id, None
 

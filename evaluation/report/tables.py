@@ -2,10 +2,12 @@
 rates and a paired bootstrap interval of each method's difference to a reference method; rendered as Markdown, CSV
 and LaTeX.
 
-Input is one frame of metrics.parquet rows from several runs (columns method, pair_id, status, dataset, domain, one
-column per metric, `<metric>__model`, train_seconds, train_device, train_peak_memory_bytes). Every row is counted,
-never silently dropped: 'ok' in "n evaluated"; 'pending' (never run) and 'not evaluated' in "n pending"; anything
-else (failed, missing, error) in "n failed". A partial run therefore reads as partial, not as broken.
+Input is one frame of metrics.parquet rows from several runs (columns method, pair_id, status, dataset, domain (joined
+from the runs' manifests), one column per metric, `<metric>__model`, train_seconds, train_device,
+train_peak_memory_bytes). Statuses are the run folder's one vocabulary (run_folder.PairStatus; older words are
+mapped). Every row is counted, never silently dropped: 'done' in "n evaluated"; 'pending' (never run, not finished or
+not evaluated yet) in "n pending"; anything else (failed, missing, damaged, error) in "n failed". A partial run
+therefore reads as partial, not as broken.
 
 Which pairs a comparison is over (`pairs`):
 - 'common' (default): per metric, the pairs every method has a value for, so all methods are compared on the same
@@ -24,6 +26,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from pipeline.runs.run_folder import PairStatus, status_words
+
 from evaluation.metrics import METRICS
 
 ARROWS = {"lower": "↓", "higher": "↑"}
@@ -35,7 +39,8 @@ WIN_RATE_NOTE_COMMON = ("win rate: share of the pairs where the method is better
 DIFFERENCE_NOTE = ("difference: mean of (method - reference) over the pairs both have, with a 95% paired BCa bootstrap "
                    "interval; an interval that excludes 0 is a difference the pairs support")
 PAIRS_MODES = ("common", "all")
-PENDING_STATUSES = ("pending", "not evaluated")  # never run, or run but not evaluated yet: not a failure
+DONE = PairStatus.DONE.value  # evaluated: its metrics are computed
+PENDING_STATUSES = (PairStatus.PENDING.value,)  # never run, not finished or not evaluated yet: not a failure
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,7 @@ def build_tables(frame: pd.DataFrame, metrics: list[str] | None = None, group_by
                  reference: str | None = None, n_boot: int = 2000, seed: int = 0, pairs: str = "common") -> Tables:
     if pairs not in PAIRS_MODES:
         raise ValueError(f"--pairs {pairs!r}: use common (the pairs every method has) or all")
+    frame = frame.assign(status=status_words(frame["status"]))
     methods = list(dict.fromkeys(frame["method"]))
     metrics = [m for m in (metrics or METRICS) if m in frame.columns]
     group_by = list(group_by or [])
@@ -166,15 +172,16 @@ def _group(key, frame, methods, metrics, reference, n_boot, seed, pairs) -> Grou
     lacking, common = {}, None
     if pairs == "common":
         universe = set(frame["pair_id"])
-        ok = {method: set(part.index[part["status"] == "ok"]) for method, part in by_method.items()}
+        ok = {method: set(part.index[part["status"] == DONE]) for method, part in by_method.items()}
         common = len(set.intersection(*ok.values())) if ok else 0
         for method, part in by_method.items():
             missing = universe - ok[method]
-            statuses = part["status"].reindex(sorted(missing)).fillna("pending")
-            pending, absent = int(statuses.isin(PENDING_STATUSES).sum()), int((statuses == "missing").sum())
+            statuses = part["status"].reindex(sorted(missing)).fillna(PairStatus.PENDING.value)
+            pending = int(statuses.isin(PENDING_STATUSES).sum())
+            absent = int((statuses == PairStatus.MISSING.value).sum())
             lacking[method] = {"pending": pending, "failed": len(missing) - pending - absent, "missing": absent}
         for metric in metrics:
-            have = [set(part.index[(part["status"] == "ok") & part[metric].notna()]) if metric in part else set()
+            have = [set(part.index[(part["status"] == DONE) & part[metric].notna()]) if metric in part else set()
                     for part in by_method.values()]
             shared[metric] = set.intersection(*have) if have else set()
     rows = [_method_row(method, by_method[method], metrics, n_boot, seed, shared) for method in methods]
@@ -197,7 +204,7 @@ def _difference(other: pd.DataFrame, ref: pd.DataFrame, metric: str, shared: set
     both = [p for p in other.index.intersection(ref.index) if shared is None or p in shared]
     a = other.loc[both]
     b = ref.loc[both]
-    usable = (a["status"] == "ok") & (b["status"] == "ok") & a[metric].notna() & b[metric].notna()
+    usable = (a["status"] == DONE) & (b["status"] == DONE) & a[metric].notna() & b[metric].notna()
     deltas = (a.loc[usable, metric].astype(float) - b.loc[usable, metric].astype(float)).to_numpy()
     if not len(deltas):
         return None
@@ -206,7 +213,7 @@ def _difference(other: pd.DataFrame, ref: pd.DataFrame, metric: str, shared: set
 
 
 def _method_row(method, part, metrics, n_boot, seed, shared=None) -> MethodRow:
-    ok = part["status"] == "ok"
+    ok = part["status"] == DONE
     pending = part["status"].isin(PENDING_STATUSES)
     cells, random = {}, []
     for metric in metrics:
@@ -264,7 +271,7 @@ def _outcome(frame: pd.DataFrame, pair_id: str, metric: str) -> tuple[float | No
     if pair_id not in frame.index:
         return None, True
     row = frame.loc[pair_id]
-    if row["status"] != "ok":
+    if row["status"] != DONE:
         return None, True
     value = row.get(metric)
     return (None, False) if value is None or pd.isna(value) else (float(value), False)
@@ -339,7 +346,7 @@ def to_markdown(tables: Tables) -> str:
     over = "the pairs every method has" if tables.pairs == "common" else "each method's evaluated pairs"
     out = ["# Benchmark", "", f"Cells: mean [95% BCa bootstrap CI] over {over} (n shown where it differs from n "
            "evaluated); ↓ lower is better, ↑ higher is better; best mean in bold; † computed with random weights (smoke "
-           "test, not comparable). n pending: never run or not evaluated yet; n failed: failed, missing or error.", ""]
+           "test, not comparable). n pending: never run or not evaluated yet; n failed: failed, missing, damaged or error.", ""]
     out += [f"**Warning:** {text}" for text in tables.warnings()] + ([""] if tables.warnings() else [])
     for group in tables.groups:
         out += [f"## {group.title}", ""]

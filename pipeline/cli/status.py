@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pipeline.cli.options import add_storage_arguments
-from pipeline.errors import SpliceError
 
 
 def register(subparsers) -> None:
@@ -20,42 +19,44 @@ def register(subparsers) -> None:
 
 
 def run_status(run: str, storage, verify: bool = False) -> dict:
-    """{'method', 'format', 'total', 'done', 'failed', 'pending', 'damaged', 'failures': [(id, error)],
-    'damaged_pairs': [(id, what)], 'lock': dict|None,
-    'in_flight': [{'pair_id', 'step', 'steps', 'age_s', 'host'}]} (in_flight: pending pairs that reported progress)."""
-    import io
+    """{'method', 'format', 'total', 'counts': {status word: n}, 'done', 'failed', 'missing', 'pending', 'damaged',
+    'failures': [(id, error)], 'damaged_pairs': [(id, what)], 'lock': dict|None,
+    'in_flight': [{'pair_id', 'step', 'steps', 'age_s', 'host'}]} (in_flight: pending pairs that reported progress).
 
-    import pandas as pd
-
-    from pipeline.runs import layout, run_folder
+    Every count is a word of the run folder's one vocabulary (run_folder.PairStatus): done and damaged from the
+    pairs' markers, failed and missing from results.parquet, the rest pending."""
     from pipeline.runs.progress import age_seconds, read_progress
-    from pipeline.runs.run_state import read_results
-    from pipeline.storage import redact_url
+    from pipeline.runs.run_folder import PairStatus, RunFolder
 
-    record = run_folder.read_record(storage, run)
-    try:
-        manifest = pd.read_parquet(io.BytesIO(storage.read_bytes(layout.join(run, layout.MANIFEST))), columns=["pair_id"])
-    except FileNotFoundError:
-        raise SpliceError(f"{redact_url(run)} is not a run folder (no {layout.MANIFEST}): give the --out of a `splice run`") from None
-    pair_ids = list(manifest["pair_id"])
-    found = run_folder.scan(storage, run, verify=verify)
-    done = found.done & set(pair_ids)
-    damaged = [(p, found.damaged[p]) for p in pair_ids if p in found.damaged]
-    results = read_results(storage, run)  # unreadable or missing: the markers say all there is
-    errors = {} if results is None else {r["pair_id"]: r.get("error") or "" for r in results.to_dict("records")
-                                         if r["status"] == "failed"}
-    failures = [(p, errors[p]) for p in pair_ids if p in errors and p not in done and p not in found.damaged]
-    try:
-        lock = storage.read_json(layout.join(run, layout.LOCK))
-    except (FileNotFoundError, ValueError):
-        lock = None
-    finished = done | {p for p, _ in failures}
+    folder = RunFolder(storage, run)
+    pair_ids = folder.pair_ids()  # not a run folder: a clear error naming it
+    record = folder.record()
+    found = folder.scan(verify=verify)
+    results = folder.results()  # unreadable or missing: the markers say all there is
+    recorded = {} if results is None else {r["pair_id"]: (r["status"], r.get("error") or "")
+                                           for r in results.to_dict("records")}
+    statuses, failures, damaged = {}, [], []
+    for pair_id in pair_ids:
+        word, error = recorded.get(pair_id, (PairStatus.PENDING, ""))
+        if pair_id in found.done:
+            statuses[pair_id] = PairStatus.DONE
+        elif pair_id in found.damaged:
+            statuses[pair_id] = PairStatus.DAMAGED
+            damaged.append((pair_id, found.damaged[pair_id]))
+        elif word in (PairStatus.FAILED, PairStatus.MISSING):
+            statuses[pair_id] = PairStatus.of(word)
+            failures.append((pair_id, error))
+        else:
+            statuses[pair_id] = PairStatus.PENDING
+    counts = {s.value: 0 for s in PairStatus if s != PairStatus.ERROR}  # 'error' is evaluation's word
+    for word in statuses.values():
+        counts[word.value] += 1
+    finished = {p for p, s in statuses.items() if s in (PairStatus.DONE, PairStatus.FAILED, PairStatus.MISSING)}
     in_flight = [{"pair_id": p, "step": r.get("step"), "steps": r.get("steps"), "age_s": age_seconds(r), "host": r.get("host")}
                  for p, r in sorted(read_progress(storage, run).items()) if p not in finished]
     return {"method": (record or {}).get("method"), "format": (record or {}).get("format", 1),
-            "total": len(pair_ids), "done": len(done), "failed": len(failures), "damaged": len(damaged),
-            "pending": len(pair_ids) - len(done) - len(failures) - len(damaged), "failures": failures,
-            "damaged_pairs": damaged, "lock": lock if isinstance(lock, dict) else None, "in_flight": in_flight}
+            "total": len(pair_ids), "counts": counts, **counts, "failures": failures, "damaged_pairs": damaged,
+            "lock": folder.lock_holder(), "in_flight": in_flight}
 
 
 def status(args) -> int:
@@ -73,6 +74,7 @@ def status(args) -> int:
     in_flight = report["in_flight"]
     print(f"run {redact_url(args.run)} (method {report['method']}): {report['total']} pair(s): {report['done']} done, "
           f"{report['failed']} failed, {report['pending']} pending"
+          + (f", {report['missing']} missing (no output imported)" if report["missing"] else "")
           + (f", {report['damaged']} damaged (`splice run` redoes them)" if report["damaged"] else "")
           + (f" ({len(in_flight)} in flight)" if in_flight else ""))
     for item in in_flight[:20]:

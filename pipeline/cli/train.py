@@ -50,27 +50,27 @@ def register(subparsers) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import fsspec  # heavy imports here, not at parser build time: `splice --help` stays quick
-
+    # heavy imports here, not at parser build time: `splice --help` stays quick
     from pipeline.method.backbone import load_backbone
     from pipeline.method.images import read_image_file
     from pipeline.method.trainer import TrainOptions, resolve_device, train_pair
-    from pipeline.runs import layout, pair_io
+    from pipeline.runs import layout
+    from pipeline.runs.pair_folder import PairFolder
+    from pipeline.storage import Storage
 
     # 1. validate inputs
     resolved = resolve_config(args)
     config = resolved.config
     if config.checkpoint_every == 0 and "checkpoint_every" not in resolved.explicit:
         config = config.replace(checkpoint_every=max(1, min(500, config.steps // 4)))  # resumable by default
-    fs = fsspec.filesystem("file")
     out = os.path.abspath(args.out)
-    if pair_io.is_done(fs, out) and not args.force:
+    pair = PairFolder(Storage(), out)
+    if pair.is_done() and not args.force:
         print(f"{out} already holds a finished result ({layout.SUCCESS}); use --force to train again")
         return 0
     if args.force:
-        for name in (layout.SUCCESS, layout.CHECKPOINT):
-            if fs.exists(layout.join(out, name)):
-                fs.rm(layout.join(out, name))
+        pair.unmark()
+        pair.remove_checkpoint()
     structure = read_image_file(args.structure, config.max_pixels)
     appearance = read_image_file(args.appearance, config.max_pixels)
 
@@ -79,17 +79,17 @@ def run_train(args: argparse.Namespace) -> int:
     backbone = load_backbone(config.backbone, device)
 
     # 3. train (resuming from OUT_DIR/checkpoint.pt when there is one)
-    checkpoint = pair_io.load_checkpoint(fs, out)
     result = train_pair(
-        structure, appearance, config, backbone, device, checkpoint=checkpoint,
-        save_checkpoint=lambda state: pair_io.save_checkpoint(fs, out, state), progress=progress_enabled(args.progress),
+        structure, appearance, config, backbone, device, checkpoint=pair.load_checkpoint(),
+        save_checkpoint=pair.save_checkpoint, progress=progress_enabled(args.progress),
         options=TrainOptions(compile=args.compile),
     )
 
     # 4. write
     inputs = {"structure_uri": os.path.abspath(args.structure), "appearance_uri": os.path.abspath(args.appearance)}
-    pair_io.write_pair_result(fs, out, result, extra_meta=inputs)
+    pair.write_result(result, extra_meta=inputs)
     final = result.meta["final_losses"]
     print(f"wrote {layout.join(out, layout.OUTPUT_PNG)} ({result.meta['seconds']:.1f} s, "
           f"{result.meta['seconds_per_step']:.3f} s/step on {result.meta['device']}, final loss {final.get('total', float('nan')):.4g})")
     return 0
+

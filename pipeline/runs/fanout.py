@@ -1,14 +1,16 @@
 """The Ray layer of `splice run`: one task per pack of pairs (a pack of one by default on CPUs), results
 collected as they finish.
 
-Driver (`run_manifest`): validate the manifest, lock the run folder, record run.json and manifest.parquet,
-skip pairs that have `_SUCCESS`, submit the rest (a bounded window of tasks in flight), collect them with
-ray.wait, and keep results.parquet up to date so an interrupted driver loses nothing.
+Driver (`run_manifest`): validate the manifest, lock the run folder, record run.json and manifest.parquet, skip
+pairs that have `_SUCCESS`, submit the rest (a bounded window of tasks in flight), collect them with ray.wait, and
+keep results.parquet up to date so an interrupted driver loses nothing. What is stored, and where, is the run
+folder's business (RunFolder, pipeline/runs/run_folder.py; what a re-run may do: pipeline/runs/rerun.py).
 
 Worker (`run_pair`, a plain function; `_pack_task` is the Ray wrapper of a pack of them): read the two images
 through storage, apply the method (the backbone is loaded once per worker process and cached), write the pair
-through pair_io with `_SUCCESS` last. A bad pair returns a 'failed' row instead of raising, so it fails alone; a worker that
-dies mid-pair is re-run by Ray (`max_retries`) and the half-written folder, lacking `_SUCCESS`, is redone.
+through its PairFolder (pipeline/runs/pair_folder.py) with `_SUCCESS` last. A bad pair returns a 'failed' row
+instead of raising, so it fails alone; a worker that dies mid-pair is re-run by Ray (`max_retries`) and the
+half-written folder, lacking `_SUCCESS`, is redone.
 
 Packs (`--pack K`, see pipeline/runs/packs.py): the driver groups pairs into packs of up to K (equal image sizes
 together) and sends one task per pack (`_pack_task` -> `run_pack`); the task runs `run_pair` for each of its pairs
@@ -35,21 +37,20 @@ from datetime import datetime, timezone
 
 import ray
 
-from pipeline.runs import hooks, layout, pair_io, run_folder
+from pipeline.runs import hooks, layout, rerun
 from pipeline.method.config import TrainConfig
 from pipeline.errors import SpliceError
 from pipeline.method.devices import best_device
 from pipeline.method.images import ImageError, decode_image, max_input_bytes
-from manifests.schema import Manifest, ManifestError, PairSpec, read_manifest, write_manifest
+from manifests.schema import Manifest, ManifestError, PairSpec, read_manifest
 from pipeline.method.registry import get_method, run_method
 from pipeline.runs.progress import ProgressRecorder, RunProgress
 from pipeline.runs.packs import PackRendezvous, auto_pack_size, image_size, plan_packs
+from pipeline.runs.run_folder import PairStatus, ResultsTable, RunFolder, row_from_meta
 from pipeline.runs.run_lock import LockLost
-from pipeline.runs.run_state import ResultsTable, row_from_meta, settings_mismatch, write_run_record
-from pipeline.storage import Storage, StorageError, absolute, is_local, redact_text, redact_url, with_retries
+from pipeline.storage import Storage, StorageError, absolute, is_local, redact_text, redact_url
 
 log = logging.getLogger(__name__)
-ATTEMPTS = "attempts.json"  # per pair: one entry per time a worker started it
 WAIT_SECONDS = 1.0  # ray.wait timeout: how often the driver wakes to flush results and notice Ctrl-C
 
 
@@ -84,13 +85,12 @@ class PairJob:
     structure_uri: str
     appearance_uri: str
     pair_dir: str
+    run_url: str  # the run folder
     method: str
     config: TrainConfig
     storage_options: dict
     force: bool
-    labels: dict
-    lock_url: str | None = None  # the run's lock: a pair is only written while it still holds lock_token
-    lock_token: str | None = None
+    lock_token: str | None = None  # a pair is only written while the run's lock still holds this token
     max_input_bytes: int | None = None  # cap per input file
 
 
@@ -123,25 +123,26 @@ def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
     manifest = read_manifest(manifest_url, storage)
     jobs = [_job(pair, settings) for pair in select_pairs(manifest, settings.only, settings.limit)]
     settings = resolve_task_settings(settings)
-    run_folder.check_target(storage, settings.out)
+    folder = RunFolder(storage, settings.out)
+    folder.check_target()
 
     # 2. one writer per run folder
-    run_lock = run_folder.lock(storage, settings.out, "splice run", break_lock=settings.break_lock,
-                               break_stale=settings.break_stale_lock)
+    run_lock = folder.lock("splice run", break_lock=settings.break_lock, break_stale=settings.break_stale_lock)
     with run_lock:
         # 3. compare with what the folder was made from, record the run, find what is left to do
-        plan = run_folder.plan_rerun(storage, settings.out, manifest, {job.pair_id for job in jobs}, force=settings.force,
-                                     verify=settings.verify,
-                                     settings_check=lambda existing: settings_mismatch(existing, settings.out, method,
-                                                                                       settings.config))
+        plan = rerun.plan_rerun(folder, manifest, {job.pair_id for job in jobs}, force=settings.force,
+                                verify=settings.verify,
+                                settings_check=lambda existing: rerun.settings_mismatch(existing, settings.out, method,
+                                                                                        settings.config))
         try:
-            record = write_run_record(storage, settings, method, manifest, existing=plan.existing, inputs=plan.inputs)
-            write_manifest(plan.manifest_frame, layout.join(settings.out, layout.MANIFEST), storage)
-            _unmark(storage, settings.out, plan.unmark)  # first, so an interrupted run never leaves them marked done
+            record = folder.write_record(rerun.run_record(settings, method, manifest, existing=plan.existing,
+                                                          inputs=plan.inputs))
+            folder.write_manifest(plan.manifest_frame)
+            folder.unmark(plan.unmark)  # first, so an interrupted run never leaves them marked done
         except OSError as exc:
             raise StorageError(f"cannot write run folder {redact_url(settings.out)}: {_os_reason(exc)}") from None
-        results = ResultsTable(storage, settings.out, list(plan.manifest_frame["pair_id"]), plan.found)
-        jobs = [dataclasses.replace(job, lock_url=run_lock.url, lock_token=run_lock.token) for job in jobs]
+        results = ResultsTable(folder, list(plan.manifest_frame["pair_id"]), plan.found)
+        jobs = [dataclasses.replace(job, lock_token=run_lock.token) for job in jobs]
         todo = [job for job in jobs if job.pair_id not in plan.found.done]
         skipped = len(jobs) - len(todo)
         log.info("%d pair(s) selected: %d already done, %d to run with method %s -> %s",
@@ -157,24 +158,24 @@ def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
                 _fan_out(todo, settings, results, skipped, run_lock)
         finally:
             if run_lock.lost is None:  # fenced: a run whose lock was taken over writes nothing more
-                results.mark_done(run_folder.scan(storage, settings.out))  # storage is the truth
+                results.mark_done(folder.scan())  # storage is the truth
                 counts = results.counts()
-                storage_error = _write_final(storage, settings, method, manifest, record, results, counts)
+                storage_error = _write_final(folder, record, results, counts)
         if run_lock.lost is not None:
             run_lock.check()  # raises LockLost
-    return RunSummary(out=settings.out, total=len(results.rows), done=counts["done"], skipped=skipped,
-                      failed=counts["failed"], pending=counts["pending"], seconds=time.perf_counter() - started,
+    done, failed = counts[PairStatus.DONE], counts[PairStatus.FAILED]
+    return RunSummary(out=settings.out, total=len(results.rows), done=done, skipped=skipped, failed=failed,
+                      pending=len(results.rows) - done - failed, seconds=time.perf_counter() - started,
                       failures=results.failures(), damaged=len(plan.found.damaged), storage_error=storage_error)
 
 
-def _write_final(storage, settings, method, manifest, record, results, counts) -> str | None:
+def _write_final(folder: RunFolder, record: dict, results: ResultsTable, counts: dict) -> str | None:
     """results.parquet and run.json at the end; a storage error (e.g. disk full) is reported, not raised."""
     try:
         results.write()
-        write_run_record(storage, settings, method, manifest, previous=record, finished=counts,
-                         weights_ids=results.weights_ids())
+        folder.write_record(rerun.finished_record(record, counts, results.weights_ids()))
     except OSError as exc:
-        reason = (f"cannot write {layout.RESULTS} / {layout.RUN_JSON} in {redact_url(settings.out)}: {_os_reason(exc)}; "
+        reason = (f"cannot write {layout.RESULTS} / {layout.RUN_JSON} in {redact_url(folder.url)}: {_os_reason(exc)}; "
                   f"`splice status` rebuilds the counts from the pair folders")
         log.error("%s", reason)
         return reason
@@ -207,8 +208,8 @@ def _job(pair: PairSpec, settings: RunSettings) -> PairJob:
     except ValueError as exc:
         raise ManifestError(f"pair {pair.pair_id!r}: {exc}; fix its row in the manifest") from exc
     return PairJob(pair_id=pair.pair_id, structure_uri=pair.structure_uri, appearance_uri=pair.appearance_uri,
-                   pair_dir=layout.pair_dir(settings.out, pair.pair_id), method=settings.method, config=config,
-                   storage_options=settings.storage_options, force=settings.force, labels=pair.labels,
+                   pair_dir=layout.pair_dir(settings.out, pair.pair_id), run_url=settings.out, method=settings.method,
+                   config=config, storage_options=settings.storage_options, force=settings.force,
                    max_input_bytes=settings.max_input_bytes or max_input_bytes(config.max_pixels))
 
 
@@ -242,7 +243,7 @@ def _fan_out(todo: list[PairJob], settings: RunSettings, results: ResultsTable, 
                             run_lock.check()  # a worker found the lock taken over: confirm, and stop
                         results.update(row)
                         bar.pair_finished(row["pair_id"], row["status"])
-                        if row["status"] == "failed":  # one line per failed pair; its traceback with -v and in error.txt
+                        if row["status"] == PairStatus.FAILED:  # one line per failed pair; traceback: -v, error.txt
                             log.warning("failed: %s", row["error"])
                             if trace:
                                 log.debug("pair %s: %s", row["pair_id"], trace)
@@ -271,14 +272,6 @@ def _cancel(refs: list) -> None:
         ray.wait(still, num_returns=len(still), timeout=10)
 
 
-def _unmark(storage: Storage, run: str, pair_ids: set[str]) -> None:
-    if pair_ids:
-        log.info("removing the _SUCCESS marker of %d pair(s) to redo", len(pair_ids))
-        fs, _ = storage.fs(run)
-        paths = [storage.fs(layout.pair_file(run, p, layout.SUCCESS))[1] for p in sorted(pair_ids)]
-        with_retries(lambda: fs.rm(paths), what=f"removing {len(paths)} _SUCCESS marker(s) for --force")
-
-
 def _collect(ref, job: PairJob, max_retries: int) -> dict:
     try:
         return ray.get(ref)
@@ -286,7 +279,7 @@ def _collect(ref, job: PairJob, max_retries: int) -> dict:
         error = f"pair {job.pair_id!r}: its worker process died {max_retries + 1} time(s) (out of memory?); run again to retry it"
     except ray.exceptions.RayError as exc:
         error = f"pair {job.pair_id!r}: {type(exc).__name__}: {redact_text((str(exc).splitlines() or [''])[0])[:300]}"
-    return {"pair_id": job.pair_id, "status": "failed", "error": error, "method": job.method,
+    return {"pair_id": job.pair_id, "status": PairStatus.FAILED.value, "error": error, "method": job.method,
             "attempts": max_retries + 1}
 
 
@@ -524,15 +517,15 @@ def run_pair(job: PairJob, train=None, on_step=None) -> dict:
     `on_step(pair_id, steps_done)`: progress of a pair trained alone (a pack reports through its own trainer)."""
     started_at, clock = _now(), time.perf_counter()
     storage = Storage(job.storage_options)
-    fs, pair_dir = storage.fs(job.pair_dir)
+    folder = RunFolder(storage, job.run_url)
+    pair = folder.pair(job.pair_id)
     row = {"pair_id": job.pair_id, "method": job.method, "started_at": started_at}
     try:
         if job.force:  # forget the old result first, so a crash now cannot leave an old _SUCCESS over new files
-            for name in (layout.SUCCESS, layout.CHECKPOINT, ATTEMPTS):
-                storage.remove(layout.join(job.pair_dir, name))
-        elif storage.exists(layout.join(job.pair_dir, layout.SUCCESS)):  # a retry after the pair was finished
-            return row_from_meta(storage, job.pair_dir, job.pair_id)
-        attempt = row["attempts"] = _record_attempt(storage, job, started_at)
+            pair.forget()
+        elif pair.is_done():  # a retry after the pair was finished
+            return row_from_meta(job.pair_id, pair.read_meta())
+        attempt = row["attempts"] = pair.record_attempt(started_at)
         hooks.point("pair.started", pair_id=job.pair_id, attempt=attempt, storage=storage, pair_dir=job.pair_dir)
         # 1. inputs
         structure = _read_image(storage, job, "structure", job.structure_uri)
@@ -547,8 +540,8 @@ def run_pair(job: PairJob, train=None, on_step=None) -> dict:
             misses = cached_backbone.cache_info().misses
             backbone = cached_backbone(job.config.backbone, str(device))
             loaded = cached_backbone.cache_info().misses > misses
-        checkpoint = with_retries(lambda: pair_io.load_checkpoint(fs, pair_dir), what="reading checkpoint") if method.resumable else None
-        save = functools.partial(_save_checkpoint, fs, pair_dir) if method.resumable else None
+        checkpoint = pair.load_checkpoint() if method.resumable else None
+        save = pair.save_checkpoint if method.resumable else None
         if train is None and on_step is not None and method.uses_backbone:
             from pipeline.method.trainer import train_pair
 
@@ -557,26 +550,25 @@ def run_pair(job: PairJob, train=None, on_step=None) -> dict:
                             checkpoint=checkpoint, save_checkpoint=save, train=train)
         # 3. outputs, _SUCCESS last
         finished_at = _now()
-        extra = {"pair_id": job.pair_id, "method": job.method, "attempt": attempt, "labels": job.labels,
+        extra = {"pair_id": job.pair_id, "method": job.method, "attempt": attempt,
                  "structure_uri": redact_url(job.structure_uri), "appearance_uri": redact_url(job.appearance_uri),
                  "started_at": started_at, "finished_at": finished_at,
                  "worker": {"host": socket.gethostname(), "pid": os.getpid(), "backbone_loaded": loaded}}
         meta = result.meta
-        done = {**row, "status": "done", "error": None, "seconds": float(meta.get("seconds", 0.0)),
-                "device": meta.get("device_name") or meta.get("device"), "weights_id": meta.get("weights_id"),
+        done = {**row, "status": PairStatus.DONE.value, "error": None, "seconds": float(meta.get("seconds", 0.0)),
+                "device": meta.get("device_name") or meta.get("device"),
+                "peak_memory_bytes": meta.get("peak_memory_bytes"), "weights_id": meta.get("weights_id"),
                 "finished_at": finished_at}
-        with_retries(lambda: pair_io.write_pair_result(fs, pair_dir, result, extra, row=done,
-                                                       fence=lambda: _fence(storage, job)),
-                     what=f"writing pair {job.pair_id}")
-        storage.remove(layout.join(job.pair_dir, layout.ERROR_TXT))  # an earlier attempt's error no longer holds
+        pair.write_result(result, extra, row=done, fence=lambda: folder.fence(job.lock_token))
+        pair.clear_error()
         hooks.point("pair.written", pair_id=job.pair_id, attempt=attempt)
         return {**done, "wall_seconds": time.perf_counter() - clock}
     except Exception as exc:  # a bad pair fails alone; the error goes to results.parquet, the traceback to error.txt
         error, trace = _describe(job, exc), redact_text(traceback.format_exc())
         lock_lost = isinstance(exc, LockLost)
         if not lock_lost:  # fenced: a pair whose run lost its lock writes nothing
-            _write_error(storage, job, error, trace)
-        return {**row, "status": "failed", "error": error, "finished_at": _now(),
+            pair.write_error(error, trace)
+        return {**row, "status": PairStatus.FAILED.value, "error": error, "finished_at": _now(),
                 "wall_seconds": time.perf_counter() - clock, "traceback": trace, "lock_lost": lock_lost}
     finally:
         _release_device_memory()
@@ -593,19 +585,6 @@ def cached_backbone(spec: str, device: str):
         return load_backbone(spec, device)
     finally:
         backbone_log.setLevel(level)
-
-
-def _fence(storage: Storage, job: PairJob) -> None:
-    """Raise LockLost unless this job's run still holds the run folder's lock (checked before final writes)."""
-    if not job.lock_url:
-        return
-    try:
-        holder = storage.read_json(job.lock_url)
-    except (FileNotFoundError, ValueError):
-        holder = None
-    if not isinstance(holder, dict) or holder.get("token") != job.lock_token:
-        who = f"host {holder.get('host')}, pid {holder.get('pid')}" if isinstance(holder, dict) else "lock removed"
-        raise LockLost(f"the run's lock was taken over by another command ({who}): this pair was not written")
 
 
 def _read_image(storage: Storage, job: PairJob, role: str, uri: str):
@@ -638,30 +617,6 @@ def _describe(job: PairJob, exc: Exception) -> str:
     where = redact_url(layout.join(job.pair_dir, layout.ERROR_TXT))
     return redact_text(f"pair {job.pair_id!r}: {type(exc).__name__}: {str(exc)[:500]} (a bug? traceback in {where}, "
                        f"and with -v)")
-
-
-def _write_error(storage: Storage, job: PairJob, error: str, trace: str) -> None:
-    """pairs/<id>/error.txt: the one-line error and the traceback, for the user and `splice status`."""
-    try:
-        storage.write_bytes(layout.join(job.pair_dir, layout.ERROR_TXT), f"{error}\n\n{trace}".encode())
-    except Exception as exc:  # the results row still records the error
-        log.debug("could not write %s for pair %s: %s", layout.ERROR_TXT, job.pair_id, exc)
-
-
-def _save_checkpoint(fs, pair_dir: str, state: dict) -> None:
-    with_retries(lambda: pair_io.save_checkpoint(fs, pair_dir, state), what="writing checkpoint")
-
-
-def _record_attempt(storage: Storage, job: PairJob, started_at: str) -> int:
-    """Append this start to pairs/<id>/attempts.json; only one driver (the lock) and one task per pair write it."""
-    url = layout.join(job.pair_dir, ATTEMPTS)
-    try:
-        attempts = storage.read_json(url).get("attempts", [])
-    except (FileNotFoundError, ValueError):
-        attempts = []
-    attempts.append({"attempt": len(attempts) + 1, "started_at": started_at, "host": socket.gethostname(), "pid": os.getpid()})
-    storage.write_json(url, {"pair_id": job.pair_id, "attempts": attempts})
-    return len(attempts)
 
 
 def _release_device_memory() -> None:

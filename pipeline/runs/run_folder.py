@@ -1,454 +1,513 @@
-"""The rules of a run folder (DESIGN.md, "Storage layout of a run"), in one place, format 2.
+"""The run folder (DESIGN.md, "Storage layout of a run"; docs/run-layout.md), format 3, and its one owner.
 
-Every command that writes or judges a run folder (`splice run`, `import`, `evaluate`, `status`, `report`) goes
-through here:
-- the target: `check_target` refuses, before anything is written, a missing bucket (never created), bad
-  credentials, a file in place of the folder and a read-only location, each with one line naming the URL;
-- what a run was made from: `pair_inputs` (each pair's input URIs, redacted, a cheap content fingerprint and its
-  per-pair settings), recorded in run.json and compared on every re-run (`changed_pairs`);
-- the lock: `lock` (one writer at a time, with fencing; see run_lock.RunLock);
-- markers that mean something: `_SUCCESS` holds the size and sha256 of the pair's files and its results row
-  (`success_marker`); `scan` verifies them (sizes from one listing; hashes with verify=True) and tells done pairs
-  from damaged ones;
-- results rebuilt from the markers (`results_rows`) wherever results.parquet or a meta.json is unreadable.
+`RunFolder(storage, url)` is the only code that knows where a run's files are and what they hold. `splice run`,
+`import`, `evaluate`, `status` and `report` read and write a run through it:
+- paths: `path`, `pair` (a `PairFolder`: one pair's files with `_SUCCESS` last), `metrics_url`; names in layout.py;
+- the target (`check_target`): a missing bucket, bad credentials, a file in place of the folder or a read-only
+  location is refused before anything is written, in one line naming the URL;
+- the lock (`lock`, and `eval_lock` for eval/): one writer at a time, with fencing (run_lock.RunLock);
+- run.json (`record`, `write_record`) with its `format`; a format newer than this code reads is a clear error;
+- manifest.parquet (`write_manifest`, `manifest`): validated once, by the command that creates the run (`splice
+  run`, `import`), from the user's manifest; readers trust the run's copy and only check its columns;
+- results.parquet (`results`, `write_results`; `ResultsTable` for the driver), rebuilt from the pairs' markers
+  where it is unreadable; `scan` tells done pairs from damaged ones;
+- eval/metrics.parquet and eval/evaluation.json (`metrics`, `write_metrics`, `evaluation`, `write_evaluation`);
+- ONE status vocabulary, `PairStatus`, in every table and command.
 
-Older folders (run.json without `format`, empty `_SUCCESS`) still read: an empty marker means "sizes unknown", so
-a pair counts as done if its output.png exists and is not empty (with verify=True: if it decodes).
+Formats: 1: run.json without `format`, empty `_SUCCESS`; 2: input records in run.json, `_SUCCESS` with sizes,
+hashes and the results row; 3: one status vocabulary (metrics.parquet says `done` where it said `ok`, the report
+`pending` where it said `not evaluated`, results.parquet `damaged` where it said `pending`), cost (seconds, device,
+peak memory) in results.parquet and read from there only, dataset/domain labels in manifest.parquet only (not in
+meta.json nor metrics.parquet). Folders of formats 1 and 2 still read: their words are mapped (`PairStatus.of`),
+their peak memory is taken from meta.json once.
 """
+
 from __future__ import annotations
 
-import hashlib
-import json
+import io
 import logging
-import os
+import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from enum import Enum
 
+import pandas as pd
+
+from manifests.schema import REQUIRED, resolve_uris
 from pipeline.runs import layout
-from pipeline.errors import SpliceError
-from pipeline.runs.run_lock import RunLock
-from pipeline.storage import Storage, StorageError, http_status, is_local, redact_text, redact_url
+from pipeline.runs.layout import FORMAT
+from pipeline.runs.pair_folder import PairFolder, RunFolderError, read_parquet
+from pipeline.runs.run_lock import LockLost, RunLock
+from pipeline.runs.target import check_target
+from pipeline.storage import Storage, redact_url, with_retries
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # run.json "format": 1 (or absent) before input records and _SUCCESS contents, 2 since
-HASHED_INPUT_BYTES = 64 << 10  # local inputs up to this size are fingerprinted by content hash, larger by size+mtime
+__all__ = ["FORMAT", "PairStatus", "RunFolder", "RunFolderError", "ResultsTable", "Run", "Scan", "check_target"]
 LISTING_THREADS = 16
-LISTED_FOLDER_MIN = 32  # remote inputs: a folder holding this many of them is listed once instead of asked per object
-PAIR_SETTINGS = ("seed", "steps", "backbone")  # per-pair overrides a manifest may carry
+RESULT_COLUMNS = [
+    "pair_id",
+    "status",
+    "error",
+    "seconds",
+    "device",
+    "peak_memory_bytes",
+    "attempts",
+    "method",
+    "weights_id",
+    "started_at",
+    "finished_at",
+    "wall_seconds",
+]
+COST_COLUMNS = {"seconds": "train_seconds", "device": "train_device", "peak_memory_bytes": "train_peak_memory_bytes"}
 
 
-class RunFolderError(SpliceError):
-    """A run folder that cannot be used as it stands; the message says which and what to do."""
+class PairStatus(str, Enum):
+    """What is known of a pair: the one vocabulary of results.parquet, metrics.parquet, tables, report and status."""
 
+    PENDING = "pending"  # not run, not finished, or not evaluated yet: work is left, nothing is wrong
+    DONE = "done"  # its output is stored under _SUCCESS (in metrics.parquet: and its metrics are computed)
+    FAILED = "failed"  # the method failed on it (run), or its imported output is unreadable (import)
+    MISSING = "missing"  # the imported method has no output for it, or several where one was expected
+    DAMAGED = "damaged"  # marked done, but its files no longer match _SUCCESS: `splice run` redoes it
+    ERROR = "error"  # evaluation could not read its files, or a metric failed on them
 
-class RunMismatch(SpliceError):
-    """A run folder was started with other settings or inputs than the ones asked for now."""
+    def __str__(self) -> str:
+        return self.value
 
-
-# --- the target ----------------------------------------------------------------------------------------------
-
-def check_target(storage: Storage, url: str, *, what: str = "--out", create: bool = True) -> None:
-    """Fail with one line (StorageError, exit 2) unless `url` can be a run folder: never creates a bucket."""
-    name = redact_url(url)
-    if is_local(url):
-        _check_local_target(storage.fs(url)[1], name, what, create)
-        return
-    fs, path = storage.fs(url)
-    bucket = path.split("/", 1)[0]
-    try:
-        fs.invalidate_cache(bucket)
-        fs.info(bucket)  # one request (HEAD bucket); never a listing of a large bucket
-        is_file = path.rstrip("/") != bucket and fs.isfile(path.rstrip("/"))
-    except FileNotFoundError:
-        raise StorageError(f"bucket {bucket!r} of {what} {name} does not exist: create it first (splice never creates "
-                           f"buckets), or check the URL for a typo") from None
-    except Exception as exc:  # credentials, endpoint, network: one line that says what to check
-        raise StorageError(describe_access_error(exc, f"{what} {name}")) from None
-    if is_file:
-        raise StorageError(f"{what} {name} is a file, not a run folder: give a folder URL (a new one, or the --out of "
-                           f"an earlier run)")
-
-
-def _check_local_target(path: str, name: str, what: str, create: bool) -> None:
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise StorageError(f"{what} {name} is a file, not a run folder: give a folder path (a new one, or the --out of "
-                           f"an earlier run)")
-    existing = path
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise StorageError(f"{what} {name} cannot be created: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK):
-        raise StorageError(f"{what} {name} cannot be written ({existing} is read-only): choose a writable location, "
-                           f"or check its permissions and that its filesystem is not mounted read-only")
-    if create:
+    @classmethod
+    def of(cls, word) -> PairStatus:
+        """The status a stored word means, older formats' words included ('ok', 'not evaluated')."""
+        if isinstance(word, cls):
+            return word
+        if word is None or (isinstance(word, float) and math.isnan(word)) or word is pd.NA:
+            return cls.PENDING
+        text = str(word).strip().lower()
         try:
-            os.makedirs(path, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"{what} {name} cannot be created ({exc.strerror or exc}): choose a writable location, "
-                               f"or check its permissions and free space") from None
+            return cls(OLDER_WORDS.get(text, text))
+        except ValueError:
+            raise RunFolderError(
+                f"unknown pair status {word!r}: expected one of {', '.join(s.value for s in cls)}"
+            ) from None
 
 
-def describe_access_error(exc: BaseException, what: str) -> str:
-    """One line for an error met while reaching a store: credentials, a missing bucket, the endpoint."""
-    status = http_status(exc)
-    text = redact_text(f"{type(exc).__name__}: {exc}".splitlines()[0])[:200]
-    if isinstance(exc, PermissionError) or status in (401, 403):
-        return (f"{what}: the store refused these credentials ({text}): check the key and secret (--storage-option "
-                f"key=... secret=..., or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and that they may use this bucket")
-    if not status and (isinstance(exc, OSError) or any(w in type(exc).__name__.lower() for w in ("connect", "endpoint"))):
-        return (f"{what}: cannot reach the store ({text}): check the endpoint (endpoint_url, AWS_ENDPOINT_URL) "
-                f"and the network")
-    return f"{what}: the store answered with an error ({text}): check the URL, the endpoint and the credentials"
+OLDER_WORDS = {"ok": "done", "not evaluated": "pending", "none": "pending", "": "pending"}  # formats 1 and 2
 
 
-# --- run.json ------------------------------------------------------------------------------------------------
-
-def read_record(storage: Storage, run: str) -> dict | None:
-    """run.json, or None if there is none; a format newer than this code reads is a clear error."""
-    url = layout.join(run, layout.RUN_JSON)
-    try:
-        record = storage.read_json(url)
-    except FileNotFoundError:
-        return None
-    except ValueError as exc:
-        log.warning("ignoring unreadable %s (%s)", redact_url(url), exc)
-        return None
-    if not isinstance(record, dict):
-        log.warning("ignoring %s: not a JSON object", redact_url(url))
-        return None
-    version = record.get("format", 1)
-    if not isinstance(version, int) or version > FORMAT:
-        raise RunFolderError(f"run {redact_url(run)} has run.json format {version!r}, newer than this splice-pipeline "
-                             f"reads (format {FORMAT} and older): upgrade splice-pipeline to use it")
-    return record
-
-
-# --- what a run was made from --------------------------------------------------------------------------------
-
-def fingerprint(storage: Storage, uri: str, listed: dict | None = None) -> dict | None:
-    """A cheap content fingerprint: size and sha256 (small local files), size and mtime (larger ones), size and
-    ETag (objects; from `listed`, a listing of its folder, if given). None if the input cannot be listed (its
-    pair will fail and say why)."""
-    try:
-        if is_local(uri):
-            path = storage.fs(uri)[1]
-            info = os.stat(path)
-            found = {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
-            if os.path.isfile(path) and info.st_size <= HASHED_INPUT_BYTES:
-                with open(path, "rb") as handle:
-                    found["sha256"] = hashlib.sha256(handle.read()).hexdigest()
-            return found
-        fs, path = storage.fs(uri)
-        info = (listed or {}).get(path) or fs.info(path)
-        version = next((str(info[k]).strip('"') for k in ("ETag", "etag", "md5Hash", "crc32c", "generation",
-                                                          "LastModified", "last_modified", "mtime") if info.get(k)), None)
-        return {"size": info.get("size"), "version": version}
-    except Exception:  # unreadable now: nothing to compare; the pair itself reports the error
-        return None
-
-
-def _listings(storage: Storage, uris: list[str]) -> dict[str, dict]:
-    """path -> listing entry for remote inputs, one listing per folder holding several of them (not one request
-    per object)."""
-    folders: dict[str, list[str]] = {}
-    for uri in uris:
-        if not is_local(uri) and "?" not in uri:
-            folders.setdefault(uri.rsplit("/", 1)[0], []).append(uri)
-
-    def listing(folder: str) -> dict:
-        try:
-            fs, path = storage.fs(folder)
-            return {entry["name"]: entry for entry in fs.ls(path, detail=True)}
-        except Exception:  # fall back to one request per object
-            return {}
-
-    shared = [folder for folder, members in folders.items() if len(members) >= LISTED_FOLDER_MIN]
-    with ThreadPoolExecutor(LISTING_THREADS) as pool:
-        return {k: v for found in pool.map(listing, shared) for k, v in found.items()}
-
-
-def pair_inputs(storage: Storage, pairs) -> dict[str, dict]:
-    """pair_id -> {structure_uri, appearance_uri (redacted), structure, appearance (fingerprints), settings}.
-
-    `pairs`: PairSpec-like objects (pair_id, structure_uri, appearance_uri, seed, steps, backbone)."""
-    pairs = list(pairs)
-    uris = sorted({uri for pair in pairs for uri in (pair.structure_uri, pair.appearance_uri)})
-    listed = _listings(storage, uris)
-    with ThreadPoolExecutor(LISTING_THREADS) as pool:
-        prints = dict(zip(uris, pool.map(lambda uri: fingerprint(storage, uri, listed), uris)))
-    return {pair.pair_id: {"structure_uri": redact_url(pair.structure_uri),
-                           "appearance_uri": redact_url(pair.appearance_uri),
-                           "structure": prints[pair.structure_uri], "appearance": prints[pair.appearance_uri],
-                           "settings": {k: getattr(pair, k, None) for k in PAIR_SETTINGS}}
-            for pair in pairs}
-
-
-def changed_pairs(old: dict[str, dict], new: dict[str, dict]) -> dict[str, str]:
-    """pair_id -> what differs, for pairs recorded in both with other inputs or per-pair settings."""
-    changed = {}
-    for pair_id in sorted(old.keys() & new.keys()):
-        was, now = old[pair_id] or {}, new[pair_id]
-        reasons = []
-        for role in ("structure", "appearance"):
-            if was.get(f"{role}_uri") != now[f"{role}_uri"]:
-                reasons.append(f"{role} {was.get(f'{role}_uri')} -> {now[f'{role}_uri']}")
-            elif not same_content(was.get(role), now[role]):
-                reasons.append(f"{role} image {now[f'{role}_uri']} has changed")
-        for key in PAIR_SETTINGS:
-            before, after = (was.get("settings") or {}).get(key), now["settings"].get(key)
-            if before != after:
-                reasons.append(f"{key} {before!r} -> {after!r}")
-        if reasons:
-            changed[pair_id] = "; ".join(reasons)
-    return changed
-
-
-def same_content(a: dict | None, b: dict | None) -> bool:
-    if not a or not b:
-        return True  # unknown on one side: nothing to go by
-    if a.get("sha256") and b.get("sha256"):
-        return a["sha256"] == b["sha256"]
-    return all(a.get(k) == b.get(k) for k in ("size", "mtime_ns", "version"))
-
-
-def describe_changes(changed: dict[str, str], limit: int = 10) -> str:
-    lines = [f"  {pair_id}: {why}" for pair_id, why in list(changed.items())[:limit]]
-    if len(changed) > limit:
-        lines.append(f"  ... and {len(changed) - limit} more")
-    return "\n".join(lines)
-
-
-# --- a re-run of the same folder ------------------------------------------------------------------------
-
-@dataclass
-class RerunPlan:
-    existing: dict | None  # run.json as found
-    inputs: dict  # what run.json records of each pair's inputs from now on
-    manifest_frame: object  # the run's manifest.parquet from now on
-    found: Scan  # done pairs (those to redo removed) and damaged ones
-    unmark: set  # pairs whose _SUCCESS goes before any work: redone
-
-
-def plan_rerun(storage: Storage, run: str, manifest, selected: set[str], *, force: bool, verify: bool,
-               settings_check: Callable[[dict | None], str | None]) -> RerunPlan:
-    """What a `splice run` of `manifest` into `run` may do: refuse (RunMismatch) when the run-level settings differ
-    (`settings_check(run.json)` says why) or when done pairs were made from other inputs or per-pair settings,
-    unless `force`, which then redoes exactly the pairs concerned (every selected pair for a settings change);
-    damaged pairs are redone."""
-    existing = read_record(storage, run)
-    mismatch = settings_check(existing)
-    found = scan(storage, run, verify=verify)
-    inputs = pair_inputs(storage, manifest.pairs())
-    old_inputs = (existing or {}).get("inputs") or {}
-    if existing and "inputs" not in existing:
-        log.info("run.json of %s (format %s) records no pair inputs: they are recorded from now on",
-                 redact_url(run), existing.get("format", 1))
-    changed = changed_pairs(old_inputs, inputs)
-    with_outputs = found.done | set(found.damaged)
-    changed_done = {p: why for p, why in changed.items() if p in with_outputs}
-    if not force:
-        if mismatch:
-            raise RunMismatch(mismatch)
-        if changed_done:
-            raise RunMismatch(
-                f"run {redact_url(run)} holds outputs of {len(changed_done)} pair(s) made from other inputs or "
-                f"settings than the manifest {redact_url(manifest.url)} gives them now:\n"
-                f"{describe_changes(changed_done)}\nwrite to another --out, or pass --force to redo exactly "
-                f"these pairs")
-    redo = set()
-    if force:
-        redo = selected if mismatch or not changed_done else set(changed_done) & selected
-    kept_old = set(changed_done) - redo  # changed and done, but outside the selection: keep their old record
-    for pair_id in set(changed) - set(changed_done):  # not done: a checkpoint of the old inputs must not be resumed
-        storage.remove(layout.pair_file(run, pair_id, layout.CHECKPOINT))
-    if found.damaged:
-        log.warning("%d pair(s) marked done no longer match their _SUCCESS and are redone: %s", len(found.damaged),
-                    "; ".join(f"{p}: {why}" for p, why in list(found.damaged.items())[:5]))
-    unmark = (found.done & redo) | set(found.damaged)
-    found.done -= redo
-    recorded = {**old_inputs, **{p: v for p, v in inputs.items() if p not in kept_old}}
-    return RerunPlan(existing, recorded, _run_manifest_frame(storage, run, manifest, kept_old), found, unmark)
-
-
-def _run_manifest_frame(storage: Storage, run: str, manifest, kept_old: set[str]):
-    """The manifest as run: the new rows, except the rows of done pairs kept with their old inputs; rows of pairs
-    the new manifest no longer names are kept too (their outputs stay), so nothing is silently replaced."""
-    import io
-
-    import pandas as pd
-
-    try:
-        old = pd.read_parquet(io.BytesIO(storage.read_bytes(layout.join(run, layout.MANIFEST))))
-    except FileNotFoundError:
-        return manifest.frame
-    except Exception as exc:  # unreadable: the new manifest is all there is
-        log.warning("ignoring unreadable %s (%s)", redact_url(layout.join(run, layout.MANIFEST)), exc)
-        return manifest.frame
-    new_ids = set(manifest.frame["pair_id"])
-    frame = manifest.frame[~manifest.frame["pair_id"].isin(kept_old)]
-    keep = old[old["pair_id"].isin(kept_old) | ~old["pair_id"].isin(new_ids)]
-    if (~old["pair_id"].isin(new_ids)).any():
-        log.info("%d pair(s) of the run's earlier manifest are not in %s: kept in the run's manifest.parquet",
-                 int((~old["pair_id"].isin(new_ids)).sum()), redact_url(manifest.url))
-    return pd.concat([frame, keep], ignore_index=True) if len(keep) else frame
-
-
-# --- the lock ------------------------------------------------------------------------------------------------
-
-def lock(storage: Storage, run: str, command: str, **options) -> RunLock:
-    """The run folder's lock for `command` (not yet acquired); see run_lock.RunLock."""
-    return RunLock(storage, run, command=command, **options)
-
-
-# --- _SUCCESS markers ----------------------------------------------------------------------------------------
-
-def success_marker(pair_id: str, files: dict[str, bytes], row: dict) -> bytes:
-    """The body of a pair's `_SUCCESS`: size and sha256 of each file written before it, and its results row."""
-    return json.dumps({
-        "format": FORMAT, "pair_id": pair_id,
-        "files": {name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in files.items()},
-        "row": row,
-    }, indent=1, default=str).encode()
+def status_words(statuses) -> list[str]:
+    """Stored status words (any format) as words of `PairStatus`."""
+    return [PairStatus.of(s).value for s in statuses]
 
 
 @dataclass
 class Scan:
     """What the pair folders say: pairs done (verified), pairs whose marker does not match their files."""
+
     done: set[str] = field(default_factory=set)
     damaged: dict[str, str] = field(default_factory=dict)  # pair_id -> what is wrong
     markers: dict[str, dict | None] = field(default_factory=dict)  # pair_id -> marker (None: old, empty marker)
 
 
-def scan(storage: Storage, run: str, *, verify: bool = False) -> Scan:
-    """Check every `_SUCCESS` against its pair's files: sizes from one listing, sha256 too with verify=True."""
-    listing = list_pairs(storage, run)
-    marked = sorted(p for p, files in listing.items() if layout.SUCCESS in files)
-    with ThreadPoolExecutor(LISTING_THREADS) as pool:
-        verdicts = list(pool.map(lambda p: _check_pair(storage, run, p, listing[p], verify), marked))
-    result = Scan()
-    for pair_id, (marker, problem) in zip(marked, verdicts):
-        result.markers[pair_id] = marker
-        if problem:
-            result.damaged[pair_id] = problem
-        else:
-            result.done.add(pair_id)
-    return result
+@dataclass
+class Run:
+    """A run folder as evaluation and the report read it."""
+
+    folder: RunFolder
+    method: str
+    info: dict  # run.json
+    manifest: pd.DataFrame  # pair_id, structure_uri, appearance_uri (absolute), dataset, domain, ...
+    results: pd.DataFrame | None  # results.parquet, if written (statuses in the one vocabulary)
+
+    @property
+    def url(self) -> str:
+        return self.folder.url
 
 
-def list_pair_files(storage: Storage, run: str) -> dict[str, dict[str, dict]]:
-    """pair_id -> {file name -> the store's listing info (size, ETag or mtime, ...)} for every file under
-    <run>/pairs/, in one listing."""
-    fs, root = storage.fs(layout.join(run, layout.PAIRS))
-    try:
-        fs.invalidate_cache(root)
-        found = fs.find(root, detail=True)
-    except FileNotFoundError:
-        return {}
-    prefix = root.rstrip("/") + "/"
-    files: dict[str, dict[str, dict]] = {}
-    for path, info in found.items():
-        relative = path[len(prefix):] if path.startswith(prefix) else ""
-        if relative.count("/") == 1:
-            pair_id, name = relative.split("/")
-            files.setdefault(pair_id, {})[name] = info
-    return files
+class RunFolder:
+    """A run folder by URL; every read and write of one goes through here."""
+
+    def __init__(self, storage: Storage, url: str):
+        self.storage, self.url = storage, url
+
+    def __repr__(self) -> str:
+        return f"RunFolder({redact_url(self.url)!r})"
+
+    # --- paths ------------------------------------------------------------------------------------------------
+
+    def path(self, *parts: str) -> str:
+        return layout.join(self.url, *parts)
+
+    def pair(self, pair_id: str) -> PairFolder:
+        return PairFolder(self.storage, layout.pair_dir(self.url, pair_id), pair_id)
+
+    def pair_file(self, pair_id: str, name: str) -> str:
+        return layout.pair_file(self.url, pair_id, name)
+
+    @property
+    def metrics_url(self) -> str:
+        return self.path(layout.EVAL, layout.METRICS)
+
+    # --- the target and the lock ------------------------------------------------------------------------------
+
+    def check_target(self, *, what: str = "--out", create: bool = True) -> None:
+        check_target(self.storage, self.url, what=what, create=create)
+
+    def lock(self, command: str, **options) -> RunLock:
+        """The run folder's lock for `command` (not yet acquired): `splice run` and `import` hold it throughout."""
+        return RunLock(self.storage, self.url, command=command, **options)
+
+    def eval_lock(self, **options) -> RunLock:
+        """The lock of eval/: an evaluation holds it while it reads, merges and writes metrics.parquet, so two
+        evaluations never lose each other's rows or metrics (while `splice run` may go on filling the folder)."""
+        return RunLock(self.storage, self.path(layout.EVAL), command="splice evaluate", **options)
+
+    def lock_holder(self) -> dict | None:
+        try:
+            holder = self.storage.read_json(self.path(layout.LOCK))
+        except (FileNotFoundError, ValueError):
+            return None
+        return holder if isinstance(holder, dict) else None
+
+    def fence(self, token: str | None) -> None:
+        """Raise LockLost unless the lock still holds `token` (checked by workers before their final writes)."""
+        if not token:
+            return
+        holder = self.lock_holder()
+        if not holder or holder.get("token") != token:
+            who = f"host {holder.get('host')}, pid {holder.get('pid')}" if holder else "lock removed"
+            raise LockLost(f"the run's lock was taken over by another command ({who}): this pair was not written")
+
+    # --- run.json ---------------------------------------------------------------------------------------------
+
+    def record(self) -> dict | None:
+        """run.json, or None if there is none; a format newer than this code reads is a clear error."""
+        url = self.path(layout.RUN_JSON)
+        try:
+            record = self.storage.read_json(url)
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            log.warning("ignoring unreadable %s (%s)", redact_url(url), exc)
+            return None
+        if not isinstance(record, dict):
+            log.warning("ignoring %s: not a JSON object", redact_url(url))
+            return None
+        version = record.get("format", 1)
+        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT:
+            raise RunFolderError(
+                f"run {redact_url(self.url)} has run.json format {version!r}, which this "
+                f"splice-pipeline does not read (formats 1 to {FORMAT}): upgrade splice-pipeline "
+                f"to use it"
+            )
+        return record
+
+    def write_record(self, record: dict) -> dict:
+        record = {"format": FORMAT, **{k: v for k, v in record.items() if k != "format"}}
+        self.storage.write_json(self.path(layout.RUN_JSON), record)
+        return record
+
+    # --- manifest.parquet -------------------------------------------------------------------------------------
+
+    def write_manifest(self, frame: pd.DataFrame) -> None:
+        """The manifest as run: a frame the creating command has validated (manifests.schema.read_manifest)."""
+        self._write_parquet(self.path(layout.MANIFEST), frame.reset_index(drop=True))
+
+    def has_manifest(self) -> bool:
+        return self.storage.exists(self.path(layout.MANIFEST))
+
+    def manifest(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """The run's manifest, trusted (validated when the run was made): only its columns are checked; image
+        URIs are absolute (a relative one is taken relative to the run folder)."""
+        url = self.path(layout.MANIFEST)
+        try:
+            frame = self._read_parquet(url, columns=columns)
+        except FileNotFoundError:
+            raise RunFolderError(
+                f"{redact_url(self.url)} is not a run folder: it has no {layout.MANIFEST}. Give the "
+                f"--out of a `splice run`, or create one from another method's outputs with "
+                f"`splice import`"
+            ) from None
+        lacking = [c for c in (columns or REQUIRED) if c in REQUIRED and c not in frame.columns]
+        if lacking:
+            raise RunFolderError(
+                f"{redact_url(url)} lacks column(s) {', '.join(lacking)}: it was not written by "
+                f"splice-pipeline; run `splice run` (or `splice import`) into a new folder"
+            )
+        frame = frame.assign(pair_id=frame["pair_id"].astype(str)).reset_index(drop=True)
+        if {"structure_uri", "appearance_uri"} <= set(frame.columns):
+            frame = resolve_uris(frame, self.url)
+        return frame
+
+    def pair_ids(self) -> list[str]:
+        return list(self.manifest(columns=["pair_id"])["pair_id"])
+
+    def read(self) -> Run:
+        """run.json, manifest.parquet and results.parquet, as evaluation and the report read them."""
+        manifest = self.manifest()  # first: a folder without one is not a run folder
+        info = self.record() or {}
+        method = info.get("method") or self.url.rstrip("/").rsplit("/", 1)[-1]
+        if "method" not in info:
+            log.warning("%s: run.json names no method; calling it %r", redact_url(self.url), method)
+        return Run(self, str(method), info, manifest, self.results(list(manifest["pair_id"])))
+
+    # --- results.parquet --------------------------------------------------------------------------------------
+
+    def results(self, pair_ids: list[str] | None = None) -> pd.DataFrame | None:
+        """results.parquet (None if there is none), statuses in the one vocabulary. Unreadable (e.g. truncated), it
+        is rebuilt from the pairs' markers for `pair_ids` (None without them). Written before format 3, it lacks
+        peak memory: that is taken from the done pairs' meta.json."""
+        url = self.path(layout.RESULTS)
+        try:
+            frame = self._read_parquet(url)
+        except FileNotFoundError:
+            return None
+        except RunFolderError as exc:
+            if pair_ids is None:
+                log.warning("ignoring %s", exc)
+                return None
+            log.warning(
+                "%s; using the pair folders' _SUCCESS markers instead (`splice run` on the same --out rewrites it)", exc
+            )
+            return pd.DataFrame(self.results_rows(pair_ids))
+        frame = frame.assign(pair_id=frame["pair_id"].astype(str), status=status_words(frame["status"]))
+        if "peak_memory_bytes" not in frame.columns:
+            frame = self._cost_from_meta(frame)
+        return frame
+
+    def _cost_from_meta(self, frame: pd.DataFrame) -> pd.DataFrame:
+        done = [p for p, s in zip(frame["pair_id"], frame["status"]) if s == PairStatus.DONE]
+        with ThreadPoolExecutor(LISTING_THREADS) as pool:
+            metas = dict(zip(done, pool.map(lambda p: self.pair(p).read_meta(), done)))
+        peak = [metas.get(p, {}).get("peak_memory_bytes") for p in frame["pair_id"]]
+        return frame.assign(peak_memory_bytes=pd.to_numeric(pd.Series(peak, index=frame.index, dtype=object)))
+
+    def write_results(self, rows: list[dict]) -> None:
+        frame = pd.DataFrame(rows)
+        for column in RESULT_COLUMNS:
+            if column not in frame.columns:
+                frame[column] = None
+        frame = frame[RESULT_COLUMNS].astype({"pair_id": str})
+        frame["status"] = status_words(frame["status"])
+        frame["attempts"] = pd.to_numeric(frame["attempts"]).astype("Int64")
+        for column in ("seconds", "peak_memory_bytes", "wall_seconds"):
+            frame[column] = pd.to_numeric(frame[column]).astype("float64")
+        for column in ("error", "device", "method", "weights_id", "started_at", "finished_at"):
+            frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+        self._write_parquet(self.path(layout.RESULTS), frame)
+
+    def results_rows(self, pair_ids: list[str], found: Scan | None = None) -> list[dict]:
+        """results.parquet rebuilt from the pair folders alone: done (verified), damaged, pending."""
+        found = found or self.scan()
+        rows = []
+        for pair_id in pair_ids:
+            if pair_id in found.done:
+                rows.append(self.done_row(pair_id, found.markers.get(pair_id)))
+            elif pair_id in found.damaged:
+                rows.append(damaged_row(pair_id, found.damaged[pair_id]))
+            else:
+                rows.append({"pair_id": pair_id, "status": PairStatus.PENDING.value})
+        return rows
+
+    def done_row(self, pair_id: str, marker: dict | None = None) -> dict:
+        """The results row of a done pair: from its marker, else (format 1) from its meta.json."""
+        if marker and isinstance(marker.get("row"), dict):
+            return {**marker["row"], "pair_id": pair_id, "status": PairStatus.DONE.value, "error": None}
+        return row_from_meta(pair_id, self.pair(pair_id).read_meta())
+
+    # --- the pairs --------------------------------------------------------------------------------------------
+
+    def list_pair_files(self) -> dict[str, dict[str, dict]]:
+        """pair_id -> {file name -> the store's listing info (size, ETag or mtime, ...)} for every file under
+        <run>/pairs/, in one listing."""
+        fs, root = self.storage.fs(self.path(layout.PAIRS))
+        try:
+            fs.invalidate_cache(root)
+            found = fs.find(root, detail=True)
+        except FileNotFoundError:
+            return {}
+        prefix = root.rstrip("/") + "/"
+        files: dict[str, dict[str, dict]] = {}
+        for path, info in found.items():
+            relative = path[len(prefix) :] if path.startswith(prefix) else ""
+            if relative.count("/") == 1:
+                pair_id, name = relative.split("/")
+                files.setdefault(pair_id, {})[name] = info
+        return files
+
+    def list_pairs(self) -> dict[str, dict[str, int | None]]:
+        """pair_id -> {file name -> size} for every file under <run>/pairs/, in one listing."""
+        return {
+            pair_id: {name: info.get("size") for name, info in files.items()}
+            for pair_id, files in self.list_pair_files().items()
+        }
+
+    def pair_stamps(self) -> dict[str, dict[str, str]]:
+        """pair_id -> {file name -> stamp}: size and ETag, checksum or modification time, which change when the
+        file is rewritten (evaluation uses them not to re-read outputs whose content hash it knows)."""
+        return {
+            pair_id: {name: _stamp(info) for name, info in files.items()}
+            for pair_id, files in self.list_pair_files().items()
+        }
+
+    def scan(self, *, verify: bool = False) -> Scan:
+        """Check every `_SUCCESS` against its pair's files: sizes from one listing, sha256 too with verify=True."""
+        listing = self.list_pairs()
+        marked = sorted(p for p, files in listing.items() if layout.SUCCESS in files)
+        with ThreadPoolExecutor(LISTING_THREADS) as pool:
+            verdicts = list(pool.map(lambda p: self.pair(p).check(listing[p], verify), marked))
+        result = Scan()
+        for pair_id, (marker, problem) in zip(marked, verdicts):
+            result.markers[pair_id] = marker
+            if problem:
+                result.damaged[pair_id] = problem
+            else:
+                result.done.add(pair_id)
+        return result
+
+    def unmark(self, pair_ids: set[str]) -> None:
+        """Remove the `_SUCCESS` of pairs to redo (before any work, so an interrupted run never leaves them done)."""
+        if pair_ids:
+            log.info("removing the _SUCCESS marker of %d pair(s) to redo", len(pair_ids))
+            fs, _ = self.storage.fs(self.url)
+            paths = [self.storage.fs(self.pair_file(p, layout.SUCCESS))[1] for p in sorted(pair_ids)]
+            with_retries(lambda: fs.rm(paths), what=f"removing {len(paths)} _SUCCESS marker(s) of pairs to redo")
+
+    # --- eval/ ------------------------------------------------------------------------------------------------
+
+    def metrics(self) -> pd.DataFrame | None:
+        """eval/metrics.parquet (None if never written), statuses in the one vocabulary; RunFolderError if it is
+        unreadable."""
+        try:
+            frame = self._read_parquet(self.metrics_url)
+        except FileNotFoundError:
+            return None
+        return frame.assign(pair_id=frame["pair_id"].astype(str), status=status_words(frame["status"]))
+
+    def write_metrics(self, frame: pd.DataFrame) -> None:
+        self._write_parquet(self.metrics_url, frame)
+
+    def evaluation(self) -> dict:
+        """eval/evaluation.json, or {} if there is none."""
+        url = self.path(layout.EVAL, layout.EVALUATION_JSON)
+        try:
+            value = self.storage.read_json(url)
+        except FileNotFoundError:
+            return {}
+        except ValueError as exc:
+            raise RunFolderError(f"{redact_url(url)} is not valid JSON ({exc}); fix or remove it") from exc
+        return value if isinstance(value, dict) else {}
+
+    def write_evaluation(self, value: dict) -> None:
+        self.storage.write_json(self.path(layout.EVAL, layout.EVALUATION_JSON), {"format": FORMAT, **value})
+
+    # --- Parquet ----------------------------------------------------------------------------------------------
+
+    def _read_parquet(self, url: str, columns: list[str] | None = None) -> pd.DataFrame:
+        return read_parquet(self.storage, url, columns)  # FileNotFoundError passes
+
+    def _write_parquet(self, url: str, frame: pd.DataFrame) -> None:
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        self.storage.write_bytes(url, buffer.getvalue())
 
 
-def list_pairs(storage: Storage, run: str) -> dict[str, dict[str, int | None]]:
-    """pair_id -> {file name -> size} for every file under <run>/pairs/, in one listing."""
-    return {pair_id: {name: info.get("size") for name, info in files.items()}
-            for pair_id, files in list_pair_files(storage, run).items()}
-
-
-def _check_pair(storage: Storage, run: str, pair_id: str, sizes: dict, verify: bool) -> tuple[dict | None, str | None]:
-    marker_url = layout.pair_file(run, pair_id, layout.SUCCESS)
-    try:
-        body = storage.read_bytes(marker_url)
-    except FileNotFoundError:  # removed since the listing: not done
-        return None, "its _SUCCESS disappeared while being checked"
-    marker = _parse_marker(body)
-    if marker is None:  # an older run's empty marker: sizes unknown, check what can be checked
-        if not sizes.get(layout.OUTPUT_PNG):
-            return None, f"{layout.OUTPUT_PNG} is missing or empty"
-        if verify and not _decodes(storage, layout.pair_file(run, pair_id, layout.OUTPUT_PNG)):
-            return None, f"{layout.OUTPUT_PNG} does not decode"
-        return None, None
-    for name, expected in (marker.get("files") or {}).items():
-        if name not in sizes:
-            return marker, f"{name} is missing"
-        if sizes[name] is not None and sizes[name] != expected.get("size"):
-            return marker, f"{name} has {sizes[name]} bytes, _SUCCESS recorded {expected.get('size')}"
-        if verify:
-            try:
-                data = storage.read_bytes(layout.pair_file(run, pair_id, name))
-            except FileNotFoundError:
-                return marker, f"{name} is missing"
-            if hashlib.sha256(data).hexdigest() != expected.get("sha256"):
-                return marker, f"{name} differs from what _SUCCESS recorded (sha256)"
-    return marker, None
-
-
-def _parse_marker(body: bytes) -> dict | None:
-    if not body.strip():
-        return None
-    try:
-        marker = json.loads(body)
-    except ValueError:
-        return None
-    return marker if isinstance(marker, dict) and isinstance(marker.get("files"), dict) else None
-
-
-def _decodes(storage: Storage, url: str) -> bool:
-    from pipeline.method.images import ImageError, decode_image
-
-    try:
-        decode_image(storage.read_bytes(url), redact_url(url))
-    except (ImageError, OSError):
-        return False
-    return True
-
-
-# --- results rows from the markers ---------------------------------------------------------------------------
-
-def row_from_marker(storage: Storage, run: str, pair_id: str, marker: dict | None) -> dict:
-    """The results row of a done pair: from its marker, else (older runs) from its meta.json."""
-    if marker and isinstance(marker.get("row"), dict):
-        return {**marker["row"], "pair_id": pair_id, "status": "done", "error": None}
-    return row_from_meta(storage, layout.pair_dir(run, pair_id), pair_id)
-
-
-def row_from_meta(storage: Storage, pair_dir: str, pair_id: str) -> dict:
+def row_from_meta(pair_id: str, meta: dict) -> dict:
     """The results row of a done pair, from its meta.json (whatever is readable of it)."""
-    try:
-        meta = storage.read_json(layout.join(pair_dir, layout.META_JSON))
-    except (OSError, ValueError):
-        meta = {}
-    if not isinstance(meta, dict):  # garbage: the row keeps what the marker and listing say
-        log.warning("ignoring %s: not a JSON object", redact_url(layout.join(pair_dir, layout.META_JSON)))
-        meta = {}
-    return {"pair_id": pair_id, "status": "done", "error": None, "seconds": meta.get("seconds"),
-            "device": meta.get("device_name") or meta.get("device"), "attempts": meta.get("attempt"),
-            "method": meta.get("method"), "weights_id": meta.get("weights_id"),
-            "started_at": meta.get("started_at"), "finished_at": meta.get("finished_at")}
+    return {
+        "pair_id": pair_id,
+        "status": PairStatus.DONE.value,
+        "error": None,
+        "seconds": meta.get("seconds"),
+        "device": meta.get("device_name") or meta.get("device"),
+        "peak_memory_bytes": meta.get("peak_memory_bytes"),
+        "attempts": meta.get("attempt"),
+        "method": meta.get("method"),
+        "weights_id": meta.get("weights_id"),
+        "started_at": meta.get("started_at"),
+        "finished_at": meta.get("finished_at"),
+    }
 
 
 def damaged_row(pair_id: str, problem: str) -> dict:
-    return {"pair_id": pair_id, "status": "pending",
-            "error": f"pair {pair_id!r} is damaged ({problem}): `splice run` redoes it"}
+    return {
+        "pair_id": pair_id,
+        "status": PairStatus.DAMAGED.value,
+        "error": f"pair {pair_id!r} is damaged ({problem}): `splice run` redoes it",
+    }
 
 
-def results_rows(storage: Storage, run: str, pair_ids: list[str], found: Scan | None = None) -> list[dict]:
-    """results.parquet rebuilt from the pair folders alone: done (verified), damaged (pending), pending."""
-    found = found or scan(storage, run)
-    rows = []
-    for pair_id in pair_ids:
-        if pair_id in found.done:
-            rows.append(row_from_marker(storage, run, pair_id, found.markers.get(pair_id)))
-        elif pair_id in found.damaged:
-            rows.append(damaged_row(pair_id, found.damaged[pair_id]))
-        else:
-            rows.append({"pair_id": pair_id, "status": "pending"})
-    return rows
+def _stamp(info: dict) -> str:
+    version = next(
+        (
+            info[k]
+            for k in (
+                "ETag",
+                "etag",
+                "md5Hash",
+                "crc32c",
+                "mtime",
+                "LastModified",
+                "last_modified",
+                "updated",
+                "created",
+            )
+            if info.get(k) is not None
+        ),
+        "",
+    )
+    return f"{info.get('size')}:{version}"
+
+
+class ResultsTable:
+    """results.parquet as `splice run`'s driver keeps it: one row per pair of the run's manifest, in memory,
+    written now and then and at the end, so an interrupted driver loses nothing."""
+
+    def __init__(self, folder: RunFolder, pair_ids: list[str], found: Scan, flush_seconds: float = 5.0):
+        self.folder, self.flush_seconds = folder, flush_seconds
+        previous = folder.results()
+        previous = {} if previous is None else {r["pair_id"]: r for r in previous.to_dict("records")}
+        self.rows: dict[str, dict] = {}
+        for pair_id in pair_ids:
+            old = previous.get(pair_id)
+            status = old and old.get("status")
+            if pair_id in found.done:
+                self.rows[pair_id] = (
+                    old if status == PairStatus.DONE else folder.done_row(pair_id, found.markers.get(pair_id))
+                )
+            elif pair_id in found.damaged:
+                self.rows[pair_id] = damaged_row(pair_id, found.damaged[pair_id])
+            elif status == PairStatus.FAILED:
+                self.rows[pair_id] = old  # still failed until a new attempt says otherwise
+            else:
+                self.rows[pair_id] = {"pair_id": pair_id, "status": PairStatus.PENDING.value}
+        self._written = float("-inf")
+
+    def update(self, row: dict) -> None:
+        self.rows[row["pair_id"]] = row
+
+    def maybe_write(self) -> None:
+        if time.monotonic() - self._written >= self.flush_seconds:
+            self.write()
+
+    def write(self) -> None:
+        self.folder.write_results(list(self.rows.values()))
+        self._written = time.monotonic()
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys((s.value for s in PairStatus), 0)
+        for row in self.rows.values():
+            counts[PairStatus.of(row["status"]).value] += 1
+        return counts
+
+    def failures(self) -> list[tuple[str, str]]:
+        return [(r["pair_id"], r.get("error") or "") for r in self.rows.values() if r["status"] == PairStatus.FAILED]
+
+    def weights_ids(self) -> list[str]:
+        return sorted({r["weights_id"] for r in self.rows.values() if isinstance(r.get("weights_id"), str)})
+
+    def mark_done(self, found: Scan) -> None:
+        """Pairs whose _SUCCESS appeared without their row reaching the driver (e.g. interrupted just then)."""
+        for pair_id in found.done & self.rows.keys():
+            if self.rows[pair_id].get("status") != PairStatus.DONE:
+                self.rows[pair_id] = self.folder.done_row(pair_id, found.markers.get(pair_id))
