@@ -1,5 +1,5 @@
 """What a method returns for one pair (Splice's trainer and the reference methods alike), so that one writer
-(pipeline/runs/pair_io.py) stores every method's outputs in the same layout."""
+(pipeline/runs/pair_folder.py) stores every method's outputs in the same layout."""
 from __future__ import annotations
 
 from dataclasses import dataclass
