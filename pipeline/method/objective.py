@@ -15,6 +15,10 @@ and is computed once by the trainer. `antialias` is the resize's antialiasing (T
 Packed training (`pack_losses`): K pairs share those two passes (2K crops, then K x's and the y's) and the
 full-image pass of pairs whose structure images have one size; every image is its own batch row, so each pair's
 terms are what it would get alone.
+
+Conditioned training (`conditioned_losses`, SpliceNet): B pairs, ONE generator G(image, appearance [CLS]) called
+once on the B structure crops and once on the B appearance crops; the same two backbone passes (`crop_targets`,
+`crop_predictions`) and the same crop terms, averaged over the pairs.
 """
 from __future__ import annotations
 
@@ -77,6 +81,69 @@ def last_block_reader(backbone: DinoBackbone) -> Features:
     return read
 
 
+@dataclass(frozen=True)
+class CropTargets:
+    """What the crops' no-grad backbone pass gives the objective."""
+    cls_token: torch.Tensor  # (K, D) [CLS] of the appearance crops (float32)
+    keys: torch.Tensor  # (K, N, D) keys of the appearance crops (float32)
+    self_similarity: torch.Tensor  # (K, N, N) key self-similarity of the structure crops
+
+
+def crop_targets(backbone: DinoBackbone, structure_crops: list[torch.Tensor], appearance_crops: list[torch.Tensor],
+                 crop_features: Features | None = None, precision: torch.dtype | None = None,
+                 antialias: bool = True) -> CropTargets:
+    """Targets of K crop pairs from ONE no-grad backbone pass. Each list item is a (n, 3, s, s) batch of square crops
+    (a pack gives one crop per item, each its own size; SpliceNet one item of n crops at the training resolution)."""
+    crop_features = crop_features or last_block_reader(backbone)
+    pieces, structure_rows, appearance_rows = [], [], []
+    for structure, appearance in zip(structure_crops, appearance_crops):
+        for crop, rows in ((structure, structure_rows), (appearance, appearance_rows)):
+            start = sum(len(piece) for piece in pieces)
+            rows.extend(range(start, start + len(crop)))
+            pieces.append(backbone.prepare(crop, antialias))
+    with torch.no_grad(), autocast(pieces[0].device, precision):
+        cls_token, keys = crop_features(torch.cat(pieces))  # (2K, D), (2K, N, D)
+        return CropTargets(cls_token=cls_token[appearance_rows].float(), keys=keys[appearance_rows].float(),
+                           self_similarity=self_similarity(keys[structure_rows]))
+
+
+def crop_predictions(backbone: DinoBackbone, outputs: list[torch.Tensor], crop_features: Features | None = None,
+                     precision: torch.dtype | None = None,
+                     antialias: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """[CLS] (R, D) and keys (R, N, D) of generator outputs (square, any sizes), in ONE backbone pass with grad."""
+    crop_features = crop_features or last_block_reader(backbone)
+    with autocast(outputs[0].device, precision):
+        return crop_features(torch.cat([backbone.prepare(output, antialias) for output in outputs]))
+
+
+def conditioned_losses(generator: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], backbone: DinoBackbone,
+                       structure: torch.Tensor, appearance: torch.Tensor, weights: LossWeights,
+                       precision: torch.dtype | None = None, crop_features: Features | None = None,
+                       antialias: bool = True) -> dict[str, torch.Tensor]:
+    """The crop terms for B pairs through ONE generator conditioned on the appearance [CLS] (SpliceNet).
+
+    structure, appearance: (B, 3, s, s) augmented square crops. x = G(structure, [CLS](appearance)) and
+    y = G(appearance, [CLS](appearance)), each one batched call; the [CLS] codes are the targets' pass's, so the
+    code costs no extra backbone pass. Returns each term averaged over the B pairs and their weighted sum 'total'
+    (the full-image terms of per-pair Splice do not apply)."""
+    count = len(structure)
+    # 1. targets, and the appearance codes: one no-grad pass over [structure crops, appearance crops]
+    targets = crop_targets(backbone, [structure], [appearance], crop_features, precision, antialias)
+    # 2. the generator: one call for the x's, one for the y's
+    outputs = [generator(structure, targets.cls_token)]  # x (B, 3, s, s)
+    if weights.identity > 0:
+        outputs.append(generator(appearance, targets.cls_token))  # y
+    # 3. predictions: one backbone pass over [x, y]
+    cls_token, keys = crop_predictions(backbone, outputs, crop_features, precision, antialias)
+    terms = {"appearance": _mse_per_row(cls_token[:count].float(), targets.cls_token).mean()}
+    if weights.structure > 0:
+        terms["structure"] = _mse_per_row(self_similarity(keys[:count]), targets.self_similarity).mean()
+    if weights.identity > 0:
+        terms["identity"] = _mse_per_row(keys[count:].float(), targets.keys).mean()
+    terms["total"] = sum(getattr(weights, name) * value for name, value in terms.items())
+    return terms
+
+
 def splice_losses(generator: torch.nn.Module, backbone: DinoBackbone, batch: StepBatch, weights: LossWeights,
                   full_target: torch.Tensor | None, precision: torch.dtype | None = None,
                   antialias: bool = True) -> dict[str, torch.Tensor]:
@@ -98,13 +165,9 @@ def pack_losses(generators: list[torch.nn.Module], backbone: DinoBackbone, batch
     crop_features = crop_features or last_block_reader(backbone)
     count = len(generators)
     # 1. targets: one no-grad backbone pass over every pair's [structure crop, appearance crop]: (2K, 3, 224, 224)
-    with torch.no_grad(), autocast(device, precision):
-        crops = torch.cat([backbone.prepare(crop, antialias) for batch in batches
-                           for crop in (batch.structure_crop, batch.appearance_crop)])
-        cls_token, keys = crop_features(crops)
-        target_cls = cls_token[1::2].float()  # (K, D) appearance crops
-        target_keys = keys[1::2].float()  # (K, N, D) appearance crops
-        target_selfsim = self_similarity(keys[0::2])  # (K, N, N) structure crops
+    targets = crop_targets(backbone, [b.structure_crop for b in batches], [b.appearance_crop for b in batches],
+                           crop_features, precision, antialias)
+    target_cls, target_keys, target_selfsim = targets.cls_token, targets.keys, targets.self_similarity
 
     # 2. generators: one call per crop, so BatchNorm sees each crop alone; x for every pair, then y where needed
     outputs = [generator(batch.structure_crop) for generator, batch in zip(generators, batches)]  # x
@@ -112,8 +175,7 @@ def pack_losses(generators: list[torch.nn.Module], backbone: DinoBackbone, batch
     outputs += [generators[i](batches[i].appearance_crop) for i in with_identity]  # y
 
     # 3. predictions: one backbone pass over [x_1 .. x_K, y_i ...]; per-pair terms as (K,) vectors
-    with autocast(device, precision):
-        cls_token, keys = crop_features(torch.cat([backbone.prepare(o, antialias) for o in outputs]))
+    cls_token, keys = crop_predictions(backbone, outputs, crop_features, precision, antialias)
     appearance = _mse_per_row(cls_token[:count].float(), target_cls)  # (K,)
     structure = identity = None
     if any(w.structure > 0 for w in weights):
