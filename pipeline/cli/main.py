@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "pipeline.cli.train",  # splice train
     "pipeline.cli.manifest",  # splice manifest build|validate
     "pipeline.cli.run",  # splice run
+    "pipeline.cli.train_net",  # splice train-net
     "pipeline.cli.demo",  # splice demo
     "pipeline.cli.status",  # splice status
     "pipeline.cli.evaluate",  # splice evaluate

@@ -123,18 +123,20 @@ def conditioned_losses(generator: Callable[[torch.Tensor, torch.Tensor], torch.T
     """The crop terms for B pairs through ONE generator conditioned on the appearance [CLS] (SpliceNet).
 
     structure, appearance: (B, 3, s, s) augmented square crops. x = G(structure, [CLS](appearance)) and
-    y = G(appearance, [CLS](appearance)), each one batched call; the [CLS] codes are the targets' pass's, so the
+    y = G(appearance, [CLS](appearance)), together one batched call; the [CLS] codes are the targets' pass's, so the
     code costs no extra backbone pass. Returns each term averaged over the B pairs and their weighted sum 'total'
     (the full-image terms of per-pair Splice do not apply)."""
     count = len(structure)
     # 1. targets, and the appearance codes: one no-grad pass over [structure crops, appearance crops]
     targets = crop_targets(backbone, [structure], [appearance], crop_features, precision, antialias)
-    # 2. the generator: one call for the x's, one for the y's
-    outputs = [generator(structure, targets.cls_token)]  # x (B, 3, s, s)
+    # 2. the generator: ONE call over [structure crops, appearance crops] gives [x, y] (a DDP-wrapped generator
+    # must be called once per backward); its samples do not interact, so this equals two calls
     if weights.identity > 0:
-        outputs.append(generator(appearance, targets.cls_token))  # y
+        outputs = generator(torch.cat([structure, appearance]), targets.cls_token.repeat(2, 1))  # (2B, 3, s, s)
+    else:
+        outputs = generator(structure, targets.cls_token)  # (B, 3, s, s)
     # 3. predictions: one backbone pass over [x, y]
-    cls_token, keys = crop_predictions(backbone, outputs, crop_features, precision, antialias)
+    cls_token, keys = crop_predictions(backbone, [outputs], crop_features, precision, antialias)
     terms = {"appearance": _mse_per_row(cls_token[:count].float(), targets.cls_token).mean()}
     if weights.structure > 0:
         terms["structure"] = _mse_per_row(self_similarity(keys[:count]), targets.self_similarity).mean()
