@@ -95,6 +95,8 @@ def train_net(job: TrainNetJob) -> dict:
     storage = Storage(job.storage_options)
     manifest = read_manifest(job.manifest, storage)
     images = plan_images(manifest, job.config.domains)
+    if job.workers:
+        _check_batch(job.config.batch, job.workers)
     record = prepare_out(storage, job, images)
     if record.get("status") == "finished" and record["step"] >= job.config.steps:
         log.info("%s already holds a finished training (%d steps)", redact_url(job.out), record["step"])
@@ -104,9 +106,7 @@ def train_net(job: TrainNetJob) -> dict:
     started = connect_ray(job.address)
     try:
         workers, gpus = _scaling(job)
-        if job.config.batch < workers:
-            raise SpliceError(f"--batch {job.config.batch} is smaller than --workers {workers}: every worker needs "
-                              f"at least one pair per step")
+        _check_batch(job.config.batch, workers)
         # 3. train
         _fit(job, images, workers, gpus)
     finally:
@@ -116,6 +116,12 @@ def train_net(job: TrainNetJob) -> dict:
             ray.shutdown()
     # 4. the result, as rank 0 wrote it
     return storage.read_json(join(job.out, TRAIN_JSON))
+
+
+def _check_batch(batch: int, workers: int) -> None:
+    if batch < workers:
+        raise SpliceError(f"--batch {batch} is smaller than --workers {workers}: every worker needs at least one pair "
+                          f"per step; raise --batch or lower --workers")
 
 
 def plan_images(manifest: Manifest, domains: tuple[str, ...]) -> list[dict]:
