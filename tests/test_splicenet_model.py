@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from pipeline.errors import SpliceError
-from pipeline.method.splicenet import FORMAT, SpliceNet, SpliceNetConfig, load_net, save_net
+from pipeline.method.splicenet import (
+    FORMAT,
+    SpliceNet,
+    SpliceNetConfig,
+    load_net,
+    save_net,
+)
 
 CODE = 32
 

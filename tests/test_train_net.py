@@ -11,19 +11,25 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from conftest import tiny_image_bytes
 from faults import kill_session, start_session, wait_for
-from pipeline.cli import main
-from pipeline.manifest import read_manifest, write_manifest
+
+from manifests.schema import read_manifest, write_manifest
+from pipeline.cli.main import main
+from pipeline.method.objective import conditioned_losses
 from pipeline.method.splicenet import load_net
-from pipeline.method.splicenet_train import NetTrainConfig, draw_pairs, sample_crops, worker_slice
-from pipeline.objective import conditioned_losses
+from pipeline.method.splicenet_train import (
+    NetTrainConfig,
+    draw_pairs,
+    sample_crops,
+    worker_slice,
+)
 from pipeline.runs.train_net import TrainNetJob, plan_images, prepare_out, run_training
 from pipeline.storage import Storage
 
 BACKBONE = "random:test_vit"  # timm's 6-block, 64-dim test ViT: the cheapest real ViT
-SETTINGS = dict(backbone=BACKBONE, resolution=32, batch=2, steps=4, width=1 / 16, log_every=1, checkpoint_every=2)
+SETTINGS = {"backbone": BACKBONE, "resolution": 32, "batch": 2, "steps": 4, "width": 1 / 16, "log_every": 1,
+            "checkpoint_every": 2}
 CLI_SETTINGS = ["--backbone", BACKBONE, "--resolution", "32", "--batch", "2", "--steps", "4", "--width", "0.0625",
                 "--log-every", "1", "--checkpoint-every", "2"]
 # two workers vs one: the same samples, DDP's all-reduce only reorders float sums. Adam steps of lr 2e-3 move the
@@ -89,7 +95,7 @@ def test_the_loss_falls_on_a_synthetic_domain(tmp_path):
     images = {i: read_png(tmp_path / "data" / "cat" / f"{i}.png") for i in range(6)}
     pairs = draw_pairs(123, 0, 8, [list(range(6))])
     structure, appearance = sample_crops(123, 0, range(8), pairs, images, config, torch.device("cpu"))
-    from pipeline.backbone import load_backbone
+    from pipeline.method.backbone import load_backbone
 
     backbone = load_backbone(BACKBONE)
     trained = load_net(str(out / "net.pt"))[0]
@@ -108,7 +114,7 @@ def test_the_loss_falls_on_a_synthetic_domain(tmp_path):
 
 
 def read_png(path: Path) -> torch.Tensor:
-    from pipeline.images import read_image_file
+    from pipeline.method.images import read_image_file
 
     return read_image_file(str(path))
 
@@ -124,7 +130,7 @@ def test_two_ray_train_workers_match_one_and_a_killed_training_resumes(reference
                SPLICE_FAULT_INJECTION=f"pause=splicenet-checkpoint:{go}")
 
     # 1. a CLI training (its own embedded Ray, two workers) held just after its first checkpoint, then killed outright
-    command = [sys.executable, "-m", "pipeline.cli", "train-net", manifest, "-o", str(out), "--workers", "2",
+    command = [sys.executable, "-m", "pipeline", "train-net", manifest, "-o", str(out), "--workers", "2",
                "--gpus-per-worker", "0", *CLI_SETTINGS]
     driver = start_session(command, env=env, log_path=tmp_path / "killed.log")
     try:

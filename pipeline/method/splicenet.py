@@ -67,10 +67,10 @@ class SpliceNetConfig:
                              f"{self.mapping_layers}, channels {self.channels} (5 levels)")
 
     def scaled(self, channels: int) -> int:
-        return max(1, int(round(channels * self.width)))
+        return max(1, round(channels * self.width))
 
     @classmethod
-    def from_dict(cls, values: dict) -> "SpliceNetConfig":
+    def from_dict(cls, values: dict) -> SpliceNetConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

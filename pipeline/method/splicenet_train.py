@@ -79,7 +79,7 @@ class NetTrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "NetTrainConfig":
+    def from_dict(cls, values: dict) -> NetTrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -90,7 +90,7 @@ class NetTrainConfig:
                 values[name] = tuple(values[name])
         return cls(**values)
 
-    def replace(self, **changes) -> "NetTrainConfig":
+    def replace(self, **changes) -> NetTrainConfig:
         changes = {k: v for k, v in changes.items() if v is not None}
         return dataclasses.replace(self, **changes) if changes else self
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import os
 import platform
 import shutil
 import tempfile
@@ -41,12 +40,18 @@ import torch.nn.functional as F
 
 from manifests.schema import Manifest, read_manifest
 from pipeline.errors import SpliceError
-from pipeline.runs.fault_injection import pause_at
 from pipeline.method.images import decode_image, max_input_bytes
-from pipeline.runs.layout import join
-from pipeline.method.splicenet import SpliceNet, SpliceNetConfig, save_net
-from pipeline.method.splicenet_train import NetTrainConfig, draw_pairs, pool_image, sample_crops, worker_slice
 from pipeline.method.objective import conditioned_losses
+from pipeline.method.splicenet import SpliceNet, SpliceNetConfig, save_net
+from pipeline.method.splicenet_train import (
+    NetTrainConfig,
+    draw_pairs,
+    pool_image,
+    sample_crops,
+    worker_slice,
+)
+from pipeline.runs.fault_injection import pause_at
+from pipeline.runs.layout import join
 from pipeline.storage import Storage, redact_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -68,7 +73,7 @@ class TrainNetJob:
     """What `splice train-net` asks for: the training settings plus where and how to run them."""
     manifest: str  # manifest URL
     out: str  # output folder URL
-    config: NetTrainConfig = NetTrainConfig()
+    config: NetTrainConfig = field(default_factory=NetTrainConfig)
     storage_options: dict = field(default_factory=dict)  # fsspec options for non-local storage
     workers: int | None = None  # Ray Train workers (None: one per GPU of the cluster, else 1)
     gpus_per_worker: float | None = None  # None: 1 where the cluster has GPUs, else 0
@@ -412,7 +417,7 @@ def _pool_table(job: TrainNetJob, images: list[dict], pool: ImagePool, backbone,
     for index in range(rank, len(images), world):
         try:
             image = pool.load(index)
-        except Exception as exc:  # unreadable: this image leaves the pool, the training goes on
+        except Exception as exc:  # noqa: BLE001 (any failure to read or decode: this image leaves the pool, the training goes on)
             reason = redact_text(str(exc)) if isinstance(exc, SpliceError) else f"{type(exc).__name__}: {redact_text(exc)}"
             mine[index] = {"error": reason, "cls": None}
             continue
@@ -515,7 +520,7 @@ def _resume(storage: Storage, out: str, net: SpliceNet, optimizer, device: torch
                 raise ValueError(f"format {state.get('format')!r}")
             net.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-        except Exception as exc:  # a checkpoint cut short by a kill: the one before it will do
+        except Exception as exc:  # noqa: BLE001 (a checkpoint cut short by a kill: the one before it will do)
             log.warning("checkpoint %s cannot be used (%s); trying an older one", redact_url(url), exc)
             continue
         log.info("resuming from %s (step %d)", redact_url(url), state["step"])
