@@ -34,7 +34,7 @@ def test_output_has_the_input_size_in_zero_one(size):
 def test_paper_widths():
     model = SpliceNet(SpliceNetConfig())
     assert model.stem.weight.shape[0] == 32
-    assert [block.conv1.weight.shape[0] for block in model.encoder] == [64, 128, 256, 512, 1024]
+    assert [block.conv2.weight.shape[0] for block in model.encoder] == [64, 128, 256, 512, 1024]
     assert model.mapping[0].weight.shape == (768, 768) and len(model.mapping) == 2
     # the encoder is not modulated; every decoder and skip 3x3 conv and the output 1x1 conv are
     assert not any(hasattr(m, "affine") for m in model.encoder.modules())

@@ -21,8 +21,10 @@ Choices the paper leaves open (and why):
   (the paper's, a StyleGAN2 value) moves every layer at the same relative rate. Affine biases start at 1.
 - The [CLS] is normalised to unit RMS before the mapping MLP (`normalize_code`, as StyleGAN2 normalises z): the raw
   last-block [CLS] of a ViT has a large, backbone-dependent scale.
-- Residual sums are scaled by 1/sqrt(2) (StyleGAN2's residual blocks); downsampling is 2x2 average pooling,
-  upsampling bilinear; no normalisation layers, so every sample's output is independent of its batch-mates.
+- Residual blocks as StyleGAN2's: a down block's first conv keeps the input's resolution and channels and its second
+  runs after 2x2 average pooling (an up block mirrors it: first conv before bilinear upsampling), so the costly
+  full-resolution convs have the fewest channels; sums scaled by 1/sqrt(2); no normalisation layers, so every
+  sample's output is independent of its batch-mates.
 - Any input size: the image is padded (replicate) on the bottom and right to a multiple of 32 and the output cropped
   back, so the output has the input's size, odd or even.
 
@@ -132,23 +134,25 @@ class ModulatedConv2d(nn.Module):
 
 
 class DownBlock(nn.Module):
-    """Encoder level: two 3x3 convs then 2x average pooling; 1x1 conv on the pooled residual path."""
+    """Encoder level, StyleGAN2's residual down block: 3x3 conv (in -> in), 2x average pooling, 3x3 conv (in -> out)
+    at the lower resolution; on the residual path 2x average pooling and a 1x1 conv (in -> out)."""
 
     def __init__(self, in_channels: int, out_channels: int, slope: float):
         super().__init__()
-        self.conv1 = EqualConv2d(in_channels, out_channels, 3)
-        self.conv2 = EqualConv2d(out_channels, out_channels, 3)
+        self.conv1 = EqualConv2d(in_channels, in_channels, 3)
+        self.conv2 = EqualConv2d(in_channels, out_channels, 3)
         self.residual = EqualConv2d(in_channels, out_channels, 1, bias=False)
         self.slope = slope
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        main = F.leaky_relu(self.conv1(x), self.slope)
-        main = F.avg_pool2d(F.leaky_relu(self.conv2(main), self.slope), 2)
+        main = F.avg_pool2d(F.leaky_relu(self.conv1(x), self.slope), 2)
+        main = F.leaky_relu(self.conv2(main), self.slope)
         return (main + self.residual(F.avg_pool2d(x, 2))) / math.sqrt(2)
 
 
 class UpBlock(nn.Module):
-    """Decoder level: 2x bilinear upsampling, two modulated 3x3 convs; 1x1 conv on the upsampled residual path."""
+    """Decoder level, the down block's mirror: modulated 3x3 conv (in -> out) at the lower resolution, 2x bilinear
+    upsampling, modulated 3x3 conv (out -> out); on the residual path a 1x1 conv (in -> out), then upsampling."""
 
     def __init__(self, in_channels: int, out_channels: int, code_dim: int, demodulate: bool, slope: float):
         super().__init__()
@@ -158,10 +162,13 @@ class UpBlock(nn.Module):
         self.slope = slope
 
     def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        main = F.leaky_relu(self.conv1(x, code), self.slope)
+        main = _upsample(F.leaky_relu(self.conv1(x, code), self.slope))
         main = F.leaky_relu(self.conv2(main, code), self.slope)
-        return (main + self.residual(x)) / math.sqrt(2)
+        return (main + _upsample(self.residual(x))) / math.sqrt(2)
+
+
+def _upsample(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
 class SkipBlock(nn.Module):
