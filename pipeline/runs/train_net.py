@@ -203,6 +203,9 @@ def _scaling(job: TrainNetJob) -> tuple[int, float]:
 
     cluster_gpus = ray.cluster_resources().get("GPU", 0)
     gpus = job.gpus_per_worker if job.gpus_per_worker is not None else (1.0 if cluster_gpus else 0.0)
+    if gpus and not cluster_gpus:
+        raise SpliceError(f"--gpus-per-worker {gpus:g} asked for, but the Ray cluster has no GPUs: use "
+                          f"--gpus-per-worker 0 (CPU) or point --address / RAY_ADDRESS at a cluster with GPUs")
     workers = job.workers or (max(1, int(cluster_gpus // gpus)) if gpus else 1)
     return workers, gpus
 
@@ -254,10 +257,12 @@ def ray_train_loop(payload: dict) -> None:
 
     context = ray.train.get_context()
     job: TrainNetJob = payload["job"]
-    if job.gpus_per_worker == 0 or not torch.cuda.is_available():
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL collectives (all_gather_object) use the current device
+    else:
         torch.set_num_threads(max(1, int(job.cpus_per_worker)))
-    run_training(job, payload["images"], context.get_world_rank(), context.get_world_size(),
-                 ray.train.torch.get_device())
+    run_training(job, payload["images"], context.get_world_rank(), context.get_world_size(), device)
 
 
 def run_training(job: TrainNetJob, images: list[dict], rank: int = 0, world: int = 1,
@@ -365,6 +370,7 @@ class ImagePool:
         self.uris, self.storage, self.config = uris, storage, config
         self.budget = cache_mb * 2**20
         self.cache: dict[int, torch.Tensor] = {}
+        self.cached_bytes = 0
         self.pending: dict[int, Future] = {}
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="splicenet-images")
 
@@ -375,8 +381,9 @@ class ImagePool:
         return pool_image(image, self.config.resolution)
 
     def keep(self, index: int, image: torch.Tensor) -> None:
-        if image.numel() + sum(i.numel() for i in self.cache.values()) <= self.budget:
+        if index not in self.cache and self.cached_bytes + image.numel() <= self.budget:
             self.cache[index] = image
+            self.cached_bytes += image.numel()
 
     def prefetch(self, indices: set[int]) -> None:
         for index in indices:
@@ -414,9 +421,10 @@ def _pool_table(job: TrainNetJob, images: list[dict], pool: ImagePool, backbone,
         if list(table["uri"]) == [image["uri"] for image in images] and list(table["domain"]) == [image["domain"] for image in images]:
             return table
     mine = {}
-    for index in range(rank, len(images), world):
+    indices = range(rank, len(images), world)
+    for index, future in zip(indices, [pool.executor.submit(pool.load, i) for i in indices]):  # reads in parallel
         try:
-            image = pool.load(index)
+            image = future.result()
         except Exception as exc:  # noqa: BLE001 (any failure to read or decode: this image leaves the pool, the training goes on)
             reason = redact_text(str(exc)) if isinstance(exc, SpliceError) else f"{type(exc).__name__}: {redact_text(exc)}"
             mine[index] = {"error": reason, "cls": None}
@@ -442,16 +450,17 @@ def _pool_table(job: TrainNetJob, images: list[dict], pool: ImagePool, backbone,
     return table
 
 
-def _cls_token(backbone, image: torch.Tensor, device: torch.device) -> list[float]:
+def _cls_token(backbone, image: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The last block's [CLS] (D,) of a whole pool image, on the CPU."""
     with torch.no_grad():
         pixels = backbone.prepare(image.to(device=device, dtype=torch.float32).div(255)[None])
-        return backbone.last_block(pixels).cls_token[0].float().cpu().tolist()
+        return backbone.last_block(pixels).cls_token[0].float().cpu()
 
 
 def _curate(table: pd.DataFrame, results: dict, keep: float) -> None:
     """Per domain: cosine distance of each image's [CLS] to the domain's mean; keep the `keep` nearest fraction."""
     for _, group in table[table["ok"]].groupby("domain"):
-        codes = F.normalize(torch.tensor([results[i]["cls"] for i in group.index]), dim=1)  # (n, D)
+        codes = F.normalize(torch.stack([results[i]["cls"] for i in group.index]), dim=1)  # (n, D)
         centre = F.normalize(codes.mean(dim=0, keepdim=True), dim=1)  # (1, D)
         distance = 1 - (codes @ centre.t())[:, 0]  # (n,)
         table.loc[group.index, "distance"] = distance.tolist()
