@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.cli.options import add_list_argument, add_out_argument, add_storage_arguments
 from pipeline.errors import SpliceError
 
 
@@ -16,10 +17,10 @@ def register(subparsers) -> None:
                     "command again resumes from the newest checkpoint. See docs/splicenet.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("manifest", metavar="MANIFEST", help="manifest Parquet file (local path or fsspec URL)")
-    parser.add_argument("-o", "--out", required=True, metavar="URL",
-                        help="output folder: local path, s3://, gs://, ... (resumes when it holds this training)")
-    parser.add_argument("--domain", action="append", default=[], metavar="NAME[,NAME]",
-                        help="train on these manifest domains only, pooled (default: every domain); repeatable")
+    add_out_argument(parser, metavar="URL",
+                     help="output folder: local path, s3://, gs://, ... (resumes when it holds this training)")
+    add_list_argument(parser, "--domain", metavar="NAME", default=[],
+                      help="train on these manifest domains only, pooled (default: every domain)")
     parser.add_argument("--steps", type=int, default=20000, help="optimisation steps (may grow on a resume)")
     parser.add_argument("--batch", type=int, default=16, help="pairs per step over all workers (the global batch)")
     parser.add_argument("--resolution", type=int, default=256, help="side of the square training crops")
@@ -48,8 +49,7 @@ def register(subparsers) -> None:
     parser.add_argument("--cache-mb", type=int, default=4096, help="pool images each worker keeps in memory (MiB)")
     parser.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse images above this many pixels")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded Ray here)")
-    parser.add_argument("--storage-option", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="fsspec option for non-local storage, e.g. endpoint_url=http://host:9000; never logged")
+    add_storage_arguments(parser)
     parser.set_defaults(handler=run_train_net)
 
 
@@ -58,7 +58,7 @@ def job_from_args(args: argparse.Namespace):
     from pipeline.runs.train_net import TrainNetJob
     from pipeline.storage import parse_storage_options
 
-    domains = tuple(d.strip() for value in args.domain for d in value.split(",") if d.strip())
+    domains = tuple(args.domain)
     try:
         config = NetTrainConfig(
             backbone=args.backbone, resolution=args.resolution, batch=args.batch, steps=args.steps, lr=args.lr,
