@@ -13,6 +13,7 @@ Rows give s/step, pair-steps/s (B / s per step) and the ratio to the baseline's 
 one network every pair of the domain; a per-pair step advances one pair's own generator, which needs ~2000 of them.
 Random weights cost the same as real ones. Needs torch/timm only (no Ray).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,9 @@ def sync(device: torch.device) -> None:
 def smooth_image(seed: int, side: int) -> torch.Tensor:
     """(3, side, side) uint8: smooth random colours."""
     coarse = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
-    return (torch.nn.functional.interpolate(coarse, size=(side, side), mode="bilinear")[0] * 255).round().to(torch.uint8)
+    return (
+        (torch.nn.functional.interpolate(coarse, size=(side, side), mode="bilinear")[0] * 255).round().to(torch.uint8)
+    )
 
 
 def timed(step, device: torch.device, warmup: int, measured: int) -> float:
@@ -93,7 +96,9 @@ def per_pair_step(backbone, device, batch: int, side: int, precision):
     weights = loss_weights(1, config)
 
     def step(i: int) -> None:
-        batches = [sample_batch(rng, s, a, config, include_full=False) for rng, s, a in zip(rngs, structures, appearances)]
+        batches = [
+            sample_batch(rng, s, a, config, include_full=False) for rng, s, a in zip(rngs, structures, appearances)
+        ]
         terms = pack_losses(generators, backbone, batches, [weights] * batch, [None] * batch, precision)
         sum(t["total"] for t in terms).backward()
         optimizer.step()
@@ -102,8 +107,16 @@ def per_pair_step(backbone, device, batch: int, side: int, precision):
     return step
 
 
-def bench_training(backbone_spec: str, device: torch.device, batches: list[int], resolution: int = 512,
-                   width: float = 1.0, warmup: int = 1, measured: int = 3, baseline: bool = True) -> list[dict]:
+def bench_training(
+    backbone_spec: str,
+    device: torch.device,
+    batches: list[int],
+    resolution: int = 512,
+    width: float = 1.0,
+    warmup: int = 1,
+    measured: int = 3,
+    baseline: bool = True,
+) -> list[dict]:
     """Training rows (one per batch size): SpliceNet steps/s and pair-steps/s, and the per-pair baseline's."""
     backbone = load_backbone(backbone_spec, device)
     precision = resolve_precision("auto", device)
@@ -113,24 +126,37 @@ def bench_training(backbone_spec: str, device: torch.device, batches: list[int],
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         seconds = timed(splicenet_step(backbone, device, config, precision), device, warmup, measured)
-        row = {"batch": batch, "resolution": resolution, "width": width, "splicenet_s_per_step": seconds,
-               "splicenet_steps_per_s": 1 / seconds, "splicenet_pair_steps_per_s": batch / seconds,
-               "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
+        row = {
+            "batch": batch,
+            "resolution": resolution,
+            "width": width,
+            "splicenet_s_per_step": seconds,
+            "splicenet_steps_per_s": 1 / seconds,
+            "splicenet_pair_steps_per_s": batch / seconds,
+            "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        }
         if baseline:
             base = timed(per_pair_step(backbone, device, batch, resolution, precision), device, warmup, measured)
-            row.update(per_pair_s_per_step=base, per_pair_pair_steps_per_s=batch / base,
-                       ratio=(batch / seconds) / (batch / base))
+            row.update(
+                per_pair_s_per_step=base,
+                per_pair_pair_steps_per_s=batch / base,
+                ratio=(batch / seconds) / (batch / base),
+            )
         rows.append(row)
         print(training_line(row), flush=True)
     return rows
 
 
 def training_line(row: dict) -> str:
-    line = (f"B={row['batch']:<3d} {row['resolution']}px width {row['width']:g}: SpliceNet {row['splicenet_s_per_step']:.3f} "
-            f"s/step = {row['splicenet_steps_per_s']:.3g} steps/s = {row['splicenet_pair_steps_per_s']:.3g} pair-steps/s")
+    line = (
+        f"B={row['batch']:<3d} {row['resolution']}px width {row['width']:g}: SpliceNet {row['splicenet_s_per_step']:.3f} "
+        f"s/step = {row['splicenet_steps_per_s']:.3g} steps/s = {row['splicenet_pair_steps_per_s']:.3g} pair-steps/s"
+    )
     if "per_pair_s_per_step" in row:
-        line += (f" | per-pair Splice {row['per_pair_s_per_step']:.3f} s/step = {row['per_pair_pair_steps_per_s']:.3g} "
-                 f"pair-steps/s | x{row['ratio']:.2f}")
+        line += (
+            f" | per-pair Splice {row['per_pair_s_per_step']:.3f} s/step = {row['per_pair_pair_steps_per_s']:.3g} "
+            f"pair-steps/s | x{row['ratio']:.2f}"
+        )
     if row.get("peak_memory_gb") is not None:
         line += f" | peak {row['peak_memory_gb']:.2f} GiB"
     return line
@@ -138,8 +164,11 @@ def training_line(row: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="random:vit_base_patch8_224.dino",
-                        help="backbone spec (default: DINO ViT-B/8's shapes, random weights)")
+    parser.add_argument(
+        "--backbone",
+        default="random:vit_base_patch8_224.dino",
+        help="backbone spec (default: DINO ViT-B/8's shapes, random weights)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batches", default="1,4", help="training batch sizes, comma-separated")
     parser.add_argument("--resolution", type=int, default=512, help="training crop side")
@@ -147,22 +176,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3, help="measured steps per row")
     parser.add_argument("--no-baseline", action="store_true", help="skip the per-pair Splice baseline")
-    parser.add_argument("--quick", action="store_true",
-                        help="CPU-sized: ViT-S/16 shapes, width 1/4, batches 1,2, 2 measured steps")
+    parser.add_argument(
+        "--quick", action="store_true", help="CPU-sized: ViT-S/16 shapes, width 1/4, batches 1,2, 2 measured steps"
+    )
     parser.add_argument("--json", help="write the rows and the machine here")
     args = parser.parse_args(argv)
     if args.quick:
         args.backbone, args.width, args.batches, args.steps = "random:vit_small_patch16_224.dino", 0.25, "1,2", 2
     device = resolve_device(args.device)
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
-    print(f"SpliceNet training, {args.backbone} on {device} ({platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads), torch {torch.__version__}")
-    rows = bench_training(args.backbone, device, batches, args.resolution, args.width, args.warmup, args.steps,
-                          baseline=not args.no_baseline)
+    print(
+        f"SpliceNet training, {args.backbone} on {device} ({platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads), torch {torch.__version__}"
+    )
+    rows = bench_training(
+        args.backbone,
+        device,
+        batches,
+        args.resolution,
+        args.width,
+        args.warmup,
+        args.steps,
+        baseline=not args.no_baseline,
+    )
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"training": rows, "backbone": args.backbone, "device": str(device), "host": platform.node(),
-                       "torch": torch.__version__, "when": datetime.now(timezone.utc).isoformat()}, handle, indent=2)
+            json.dump(
+                {
+                    "training": rows,
+                    "backbone": args.backbone,
+                    "device": str(device),
+                    "host": platform.node(),
+                    "torch": torch.__version__,
+                    "when": datetime.now(timezone.utc).isoformat(),
+                },
+                handle,
+                indent=2,
+            )
     return 0
 
 

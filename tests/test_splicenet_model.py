@@ -1,4 +1,5 @@
 """SpliceNet, the model: sizes, conditioning on the [CLS] code, checkpoint files."""
+
 import io
 
 import pytest

@@ -4,6 +4,7 @@ Tiny everything: timm's 6-block 64-dim test ViT with random weights, 1/16 of the
 2 pairs per step, 4 steps. One in-process, one-worker training (no Ray) is the reference that the Ray Train runs
 (two workers, killed after their first checkpoint and resumed) must reproduce.
 """
+
 import os
 import sys
 from pathlib import Path
@@ -11,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_image_bytes
-from faults import kill_session, start_session, wait_for
 
+from conftest import tiny_image_bytes
+from faults import fault_env, kill_session, start_session, wait_for
 from manifests.schema import read_manifest, write_manifest
 from pipeline.cli.main import main
 from pipeline.method.objective import conditioned_losses
@@ -28,10 +29,31 @@ from pipeline.runs.train_net import TrainNetJob, plan_images, prepare_out, run_t
 from pipeline.storage import Storage
 
 BACKBONE = "random:test_vit"  # timm's 6-block, 64-dim test ViT: the cheapest real ViT
-SETTINGS = {"backbone": BACKBONE, "resolution": 32, "batch": 2, "steps": 4, "width": 1 / 16, "log_every": 1,
-            "checkpoint_every": 2}
-CLI_SETTINGS = ["--backbone", BACKBONE, "--resolution", "32", "--batch", "2", "--steps", "4", "--width", "0.0625",
-                "--log-every", "1", "--checkpoint-every", "2"]
+SETTINGS = {
+    "backbone": BACKBONE,
+    "resolution": 32,
+    "batch": 2,
+    "steps": 4,
+    "width": 1 / 16,
+    "log_every": 1,
+    "checkpoint_every": 2,
+}
+CLI_SETTINGS = [
+    "--backbone",
+    BACKBONE,
+    "--resolution",
+    "32",
+    "--batch",
+    "2",
+    "--steps",
+    "4",
+    "--width",
+    "0.0625",
+    "--log-every",
+    "1",
+    "--checkpoint-every",
+    "2",
+]
 # two workers vs one: the same samples, DDP's all-reduce only reorders float sums. Adam steps of lr 2e-3 move the
 # weights by ~2e-3 each; the worker count changes them by < 1e-5 after 4 steps (measured), asserted at 1e-4
 WORKER_TOLERANCE = 1e-4
@@ -45,8 +67,14 @@ def write_domains(folder: Path, domains: dict[str, int], size=(40, 48)) -> str:
             (folder / domain).mkdir(parents=True, exist_ok=True)
             (folder / domain / f"{i}.png").write_bytes(tiny_image_bytes(size, seed=100 * d + i))
         for i in range(0, max(1, count - 1), 2):  # a domain of one image pairs it with itself
-            rows.append({"pair_id": f"{domain}_{i}", "structure_uri": f"{domain}/{i}.png",
-                         "appearance_uri": f"{domain}/{min(i + 1, count - 1)}.png", "domain": domain})
+            rows.append(
+                {
+                    "pair_id": f"{domain}_{i}",
+                    "structure_uri": f"{domain}/{i}.png",
+                    "appearance_uri": f"{domain}/{min(i + 1, count - 1)}.png",
+                    "domain": domain,
+                }
+            )
     path = folder / "manifest.parquet"
     write_manifest(pd.DataFrame(rows), str(path))
     return str(path)
@@ -125,17 +153,36 @@ def test_two_ray_train_workers_match_one_and_a_killed_training_resumes(reference
     with the uninterrupted one-worker training's weights and losses."""
     manifest, reference_out = reference
     out, go = tmp_path / "killed", tmp_path / "go"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "SPLICE_FAULT"))}
-    env.update(PYTHONUNBUFFERED="1", RAY_DISABLE_USAGE_STATS="1", OMP_NUM_THREADS="1",
-               SPLICE_FAULT_INJECTION=f"pause=splicenet-checkpoint:{go}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "SPLICE_TEST"))}
+    env.update(
+        PYTHONUNBUFFERED="1",
+        RAY_DISABLE_USAGE_STATS="1",
+        OMP_NUM_THREADS="1",
+        **fault_env(f"pause=train_net.checkpoint:{go}"),
+    )
 
     # 1. a CLI training (its own embedded Ray, two workers) held just after its first checkpoint, then killed outright
-    command = [sys.executable, "-m", "pipeline", "train-net", manifest, "-o", str(out), "--workers", "2",
-               "--gpus-per-worker", "0", *CLI_SETTINGS]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "train-net",
+        manifest,
+        "-o",
+        str(out),
+        "--workers",
+        "2",
+        "--gpus-per-worker",
+        "0",
+        *CLI_SETTINGS,
+    ]
     driver = start_session(command, env=env, log_path=tmp_path / "killed.log")
     try:
-        wait_for(lambda: Path(f"{go}.waiting").exists() or driver.poll() is not None, timeout=300,
-                 what="the first checkpoint")
+        wait_for(
+            lambda: Path(f"{go}.waiting").exists() or driver.poll() is not None,
+            timeout=300,
+            what="the first checkpoint",
+        )
     finally:
         kill_session(driver)
     assert Path(f"{go}.waiting").exists(), (tmp_path / "killed.log").read_text()[-3000:]

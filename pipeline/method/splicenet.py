@@ -31,6 +31,7 @@ Choices the paper leaves open (and why):
 Checkpoints: one torch.save file (`save_net` / `load_net`), `{"format": "splicenet/1", "config", "model",
 "backbone", "resolution", "step", "domains", ...}`, loadable with `torch.load(weights_only=True)`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -65,8 +66,10 @@ class SpliceNetConfig:
         if not self.width > 0:
             raise ValueError(f"width must be > 0, got {self.width}")
         if self.code_dim < 1 or self.mapping_layers < 0 or len(self.channels) != 5:
-            raise ValueError(f"invalid SpliceNet config: code_dim {self.code_dim}, mapping_layers "
-                             f"{self.mapping_layers}, channels {self.channels} (5 levels)")
+            raise ValueError(
+                f"invalid SpliceNet config: code_dim {self.code_dim}, mapping_layers "
+                f"{self.mapping_layers}, channels {self.channels} (5 levels)"
+            )
 
     def scaled(self, channels: int) -> int:
         return max(1, round(channels * self.width))
@@ -201,7 +204,8 @@ class SpliceNet(nn.Module):
         self.skips = nn.ModuleList(SkipBlock(widths[i], dim, demod, slope) for i in range(5))
         # decoder level i upsamples 1/2^(i+1) -> 1/2^i; below the bottleneck its input is [previous level, skip]
         self.decoder = nn.ModuleList(
-            UpBlock(widths[i + 1] * (1 if i == 4 else 2), widths[i], dim, demod, slope) for i in range(5))
+            UpBlock(widths[i + 1] * (1 if i == 4 else 2), widths[i], dim, demod, slope) for i in range(5)
+        )
         self.to_rgb = ModulatedConv2d(widths[0] * 2, 3, 1, dim, demod)
 
     def code(self, cls: torch.Tensor) -> torch.Tensor:
@@ -242,21 +246,26 @@ def save_net(model: SpliceNet, path_or_file: str | os.PathLike | BinaryIO, **met
     torch.save({"format": FORMAT, "config": asdict(model.config), "model": state, **meta}, path_or_file)
 
 
-def load_net(data: bytes | str | os.PathLike, name: str | None = None,
-             map_location: str | torch.device = "cpu") -> tuple[SpliceNet, dict]:
+def load_net(
+    data: bytes | str | os.PathLike, name: str | None = None, map_location: str | torch.device = "cpu"
+) -> tuple[SpliceNet, dict]:
     """Read a SpliceNet checkpoint (file bytes or a local path) -> (model in eval mode, the rest of the file)."""
     name = name or (str(data) if not isinstance(data, (bytes, bytearray)) else "SpliceNet checkpoint")
     source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     try:
         checkpoint = torch.load(source, map_location=map_location, weights_only=True)
     except FileNotFoundError as exc:
-        raise SpliceError(f"{name}: no such SpliceNet checkpoint; give the training output folder or its net.pt") from exc
+        raise SpliceError(
+            f"{name}: no such SpliceNet checkpoint; give the training output folder or its net.pt"
+        ) from exc
     except Exception as exc:
         raise SpliceError(f"{name}: not a readable SpliceNet checkpoint ({type(exc).__name__}: {exc})") from exc
     found = checkpoint.get("format") if isinstance(checkpoint, dict) else None
     if found != FORMAT:
-        raise SpliceError(f"{name}: format {found!r} is not a SpliceNet checkpoint (expected {FORMAT!r}); give the "
-                          f"net.pt that `splice train-net` wrote")
+        raise SpliceError(
+            f"{name}: format {found!r} is not a SpliceNet checkpoint (expected {FORMAT!r}); give the "
+            f"net.pt that `splice train-net` wrote"
+        )
     try:
         model = SpliceNet(SpliceNetConfig.from_dict(checkpoint["config"]))
         model.load_state_dict(checkpoint["model"])

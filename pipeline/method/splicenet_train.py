@@ -15,6 +15,7 @@ Defaults the papers leave open (see docs/splicenet.md for the reasoning): resolu
 crop at 224, so the loss cannot see finer detail; 256 is the next multiple of 32), batch 16 pairs, 20000 steps,
 a checkpoint every 1000 steps, losses logged every 50.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -97,8 +98,13 @@ class NetTrainConfig:
     @property
     def loss_weights(self) -> LossWeights:
         """Constant over training; the per-pair schedule (step 0, full image every 75 steps) does not apply."""
-        return LossWeights(appearance=self.appearance_weight, structure=self.structure_weight,
-                           identity=self.identity_weight, full_appearance=0.0, full_structure=0.0)
+        return LossWeights(
+            appearance=self.appearance_weight,
+            structure=self.structure_weight,
+            identity=self.identity_weight,
+            full_appearance=0.0,
+            full_structure=0.0,
+        )
 
 
 def draw_pairs(seed: int, step: int, batch: int, pools: list[list[int]]) -> list[tuple[int, int]]:
@@ -131,8 +137,15 @@ def pool_image(image: torch.Tensor, resolution: int) -> torch.Tensor:
     return resized[0].round().clamp(0, 255).to(torch.uint8)
 
 
-def sample_crops(seed: int, step: int, samples: range, pairs: list[tuple[int, int]], images: dict[int, torch.Tensor],
-                 config: NetTrainConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_crops(
+    seed: int,
+    step: int,
+    samples: range,
+    pairs: list[tuple[int, int]],
+    images: dict[int, torch.Tensor],
+    config: NetTrainConfig,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Augmented crops of the step's `samples` (global indices into `pairs`) -> structure, appearance, each
     (len(samples), 3, resolution, resolution) floats in [0, 1]. Sample i's randomness is a function of (seed, step, i)."""
     structures, appearances = [], []

@@ -14,7 +14,8 @@ hooks of the test that submitted its task.
 
 Points (context in brackets): pair.started [pair_id, attempt, storage, pair_dir] once a worker has recorded its
 attempt; pair.inputs_read [pair_id]; pair.written [pair_id, attempt] once the pair's _SUCCESS is written;
-evaluate.chunk [pairs] before an evaluation chunk on Ray; evaluate.before_save; report.before_publish.
+evaluate.chunk [pairs] before an evaluation chunk on Ray; evaluate.before_save; report.before_publish;
+train_net.checkpoint [step] once rank 0 of `splice train-net` has written a checkpoint.
 """
 from __future__ import annotations
 

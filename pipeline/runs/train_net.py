@@ -21,6 +21,7 @@ fetch the next step's images while the current step computes.
 Curation (`curate=centre`, the paper keeps "inlier" pairs without saying how): per domain, the cosine distance of
 each image's [CLS] to the domain's mean [CLS]; the `curate_keep` nearest fraction is kept.
 """
+
 from __future__ import annotations
 
 import io
@@ -50,7 +51,7 @@ from pipeline.method.splicenet_train import (
     sample_crops,
     worker_slice,
 )
-from pipeline.runs.fault_injection import pause_at
+from pipeline.runs import hooks
 from pipeline.runs.layout import join
 from pipeline.storage import Storage, redact_text, redact_url
 
@@ -71,6 +72,7 @@ TERMS = ("appearance", "structure", "identity", "total")
 @dataclass(frozen=True)
 class TrainNetJob:
     """What `splice train-net` asks for: the training settings plus where and how to run them."""
+
     manifest: str  # manifest URL
     out: str  # output folder URL
     config: NetTrainConfig = field(default_factory=NetTrainConfig)
@@ -125,8 +127,10 @@ def train_net(job: TrainNetJob) -> dict:
 
 def _check_batch(batch: int, workers: int) -> None:
     if batch < workers:
-        raise SpliceError(f"--batch {batch} is smaller than --workers {workers}: every worker needs at least one pair "
-                          f"per step; raise --batch or lower --workers")
+        raise SpliceError(
+            f"--batch {batch} is smaller than --workers {workers}: every worker needs at least one pair "
+            f"per step; raise --batch or lower --workers"
+        )
 
 
 def plan_images(manifest: Manifest, domains: tuple[str, ...]) -> list[dict]:
@@ -137,17 +141,22 @@ def plan_images(manifest: Manifest, domains: tuple[str, ...]) -> list[dict]:
     name = redact_url(manifest.url)
     if has_domain and (labels == "").any():
         rows = list(frame.loc[labels == "", "pair_id"][:5])
-        raise SpliceError(f"manifest {name}: {int((labels == '').sum())} row(s) without a domain (e.g. {rows}): give "
-                          f"every row a domain, or drop the domain column to train one net on all images")
+        raise SpliceError(
+            f"manifest {name}: {int((labels == '').sum())} row(s) without a domain (e.g. {rows}): give "
+            f"every row a domain, or drop the domain column to train one net on all images"
+        )
     available = sorted(set(labels))
     if domains:
         if not has_domain:
-            raise SpliceError(f"manifest {name} has no 'domain' column, so --domain {','.join(domains)} cannot select "
-                              f"images: drop --domain (one net for all images) or build the manifest with domains")
+            raise SpliceError(
+                f"manifest {name} has no 'domain' column, so --domain {','.join(domains)} cannot select "
+                f"images: drop --domain (one net for all images) or build the manifest with domains"
+            )
         unknown = [d for d in domains if d not in available]
         if unknown:
-            raise SpliceError(f"manifest {name} has no domain {', '.join(map(repr, unknown))}; its domains: "
-                              f"{', '.join(available)}")
+            raise SpliceError(
+                f"manifest {name} has no domain {', '.join(map(repr, unknown))}; its domains: {', '.join(available)}"
+            )
     selected = list(domains) or available
     images, seen = [], set()
     for row, domain in zip(frame.to_dict("records"), labels):
@@ -160,8 +169,10 @@ def plan_images(manifest: Manifest, domains: tuple[str, ...]) -> list[dict]:
     counts = {d: sum(1 for image in images if image["domain"] == d) for d in selected}
     small = {d: n for d, n in counts.items() if n < 2}
     if small:
-        raise SpliceError(f"manifest {name}: domain(s) {small} have fewer than 2 distinct images; SpliceNet pairs "
-                          f"images within a domain: add images or leave those domains out with --domain")
+        raise SpliceError(
+            f"manifest {name}: domain(s) {small} have fewer than 2 distinct images; SpliceNet pairs "
+            f"images within a domain: add images or leave those domains out with --domain"
+        )
     return images
 
 
@@ -172,15 +183,22 @@ def prepare_out(storage: Storage, job: TrainNetJob, images: list[dict]) -> dict:
     if storage.exists(url):
         record = storage.read_json(url)
         if record.get("format") != TRAIN_FORMAT:
-            raise SpliceError(f"{redact_url(job.out)} holds a {TRAIN_JSON} of format {record.get('format')!r}, not "
-                              f"a SpliceNet training ({TRAIN_FORMAT}): choose another --out")
+            raise SpliceError(
+                f"{redact_url(job.out)} holds a {TRAIN_JSON} of format {record.get('format')!r}, not "
+                f"a SpliceNet training ({TRAIN_FORMAT}): choose another --out"
+            )
         before = record.get("config", {})
-        changed = {k: (before.get(k), v) for k, v in _jsonable(config).items()
-                   if k not in RESUMABLE_CHANGES and before.get(k) != v}
+        changed = {
+            k: (before.get(k), v)
+            for k, v in _jsonable(config).items()
+            if k not in RESUMABLE_CHANGES and before.get(k) != v
+        }
         if changed or record.get("manifest") != job.manifest:
             what = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()) or "the manifest"
-            raise SpliceError(f"{redact_url(job.out)} holds a training with other settings ({what}): run with the "
-                              f"same settings to resume it, or choose another --out")
+            raise SpliceError(
+                f"{redact_url(job.out)} holds a training with other settings ({what}): run with the "
+                f"same settings to resume it, or choose another --out"
+            )
         if record.get("status") == "finished" and record.get("step", 0) >= job.config.steps:
             return record
         record.update(config=_jsonable(config), status="running")
@@ -188,8 +206,16 @@ def prepare_out(storage: Storage, job: TrainNetJob, images: list[dict]) -> dict:
         counts: dict[str, int] = {}
         for image in images:
             counts[image["domain"]] = counts.get(image["domain"], 0) + 1
-        record = {"format": TRAIN_FORMAT, "manifest": job.manifest, "config": _jsonable(config), "images": counts,
-                  "domains": sorted(counts), "status": "running", "step": 0, "started": time.time()}
+        record = {
+            "format": TRAIN_FORMAT,
+            "manifest": job.manifest,
+            "config": _jsonable(config),
+            "images": counts,
+            "domains": sorted(counts),
+            "status": "running",
+            "step": 0,
+            "started": time.time(),
+        }
     storage.write_json(url, record)
     return record
 
@@ -204,8 +230,10 @@ def _scaling(job: TrainNetJob) -> tuple[int, float]:
     cluster_gpus = ray.cluster_resources().get("GPU", 0)
     gpus = job.gpus_per_worker if job.gpus_per_worker is not None else (1.0 if cluster_gpus else 0.0)
     if gpus and not cluster_gpus:
-        raise SpliceError(f"--gpus-per-worker {gpus:g} asked for, but the Ray cluster has no GPUs: use "
-                          f"--gpus-per-worker 0 (CPU) or point --address / RAY_ADDRESS at a cluster with GPUs")
+        raise SpliceError(
+            f"--gpus-per-worker {gpus:g} asked for, but the Ray cluster has no GPUs: use "
+            f"--gpus-per-worker 0 (CPU) or point --address / RAY_ADDRESS at a cluster with GPUs"
+        )
     workers = job.workers or (max(1, int(cluster_gpus // gpus)) if gpus else 1)
     return workers, gpus
 
@@ -217,19 +245,31 @@ def _fit(job: TrainNetJob, images: list[dict], workers: int, gpus: float) -> Non
     payload = {"job": job, "images": images}
     scratch = tempfile.mkdtemp(prefix="splice-train-net-")  # Ray Train's own bookkeeping; our files go to OUT
     trainer = TorchTrainer(
-        ray_train_loop, train_loop_config=payload,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0,
-                                     resources_per_worker={"CPU": job.cpus_per_worker, **({"GPU": gpus} if gpus else {})}),
-        run_config=RunConfig(name="splicenet", storage_path=scratch,
-                             failure_config=FailureConfig(max_failures=job.max_failures)),
+        ray_train_loop,
+        train_loop_config=payload,
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=gpus > 0,
+            resources_per_worker={"CPU": job.cpus_per_worker, **({"GPU": gpus} if gpus else {})},
+        ),
+        run_config=RunConfig(
+            name="splicenet", storage_path=scratch, failure_config=FailureConfig(max_failures=job.max_failures)
+        ),
     )
-    log.info("training SpliceNet on %d image(s) with %d Ray Train worker(s)%s -> %s", len(images), workers,
-             f", {gpus:g} GPU each" if gpus else " on CPU", redact_url(job.out))
+    log.info(
+        "training SpliceNet on %d image(s) with %d Ray Train worker(s)%s -> %s",
+        len(images),
+        workers,
+        f", {gpus:g} GPU each" if gpus else " on CPU",
+        redact_url(job.out),
+    )
     try:
         trainer.fit()
     except TrainingFailedError as exc:
-        raise SpliceError(f"SpliceNet training failed: {_worker_reason(exc)}; the newest checkpoint in "
-                          f"{redact_url(job.out)} is kept: run the same command again to resume") from exc
+        raise SpliceError(
+            f"SpliceNet training failed: {_worker_reason(exc)}; the newest checkpoint in "
+            f"{redact_url(job.out)} is kept: run the same command again to resume"
+        ) from exc
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -265,8 +305,9 @@ def ray_train_loop(payload: dict) -> None:
     run_training(job, payload["images"], context.get_world_rank(), context.get_world_size(), device)
 
 
-def run_training(job: TrainNetJob, images: list[dict], rank: int = 0, world: int = 1,
-                 device: torch.device | str = "cpu") -> None:
+def run_training(
+    job: TrainNetJob, images: list[dict], rank: int = 0, world: int = 1, device: torch.device | str = "cpu"
+) -> None:
     """The training loop of one worker (rank of world); with world 1 it needs neither Ray nor a process group."""
     from pipeline.method.backbone import load_backbone
     from pipeline.method.trainer import resolve_precision
@@ -282,13 +323,16 @@ def run_training(job: TrainNetJob, images: list[dict], rank: int = 0, world: int
     pools = [list(group.index) for _, group in table[table["kept"]].groupby("domain", sort=True)]
     small = [d for d, group in table[table["kept"]].groupby("domain") if len(group) < 2]
     if small:
-        raise SpliceError(f"domain(s) {small} have fewer than 2 readable images left (see "
-                          f"{redact_url(join(job.out, IMAGES_FILE))}): fix or add images")
+        raise SpliceError(
+            f"domain(s) {small} have fewer than 2 readable images left (see "
+            f"{redact_url(join(job.out, IMAGES_FILE))}): fix or add images"
+        )
 
     # 2. the model and Adam; resumed from the newest readable checkpoint
     torch.manual_seed(config.seed)
-    net_config = SpliceNetConfig(width=config.width, code_dim=int(backbone.vit.cls_token.shape[-1]),
-                                 demodulate=config.demodulate)
+    net_config = SpliceNetConfig(
+        width=config.width, code_dim=int(backbone.vit.cls_token.shape[-1]), demodulate=config.demodulate
+    )
     net = SpliceNet(net_config).to(device).train()
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, betas=config.betas)
     start = _resume(storage, job.out, net, optimizer, device)
@@ -298,16 +342,22 @@ def run_training(job: TrainNetJob, images: list[dict], rank: int = 0, world: int
 
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     losses = _read_losses(storage, job.out, start) if rank == 0 else []
-    meta = {"backbone": config.backbone, "backbone_weights": backbone.weights_id, "resolution": config.resolution,
-            "domains": sorted(table["domain"].unique()), "manifest": job.manifest}
+    meta = {
+        "backbone": config.backbone,
+        "backbone_weights": backbone.weights_id,
+        "resolution": config.resolution,
+        "domains": sorted(table["domain"].unique()),
+        "manifest": job.manifest,
+    }
     weights = config.loss_weights
     samples = worker_slice(config.batch, rank, world)
     # DDP averages gradients over workers; scaling by this worker's share makes that the global batch's mean
     share = len(samples) * world / config.batch
 
     # 3. the loop: pairs, crops, forward + losses, backward, step, zero_grad, then log and checkpoint
-    log.info("rank %d/%d: steps %d..%d, %d pair(s) per step on %s", rank, world, start, config.steps,
-             len(samples), device)
+    log.info(
+        "rank %d/%d: steps %d..%d, %d pair(s) per step on %s", rank, world, start, config.steps, len(samples), device
+    )
     started = logged_time = time.perf_counter()
     logged_at = start
     pairs = draw_pairs(config.seed, start, config.batch, pools) if start < config.steps else []
@@ -328,28 +378,44 @@ def run_training(job: TrainNetJob, images: list[dict], rank: int = 0, world: int
                 row.update(step=done, seconds_per_step=(now - logged_time) / (done - logged_at))
                 logged_at, logged_time = done, now
                 losses.append(row)
-                log.info("step %d/%d: total %.4g (appearance %.4g, structure %.4g, identity %.4g)", done,
-                         config.steps, row["total"], row["appearance"], row["structure"], row["identity"])
+                log.info(
+                    "step %d/%d: total %.4g (appearance %.4g, structure %.4g, identity %.4g)",
+                    done,
+                    config.steps,
+                    row["total"],
+                    row["appearance"],
+                    row["structure"],
+                    row["identity"],
+                )
         if rank == 0 and (done % config.checkpoint_every == 0 or done == config.steps):
             _write_checkpoint(storage, job, net, optimizer, done, losses, meta)
-            pause_at("splicenet-checkpoint")  # tests only: hold here so a test can kill the training
+            hooks.point("train_net.checkpoint", step=done)  # a test may hold or kill the training here
         pairs = upcoming
 
     # 4. finished: the summary beside the model
     if rank == 0:
         seconds = time.perf_counter() - started
         record = storage.read_json(join(job.out, TRAIN_JSON))
-        record.update(status="finished", step=config.steps, finished=time.time(), workers=world, resumed_from=start,
-                      device=_device_name(device), host=platform.node(),
-                      steps_per_second=(config.steps - start) / seconds if seconds > 0 and config.steps > start else None)
+        record.update(
+            status="finished",
+            step=config.steps,
+            finished=time.time(),
+            workers=world,
+            resumed_from=start,
+            device=_device_name(device),
+            host=platform.node(),
+            steps_per_second=(config.steps - start) / seconds if seconds > 0 and config.steps > start else None,
+        )
         storage.write_json(join(job.out, TRAIN_JSON), record)
     pool.close()
 
 
 def _global_terms(terms: dict, count: int, world: int, device: torch.device) -> dict:
     """Every worker's mean terms -> the global batch's mean (all-reduce of count-weighted sums)."""
-    values = torch.stack([terms.get(name, torch.zeros((), device=device)).detach().float() * count for name in TERMS]
-                         + [torch.tensor(float(count), device=device)])
+    values = torch.stack(
+        [terms.get(name, torch.zeros((), device=device)).detach().float() * count for name in TERMS]
+        + [torch.tensor(float(count), device=device)]
+    )
     if world > 1:
         dist.all_reduce(values)
     values = values.cpu()
@@ -402,8 +468,10 @@ class ImagePool:
             except SpliceError:
                 raise
             except Exception as exc:
-                raise SpliceError(f"image {redact_url(self.uris[index])} cannot be read ({type(exc).__name__}: "
-                                  f"{redact_text(exc)}): check the store; the run resumes from its last checkpoint") from exc
+                raise SpliceError(
+                    f"image {redact_url(self.uris[index])} cannot be read ({type(exc).__name__}: "
+                    f"{redact_text(exc)}): check the store; the run resumes from its last checkpoint"
+                ) from exc
             self.keep(index, found[index])
         return found
 
@@ -411,14 +479,24 @@ class ImagePool:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _pool_table(job: TrainNetJob, images: list[dict], pool: ImagePool, backbone, storage: Storage, rank: int,
-                world: int, device: torch.device) -> pd.DataFrame:
+def _pool_table(
+    job: TrainNetJob,
+    images: list[dict],
+    pool: ImagePool,
+    backbone,
+    storage: Storage,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> pd.DataFrame:
     """OUT/images.parquet, reused when it lists these images; else made: each worker decodes (and, when curating,
     embeds) every world-th image, the results are gathered, rank 0 writes the table."""
     url = join(job.out, IMAGES_FILE)
     if storage.exists(url):
         table = pd.read_parquet(io.BytesIO(storage.read_bytes(url)))
-        if list(table["uri"]) == [image["uri"] for image in images] and list(table["domain"]) == [image["domain"] for image in images]:
+        if list(table["uri"]) == [image["uri"] for image in images] and list(table["domain"]) == [
+            image["domain"] for image in images
+        ]:
             return table
     mine = {}
     indices = range(rank, len(images), world)
@@ -426,7 +504,9 @@ def _pool_table(job: TrainNetJob, images: list[dict], pool: ImagePool, backbone,
         try:
             image = future.result()
         except Exception as exc:  # noqa: BLE001 (any failure to read or decode: this image leaves the pool, the training goes on)
-            reason = redact_text(str(exc)) if isinstance(exc, SpliceError) else f"{type(exc).__name__}: {redact_text(exc)}"
+            reason = (
+                redact_text(str(exc)) if isinstance(exc, SpliceError) else f"{type(exc).__name__}: {redact_text(exc)}"
+            )
             mine[index] = {"error": reason, "cls": None}
             continue
         pool.keep(index, image)
@@ -484,13 +564,21 @@ def checkpoint_url(out: str, step: int) -> str:
     return join(out, CHECKPOINTS, f"step-{step:07d}.pt")
 
 
-def _write_checkpoint(storage: Storage, job: TrainNetJob, net: SpliceNet, optimizer, step: int, losses: list,
-                      meta: dict) -> None:
+def _write_checkpoint(
+    storage: Storage, job: TrainNetJob, net: SpliceNet, optimizer, step: int, losses: list, meta: dict
+) -> None:
     """Rank 0: the checkpoint first (what a resume needs), then net.pt and the losses, then old checkpoints go."""
     buffer = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, "step": step, "config": _jsonable(job.config.to_dict()),
-                "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                "optimizer": _to_cpu(optimizer.state_dict())}, buffer)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "step": step,
+            "config": _jsonable(job.config.to_dict()),
+            "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            "optimizer": _to_cpu(optimizer.state_dict()),
+        },
+        buffer,
+    )
     storage.write_bytes(checkpoint_url(job.out, step), buffer.getvalue())
     buffer = io.BytesIO()
     save_net(net, buffer, step=step, **meta)
@@ -502,7 +590,7 @@ def _write_checkpoint(storage: Storage, job: TrainNetJob, net: SpliceNet, optimi
     record = storage.read_json(join(job.out, TRAIN_JSON))
     record["step"] = step
     storage.write_json(join(job.out, TRAIN_JSON), record)
-    for old in _checkpoints(storage, job.out)[:-job.keep_checkpoints or None]:
+    for old in _checkpoints(storage, job.out)[: -job.keep_checkpoints or None]:
         storage.remove(old)
 
 
