@@ -251,3 +251,24 @@ def test_unreadable_images_leave_the_pool_and_the_training_goes_on(tmp_path):
     assert list(table["ok"]) == [True, True, True, False] and "3.png" in table["uri"][3]
     assert "not a readable image" in table["error"][3]
     assert (out / "net.pt").exists()
+
+
+def test_training_writes_to_object_storage_and_grows_there(tmp_path, s3_bucket):
+    manifest = write_domains(tmp_path / "data", {"cat": 3})
+    out = s3_bucket.url("nets", "cat")
+    config = NetTrainConfig(**{**SETTINGS, "steps": 2, "checkpoint_every": 1})
+    job = TrainNetJob(manifest=manifest, out=out, config=config, storage_options=s3_bucket.options)
+    storage = Storage(s3_bucket.options)
+    images = plan_images(read_manifest(manifest, storage), ())
+    prepare_out(storage, job, images)
+    run_training(job, images)
+    # more steps later: the same output resumes from its newest checkpoint in the bucket
+    grown = TrainNetJob(manifest=manifest, out=out, config=config.replace(steps=3), storage_options=s3_bucket.options)
+    assert prepare_out(storage, grown, images)["status"] == "running"
+    run_training(grown, images)
+    record = storage.read_json(f"{out}/train.json")
+    assert record["status"] == "finished" and record["step"] == 3 and record["resumed_from"] == 2
+    names = sorted(p.rsplit("/", 1)[1] for p in storage.glob(f"{out}/checkpoints/*.pt"))
+    assert names == ["step-0000002.pt", "step-0000003.pt"]  # the newest two kept
+    net, meta = load_net(storage.read_bytes(f"{out}/net.pt"), name=f"{out}/net.pt")
+    assert meta["step"] == 3 and meta["domains"] == ["cat"] and meta["backbone"] == BACKBONE
