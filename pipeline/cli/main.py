@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "pipeline.cli.train_net",  # splice train-net
     "pipeline.cli.demo",  # splice demo
     "pipeline.cli.status",  # splice status
+    "pipeline.cli.splicenet",  # splice splicenet modes
     "pipeline.cli.evaluate",  # splice evaluate
     "pipeline.cli.report",  # splice report
     "pipeline.cli.import_outputs",  # splice import

@@ -22,6 +22,9 @@ def register(subparsers) -> None:
     add_out_argument(parser, metavar="RUN_URL", help="run folder: local path, file://, s3://, gs://, ...")
     parser.add_argument("--method", default="splice",
                         help="method: splice (default), a reference method (color-transfer, ...) or a plug-in")
+    from pipeline.cli.splicenet import add_run_arguments as add_splicenet_arguments
+
+    add_splicenet_arguments(parser)
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded Ray here)")
     parser.add_argument("--pack", type=_pack_size, default=None, metavar="K|auto",
                         help="pairs trained together in one task (one backbone pass for all, one optimiser step); "
@@ -77,7 +80,8 @@ def real_or_random(resolved, method: str):
     from pipeline.method.weights import announce_fallback, resolve_backbone
 
     config = resolved.config
-    if not get_method(method).uses_backbone:
+    spec = get_method(method)
+    if not spec.uses_backbone or spec.batched is not None:  # splicenet: the backbone its checkpoint names
         return config, None
     backbone, fallback = resolve_backbone(config.backbone, explicit="backbone" in resolved.explicit)
     if fallback:
@@ -89,8 +93,11 @@ def real_or_random(resolved, method: str):
 def run(args) -> int:
     from pipeline.runs.fanout import RunSettings, run_manifest
     from pipeline.storage import parse_storage_options
+    from pipeline.cli.splicenet import run_options
 
-    config, fallback = real_or_random(resolve_config(args), args.method)
+    resolved = resolve_config(args)
+    method_options = run_options(args, resolved)
+    config, fallback = real_or_random(resolved, args.method)
     settings = RunSettings(
         out=args.out, method=args.method, config=config, address=args.address, backbone_fallback=fallback,
         gpus_per_pair=args.gpus_per_pair, cpus_per_pair=args.cpus_per_pair, max_retries=args.max_retries,
@@ -98,7 +105,7 @@ def run(args) -> int:
         max_input_bytes=args.max_input_bytes, break_lock=args.break_lock,
         break_stale_lock=args.break_stale_lock,
         storage_options=parse_storage_options(args.storage_option), progress=progress_enabled(args.progress),
-        pack=args.pack, gpus_per_task=args.gpus_per_task, compile=args.compile,
+        pack=args.pack, gpus_per_task=args.gpus_per_task, compile=args.compile, method_options=method_options,
     )
     summary = run_manifest(args.manifest, settings)
     print_summary(summary)

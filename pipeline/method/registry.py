@@ -9,9 +9,12 @@ same layout. Nothing here knows of Ray or storage URLs.
   appearance-copy   the appearance image, cropped to the structure's aspect and size: the opposite extreme
   color-transfer    Reinhard et al. (2001): per-channel mean/std of the structure image matched to the
                     appearance image's, in CIELAB
+  splicenet         a trained SpliceNet (--checkpoint), applied to packs of pairs in batched forward passes
+                    (pipeline/method/splicenet_apply.py)
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -25,6 +28,7 @@ from pipeline.errors import SpliceError
 from pipeline.method.devices import device_name, peak_memory
 from pipeline.method.images import downscale_to
 from pipeline.method.result import MethodResult
+from pipeline.method import splicenet_apply
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,24 @@ class Method:
     resumable: bool  # accepts checkpoint / save_checkpoint
     settings: Callable[[TrainConfig], dict]  # what run.json records as the method's settings
     summary: str
+    batched: "Batched | None" = None  # applies whole packs of pairs at once (splicenet); None: pair by pair
+
+    def with_options(self, options: dict) -> "Method":
+        """This method with its options (e.g. splicenet's checkpoint and strength) in the settings run.json records,
+        so a run with other options is another run."""
+        if not options:
+            return self
+        base = self.settings
+        return dataclasses.replace(self, settings=lambda config: {**base(config), **options})
+
+
+@dataclass(frozen=True)
+class Batched:
+    """How the fan-out drives a method that applies whole packs of pairs at once. Every pack goes through `apply`
+    (through fanout.run_pack's rendezvous), a pack of one included."""
+    prepare: Callable  # driver, before any work: (config, options, read_bytes) -> (config, resolved options)
+    apply: Callable  # worker, per pack: (pairs, backbone, device, *, on_result, options, read_bytes)
+    pack_size: Callable[[int, int, float], int]  # pairs per task for --pack auto: (pairs to do, task slots, GPUs/task)
 
 
 def run_method(name: str, structure: torch.Tensor, appearance: torch.Tensor, config: TrainConfig, *,
@@ -66,6 +88,22 @@ def splice(structure, appearance, config: TrainConfig, *, backbone, device, chec
                                    save_checkpoint=save_checkpoint)
     result.meta.setdefault("method", "splice")
     return result
+
+
+# --- splicenet ----------------------------------------------------------------------------------------------
+
+def splicenet(structure, appearance, config: TrainConfig, *, backbone, device, train=None, **_) -> MethodResult:
+    """One pair of a pack: `train` is the pack's rendezvous member, which applies the net to the whole pack."""
+    if train is None:
+        raise SpliceError("method splicenet applies packs of pairs: run it with `splice run --method splicenet "
+                          "--checkpoint URL` (pipeline.fanout.run_pack)")
+    outcome = train(structure, appearance, config, backbone, device)
+    return MethodResult(output=outcome.output, losses=[], meta=outcome.meta)
+
+
+def splicenet_settings(config: TrainConfig) -> dict:
+    """The run settings that change a SpliceNet output, beside its options (checkpoint and its hash, strength)."""
+    return {"max_side": config.max_side, "precision": config.precision, "antialias": config.antialias}
 
 
 # --- reference methods ---------------------------------------------------------------------------------------
@@ -165,4 +203,8 @@ METHODS: dict[str, Method] = {
                              settings=lambda config: {"max_side": config.max_side, "color_space": "CIELAB (D65)",
                                                       "statistics": "per-channel mean and std (Reinhard et al. 2001)"},
                              summary="mean/std colour statistics transfer in CIELAB"),
+    "splicenet": Method("splicenet", splicenet, uses_backbone=True, resumable=False, settings=splicenet_settings,
+                        summary="SpliceNet: one feed-forward network per domain (--checkpoint), batched",
+                        batched=Batched(prepare=splicenet_apply.prepare, apply=splicenet_apply.apply_pack,
+                                        pack_size=splicenet_apply.pack_size)),
 }

@@ -48,7 +48,7 @@ from pipeline.runs.progress import ProgressRecorder, RunProgress
 from pipeline.runs.packs import PackRendezvous, auto_pack_size, image_size, plan_packs
 from pipeline.runs.run_folder import PairStatus, ResultsTable, RunFolder, row_from_meta
 from pipeline.runs.run_lock import LockLost
-from pipeline.storage import Storage, StorageError, absolute, is_local, redact_text, redact_url
+from pipeline.storage import Storage, StorageError, absolute, is_local, redact, redact_text, redact_url
 
 log = logging.getLogger(__name__)
 WAIT_SECONDS = 1.0  # ray.wait timeout: how often the driver wakes to flush results and notice Ctrl-C
@@ -76,6 +76,7 @@ class RunSettings:
     gpus_per_task: float | None = None  # GPUs per task (0.5: two tasks per GPU); None: 1 if the cluster has GPUs, else 0
     compile: str = "auto"  # torch.compile the backbone's crop passes: auto (on CUDA) | on | off
     backbone_fallback: str | None = None  # why the default backbone was replaced by random weights (run.json)
+    method_options: dict = field(default_factory=dict)  # a batched method's own (splicenet: checkpoint, strength)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class PairJob:
     force: bool
     lock_token: str | None = None  # a pair is only written while the run's lock still holds this token
     max_input_bytes: int | None = None  # cap per input file
+    method_options: dict = field(default_factory=dict)  # RunSettings.method_options, as resolved by the driver
 
 
 @dataclass
@@ -120,6 +122,7 @@ def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
     # 1. validate everything before any work: method, manifest, selection, per-pair settings, the target
     storage = Storage(settings.storage_options)
     method = get_method(settings.method)
+    settings, method = _prepare_method(settings, method, storage)
     manifest = read_manifest(manifest_url, storage)
     jobs = [_job(pair, settings) for pair in select_pairs(manifest, settings.only, settings.limit)]
     settings = resolve_task_settings(settings)
@@ -169,6 +172,18 @@ def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
                       failures=results.failures(), damaged=len(plan.found.damaged), storage_error=storage_error)
 
 
+def _prepare_method(settings: RunSettings, method, storage: Storage):
+    """A batched method reads and checks what it needs before any work (splicenet: its checkpoint, fingerprinted);
+    its resolved options become part of the run's settings, so other options make another run."""
+    if method.batched is None:
+        if settings.method_options:
+            raise SpliceError(f"method {method.name} takes no options such as {', '.join(sorted(settings.method_options))}")
+        return settings, method
+    config, options = method.batched.prepare(settings.config, settings.method_options, storage.read_bytes)
+    settings = dataclasses.replace(settings, config=config, method_options=options)
+    return settings, method.with_options(redact(options))
+
+
 def _write_final(folder: RunFolder, record: dict, results: ResultsTable, counts: dict) -> str | None:
     """results.parquet and run.json at the end; a storage error (e.g. disk full) is reported, not raised."""
     try:
@@ -210,6 +225,7 @@ def _job(pair: PairSpec, settings: RunSettings) -> PairJob:
     return PairJob(pair_id=pair.pair_id, structure_uri=pair.structure_uri, appearance_uri=pair.appearance_uri,
                    pair_dir=layout.pair_dir(settings.out, pair.pair_id), run_url=settings.out, method=settings.method,
                    config=config, storage_options=settings.storage_options, force=settings.force,
+                   method_options=settings.method_options,
                    max_input_bytes=settings.max_input_bytes or max_input_bytes(config.max_pixels))
 
 
@@ -388,8 +404,10 @@ def resolve_task_settings(settings: RunSettings) -> RunSettings:
 
 def _plan(todo: list[PairJob], settings: RunSettings, gpus: float) -> list[list[PairJob]]:
     """Packs of pairs: of one backbone each, equal image sizes together; K from --pack or the auto rule."""
-    trains = get_method(settings.method).uses_backbone
-    size = settings.pack if trains else 1
+    method = get_method(settings.method)
+    size = settings.pack if method.uses_backbone else 1
+    if size is None and method.batched is not None:  # inference in batches: the method says how many per task
+        size = method.batched.pack_size(len(todo), _slots(settings.cpus_per_pair, gpus), gpus)
     if size == 1 or len(todo) == 1 or (size is None and not gpus):
         return [[job] for job in todo]
     sizes = _probe_sizes(todo, Storage(settings.storage_options))
@@ -486,16 +504,22 @@ def _pack_task(jobs: list[PairJob], compile_backbone: str = "auto") -> list[dict
 def run_pack(jobs: list[PairJob], compile_backbone: str = "auto", on_step=None) -> list[dict]:
     """Do a pack of pairs; returns their results rows. Each pair goes through `run_pair` in its own thread; those
     that reach training train together. Never raises for a bad pair. on_step(pair_id, step): per-pair progress."""
-    if len(jobs) == 1 or not get_method(jobs[0].method).uses_backbone:
+    method = get_method(jobs[0].method)
+    if not method.uses_backbone or (len(jobs) == 1 and method.batched is None):
         return [run_pair(job, on_step=on_step) for job in jobs]
     from concurrent.futures import ThreadPoolExecutor
 
     from pipeline.method.trainer import TrainOptions, train_pack
 
     cached_backbone(jobs[0].config.backbone, str(best_device()))  # load once, before the threads ask for it
-    rendezvous = PackRendezvous([job.pair_id for job in jobs], train_pack,
-                                options=TrainOptions(compile=compile_backbone),
-                                on_step=on_step)
+    if method.batched is not None:  # the pack's pairs go through the method together (splicenet: batched passes)
+        rendezvous = PackRendezvous([job.pair_id for job in jobs], method.batched.apply,
+                                    options=jobs[0].method_options,
+                                    read_bytes=Storage(jobs[0].storage_options).read_bytes)
+    else:
+        rendezvous = PackRendezvous([job.pair_id for job in jobs], train_pack,
+                                    options=TrainOptions(compile=compile_backbone),
+                                    on_step=on_step)
 
     def one(job: PairJob) -> dict:
         try:

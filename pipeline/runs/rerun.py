@@ -35,7 +35,7 @@ LISTING_THREADS = 16
 LISTED_FOLDER_MIN = 32  # remote inputs: a folder holding this many of them is listed once instead of asked per object
 PAIR_SETTINGS = ("seed", "steps", "backbone")  # per-pair overrides a manifest may carry
 # settings that may change between invocations of one run without making its outputs incomparable
-CHANGEABLE_SETTINGS = ("log_every", "checkpoint_every")
+CHANGEABLE_SETTINGS = ("log_every", "checkpoint_every", "checkpoint")  # checkpoint: splicenet's URL (its sha256 counts)
 
 
 class RunMismatch(SpliceError):
