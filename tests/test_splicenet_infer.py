@@ -161,10 +161,10 @@ def test_bad_checkpoint_or_options_give_one_clear_error_before_any_work(problem,
         expected = f"{target / 'net.pt'} does not exist"
     elif problem == "garbage":
         (target / "net.pt").write_bytes(b"not a checkpoint at all")
-        expected = f"{target / 'net.pt'} is not a SpliceNet checkpoint"
+        expected = f"{target / 'net.pt'}: not a readable SpliceNet checkpoint"
     elif problem == "other_format":
         torch.save({"format": "something/2", "weights": torch.zeros(2)}, target / "net.pt")
-        expected = f"{target / 'net.pt'} is not a SpliceNet checkpoint"
+        expected = f"{target / 'net.pt'}: format 'something/2' is not a SpliceNet checkpoint"
     elif problem == "backbone":
         args = ["--method", "splicenet", "--checkpoint", str(checkpoint), "--backbone", "random:vit_small_patch16_224"]
         expected = f"was trained on [CLS] codes of backbone {TINY_BACKBONE}"

@@ -113,14 +113,21 @@ def read_checkpoint(url: str, read_bytes: Callable[[str], bytes]) -> tuple[bytes
 def load_checkpoint_net(data: bytes, url: str) -> tuple[nn.Module, dict]:
     """(net in eval mode, frozen; its meta) from checkpoint bytes; a clear error naming `url` if it is not one."""
     try:
-        net, meta = load_net(data)
-    except Exception as exc:  # noqa: BLE001  (whatever the loader objects to, the user hears which file and why)
+        net, meta = load_net(data, name=url)
+    except SpliceError as exc:  # names the file and what is wrong with it; one line of it (torch.load's run on)
+        if len(str(exc).strip().splitlines()) <= 1:
+            raise
+        cause = type(exc.__cause__).__name__ if exc.__cause__ else "unreadable"
+        raise SpliceError(f"{url}: not a readable SpliceNet checkpoint ({cause}): pass the net.pt that "
+                          f"`splice train-net` wrote") from None
+    except Exception as exc:  # noqa: BLE001  (whatever else the loader objects to, the user hears which file and why)
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise SpliceError(f"{url} is not a SpliceNet checkpoint ({reason}): pass the net.pt that `splice train-net` "
+        raise SpliceError(f"{url}: not a SpliceNet checkpoint ({reason}): pass the net.pt that `splice train-net` "
                           f"wrote") from None
     if meta.get("format") != CHECKPOINT_FORMAT or not meta.get("backbone"):
-        raise SpliceError(f"{url} is not a SpliceNet checkpoint of format {CHECKPOINT_FORMAT} (format "
-                          f"{meta.get('format')!r}): pass the net.pt that `splice train-net` wrote")
+        raise SpliceError(f"{url}: not a SpliceNet checkpoint of format {CHECKPOINT_FORMAT} with a backbone (format "
+                          f"{meta.get('format')!r}, backbone {meta.get('backbone')!r}): pass the net.pt that "
+                          f"`splice train-net` wrote")
     return net.eval().requires_grad_(False), meta
 
 
