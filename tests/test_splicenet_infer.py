@@ -12,14 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY_BACKBONE, tiny_image_bytes
 from PIL import Image
 
-from conftest import TINY_BACKBONE, tiny_image_bytes
-from pipeline.method.backbone import load_backbone
-from pipeline.cli.main import main
-from pipeline.method.images import decode_image
 from manifests.schema import validate_frame, write_manifest
+from pipeline.cli.main import main
 from pipeline.method.appearance_modes import kmeans
+from pipeline.method.backbone import load_backbone
+from pipeline.method.images import decode_image
 from pipeline.method.splicenet import SpliceNet, SpliceNetConfig, save_net
 from pipeline.method.splicenet_apply import cls_codes, transfer
 
@@ -70,7 +70,7 @@ def outputs(run: Path) -> dict[str, np.ndarray]:
 
 
 def test_run_writes_the_standard_layout_that_status_and_evaluate_read(first_run, inputs, capsys):
-    manifest, checkpoint, _ = inputs
+    _, checkpoint, _ = inputs
     results = pd.read_parquet(first_run / "results.parquet").set_index("pair_id")
     assert (results["status"] == "done").all() and len(results) == len(SIZES)
     for pair_id, size in SIZES.items():

@@ -40,7 +40,8 @@ def register(subparsers) -> None:
 
 
 def write_modes(args) -> int:
-    from pipeline.runs.splicenet_modes import ModesSettings, write_modes as compute
+    from pipeline.runs.splicenet_modes import ModesSettings
+    from pipeline.runs.splicenet_modes import write_modes as compute
     from pipeline.storage import parse_storage_options, redact_url
 
     if args.k < 1:

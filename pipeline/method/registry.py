@@ -39,9 +39,9 @@ class Method:
     resumable: bool  # accepts checkpoint / save_checkpoint
     settings: Callable[[TrainConfig], dict]  # what run.json records as the method's settings
     summary: str
-    batched: "Batched | None" = None  # applies whole packs of pairs at once (splicenet); None: pair by pair
+    batched: Batched | None = None  # applies whole packs of pairs at once (splicenet); None: pair by pair
 
-    def with_options(self, options: dict) -> "Method":
+    def with_options(self, options: dict) -> Method:
         """This method with its options (e.g. splicenet's checkpoint and strength) in the settings run.json records,
         so a run with other options is another run."""
         if not options:

@@ -28,21 +28,21 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.errors import SpliceError
 from pipeline.method.backbone import DinoBackbone
 from pipeline.method.config import TrainConfig
-from pipeline.errors import SpliceError
 from pipeline.method.devices import device_name, peak_memory, reset_peak_memory
 from pipeline.method.images import downscale_to
 from pipeline.method.result import MethodResult
-from pipeline.method.trainer import resolve_precision
 from pipeline.method.splicenet import load_net
+from pipeline.method.trainer import resolve_precision
 
 CHECKPOINT_FILE = "net.pt"  # what `splice train-net --out OUT` leaves for inference: OUT/net.pt
 CHECKPOINT_FORMAT = "splicenet/1"
@@ -74,7 +74,7 @@ class SpliceNetOptions:
                               f"got {self.net_resolution!r}")
 
     @classmethod
-    def from_dict(cls, values: dict) -> "SpliceNetOptions":
+    def from_dict(cls, values: dict) -> SpliceNetOptions:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

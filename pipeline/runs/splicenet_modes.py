@@ -17,12 +17,23 @@ from datetime import datetime, timezone
 
 import torch
 
-from pipeline.runs import layout
-from pipeline.errors import SpliceError
-from pipeline.method.images import ImageError, decode_image, downscale_to, encode_png, max_input_bytes
 from manifests.schema import read_manifest
+from pipeline.errors import SpliceError
 from pipeline.method.appearance_modes import kmeans
-from pipeline.method.splicenet_apply import checkpoint_file, cls_codes, load_checkpoint_net, read_checkpoint
+from pipeline.method.images import (
+    ImageError,
+    decode_image,
+    downscale_to,
+    encode_png,
+    max_input_bytes,
+)
+from pipeline.method.splicenet_apply import (
+    checkpoint_file,
+    cls_codes,
+    load_checkpoint_net,
+    read_checkpoint,
+)
+from pipeline.runs import layout
 from pipeline.storage import Storage, redact_url
 
 log = logging.getLogger(__name__)
