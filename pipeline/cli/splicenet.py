@@ -24,7 +24,8 @@ def register(subparsers) -> None:
     modes.add_argument("-o", "--out", required=True, help="output folder (local path or fsspec URL)")
     modes.add_argument("--images", choices=("both", "structure", "appearance"), default="both",
                        help="which manifest column's images (default both, each image once)")
-    modes.add_argument("--domain", help="only rows of these domains, comma-separated (manifest column 'domain')")
+    modes.add_argument("--domain", action="append", default=[], metavar="NAME[,NAME]",
+                       help="only rows of these manifest domains (default: every row); repeatable")
     modes.add_argument("--limit", type=int, help="at most this many images (first in manifest order)")
     modes.add_argument("--seed", type=int, default=0, help="k-means++ seed (default 0)")
     modes.add_argument("--restarts", type=int, default=4, help="k-means seedings, the best kept (default 4)")
@@ -48,7 +49,7 @@ def write_modes(args) -> int:
         raise SpliceError(f"-k must be at least 1, got {args.k}")
     settings = ModesSettings(checkpoint=args.checkpoint, manifest=args.manifest, out=args.out, k=args.k,
                              seed=args.seed, restarts=args.restarts, images=args.images,
-                             domains=tuple(d.strip() for d in (args.domain or "").split(",") if d.strip()),
+                             domains=tuple(d.strip() for value in args.domain for d in value.split(",") if d.strip()),
                              limit=args.limit, structure=args.structure, max_side=args.max_side,
                              backbone=args.backbone, device=args.device,
                              storage_options=parse_storage_options(args.storage_option))

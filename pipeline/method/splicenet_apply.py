@@ -49,6 +49,7 @@ CHECKPOINT_FORMAT = "splicenet/1"
 GPU_PACK = 32  # pairs per task (and per forward pass) on a GPU when --pack is auto; see benchmarks/splicenet.py
 CPU_PACK = 8  # at most this many per task on CPUs, fewer where that would leave CPUs idle
 CODE_BATCH = 64  # images per backbone pass when computing [CLS] codes
+PIXELS_PER_PASS = 32 * 512 * 512  # at most this many structure pixels per forward pass: 32 at 512x512, 7 HD images
 NET_RESOLUTIONS = ("native", "training")  # or a short side in pixels
 
 
@@ -180,13 +181,14 @@ def cached_net(options: SpliceNetOptions, device: torch.device, read_bytes: Call
 @torch.no_grad()
 def cls_codes(backbone: DinoBackbone, images: list[torch.Tensor], device: torch.device, *, antialias: bool = True,
               dtype: torch.dtype = torch.float32, batch: int = CODE_BATCH) -> torch.Tensor:
-    """[CLS] codes (N, D) float32 of (3, H, W) uint8 images, each at the backbone's input size for its own size;
-    images of equal size share a backbone pass."""
+    """[CLS] codes (N, D) float32 of (3, H, W) uint8 images, each resized to the backbone's input for its own size
+    (one at a time: full-size images never stack up); images of equal input size share a backbone pass."""
+    prepared = [backbone.prepare(image[None].to(device=device, dtype=torch.float32) / 255.0, antialias)[0]
+                for image in images]  # (3, h, w) each, normalised
     codes: list[torch.Tensor | None] = [None] * len(images)
-    for indices in _groups([tuple(image.shape[-2:]) for image in images], batch):
-        pixels = torch.stack([images[i] for i in indices]).to(device=device, dtype=torch.float32) / 255.0  # (B, 3, H, W)
+    for indices in _groups([tuple(pixels.shape[-2:]) for pixels in prepared], batch):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            cls = backbone.last_block(backbone.prepare(pixels, antialias)).cls_token  # (B, D)
+            cls = backbone.last_block(torch.stack([prepared[i] for i in indices])).cls_token  # (B, D)
         for i, code in zip(indices, cls.float()):
             codes[i] = code
     return torch.stack(codes)
@@ -222,12 +224,12 @@ def transfer(net: nn.Module, backbone: DinoBackbone, structures: list[torch.Tens
     """SpliceNet outputs, (3, H, W) uint8 at each structure's size, for (3, H, W) uint8 structure/appearance images.
 
     1. the codes (see `appearance_codes`), 2. pairs grouped by the net's input size, 3. one forward pass per group
-    of at most `max_batch`, 4. back to each structure's size and to uint8."""
+    of at most `max_batch` (and PIXELS_PER_PASS pixels), 4. back to each structure's size and to uint8."""
     codes = appearance_codes(backbone, structures, appearances, strength, device, antialias=antialias,
                              dtype=precision)  # (N, D)
     outputs: list[torch.Tensor | None] = [None] * len(structures)
     sizes = [net_input_size(tuple(s.shape[-2:]), short_side) for s in structures]
-    for indices in _groups(sizes, max_batch):
+    for indices in _groups(sizes, max_batch, pixels=PIXELS_PER_PASS):
         batch = torch.stack([_resized(structures[i], sizes[i]) for i in indices]).to(device)  # (B, 3, h, w) in [0, 1]
         with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
             result = net(batch, codes[indices].to(device)).float()  # (B, 3, h, w) in [0, 1]
@@ -247,12 +249,17 @@ def _resized(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(pixels[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
 
 
-def _groups(keys: list, batch: int) -> list[torch.Tensor]:
-    """Indices of equal keys together, in chunks of at most `batch`, in first-seen order."""
+def _groups(keys: list, batch: int, pixels: int | None = None) -> list[torch.Tensor]:
+    """Indices of equal keys together, in chunks of at most `batch` (and, for (h, w) keys, of at most `pixels`
+    pixels, one at least), in first-seen order."""
     groups: dict = {}
     for index, key in enumerate(keys):
         groups.setdefault(key, []).append(index)
-    return [torch.tensor(members[i:i + batch]) for members in groups.values() for i in range(0, len(members), batch)]
+    chunks = []
+    for key, members in groups.items():
+        size = max(1, min(batch, pixels // (key[0] * key[1]))) if pixels else max(1, batch)
+        chunks += [torch.tensor(members[i:i + size]) for i in range(0, len(members), size)]
+    return chunks
 
 
 # --- the fan-out's hooks ---------------------------------------------------------------------------------------
