@@ -128,6 +128,18 @@ def test_a_rerun_skips_done_pairs_and_another_checkpoint_or_strength_is_another_
     assert "appearance_strength" in capsys.readouterr().err
 
 
+def test_a_checkpoint_in_object_storage_is_read_through_the_storage_options(first_run, inputs, s3_bucket, tmp_path):
+    manifest, checkpoint, _ = inputs
+    s3_bucket.fs().put_file(str(checkpoint / "net.pt"), f"{s3_bucket.bucket}/nets/cat/net.pt")
+    options = [f"{key}={value}" for key, value in s3_bucket.options.items()]
+    out = tmp_path / "from-s3"
+    assert main(["run", str(manifest), "--out", str(out), "--method", "splicenet", "--checkpoint",
+                 s3_bucket.url("nets", "cat"), "--storage-option", *options, "--no-progress"]) == 0
+    assert all(np.array_equal(a, b) for a, b in zip(outputs(first_run).values(), outputs(out).values()))
+    record = (out / "run.json").read_text()
+    assert s3_bucket.url("nets", "cat", "net.pt") in record and s3_bucket.options["secret"] not in record
+
+
 def test_appearance_strength_zero_feeds_the_structures_own_cls_code():
     backbone = load_backbone(TINY_BACKBONE)
     net = tiny_net()
