@@ -163,6 +163,16 @@ def test_appearance_strength_zero_feeds_the_structures_own_cls_code():
     assert torch.allclose(codes_fed(0.25), 0.75 * own + 0.25 * theirs, atol=1e-6)
 
 
+def test_net_resolution_runs_the_net_at_that_scale_and_returns_the_structures_size():
+    backbone, net = load_backbone(TINY_BACKBONE), tiny_net()
+    shapes = []
+    net.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape[-2:])))
+    structures = [decode_image(tiny_image_bytes(size, seed=n), "test") for n, size in enumerate([(48, 64), (37, 53)])]
+    outputs = transfer(net, backbone, structures, structures[::-1], torch.device("cpu"), short_side=32)
+    assert shapes == [(32, 43), (32, 46)]  # short side 32, aspect kept
+    assert [tuple(o.shape) for o in outputs] == [(3, 48, 64), (3, 37, 53)]  # resized back to each structure
+
+
 @pytest.mark.parametrize("problem", ["missing", "garbage", "other_format", "backbone", "method", "strength"])
 def test_bad_checkpoint_or_options_give_one_clear_error_before_any_work(problem, inputs, tmp_path, capsys):
     manifest, checkpoint, _ = inputs
