@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     parser.add_argument("--pack", type=_pack_size, default=None, metavar="K|auto",
                         help="pairs trained together in one task (one backbone pass for all, one optimiser step); "
                              "results do not depend on it. auto (default): 1 on CPUs; on GPUs as many as fit the "
-                             "GPU's memory for the images' sizes, at most 16")
+                             "GPU's memory for the images' sizes, at most 16. --method splicenet: pairs per task, "
+                             "batched through the net; auto: 32 on GPUs, on CPUs enough to use every CPU, at most 8")
     parser.add_argument("--gpus-per-task", type=float,
                         help="GPUs per task (one task trains one pack); 0.5 runs two tasks per GPU; 0 runs on CPUs "
                              "(default: 1 where the cluster has GPUs, else 0)")
