@@ -3,6 +3,7 @@
 A randomly initialised SpliceNet (width 1/16) over the tiny random backbone, saved with the model module's own
 save_net: no training needed. Tiny images, odd sizes among them; the shared local Ray session.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_BACKBONE, tiny_image_bytes
 from PIL import Image
 
+from conftest import TINY_BACKBONE, tiny_image_bytes
 from manifests.schema import validate_frame, write_manifest
 from pipeline.cli.main import main
 from pipeline.method.appearance_modes import kmeans
@@ -48,8 +49,9 @@ def inputs(tmp_path_factory):
         structure.parent.mkdir(exist_ok=True)
         structure.write_bytes(tiny_image_bytes(size, seed=2 * index))
         appearance.write_bytes(tiny_image_bytes((40, 56), seed=2 * index + 1))
-        rows.append({"pair_id": pair_id, "structure_uri": str(structure), "appearance_uri": str(appearance),
-                     "domain": "cat"})
+        rows.append(
+            {"pair_id": pair_id, "structure_uri": str(structure), "appearance_uri": str(appearance), "domain": "cat"}
+        )
     manifest = root / "manifest.parquet"
     write_manifest(validate_frame(pd.DataFrame(rows), "test"), str(manifest))
     return manifest, write_checkpoint(root / "train"), root
@@ -60,8 +62,22 @@ def first_run(inputs, ray_session):
     """One `splice run --method splicenet` (pack auto) shared by the tests that read a finished run."""
     manifest, checkpoint, root = inputs
     out = root / "run"
-    assert main(["run", str(manifest), "--out", str(out), "--method", "splicenet", "--checkpoint", str(checkpoint),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(manifest),
+                "--out",
+                str(out),
+                "--method",
+                "splicenet",
+                "--checkpoint",
+                str(checkpoint),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -91,8 +107,20 @@ def test_run_writes_the_standard_layout_that_status_and_evaluate_read(first_run,
     assert main(["status", str(first_run), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert (status["method"], status["done"], status["failed"]) == ("splicenet", len(SIZES), 0)
-    assert main(["evaluate", str(first_run), "--metrics", "selfsim,dino_i", "--metric-backbone", TINY_BACKBONE,
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(first_run),
+                "--metrics",
+                "selfsim,dino_i",
+                "--metric-backbone",
+                TINY_BACKBONE,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     metrics = pd.read_parquet(first_run / "eval" / "metrics.parquet")
     assert sorted(metrics["pair_id"]) == sorted(SIZES) and metrics["selfsim"].notna().all()
 
@@ -100,10 +128,40 @@ def test_run_writes_the_standard_layout_that_status_and_evaluate_read(first_run,
 def test_outputs_are_deterministic_and_do_not_depend_on_the_batch(first_run, inputs, tmp_path):
     manifest, checkpoint, _ = inputs
     again, alone = tmp_path / "again", tmp_path / "alone"
-    assert main(["run", str(manifest), "--out", str(again), "--method", "splicenet", "--checkpoint",
-                 str(checkpoint / "net.pt"), "--no-progress"]) == 0
-    assert main(["run", str(manifest), "--out", str(alone), "--method", "splicenet", "--checkpoint", str(checkpoint),
-                 "--pack", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(manifest),
+                "--out",
+                str(again),
+                "--method",
+                "splicenet",
+                "--checkpoint",
+                str(checkpoint / "net.pt"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "run",
+                str(manifest),
+                "--out",
+                str(alone),
+                "--method",
+                "splicenet",
+                "--checkpoint",
+                str(checkpoint),
+                "--pack",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     first, second, single = outputs(first_run), outputs(again), outputs(alone)
     for pair_id in SIZES:
         assert np.array_equal(first[pair_id], second[pair_id]), pair_id  # same settings: the same bytes
@@ -112,29 +170,89 @@ def test_outputs_are_deterministic_and_do_not_depend_on_the_batch(first_run, inp
     assert json.loads((alone / "pairs" / "p0" / "meta.json").read_text())["pack_size"] == 1
 
 
-def test_a_rerun_skips_done_pairs_and_another_checkpoint_or_strength_is_another_run(first_run, inputs, tmp_path,
-                                                                                     capsys):
+def test_a_rerun_skips_done_pairs_and_another_checkpoint_or_strength_is_another_run(
+    first_run, inputs, tmp_path, capsys
+):
     manifest, checkpoint, _ = inputs
     capsys.readouterr()
-    assert main(["run", str(manifest), "--out", str(first_run), "--method", "splicenet", "--checkpoint",
-                 str(checkpoint), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(manifest),
+                "--out",
+                str(first_run),
+                "--method",
+                "splicenet",
+                "--checkpoint",
+                str(checkpoint),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert f"{len(SIZES)} done ({len(SIZES)} skipped as already done)" in capsys.readouterr().out
     other = write_checkpoint(tmp_path / "other", seed=1)
-    assert main(["run", str(manifest), "--out", str(first_run), "--method", "splicenet", "--checkpoint", str(other),
-                 "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                str(manifest),
+                "--out",
+                str(first_run),
+                "--method",
+                "splicenet",
+                "--checkpoint",
+                str(other),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "checkpoint_sha256" in capsys.readouterr().err  # not silently mixed into the finished run
-    assert main(["run", str(manifest), "--out", str(first_run), "--method", "splicenet", "--checkpoint",
-                 str(checkpoint), "--appearance-strength", "0.5", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                str(manifest),
+                "--out",
+                str(first_run),
+                "--method",
+                "splicenet",
+                "--checkpoint",
+                str(checkpoint),
+                "--appearance-strength",
+                "0.5",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "appearance_strength" in capsys.readouterr().err
 
 
 def test_a_checkpoint_in_object_storage_is_read_through_the_storage_options(first_run, inputs, s3_bucket, tmp_path):
     manifest, checkpoint, _ = inputs
     s3_bucket.fs().put_file(str(checkpoint / "net.pt"), f"{s3_bucket.bucket}/nets/cat/net.pt")
-    options = [f"{key}={value}" for key, value in s3_bucket.options.items()]
+    options = [flag for key, value in s3_bucket.options.items() for flag in ("--storage-option", f"{key}={value}")]
     out = tmp_path / "from-s3"
-    assert main(["run", str(manifest), "--out", str(out), "--method", "splicenet", "--checkpoint",
-                 s3_bucket.url("nets", "cat"), "--storage-option", *options, "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(manifest),
+                "--out",
+                str(out),
+                "--method",
+                "splicenet",
+                "--checkpoint",
+                s3_bucket.url("nets", "cat"),
+                *options,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert all(np.array_equal(a, b) for a, b in zip(outputs(first_run).values(), outputs(out).values()))
     record = (out / "run.json").read_text()
     assert s3_bucket.url("nets", "cat", "net.pt") in record and s3_bucket.options["secret"] not in record
@@ -145,10 +263,14 @@ def test_appearance_strength_zero_feeds_the_structures_own_cls_code():
     net = tiny_net()
     fed = []
     net.register_forward_pre_hook(lambda module, args: fed.append(args[1].clone()))
-    structures = [decode_image(tiny_image_bytes(size, seed=n), "test") for n, size in enumerate([(48, 64), (48, 64),
-                                                                                                 (37, 53)])]
+    structures = [
+        decode_image(tiny_image_bytes(size, seed=n), "test") for n, size in enumerate([(48, 64), (48, 64), (37, 53)])
+    ]
     appearances = [torch.flip(image, dims=[-1]).roll(7, dims=-2) for image in structures]
-    own, theirs = cls_codes(backbone, structures, torch.device("cpu")), cls_codes(backbone, appearances, torch.device("cpu"))
+    own, theirs = (
+        cls_codes(backbone, structures, torch.device("cpu")),
+        cls_codes(backbone, appearances, torch.device("cpu")),
+    )
     assert not torch.allclose(own, theirs)  # the check below can tell the two apart
 
     def codes_fed(strength: float) -> torch.Tensor:
@@ -224,8 +346,25 @@ def test_modes_writes_k_centres_deterministically_and_a_grid(inputs, tmp_path, c
     manifest, checkpoint, root = inputs
     structure = root / "images" / "p2_s.png"
     for name in ("a", "b"):
-        assert main(["splicenet", "modes", str(checkpoint), str(manifest), "-k", "3", "-o", str(tmp_path / name),
-                     "--structure", str(structure), "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "splicenet",
+                    "modes",
+                    str(checkpoint),
+                    str(manifest),
+                    "-k",
+                    "3",
+                    "-o",
+                    str(tmp_path / name),
+                    "--structure",
+                    str(structure),
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
     assert "3 appearance modes of 8 image(s)" in capsys.readouterr().out
     first, second = (torch.load(tmp_path / n / "modes.pt", weights_only=True) for n in ("a", "b"))
     assert first["centres"].shape == (3, CODE_DIM) and torch.equal(first["centres"], second["centres"])
@@ -234,6 +373,21 @@ def test_modes_writes_k_centres_deterministically_and_a_grid(inputs, tmp_path, c
     assert sum(mode["count"] for mode in record["modes"]) == record["images"] == 2 * len(SIZES)
     assert all(Path(mode["nearest_image"]).exists() for mode in record["modes"])
     assert Image.open(tmp_path / "a" / "modes.png").size == (2 * 53, 2 * 37)  # structure + 3 modes, 2 x 2 tiles
-    assert main(["splicenet", "modes", str(checkpoint), str(manifest), "-k", "9", "-o", str(tmp_path / "c"),
-                 "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "splicenet",
+                "modes",
+                str(checkpoint),
+                str(manifest),
+                "-k",
+                "9",
+                "-o",
+                str(tmp_path / "c"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "8 image(s) for k = 9" in capsys.readouterr().err

@@ -8,6 +8,7 @@ CPU in float64, so the same codes and seed give the same centres on every machin
 - `restarts` seedings, the one of lowest inertia (sum of squared distances) kept; ties go to the earliest.
 Distances are Euclidean in the raw [CLS] space: the space the net's codes (and their interpolation) live in.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,8 +44,9 @@ def kmeans(points: torch.Tensor, k: int, *, seed: int = 0, iterations: int = 300
     centres, labels, _, inertia, steps = best
     nearest = _squared_distances(x, centres).argmin(dim=0)  # (k,)
     counts = torch.bincount(labels, minlength=k)
-    return Modes(centres=centres.float(), labels=labels, counts=counts, nearest=nearest, inertia=inertia,
-                 iterations=steps)
+    return Modes(
+        centres=centres.float(), labels=labels, counts=counts, nearest=nearest, inertia=inertia, iterations=steps
+    )
 
 
 def _plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -64,16 +66,19 @@ def _plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Ten
 
 
 def _lloyd(x: torch.Tensor, centres: torch.Tensor, iterations: int):
-    labels = None
-    for step in range(1, iterations + 1):
+    """Lloyd iterations until no assignment changes; returns centres, labels, squared distances, iterations run."""
+    labels, runs = None, 0
+    while runs < iterations:
+        runs += 1
         distances = _squared_distances(x, centres)  # (N, k)
         new_labels = distances.argmin(dim=1)  # (N,), ties to the lowest index
         if labels is not None and torch.equal(new_labels, labels):
             break
         labels = new_labels
         centres = _update(x, labels, distances, len(centres))
-    closest = _squared_distances(x, centres).gather(1, labels[:, None])[:, 0]  # (N,)
-    return centres, labels, closest, step
+    distances = _squared_distances(x, centres)  # the final assignment, to the final centres
+    labels = distances.argmin(dim=1)
+    return centres, labels, distances.gather(1, labels[:, None])[:, 0], runs
 
 
 def _update(x: torch.Tensor, labels: torch.Tensor, distances: torch.Tensor, k: int) -> torch.Tensor:

@@ -97,8 +97,7 @@ def splicenet(structure, appearance, config: TrainConfig, *, backbone, device, t
     if train is None:
         raise SpliceError("method splicenet applies packs of pairs: run it with `splice run --method splicenet "
                           "--checkpoint URL` (pipeline.fanout.run_pack)")
-    outcome = train(structure, appearance, config, backbone, device)
-    return MethodResult(output=outcome.output, losses=[], meta=outcome.meta)
+    return train(structure, appearance, config, backbone, device)
 
 
 def splicenet_settings(config: TrainConfig) -> dict:

@@ -20,6 +20,7 @@ Choices the papers leave open, made here:
 - Precision: the run's `precision` (auto: bf16 autocast on CUDA, fp32 on CPU, where outputs are bit-for-bit
   deterministic).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,23 +57,32 @@ NET_RESOLUTIONS = ("native", "training")  # or a short side in pixels
 @dataclass(frozen=True)
 class SpliceNetOptions:
     """What `splice run --method splicenet` takes beyond the shared run settings."""
+
     checkpoint: str  # a `splice train-net` output folder (reads <folder>/net.pt) or a .pt file; any fsspec URL
     appearance_strength: float = 1.0  # t: the net gets (1 - t) * cls(structure) + t * cls(appearance)
     net_resolution: str = "native"  # native | training | a short side in pixels (see the module docstring)
-    backbone: str | None = None  # the backbone the codes come from; None: the checkpoint's (a different one is an error)
+    backbone: str | None = (
+        None  # the backbone the codes come from; None: the checkpoint's (a different one is an error)
+    )
     checkpoint_sha256: str | None = None  # filled in by `prepare`: the run's settings, so a new checkpoint is a new run
     net: dict | None = None  # filled in by `prepare`: the checkpoint's facts (config, step, resolution, domains)
 
     def __post_init__(self):
         if not self.checkpoint:
-            raise SpliceError("method splicenet needs --checkpoint URL: a `splice train-net` output folder or its net.pt")
+            raise SpliceError(
+                "method splicenet needs --checkpoint URL: a `splice train-net` output folder or its net.pt"
+            )
         if not isinstance(self.appearance_strength, (int, float)) or not 0.0 <= self.appearance_strength <= 1.0:
-            raise SpliceError(f"--appearance-strength must be between 0 (the structure's own appearance) and 1 (the "
-                              f"appearance image's), got {self.appearance_strength!r}")
+            raise SpliceError(
+                f"--appearance-strength must be between 0 (the structure's own appearance) and 1 (the "
+                f"appearance image's), got {self.appearance_strength!r}"
+            )
         side = str(self.net_resolution)
         if side not in NET_RESOLUTIONS and not (side.isdigit() and int(side) >= 16):
-            raise SpliceError(f"--net-resolution must be native, training or a short side of at least 16 pixels, "
-                              f"got {self.net_resolution!r}")
+            raise SpliceError(
+                f"--net-resolution must be native, training or a short side of at least 16 pixels, "
+                f"got {self.net_resolution!r}"
+            )
 
     @classmethod
     def from_dict(cls, values: dict) -> SpliceNetOptions:
@@ -81,7 +91,9 @@ class SpliceNetOptions:
         if unknown:
             raise SpliceError(f"unknown splicenet option(s) {unknown}; known: {sorted(known)}")
         if "checkpoint" not in values:
-            raise SpliceError("method splicenet needs --checkpoint URL: a `splice train-net` output folder or its net.pt")
+            raise SpliceError(
+                "method splicenet needs --checkpoint URL: a `splice train-net` output folder or its net.pt"
+            )
         return cls(**values)
 
     def to_dict(self) -> dict:
@@ -89,6 +101,7 @@ class SpliceNetOptions:
 
 
 # --- the checkpoint --------------------------------------------------------------------------------------------
+
 
 def checkpoint_file(url: str) -> str:
     """`--checkpoint OUT` and `--checkpoint OUT/net.pt` both mean OUT/net.pt: a URL whose last part ends in .pt or
@@ -106,8 +119,10 @@ def read_checkpoint(url: str, read_bytes: Callable[[str], bytes]) -> tuple[bytes
     try:
         data = read_bytes(path)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise SpliceError(f"SpliceNet checkpoint {path} does not exist: pass --checkpoint with a `splice train-net` "
-                          f"output folder (it holds {CHECKPOINT_FILE}) or the .pt file itself") from None
+        raise SpliceError(
+            f"SpliceNet checkpoint {path} does not exist: pass --checkpoint with a `splice train-net` "
+            f"output folder (it holds {CHECKPOINT_FILE}) or the .pt file itself"
+        ) from None
     return data, "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -119,16 +134,20 @@ def load_checkpoint_net(data: bytes, url: str) -> tuple[nn.Module, dict]:
         if len(str(exc).strip().splitlines()) <= 1:
             raise
         cause = type(exc.__cause__).__name__ if exc.__cause__ else "unreadable"
-        raise SpliceError(f"{url}: not a readable SpliceNet checkpoint ({cause}): pass the net.pt that "
-                          f"`splice train-net` wrote") from None
+        raise SpliceError(
+            f"{url}: not a readable SpliceNet checkpoint ({cause}): pass the net.pt that `splice train-net` wrote"
+        ) from None
     except Exception as exc:  # noqa: BLE001  (whatever else the loader objects to, the user hears which file and why)
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise SpliceError(f"{url}: not a SpliceNet checkpoint ({reason}): pass the net.pt that `splice train-net` "
-                          f"wrote") from None
+        raise SpliceError(
+            f"{url}: not a SpliceNet checkpoint ({reason}): pass the net.pt that `splice train-net` wrote"
+        ) from None
     if meta.get("format") != CHECKPOINT_FORMAT or not meta.get("backbone"):
-        raise SpliceError(f"{url}: not a SpliceNet checkpoint of format {CHECKPOINT_FORMAT} with a backbone (format "
-                          f"{meta.get('format')!r}, backbone {meta.get('backbone')!r}): pass the net.pt that "
-                          f"`splice train-net` wrote")
+        raise SpliceError(
+            f"{url}: not a SpliceNet checkpoint of format {CHECKPOINT_FORMAT} with a backbone (format "
+            f"{meta.get('format')!r}, backbone {meta.get('backbone')!r}): pass the net.pt that "
+            f"`splice train-net` wrote"
+        )
     return net.eval().requires_grad_(False), meta
 
 
@@ -143,15 +162,20 @@ def prepare(config: TrainConfig, options: dict, read_bytes: Callable[[str], byte
     _, meta = load_checkpoint_net(data, url)
     backbone = str(meta["backbone"])
     if wanted.backbone and wanted.backbone != backbone:
-        raise SpliceError(f"SpliceNet checkpoint {url} was trained on [CLS] codes of backbone {backbone}; --backbone "
-                          f"{wanted.backbone} would feed it codes from another feature space: drop --backbone (or "
-                          f"pass {backbone})")
+        raise SpliceError(
+            f"SpliceNet checkpoint {url} was trained on [CLS] codes of backbone {backbone}; --backbone "
+            f"{wanted.backbone} would feed it codes from another feature space: drop --backbone (or "
+            f"pass {backbone})"
+        )
     if wanted.net_resolution == "training" and not meta.get("resolution"):
-        raise SpliceError(f"SpliceNet checkpoint {url} records no training resolution: pass --net-resolution native "
-                          f"or a short side in pixels")
+        raise SpliceError(
+            f"SpliceNet checkpoint {url} records no training resolution: pass --net-resolution native "
+            f"or a short side in pixels"
+        )
     facts = {key: meta.get(key) for key in ("config", "step", "resolution", "domains")}
-    resolved = dataclasses.replace(wanted, checkpoint=url, checkpoint_sha256=sha256, backbone=backbone,
-                                   net=_jsonable(facts))
+    resolved = dataclasses.replace(
+        wanted, checkpoint=url, checkpoint_sha256=sha256, backbone=backbone, net=_jsonable(facts)
+    )
     return config.replace(backbone=backbone), resolved.to_dict()
 
 
@@ -167,9 +191,11 @@ def cached_net(options: SpliceNetOptions, device: torch.device, read_bytes: Call
         if key not in _NETS:
             data, sha256 = read_checkpoint(options.checkpoint, read_bytes)
             if options.checkpoint_sha256 and sha256 != options.checkpoint_sha256:
-                raise SpliceError(f"SpliceNet checkpoint {options.checkpoint} changed since this run started "
-                                  f"({options.checkpoint_sha256} -> {sha256}): run again (a new checkpoint is a new "
-                                  f"run: another --out, or --force)")
+                raise SpliceError(
+                    f"SpliceNet checkpoint {options.checkpoint} changed since this run started "
+                    f"({options.checkpoint_sha256} -> {sha256}): run again (a new checkpoint is a new "
+                    f"run: another --out, or --force)"
+                )
             net, _ = load_checkpoint_net(data, options.checkpoint)
             _NETS.clear()  # one run's net per worker at a time
             _NETS[key] = net.to(device)
@@ -178,13 +204,22 @@ def cached_net(options: SpliceNetOptions, device: torch.device, read_bytes: Call
 
 # --- codes -----------------------------------------------------------------------------------------------------
 
+
 @torch.no_grad()
-def cls_codes(backbone: DinoBackbone, images: list[torch.Tensor], device: torch.device, *, antialias: bool = True,
-              dtype: torch.dtype = torch.float32, batch: int = CODE_BATCH) -> torch.Tensor:
+def cls_codes(
+    backbone: DinoBackbone,
+    images: list[torch.Tensor],
+    device: torch.device,
+    *,
+    antialias: bool = True,
+    dtype: torch.dtype = torch.float32,
+    batch: int = CODE_BATCH,
+) -> torch.Tensor:
     """[CLS] codes (N, D) float32 of (3, H, W) uint8 images, each resized to the backbone's input for its own size
     (one at a time: full-size images never stack up); images of equal input size share a backbone pass."""
-    prepared = [backbone.prepare(image[None].to(device=device, dtype=torch.float32) / 255.0, antialias)[0]
-                for image in images]  # (3, h, w) each, normalised
+    prepared = [
+        backbone.prepare(image[None].to(device=device, dtype=torch.float32) / 255.0, antialias)[0] for image in images
+    ]  # (3, h, w) each, normalised
     codes: list[torch.Tensor | None] = [None] * len(images)
     for indices in _groups([tuple(pixels.shape[-2:]) for pixels in prepared], batch):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -194,19 +229,26 @@ def cls_codes(backbone: DinoBackbone, images: list[torch.Tensor], device: torch.
     return torch.stack(codes)
 
 
-def appearance_codes(backbone: DinoBackbone, structures: list[torch.Tensor], appearances: list[torch.Tensor],
-                     strength: float, device: torch.device, **options) -> torch.Tensor:
+def appearance_codes(
+    backbone: DinoBackbone,
+    structures: list[torch.Tensor],
+    appearances: list[torch.Tensor],
+    strength: float,
+    device: torch.device,
+    **options,
+) -> torch.Tensor:
     """What the net is fed: (1 - t) * cls(structure) + t * cls(appearance), (N, D); only the codes t needs."""
     if strength == 1.0:
         return cls_codes(backbone, appearances, device, **options)
     if strength == 0.0:
         return cls_codes(backbone, structures, device, **options)
     codes = cls_codes(backbone, structures + appearances, device, **options)  # one pass where sizes agree
-    structure, appearance = codes[:len(structures)], codes[len(structures):]
+    structure, appearance = codes[: len(structures)], codes[len(structures) :]
     return (1.0 - strength) * structure + strength * appearance
 
 
 # --- the net ---------------------------------------------------------------------------------------------------
+
 
 def net_input_size(size: tuple[int, int], short_side: int | None) -> tuple[int, int]:
     """The size the net runs at for a structure of `size`: itself, or scaled so its short side is `short_side`."""
@@ -217,16 +259,26 @@ def net_input_size(size: tuple[int, int], short_side: int | None) -> tuple[int, 
 
 
 @torch.no_grad()
-def transfer(net: nn.Module, backbone: DinoBackbone, structures: list[torch.Tensor], appearances: list[torch.Tensor],
-             device: torch.device, *, strength: float = 1.0, short_side: int | None = None,
-             precision: torch.dtype = torch.float32, antialias: bool = True,
-             max_batch: int = GPU_PACK) -> list[torch.Tensor]:
+def transfer(
+    net: nn.Module,
+    backbone: DinoBackbone,
+    structures: list[torch.Tensor],
+    appearances: list[torch.Tensor],
+    device: torch.device,
+    *,
+    strength: float = 1.0,
+    short_side: int | None = None,
+    precision: torch.dtype = torch.float32,
+    antialias: bool = True,
+    max_batch: int = GPU_PACK,
+) -> list[torch.Tensor]:
     """SpliceNet outputs, (3, H, W) uint8 at each structure's size, for (3, H, W) uint8 structure/appearance images.
 
     1. the codes (see `appearance_codes`), 2. pairs grouped by the net's input size, 3. one forward pass per group
     of at most `max_batch` (and PIXELS_PER_PASS pixels), 4. back to each structure's size and to uint8."""
-    codes = appearance_codes(backbone, structures, appearances, strength, device, antialias=antialias,
-                             dtype=precision)  # (N, D)
+    codes = appearance_codes(
+        backbone, structures, appearances, strength, device, antialias=antialias, dtype=precision
+    )  # (N, D)
     outputs: list[torch.Tensor | None] = [None] * len(structures)
     sizes = [net_input_size(tuple(s.shape[-2:]), short_side) for s in structures]
     for indices in _groups(sizes, max_batch, pixels=PIXELS_PER_PASS):
@@ -258,22 +310,25 @@ def _groups(keys: list, batch: int, pixels: int | None = None) -> list[torch.Ten
     chunks = []
     for key, members in groups.items():
         size = max(1, min(batch, pixels // (key[0] * key[1]))) if pixels else max(1, batch)
-        chunks += [torch.tensor(members[i:i + size]) for i in range(0, len(members), size)]
+        chunks += [torch.tensor(members[i : i + size]) for i in range(0, len(members), size)]
     return chunks
 
 
 # --- the fan-out's hooks ---------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class NetOutput:
-    output: torch.Tensor  # (3, H, W) uint8 CPU, at the structure image's size (after --max-side)
-    meta: dict  # JSON-able facts: checkpoint, strength, device, the pack's time and memory, sizes
 
-
-def apply_pack(pairs: list, backbone: DinoBackbone, device: torch.device, *, on_result: Callable, options: dict,
-               read_bytes: Callable[[str], bytes], max_batch: int | None = None) -> None:
+def apply_pack(
+    pairs: list,
+    backbone: DinoBackbone,
+    device: torch.device,
+    *,
+    on_result: Callable,
+    options: dict,
+    read_bytes: Callable[[str], bytes],
+    max_batch: int | None = None,
+) -> None:
     """Worker side: apply the net to a pack of pairs (trainer.PairInput: pair_id, structure, appearance, config)
-    in batches; on_result(pair_id, NetOutput or the exception that pair failed with) for each."""
+    in batches; on_result(pair_id, MethodResult or the exception that pair failed with) for each."""
     started = time.perf_counter()
     device = torch.device(device)
     settings = SpliceNetOptions.from_dict(options)
@@ -283,14 +338,20 @@ def apply_pack(pairs: list, backbone: DinoBackbone, device: torch.device, *, on_
     code_dim = getattr(getattr(net, "config", None), "code_dim", None)
     width = int(backbone.vit.embed_dim)
     if code_dim is not None and int(code_dim) != width:
-        raise SpliceError(f"SpliceNet checkpoint {settings.checkpoint} takes {code_dim}-d codes but backbone "
-                          f"{backbone.spec} gives {width}-d [CLS] tokens")
+        raise SpliceError(
+            f"SpliceNet checkpoint {settings.checkpoint} takes {code_dim}-d codes but backbone "
+            f"{backbone.spec} gives {width}-d [CLS] tokens"
+        )
     ready = []
     for pair in pairs:
         if pair.config.backbone != settings.backbone:
-            on_result(pair.pair_id, SpliceError(
-                f"its manifest row asks for backbone {pair.config.backbone}, but SpliceNet checkpoint "
-                f"{settings.checkpoint} was trained on {settings.backbone}: drop the row's backbone"))
+            on_result(
+                pair.pair_id,
+                SpliceError(
+                    f"its manifest row asks for backbone {pair.config.backbone}, but SpliceNet checkpoint "
+                    f"{settings.checkpoint} was trained on {settings.backbone}: drop the row's backbone"
+                ),
+            )
         else:
             ready.append(pair)
     if not ready:
@@ -302,24 +363,49 @@ def apply_pack(pairs: list, backbone: DinoBackbone, device: torch.device, *, on_
     precision = resolve_precision(config.precision, device)
     short_side = _short_side(settings)
     # 3. the transfer, 4. one result per pair
-    outputs = transfer(net, backbone, structures, appearances, device, strength=float(settings.appearance_strength),
-                       short_side=short_side, precision=precision, antialias=config.antialias,
-                       max_batch=max_batch or max(len(ready), 1))
+    outputs = transfer(
+        net,
+        backbone,
+        structures,
+        appearances,
+        device,
+        strength=float(settings.appearance_strength),
+        short_side=short_side,
+        precision=precision,
+        antialias=config.antialias,
+        max_batch=max_batch or max(len(ready), 1),
+    )
     seconds = time.perf_counter() - started
-    facts = {"method": "splicenet", "backbone": backbone.spec, "weights_id": backbone.weights_id,
-             "random_backbone": backbone.is_random, "checkpoint": settings.checkpoint,
-             "checkpoint_sha256": settings.checkpoint_sha256, "net_step": (settings.net or {}).get("step"),
-             "appearance_strength": float(settings.appearance_strength), "net_resolution": str(settings.net_resolution),
-             "device": str(device), "device_name": device_name(device),
-             "precision": str(precision).replace("torch.", ""), "pack_size": len(ready),
-             "pack_seconds": seconds, "torch_version": torch.__version__, **peak_memory(device),
-             "backbone_resize": {"rule": "torchvision Resize(224, max_size=480)", "antialias": config.antialias},
-             "seconds": seconds / len(ready),  # its share of the pack's time: the pack ran in one pass
-             "steps": 0, "final_losses": {}}
+    facts = {
+        "method": "splicenet",
+        "backbone": backbone.spec,
+        "weights_id": backbone.weights_id,
+        "random_backbone": backbone.is_random,
+        "checkpoint": settings.checkpoint,
+        "checkpoint_sha256": settings.checkpoint_sha256,
+        "net_step": (settings.net or {}).get("step"),
+        "appearance_strength": float(settings.appearance_strength),
+        "net_resolution": str(settings.net_resolution),
+        "device": str(device),
+        "device_name": device_name(device),
+        "precision": str(precision).replace("torch.", ""),
+        "pack_size": len(ready),
+        "pack_seconds": seconds,
+        "torch_version": torch.__version__,
+        **peak_memory(device),
+        "backbone_resize": {"rule": "torchvision Resize(224, max_size=480)", "antialias": config.antialias},
+        "seconds": seconds / len(ready),  # its share of the pack's time: the pack ran in one pass
+        "steps": 0,
+        "final_losses": {},
+    }
     for pair, structure, appearance, output in zip(ready, structures, appearances, outputs):
-        meta = {**facts, "structure_size": list(structure.shape[-2:]), "appearance_size": list(appearance.shape[-2:]),
-                "net_size": list(net_input_size(tuple(structure.shape[-2:]), short_side))}
-        on_result(pair.pair_id, NetOutput(output=output, meta=meta))
+        meta = {
+            **facts,
+            "structure_size": list(structure.shape[-2:]),
+            "appearance_size": list(appearance.shape[-2:]),
+            "net_size": list(net_input_size(tuple(structure.shape[-2:]), short_side)),
+        }
+        on_result(pair.pair_id, MethodResult(output=output, losses=[], meta=meta))
 
 
 def _short_side(options: SpliceNetOptions) -> int | None:

@@ -5,6 +5,7 @@ default: the training set's appearances), 3. their [CLS] codes, streamed in chun
 (pipeline/method/appearance_modes.py), 5. OUT/modes.pt (the centres, for the net), OUT/modes.json (counts, nearest
 image per mode, settings), and with a structure image OUT/modes.png: that image rendered with every mode.
 """
+
 from __future__ import annotations
 
 import io
@@ -38,8 +39,11 @@ from pipeline.storage import Storage, redact_url
 
 log = logging.getLogger(__name__)
 MODES_FORMAT = "splicenet-modes/1"
-IMAGE_ROLES = {"both": ("structure_uri", "appearance_uri"), "structure": ("structure_uri",),
-               "appearance": ("appearance_uri",)}
+IMAGE_ROLES = {
+    "both": ("structure_uri", "appearance_uri"),
+    "structure": ("structure_uri",),
+    "appearance": ("appearance_uri",),
+}
 CHUNK = 128  # images read and encoded at a time (bounded memory for large manifests)
 
 
@@ -75,13 +79,17 @@ def write_modes(settings: ModesSettings) -> dict:
     net, meta = load_checkpoint_net(data, redact_url(url))
     spec = str(meta["backbone"])
     if settings.backbone and settings.backbone != spec:
-        raise SpliceError(f"SpliceNet checkpoint {redact_url(url)} was trained on [CLS] codes of backbone {spec}, not "
-                          f"{settings.backbone}: drop --backbone (or pass {spec})")
+        raise SpliceError(
+            f"SpliceNet checkpoint {redact_url(url)} was trained on [CLS] codes of backbone {spec}, not "
+            f"{settings.backbone}: drop --backbone (or pass {spec})"
+        )
     # 2. the images
     uris = _image_uris(settings, storage)
     if len(uris) < settings.k:
-        raise SpliceError(f"manifest {redact_url(settings.manifest)} has {len(uris)} image(s) for k = {settings.k} "
-                          f"modes: lower -k or give more images")
+        raise SpliceError(
+            f"manifest {redact_url(settings.manifest)} has {len(uris)} image(s) for k = {settings.k} "
+            f"modes: lower -k or give more images"
+        )
     device = resolve_device(settings.device)
     backbone = load_backbone(spec, device)
     # 3. the codes
@@ -92,26 +100,55 @@ def write_modes(settings: ModesSettings) -> dict:
     modes = kmeans(codes, settings.k, seed=settings.seed, restarts=settings.restarts)
     # 5. outputs
     record = {
-        "format": MODES_FORMAT, "k": settings.k, "seed": settings.seed, "restarts": settings.restarts,
-        "checkpoint": redact_url(url), "checkpoint_sha256": sha256, "backbone": spec,
-        "weights_id": backbone.weights_id, "manifest": redact_url(settings.manifest), "images_role": settings.images,
-        "domains": list(settings.domains), "images": len(kept), "max_side": settings.max_side,
+        "format": MODES_FORMAT,
+        "k": settings.k,
+        "seed": settings.seed,
+        "restarts": settings.restarts,
+        "checkpoint": redact_url(url),
+        "checkpoint_sha256": sha256,
+        "backbone": spec,
+        "weights_id": backbone.weights_id,
+        "manifest": redact_url(settings.manifest),
+        "images_role": settings.images,
+        "domains": list(settings.domains),
+        "images": len(kept),
+        "max_side": settings.max_side,
         "skipped": [{"uri": redact_url(u), "error": e} for u, e in skipped],
-        "inertia": modes.inertia, "iterations": modes.iterations,
-        "modes": [{"mode": i, "count": int(modes.counts[i]), "nearest_image": redact_url(kept[int(modes.nearest[i])]),
-                   "nearest_distance": float((codes[int(modes.nearest[i])] - modes.centres[i]).norm())}
-                  for i in range(settings.k)],
+        "inertia": modes.inertia,
+        "iterations": modes.iterations,
+        "modes": [
+            {
+                "mode": i,
+                "count": int(modes.counts[i]),
+                "nearest_image": redact_url(kept[int(modes.nearest[i])]),
+                "nearest_distance": float((codes[int(modes.nearest[i])] - modes.centres[i]).norm()),
+            }
+            for i in range(settings.k)
+        ],
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     buffer = io.BytesIO()
-    torch.save({"format": MODES_FORMAT, "centres": modes.centres, "counts": modes.counts,
-                "backbone": spec, "checkpoint_sha256": sha256, "k": settings.k, "seed": settings.seed}, buffer)
+    torch.save(
+        {
+            "format": MODES_FORMAT,
+            "centres": modes.centres,
+            "counts": modes.counts,
+            "backbone": spec,
+            "checkpoint_sha256": sha256,
+            "k": settings.k,
+            "seed": settings.seed,
+        },
+        buffer,
+    )
     storage.write_bytes(layout.join(settings.out, "modes.pt"), buffer.getvalue())
     if settings.structure:
         grid = _render(net.to(device), backbone, modes.centres, settings, storage, device)
         storage.write_bytes(layout.join(settings.out, "modes.png"), encode_png(grid))
-        record["grid"] = {"structure": redact_url(settings.structure), "file": "modes.png",
-                          "layout": "structure image first, then mode 0, 1, ... row by row"}
+        record["grid"] = {
+            "structure": redact_url(settings.structure),
+            "file": "modes.png",
+            "layout": "structure image first, then mode 0, 1, ... row by row",
+        }
     storage.write_bytes(layout.join(settings.out, "modes.json"), json.dumps(record, indent=2).encode())
     return record
 
@@ -123,7 +160,9 @@ def read_modes(url: str, storage: Storage | None = None) -> dict:
     try:
         value = torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise SpliceError(f"appearance modes {redact_url(path)} do not exist: write them with `splice splicenet modes`") from None
+        raise SpliceError(
+            f"appearance modes {redact_url(path)} do not exist: write them with `splice splicenet modes`"
+        ) from None
     if not isinstance(value, dict) or value.get("format") != MODES_FORMAT:
         raise SpliceError(f"{redact_url(path)} is not an appearance-modes file ({MODES_FORMAT})")
     return value
@@ -137,18 +176,20 @@ def _image_uris(settings: ModesSettings, storage: Storage) -> list[str]:
             raise SpliceError(f"--domain given but manifest {redact_url(settings.manifest)} has no domain column")
         frame = frame[frame["domain"].isin(settings.domains)]
         if frame.empty:
-            raise SpliceError(f"manifest {redact_url(settings.manifest)} has no rows of domain(s) "
-                              f"{', '.join(settings.domains)}")
+            raise SpliceError(
+                f"manifest {redact_url(settings.manifest)} has no rows of domain(s) {', '.join(settings.domains)}"
+            )
     uris: dict[str, None] = {}  # unique, in manifest order
     for row in frame.to_dict("records"):
         for column in IMAGE_ROLES[settings.images]:
             uris.setdefault(row[column], None)
     uris = list(uris)
-    return uris[:settings.limit] if settings.limit else uris
+    return uris[: settings.limit] if settings.limit else uris
 
 
 def _codes(uris: list[str], backbone, device, settings: ModesSettings, storage: Storage):
     """[CLS] codes (N, D) of the readable images, their URIs, and (URI, error) of the others; CHUNK at a time."""
+
     def load(uri: str):
         try:
             data = storage.read_input(uri, max_bytes=max_input_bytes())
@@ -159,7 +200,7 @@ def _codes(uris: list[str], backbone, device, settings: ModesSettings, storage: 
     codes, kept, skipped = [], [], []
     with ThreadPoolExecutor(max_workers=8) as pool:
         for start in range(0, len(uris), CHUNK):
-            chunk = uris[start:start + CHUNK]
+            chunk = uris[start : start + CHUNK]
             loaded = list(pool.map(load, chunk))
             images = [image for image, _ in loaded if image is not None]
             for uri, (image, error) in zip(chunk, loaded):
@@ -176,8 +217,12 @@ def _codes(uris: list[str], backbone, device, settings: ModesSettings, storage: 
 
 def _render(net, backbone, centres: torch.Tensor, settings: ModesSettings, storage: Storage, device) -> torch.Tensor:
     """A grid (3, H, W) uint8: the structure image, then the net's output for it with each mode's code."""
-    structure = downscale_to(decode_image(storage.read_input(settings.structure, max_bytes=max_input_bytes()),
-                                          redact_url(settings.structure)), settings.max_side)
+    structure = downscale_to(
+        decode_image(
+            storage.read_input(settings.structure, max_bytes=max_input_bytes()), redact_url(settings.structure)
+        ),
+        settings.max_side,
+    )
     tiles = [structure]
     with torch.no_grad():
         for codes in centres.split(16):  # the structure with up to 16 modes per forward pass
@@ -190,5 +235,5 @@ def _render(net, backbone, centres: torch.Tensor, settings: ModesSettings, stora
     grid = torch.full((3, rows * height, columns * width), 255, dtype=torch.uint8)
     for n, tile in enumerate(tiles):
         row, column = divmod(n, columns)
-        grid[:, row * height:(row + 1) * height, column * width:(column + 1) * width] = tile
+        grid[:, row * height : (row + 1) * height, column * width : (column + 1) * width] = tile
     return grid
