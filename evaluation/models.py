@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -16,7 +17,8 @@ from pipeline.method.backbone import BackboneUnavailable, load_backbone
 from pipeline.method.images import DEFAULT_MAX_PIXELS
 from pipeline.method.weights import RANDOM_WEIGHTS_ID
 
-from evaluation.metrics import DEFAULT_METRICS, METRICS
+from evaluation.metrics import DEFAULT_METRICS
+from evaluation.registry import get_metric
 from evaluation.segmenter import DEFAULT_SEGMENTER, load_segmenter
 from evaluation.weights import MetricUnavailable, load_state_dict
 
@@ -28,7 +30,7 @@ LPIPS_NAME = "lpips-v0.1-alex"
 
 @dataclass(frozen=True)
 class EvalSettings:
-    metrics: tuple[str, ...] = DEFAULT_METRICS  # metric names, see evaluation.metrics.METRICS
+    metrics: tuple[str, ...] = DEFAULT_METRICS  # metric names or plug-in specs (evaluation.registry.get_metric)
     explicit: bool = False  # the user named the metrics: an unavailable one is an error rather than skipped
     metric_backbone: str | None = None  # overrides the DINO backbones: SPEC, or dino_vitb8=SPEC,dino_vits16=SPEC
     lpips_weights: str = "pretrained"  # AlexNet trunk of LPIPS: pretrained | random | file:PATH (torchvision state dict)
@@ -38,9 +40,8 @@ class EvalSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS  # refuse images above this many pixels (decompression-bomb guard)
 
     def __post_init__(self):
-        unknown = [m for m in self.metrics if m not in METRICS]
-        if unknown:
-            raise MetricUnavailable(f"unknown metric(s) {', '.join(unknown)}: use {','.join(METRICS)}")
+        for spec in self.metrics:
+            get_metric(spec)  # raises, naming the metric, for an unknown name or a plug-in that cannot be loaded
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
@@ -64,16 +65,33 @@ class EvalSettings:
 @dataclass
 class MetricModels:
     """Loaded models by role, the provenance id of each available metric, and why the others were skipped."""
-    vitb8: torch.nn.Module | None = None
-    vits16: torch.nn.Module | None = None
-    lpips: torch.nn.Module | None = None
-    segmenter: object = None
+    models: dict[str, object] = field(default_factory=dict)  # model role (a metric's `model`) -> the model
     ids: dict[str, str] = field(default_factory=dict)  # metric -> "model spec@weights id"
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> reason and how to fix it
 
     @property
     def metrics(self) -> list[str]:
         return list(self.ids)
+
+    def get(self, role: str | None):
+        return self.models.get(role) if role else None
+
+    @property
+    def segmenter(self):
+        return self.models.get("segmenter")
+
+
+MODEL_LOADERS: dict[str, Callable] = {}  # model role -> fn(settings, device) -> (model, "spec@weights id")
+NO_MODEL = "none"  # the model id of a metric that needs no model
+
+
+def register_model(role: str):
+    """Decorator: fn(settings: EvalSettings, device) -> (model, model id) loads the model of `role`; a plug-in metric
+    with a model of its own registers its loader so (raising MetricUnavailable when the weights are not here)."""
+    def decorate(fn: Callable) -> Callable:
+        MODEL_LOADERS[role] = fn
+        return fn
+    return decorate
 
 
 def best_device() -> torch.device:
@@ -82,21 +100,24 @@ def best_device() -> torch.device:
 
 
 def load_metric_models(settings: EvalSettings, device: torch.device | str) -> MetricModels:
-    """Load what the asked-for metrics need, sharing one model between metrics (and roles) where they agree."""
+    """Load what the asked-for metrics need (only that), sharing one model between metrics (and roles) where they
+    agree."""
     models = MetricModels()
-    loaded: dict[str, object] = {}  # spec -> model, so one ViT serves every role and metric that names it
+    loaded: dict[str, object] = {}  # loader key -> (model, id), so one ViT serves every role and metric that names it
     random: dict[str, list[str]] = {}  # model id -> metrics computed with it, for one warning per model
-    for name in settings.metrics:
-        role = METRICS[name].model
+    for spec in settings.metrics:
+        metric = get_metric(spec)
+        name, role = metric.name, metric.model
         try:
-            model, model_id = _load_role(role, settings, device, loaded)
+            model, model_id = _load_role(role, settings, device, loaded) if role else (None, NO_MODEL)
         except (MetricUnavailable, BackboneUnavailable) as exc:
             if settings.explicit:
                 raise MetricUnavailable(f"metric {name} was asked for but cannot be computed: {exc}") from exc
             log.warning("skipping metric %s: %s", name, exc)
             models.skipped[name] = str(exc)
             continue
-        setattr(models, role, model)
+        if role:
+            models.models[role] = model
         models.ids[name] = model_id
         if model_id.endswith("@" + RANDOM_WEIGHTS_ID):
             random.setdefault(model_id, []).append(name)
@@ -106,28 +127,48 @@ def load_metric_models(settings: EvalSettings, device: torch.device | str) -> Me
 
 
 def _load_role(role: str, settings: EvalSettings, device, loaded: dict):
+    if role not in MODEL_LOADERS:
+        raise MetricUnavailable(f"no loader for model role {role!r}: use one of {', '.join(MODEL_LOADERS)}, or register "
+                                f"one with @evaluation.models.register_model({role!r})")
+    key = _loader_key(role, settings)
+    if key not in loaded:
+        loaded[key] = MODEL_LOADERS[role](settings, device)
+    return loaded[key]
+
+
+def _loader_key(role: str, settings: EvalSettings) -> str:
     if role in DINO_ROLES:
-        spec = settings.backbone_specs()[role]
-        key = f"dino:{spec}"
-        if key not in loaded:
-            try:
-                loaded[key] = load_backbone(spec, device)
-            except BackboneUnavailable as exc:
-                raise MetricUnavailable(f"{exc} (here: --metric-backbone {DINO_ROLES[role]}=file:PATH)") from exc
-        backbone = loaded[key]
-        return backbone, f"{backbone.spec}@{backbone.weights_id}"
+        return f"dino:{settings.backbone_specs()[role]}"
     if role == "lpips":
-        key = f"lpips:{settings.lpips_weights}"
-        if key not in loaded:
-            loaded[key] = load_lpips(settings.lpips_weights, device)
-        return loaded[key]
+        return f"lpips:{settings.lpips_weights}"
     if role == "segmenter":
-        key = f"segmenter:{settings.segmenter!r}"
-        if key not in loaded:
-            loaded[key] = load_segmenter(settings.segmenter, device, settings.segmenter_weights)
-        segmenter = loaded[key]
-        return segmenter, f"{segmenter.name}@{segmenter.weights_id}"
-    raise AssertionError(role)
+        return f"segmenter:{settings.segmenter!r}"
+    return role
+
+
+def _load_dino(role: str):
+    def load(settings: EvalSettings, device):
+        try:
+            backbone = load_backbone(settings.backbone_specs()[role], device)
+        except BackboneUnavailable as exc:
+            raise MetricUnavailable(f"{exc} (here: --metric-backbone {DINO_ROLES[role]}=file:PATH)") from exc
+        return backbone, f"{backbone.spec}@{backbone.weights_id}"
+    return load
+
+
+for _role in DINO_ROLES:
+    register_model(_role)(_load_dino(_role))
+
+
+@register_model("lpips")
+def _load_lpips(settings: EvalSettings, device):
+    return load_lpips(settings.lpips_weights, device)
+
+
+@register_model("segmenter")
+def _load_segmenter(settings: EvalSettings, device):
+    segmenter = load_segmenter(settings.segmenter, device, settings.segmenter_weights)
+    return segmenter, f"{segmenter.name}@{segmenter.weights_id}"
 
 
 def load_lpips(weights: str, device) -> tuple[torch.nn.Module, str]:

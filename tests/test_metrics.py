@@ -11,7 +11,7 @@ from evaluation.engine import PairImages, compute_metrics
 from evaluation.models import EvalSettings, MetricModels, load_lpips, load_metric_models
 from evaluation.segmenter import load_segmenter
 from evaluation.weights import MetricUnavailable, hub_cache_path
-from pipeline.method.backbone import load_backbone
+from pipeline.method.backbone import load_backbone, self_similarity
 
 
 def smooth_image(seed: int, height: int, width: int) -> torch.Tensor:
@@ -39,24 +39,35 @@ def lpips_model():
 @pytest.fixture(scope="module")
 def models(backbone, lpips_model):
     ids = {m: "test@random" for m in M.METRICS}
-    return MetricModels(vitb8=backbone, vits16=backbone, lpips=lpips_model, segmenter=ColourSegmenter(), ids=ids)
+    return MetricModels({"vitb8": backbone, "vits16": backbone, "lpips": lpips_model, "segmenter": ColourSegmenter()},
+                        ids=ids)
 
 
-def test_structure_metrics_are_zero_when_the_output_is_the_structure_image(backbone, lpips_model):
-    structure, other = unit(smooth_image(0, 40, 56)), unit(smooth_image(1, 40, 56))
-    assert M.selfsim_mse(backbone, structure, structure).item() == pytest.approx(0.0, abs=1e-10)
-    assert M.lpips_structure(lpips_model, structure, structure).item() == pytest.approx(0.0, abs=1e-10)
-    assert M.selfsim_mse(backbone, structure, other).item() > 1e-6
-    assert M.lpips_structure(lpips_model, structure, other).item() > 1e-6
+def scores_of(models, metrics, structure, appearance, output) -> dict[str, float]:
+    """One pair through the registry and the engine: the path `splice evaluate` takes."""
+    scores = compute_metrics([PairImages("p", structure, appearance, output)], metrics, models, "cpu")["p"]
+    assert not scores.errors
+    return scores.values
 
 
-def test_appearance_metrics_are_ideal_when_the_output_is_the_appearance_image(backbone):
-    appearance, other = unit(smooth_image(2, 36, 44)), unit(smooth_image(3, 50, 30))
-    for cosine in (M.cls_cosine, M.final_cls_cosine):
-        assert cosine(backbone, appearance, appearance).item() == pytest.approx(1.0, abs=1e-5)
-        assert cosine(backbone, appearance, other).item() < 1 - 1e-5
-    assert M.cls_mse(backbone, appearance, appearance).item() == pytest.approx(0.0, abs=1e-10)
-    assert M.cls_mse(backbone, appearance, other).item() > 1e-8
+def test_structure_metrics_are_zero_when_the_output_is_the_structure_image(models):
+    structure, other = smooth_image(0, 40, 56), smooth_image(1, 40, 56)
+    names = ["selfsim", "selfsim_native", "lpips_structure"]
+    same = scores_of(models, names, structure, other, structure.clone())
+    differs = scores_of(models, names, structure, other, other)
+    for name in names:
+        assert same[name] == pytest.approx(0.0, abs=1e-10), name
+        assert differs[name] > 1e-6, name
+
+
+def test_appearance_metrics_are_ideal_when_the_output_is_the_appearance_image(models):
+    appearance, other = smooth_image(2, 36, 44), smooth_image(3, 50, 30)
+    names = ["dino_i", "dino_i_s16", "cls_mse"]
+    same = scores_of(models, names, other, appearance, appearance.clone())
+    differs = scores_of(models, names, other, appearance, other)
+    for cosine in ("dino_i", "dino_i_s16"):
+        assert same[cosine] == pytest.approx(1.0, abs=1e-5) and differs[cosine] < 1 - 1e-5, cosine
+    assert same["cls_mse"] == pytest.approx(0.0, abs=1e-10) and differs["cls_mse"] > 1e-8
 
 
 # --- the published protocol, built by hand from PIL and torchvision calls -----------------------------------------
@@ -99,7 +110,7 @@ def protocol_reference(vit, structure: torch.Tensor, appearance: torch.Tensor, o
 def test_published_protocol_matches_a_reference_built_from_pil_and_torchvision():
     # ViT-S/8 shape with DINO's input normalisation: patch 8 as in the protocol's ViT-B/8, small enough for a test
     backbone = load_backbone("random:vit_small_patch8_224.dino", "cpu")
-    models = MetricModels(vitb8=backbone, vits16=backbone, ids={m: "test@random" for m in M.METRICS})
+    models = MetricModels({"vitb8": backbone, "vits16": backbone}, ids={m: "test@random" for m in M.METRICS})
     pairs = [PairImages("landscape", smooth_image(30, 120, 200), smooth_image(31, 90, 70), smooth_image(32, 120, 200)),
              PairImages("portrait", smooth_image(33, 300, 180), smooth_image(34, 64, 64), smooth_image(35, 150, 90)),
              PairImages("square", smooth_image(36, 96, 96), smooth_image(37, 700, 500), smooth_image(38, 96, 96))]
@@ -119,11 +130,10 @@ def test_mean_iou_by_hand():
         M.mean_iou(a, b + 5, 3)
 
 
-def test_layout_miou_is_one_for_identical_images_and_lower_otherwise():
-    segmenter = ColourSegmenter()
-    structure, other = unit(smooth_image(4, 40, 56)), unit(smooth_image(5, 40, 56))
-    assert M.layout_miou(segmenter, structure, structure).item() == 1.0
-    assert M.layout_miou(segmenter, structure, other).item() < 1.0
+def test_layout_miou_is_one_for_identical_images_and_lower_otherwise(models):
+    structure, other = smooth_image(4, 40, 56), smooth_image(5, 40, 56)
+    assert scores_of(models, ["layout_miou"], structure, other, structure.clone())["layout_miou"] == 1.0
+    assert scores_of(models, ["layout_miou"], structure, other, other)["layout_miou"] < 1.0
 
 
 def test_engine_batches_mixed_sizes_and_keeps_the_identities(models):
@@ -149,9 +159,14 @@ def test_engine_batches_mixed_sizes_and_keeps_the_identities(models):
     single = compute_metrics(pairs[1:3], ["selfsim", "dino_i", "selfsim_native"], models, "cpu", batch_size=1)
     for pair_id, scores in single.items():
         assert scores.values == pytest.approx({k: batched[pair_id].values[k] for k in scores.values}, rel=1e-4, abs=1e-7)
-    # and so does the metric function called directly, the output resized to the structure image's size first
-    structure, output = unit(s0), M.resize(unit(a0), (40, 56))
-    expected = M.selfsim_mse(models.vitb8, structure, output).item()
+    # and so does the definition written out by hand: the output resized to the structure image's size, then both
+    # to the backbone's input size, the MSE of their key self-similarities
+    structure = unit(s0)
+    size = M.vit_size(40, 56)
+    inputs = torch.cat([M.resize(structure, size), M.resize(M.resize(unit(a0), (40, 56)), size)])
+    backbone = models.get("vitb8")
+    similarity = self_similarity(backbone.last_block(backbone.prepare(inputs)).keys)
+    expected = (similarity[0] - similarity[1]).pow(2).mean().item()
     assert batched["same_as_appearance"].values["selfsim_native"] == pytest.approx(expected, rel=1e-4)
 
 
@@ -162,7 +177,7 @@ def test_a_pair_that_fails_fails_alone(models):
                 raise RuntimeError("cannot segment this one")
             return super().segment(images)
 
-    picky = MetricModels(vitb8=models.vitb8, vits16=models.vits16, segmenter=Picky(), ids=models.ids)
+    picky = MetricModels({**models.models, "segmenter": Picky()}, ids=models.ids)
     s0, s1 = smooth_image(20, 40, 56), smooth_image(21, 64, 32)
     pairs = [PairImages("fine", s0, s0, s0), PairImages("bad", s1, s1, s1), PairImages("fine2", s0, s1, s0)]
     scores = compute_metrics(pairs, ["layout_miou", "dino_i"], picky, "cpu", batch_size=8)
