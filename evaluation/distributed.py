@@ -63,7 +63,8 @@ class RayBackend:
         self.ray = ray
         from pipeline.runs.fanout import connect_ray
 
-        self.started = connect_ray(address, log_to_driver=False)
+        # plug-in metrics' files or packages go with the job to the actors (Ray's runtime_env py_modules)
+        self.started = connect_ray(address, runtime_env=settings.runtime_env(), log_to_driver=False)
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
         if gpus:

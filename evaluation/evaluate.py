@@ -36,7 +36,7 @@ from pipeline.runs.run_folder import COST_COLUMNS, PairStatus, Run, RunFolder, R
 from pipeline.storage import Storage, redact_text, redact_url
 
 from evaluation.engine import PairImages, compute_metrics
-from evaluation.metrics import METRICS
+from evaluation.registry import describe, metric_columns
 from evaluation.models import EvalSettings, MetricModels, best_device, load_metric_models
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ def _plan(run: Run, files, stored, ids, force):
 
 def _is_fresh(old: dict, metric: str, model_id: str) -> bool:
     value = old.get(metric)
-    return (value is not None and not _isnan(value) and old.get(f"{metric}__version") == METRICS[metric].version
+    return (value is not None and not _isnan(value) and old.get(f"{metric}__version") == describe(metric).version
             and old.get(f"{metric}__model") == model_id)
 
 
@@ -249,7 +249,7 @@ def _merge(row: dict, update: PairUpdate, ids: dict[str, str]) -> None:
     if update.output_sha256:
         row["output_sha256"] = update.output_sha256
     for metric, value in update.values.items():
-        row.update({metric: value, f"{metric}__version": METRICS[metric].version, f"{metric}__model": ids[metric]})
+        row.update({metric: value, f"{metric}__version": describe(metric).version, f"{metric}__model": ids[metric]})
     if update.image_error:
         row.update(status=PairStatus.ERROR.value, error=update.image_error)
     elif update.errors:
@@ -274,7 +274,7 @@ def _failure(pair_id: str, result: dict | None) -> dict:
 
 
 def _clear_metrics(row: dict) -> None:
-    for metric in METRICS:
+    for metric in metric_columns(row):
         for key in (metric, f"{metric}__version", f"{metric}__model"):
             row.pop(key, None)
 
@@ -311,8 +311,9 @@ def _merge_stored(stored: dict | None, row: dict, ids: dict) -> dict:
     were computed on the same output)."""
     if not stored or stored.get("output_sha256") != row.get("output_sha256"):
         return row
-    merged = {k: v for k, v in row.items() if k.split("__")[0] not in METRICS or k.split("__")[0] in ids}
-    merged.update({k: v for k, v in stored.items() if k.split("__")[0] in METRICS and k.split("__")[0] not in ids})
+    metrics = set(metric_columns([*row, *stored]))
+    merged = {k: v for k, v in row.items() if k.split("__")[0] not in metrics or k.split("__")[0] in ids}
+    merged.update({k: v for k, v in stored.items() if k.split("__")[0] in metrics and k.split("__")[0] not in ids})
     return merged
 
 
@@ -320,15 +321,15 @@ def _write(folder: RunFolder, rows: dict, ids: dict, skipped: dict, classes: lis
     front = ["pair_id", "method", "status", "error", "output_sha256", "output_stamp", *COST_COLUMNS.values(),
              "evaluated_at"]
     frame = pd.DataFrame(list(rows.values()))
-    metric_columns = [c for m in METRICS for c in (m, f"{m}__version", f"{m}__model") if c in frame.columns]
-    frame = frame.reindex(columns=front + metric_columns)
-    for metric in METRICS:
-        if metric in frame.columns:
-            frame[metric] = frame[metric].astype("float64")
+    metrics = metric_columns(frame.columns)
+    frame = frame.reindex(columns=front + [c for m in metrics for c in (m, f"{m}__version", f"{m}__model")])
+    for metric in metrics:
+        frame[metric] = frame[metric].astype("float64")
     frame["status"] = [PairStatus.of(s).value for s in frame["status"]]
     folder.write_metrics(frame)
-    described = {m: {"version": METRICS[m].version, "model": ids[m], "better": METRICS[m].better,
-                     "summary": METRICS[m].summary} for m in ids}
+    described = {m: {"version": describe(m).version, "model": ids[m], "better": describe(m).better,
+                     "summary": describe(m).summary, "aspect": describe(m).aspect, "source": describe(m).source}
+                 for m in ids}
     described = {**{m: v for m, v in others.items() if m in frame.columns and m not in ids}, **described}
     folder.write_evaluation({
         "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "metrics": described, "skipped": skipped,

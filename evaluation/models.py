@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from pipeline import plugins
 from pipeline.method import devices
 from pipeline.method.backbone import BackboneUnavailable, load_backbone
 from pipeline.method.images import DEFAULT_MAX_PIXELS
@@ -40,10 +41,15 @@ class EvalSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS  # refuse images above this many pixels (decompression-bomb guard)
 
     def __post_init__(self):
+        object.__setattr__(self, "metrics", tuple(plugins.canonical(spec) for spec in self.metrics))
         for spec in self.metrics:
             get_metric(spec)  # raises, naming the metric, for an unknown name or a plug-in that cannot be loaded
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def runtime_env(self) -> dict | None:
+        """Ray runtime_env with which workers can import the plug-in metrics asked for (None if none needs it)."""
+        return plugins.runtime_env(get_metric(spec).compute for spec in self.metrics)
 
     def backbone_specs(self) -> dict[str, str]:
         """Backbone spec per DINO role, after --metric-backbone."""

@@ -157,3 +157,8 @@ def _check(metric: Metric) -> None:
     for need in metric.needs:
         if need.image not in IMAGES:
             raise ValueError(f"metric {metric.name}: image {need.image!r} is not one of {', '.join(IMAGES)}")
+
+
+# the built-in metrics register themselves here: importing the registry always brings them (at the end, because
+# they import the names above)
+from evaluation import metrics as _builtins  # noqa: E402,F401

@@ -39,6 +39,22 @@ def is_py_spec(spec: str) -> bool:
     return spec.startswith(PY_PREFIX)
 
 
+def canonical(spec: str) -> str:
+    """The spec with a .py file's path made absolute, so that workers (other working folders) find the same file."""
+    if not is_py_spec(spec):
+        return spec
+    module_part, sep, name = spec[len(PY_PREFIX):].rpartition(":")
+    if sep and module_part and _is_path(module_part):
+        return f"{PY_PREFIX}{Path(module_part).expanduser().resolve()}:{name}"
+    return spec
+
+
+def runtime_env(objects) -> dict | None:
+    """Ray runtime_env that lets workers import the plug-ins defining `objects` (None where none needs shipping)."""
+    paths = sorted({path for obj in objects if (path := ship_path(obj))})
+    return {"py_modules": paths} if paths else None
+
+
 def load_py(spec: str, what: str) -> object:
     """The object a `py:MODULE:NAME` spec names (imported once per process). `what`: e.g. 'method', for errors."""
     with _LOCK:
@@ -72,7 +88,7 @@ def _import(module_part: str, spec: str, what: str):
                 return importlib.import_module(path.stem)
             except ImportError:
                 raise PluginError(f"{what} {spec!r}: no such file {module_part} (give the path of the plug-in's .py "
-                                  f"file; on a cluster, every node needs it: see docs/metrics.md)") from None
+                                  f"file; on a Ray cluster it is shipped to the workers: README, plug-ins)") from None
         return _import_file(path.resolve(), spec, what)
     try:
         return importlib.import_module(module_part)

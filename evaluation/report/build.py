@@ -31,7 +31,7 @@ from pipeline.runs.run_lock import RunLock
 from pipeline.storage import Storage, absolute, is_local, redact_url
 
 from evaluation.report import html as html_report, pairs as report_pairs, svg, tables
-from evaluation.metrics import METRICS
+from evaluation.registry import describe, remember
 from evaluation.report.images import build_store
 from evaluation.report.notes import collect_warnings, metric_descriptions
 from evaluation.report.pairs import LABEL_COLUMNS, LOSS_TERMS
@@ -150,8 +150,9 @@ def _load_runs(storage: Storage, run_urls: list[str]) -> list[RunData]:
         if stored is None:
             raise RunFolderError(f"run {redact_url(run.url)} ({run.method}) has not been evaluated: run "
                                  f"`splice evaluate {redact_url(run.url)}` first")
-        runs.append(RunData(run, label, _per_pair(run, stored, label), run.folder.evaluation(),
-                            run.folder.pair_stamps()))
+        evaluation = run.folder.evaluation()
+        remember(evaluation.get("metrics") or {})  # plug-in metrics evaluated elsewhere: labelled as they were described
+        runs.append(RunData(run, label, _per_pair(run, stored, label), evaluation, run.folder.pair_stamps()))
     return runs
 
 
@@ -170,7 +171,7 @@ def _per_pair(run: Run, stored: pd.DataFrame, label: str) -> pd.DataFrame:
 
 
 def _distribution(frame: pd.DataFrame, metric: str, runs: list[RunData]) -> dict:
-    info = tables.METRICS[metric]
+    info = describe(metric)
     ok = frame[frame["status"] == PairStatus.DONE]
     series = {r.label: ok.loc[ok["method"] == r.label, metric].dropna().to_numpy() for r in runs}
     note = f"{info.better} is better"
@@ -180,8 +181,8 @@ def _distribution(frame: pd.DataFrame, metric: str, runs: list[RunData]) -> dict
 
 def _tradeoff(table: tables.Tables, records, methods: list[str]) -> str:
     """Structure metric (x) against appearance metric (y): per-pair points and each method's mean with its CI."""
-    structure = next((m for m in table.metrics if METRICS[m].aspect == "structure"), None)
-    appearance = next((m for m in table.metrics if METRICS[m].aspect == "appearance"), None)
+    structure = next((m for m in table.metrics if describe(m).aspect == "structure"), None)
+    appearance = next((m for m in table.metrics if describe(m).aspect == "appearance"), None)
     if structure is None or appearance is None:
         return ""
     overall = {row.method: row for row in table.groups[0].rows}
@@ -196,10 +197,10 @@ def _tradeoff(table: tables.Tables, records, methods: list[str]) -> str:
                        "x_ci": (cx.low, cx.high) if cx else (float("nan"),) * 2,
                        "y_ci": (cy.low, cy.high) if cy else (float("nan"),) * 2})
     arrows = tables.ARROWS
-    ideal = ("left" if METRICS[structure].better == "lower" else "right", "top" if METRICS[appearance].better == "higher" else "bottom")
+    ideal = ("left" if describe(structure).better == "lower" else "right", "top" if describe(appearance).better == "higher" else "bottom")
     return svg.scatter_plot(f"{structure} against {appearance}", series,
-                            f"{structure} {arrows[METRICS[structure].better]} (structure kept)",
-                            f"{appearance} {arrows[METRICS[appearance].better]} (appearance taken)",
+                            f"{structure} {arrows[describe(structure).better]} (structure kept)",
+                            f"{appearance} {arrows[describe(appearance).better]} (appearance taken)",
                             note=f"better: {ideal[1]} {ideal[0]}; bars: 95% CI of the mean; dots: pairs")
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 from pipeline.method.weights import RANDOM_WEIGHTS_ID
 from pipeline.runs.run_folder import PairStatus
 
-from evaluation.metrics import METRICS
+from evaluation.registry import describe, metric_columns
 
 DINO_NAME = re.compile(r"DINO ViT-[A-Za-z]+/\d+")
 DINO_ROLES = ("vitb8", "vits16")
@@ -50,7 +50,7 @@ def collect_warnings(runs, table, records, store) -> Warnings:
         info = run.run.info
         if str(info.get("backbone") or "").startswith("random:") or RANDOM_WEIGHTS_ID in (info.get("backbone_weights_ids") or []):
             found.add("outputs made with a RANDOM backbone: they are meaningless (a smoke test)", run.label)
-        randoms = [m for m in METRICS if any(i.endswith(f"@{RANDOM_WEIGHTS_ID}") for i in _model_ids(run.metrics, m))]
+        randoms = [m for m in metric_columns(run.metrics.columns) if any(i.endswith(f"@{RANDOM_WEIGHTS_ID}") for i in _model_ids(run.metrics, m))]
         if randoms:
             found.add("metrics computed with RANDOM weights: their values are for smoke tests only, not results",
                       f"{run.label} ({', '.join(randoms)})")
@@ -71,7 +71,7 @@ def metric_descriptions(runs, metrics: list[str]) -> list[tuple[str, str, str]]:
     """(metric, description, models) per metric: the summary names the model actually used where all runs agree."""
     described = []
     for metric in metrics:
-        info = METRICS[metric]
+        info = describe(metric)
         used = {}
         for run in runs:
             for model_id in _model_ids(run.metrics, metric):

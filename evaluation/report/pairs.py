@@ -15,7 +15,7 @@ from pipeline.runs import layout
 from pipeline.runs.run_folder import PairStatus, RunFolderError
 
 from evaluation.report import svg
-from evaluation.metrics import METRICS
+from evaluation.registry import describe, metric_columns
 from evaluation.report.images import ImageSource
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ def pair_records(runs) -> list[PairRecord]:
         for record in manifest.to_dict("records"):
             inputs.setdefault(record["pair_id"], record)
     rows = [r.metrics.assign(pair_id=r.metrics["pair_id"].astype(str)).set_index("pair_id").to_dict("index") for r in runs]
+    metrics = list(dict.fromkeys(m for r in runs for m in metric_columns(r.metrics.columns)))
     records = []
     for index, pair_id in enumerate(order):
         source = inputs[pair_id]
@@ -76,7 +77,7 @@ def pair_records(runs) -> list[PairRecord]:
             if row is None:
                 record.outputs.append(Output(run.label, "not in run", "this run's manifest has no such pair", {}, {}, None))
                 continue
-            values = {m: float(row[m]) for m in METRICS if m in row and _present(row[m]) and row.get("status") == PairStatus.DONE}
+            values = {m: float(row[m]) for m in metrics if m in row and _present(row[m]) and row.get("status") == PairStatus.DONE}
             cost = {c: row[c] for c in COST_COLUMNS if c in row and _present(row[c])}
             error = str(row["error"]) if _present(row.get("error")) else None
             record.outputs.append(Output(run.label, str(row.get("status")), error, values, cost,
@@ -114,7 +115,7 @@ def extremes(records: list[PairRecord], methods: list[str], metrics: list[str], 
     so that no pair is both)."""
     found = []
     for metric in metrics:
-        lower = METRICS[metric].better == "lower"
+        lower = describe(metric).better == "lower"
         rows = []
         for index, method in enumerate(methods):
             values = [(r.pair_id, r.outputs[index].values[metric]) for r in records

@@ -28,7 +28,7 @@ import pandas as pd
 
 from pipeline.runs.run_folder import PairStatus, status_words
 
-from evaluation.metrics import METRICS
+from evaluation.registry import describe, metric_columns
 
 ARROWS = {"lower": "↓", "higher": "↑"}
 TEX_ARROWS = {"lower": r"$\downarrow$", "higher": r"$\uparrow$"}
@@ -120,7 +120,7 @@ def build_tables(frame: pd.DataFrame, metrics: list[str] | None = None, group_by
         raise ValueError(f"--pairs {pairs!r}: use common (the pairs every method has) or all")
     frame = frame.assign(status=status_words(frame["status"]))
     methods = list(dict.fromkeys(frame["method"]))
-    metrics = [m for m in (metrics or METRICS) if m in frame.columns]
+    metrics = [m for m in metrics if m in frame.columns] if metrics else metric_columns(frame.columns)
     group_by = list(group_by or [])
     for column in group_by:
         if column not in frame.columns:
@@ -241,7 +241,7 @@ def _method_row(method, part, metrics, n_boot, seed, shared=None) -> MethodRow:
 def _win_rate(other: pd.DataFrame, ref: pd.DataFrame, metric: str, shared: set | None = None) -> WinRate:
     if metric not in other or metric not in ref or other[metric].isna().all() or ref[metric].isna().all():
         return WinRate(0, 0, 0)  # a metric one of the two was not evaluated on at all: no win rate
-    sign = -1.0 if METRICS[metric].better == "lower" else 1.0
+    sign = -1.0 if describe(metric).better == "lower" else 1.0
     wins = losses = ties = 0
     for pair_id in other.index.union(ref.index):
         if shared is not None and pair_id not in shared:
@@ -293,7 +293,7 @@ def best_methods(group: GroupTable, metric: str) -> set[str]:
     cells = {r.method: r.cells[metric] for r in group.rows if r.cells.get(metric) is not None}
     if len(cells) < 2:
         return set()
-    pick = min if METRICS[metric].better == "lower" else max
+    pick = min if describe(metric).better == "lower" else max
     best = pick(c.mean for c in cells.values())
     return {m for m, c in cells.items() if c.mean == best}
 
@@ -339,7 +339,7 @@ COST_HEADERS = ["train s/pair", "device", "peak GiB"]
 
 
 def header(metric: str) -> str:
-    return f"{metric} {ARROWS[METRICS[metric].better]}"
+    return f"{metric} {ARROWS[describe(metric).better]}"
 
 
 def to_markdown(tables: Tables) -> str:
@@ -392,7 +392,7 @@ def to_csv(tables: Tables) -> str:
                 cell = row.cells.get(metric)
                 record.update({f"{metric}_mean": cell and cell.mean, f"{metric}_ci_low": cell and cell.low,
                                f"{metric}_ci_high": cell and cell.high, f"{metric}_n": cell.n if cell else 0,
-                               f"{metric}_better": METRICS[metric].better})
+                               f"{metric}_better": describe(metric).better})
                 rate = group.win_rates.get(row.method, {}).get(metric)
                 record.update({f"{metric}_win_rate": rate.rate if rate and rate.n else None,
                                f"{metric}_win_n": rate.n if rate else None})
@@ -415,7 +415,7 @@ def to_latex(tables: Tables) -> str:
         columns = len(tables.metrics)
         coverage = coverage_text(tables, group)
         out += ["", f"% {group.title}", *([f"% {coverage}"] if coverage else []), "\\begin{tabular}{l" + "c" * columns + "rr}", "\\toprule",
-                " & ".join(["Method", *(f"{_tex(m)} {TEX_ARROWS[METRICS[m].better]}" for m in tables.metrics),
+                " & ".join(["Method", *(f"{_tex(m)} {TEX_ARROWS[describe(m).better]}" for m in tables.metrics),
                             "$n$", "failed"]) + " \\\\", "\\midrule"]
         for row in group.rows:
             cells = []
@@ -433,7 +433,7 @@ def to_latex(tables: Tables) -> str:
         if group.win_rates:
             out += [f"% win rate against {tables.reference} ({win_rate_note(tables)})",
                     "\\begin{tabular}{l" + "c" * columns + "}", "\\toprule",
-                    " & ".join(["Method", *(f"{_tex(m)} {TEX_ARROWS[METRICS[m].better]}" for m in tables.metrics)]) + " \\\\",
+                    " & ".join(["Method", *(f"{_tex(m)} {TEX_ARROWS[describe(m).better]}" for m in tables.metrics)]) + " \\\\",
                     "\\midrule"]
             for method, rates in group.win_rates.items():
                 out.append(" & ".join([_tex(method), *(_tex(rate_text(rates[m])) for m in tables.metrics)]) + " \\\\")

@@ -16,7 +16,9 @@ def register(subparsers) -> None:
     evaluate.add_argument("run", metavar="RUN_URL", help="run folder (local path or fsspec URL)")
     add_list_argument(evaluate, "--metrics", metavar="NAME,...",
                       help="metrics to compute, e.g. selfsim,dino_i (default: every default metric whose weights are "
-                           "available; selfsim and dino_i follow the published protocol; all metrics: docs/metrics.md)")
+                           "available; selfsim and dino_i follow the published protocol; all metrics: docs/metrics.md), "
+                           "or a plug-in: an installed one's name, or py:MODULE:NAME (MODULE importable or a path to a "
+                           ".py file)")
     evaluate.add_argument("--metric-backbone", action="append", default=[], metavar="SPEC|ROLE=SPEC",
                           help="override the DINO backbones of all metrics (e.g. random:vit_tiny_patch16_224 for an "
                                "offline smoke run; results are labelled), or per role, one flag each: "

@@ -21,7 +21,9 @@ def register(subparsers) -> None:
     parser.add_argument("manifest", help="manifest Parquet file (local path or fsspec URL)")
     add_out_argument(parser, metavar="RUN_URL", help="run folder: local path, file://, s3://, gs://, ...")
     parser.add_argument("--method", default="splice",
-                        help="method: splice (default), a reference method (color-transfer, ...) or a plug-in")
+                        help="method: splice (default), a reference method (color-transfer, ...) or a plug-in: an "
+                             "installed one's name, or py:MODULE:FN (MODULE importable or a path to a .py file; README, "
+                             "Plug-ins)")
     from pipeline.cli.splicenet import add_run_arguments as add_splicenet_arguments
 
     add_splicenet_arguments(parser)

@@ -1,8 +1,10 @@
-"""Methods a run can apply to each pair: Splice itself and cheap reference methods for benchmark tables.
+"""Methods a run can apply to each pair: Splice itself, cheap reference methods for benchmark tables, and plug-ins.
 
-Every method is a plain function of (structure, appearance, config) -> MethodResult (pipeline/method/result.py,
-what the trainer returns too), where the images are (3, H, W) uint8 tensors, so one writer stores them all in the
-same layout. Nothing here knows of Ray or storage URLs.
+A method is a plain function of (structure, appearance, config) -> MethodResult (pipeline/method/result.py, what
+the trainer returns too), where the images are (3, H, W) uint8 tensors, so one writer stores them all in the same
+layout. `register_method` registers the function itself under its name with the facts the run needs (does it use
+the backbone, can it resume from a checkpoint, which settings make its outputs comparable). Nothing here knows of
+Ray or storage URLs.
 
   splice            the Splice generator, trained per pair (pipeline.method.trainer)
   structure-copy    the structure image itself: perfect structure, no appearance transfer (a floor/ceiling)
@@ -11,18 +13,23 @@ same layout. Nothing here knows of Ray or storage URLs.
                     appearance image's, in CIELAB
   splicenet         a trained SpliceNet (--checkpoint), applied to packs of pairs in batched forward passes
                     (pipeline/method/splicenet_apply.py)
+
+Plug-ins (pipeline/plugins.py), without editing this file: `--method py:MODULE:FN` (MODULE importable or a path to
+a .py file) or an entry point in group `splice.methods`. FN may be decorated with `register_method` to declare its
+facts; a plain function is a method that uses no backbone and may return just the output image, (3, H, W) uint8.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline import plugins
 from pipeline.method.config import TrainConfig
 from pipeline.errors import SpliceError
 from pipeline.method.devices import device_name, peak_memory
@@ -33,12 +40,15 @@ from pipeline.method import splicenet_apply
 
 @dataclass(frozen=True)
 class Method:
-    name: str
-    run: Callable[..., MethodResult]  # (structure, appearance, config, **context) -> result
-    uses_backbone: bool  # needs a DinoBackbone and a device
-    resumable: bool  # accepts checkpoint / save_checkpoint
-    settings: Callable[[TrainConfig], dict]  # what run.json records as the method's settings
-    summary: str
+    name: str  # recorded in run.json and results.parquet, the method's label in tables
+    run: Callable[..., MethodResult]  # the function: (structure, appearance, config, **context) -> result
+    uses_backbone: bool = False  # needs a DinoBackbone and a device
+    resumable: bool = False  # accepts checkpoint / save_checkpoint
+    packs: bool = False  # trains pairs together in packs (--pack): accepts `train`, the pack's trainer
+    settings: Callable[[TrainConfig], dict] = field(default=lambda config: {"max_side": config.max_side}, repr=False)
+    summary: str = ""  # what run.json says the method is
+    version: str | None = None  # a plug-in's version, recorded in run.json
+    spec: str = ""  # how workers name it again: its name, or a plug-in's py:MODULE:FN
     batched: Batched | None = None  # applies whole packs of pairs at once (splicenet); None: pair by pair
 
     def with_options(self, options: dict) -> Method:
@@ -50,6 +60,8 @@ class Method:
         return dataclasses.replace(self, settings=lambda config: {**base(config), **options})
 
 
+
+
 @dataclass(frozen=True)
 class Batched:
     """How the fan-out drives a method that applies whole packs of pairs at once. Every pack goes through `apply`
@@ -59,27 +71,110 @@ class Batched:
     pack_size: Callable[[int, int, float], int]  # pairs per task for --pack auto: (pairs to do, task slots, GPUs/task)
 
 
+METHODS: dict[str, Method] = {}  # name -> method: the built-ins below and plug-ins resolved so far
+ENTRY_POINT_GROUP = "splice.methods"
+_BY_SPEC: dict[str, Method] = {}  # plug-in spec -> its method, resolved once per process
+
+
+def register_method(name: str, **facts) -> Callable[[Callable], Callable]:
+    """Decorator: registers the function as method `name`, with `facts` (the fields of Method: uses_backbone,
+    resumable, packs, settings, summary, version, batched), and returns it unchanged."""
+    def decorate(fn: Callable) -> Callable:
+        method = Method(name, fn, **{"summary": _first_line(fn), **facts}, spec=name)
+        known = METHODS.get(name)
+        if known is not None and known.run is not fn:
+            raise SpliceError(f"method {name!r} is already registered ({known.summary}): give the plug-in another name")
+        METHODS[name] = method
+        fn.splice_method = method
+        return fn
+    return decorate
+
+
 def run_method(name: str, structure: torch.Tensor, appearance: torch.Tensor, config: TrainConfig, *,
                backbone=None, device: torch.device | None = None, checkpoint: dict | None = None,
                save_checkpoint: Callable[[dict], None] | None = None, train: Callable | None = None):
-    """Apply method `name` to one pair. Splice needs `backbone` and `device`; the others ignore them.
+    """Apply method `name` (a name or plug-in spec) to one pair. Methods that use the backbone get `backbone` and
+    `device` (and the checkpoint hooks if resumable); the others get the images and the config only.
 
     `train` replaces `pipeline.method.trainer.train_pair` (same signature), e.g. to train the pair in a pack."""
     method = get_method(name)
     if method.uses_backbone:
-        return method.run(structure, appearance, config, backbone=backbone, device=device or torch.device("cpu"),
-                          checkpoint=checkpoint, save_checkpoint=save_checkpoint, train=train)
-    return method.run(structure, appearance, config)
+        context = dict(backbone=backbone, device=device or torch.device("cpu"))
+        if method.resumable:
+            context.update(checkpoint=checkpoint, save_checkpoint=save_checkpoint)
+        if method.packs:
+            context.update(train=train)
+    else:
+        context = {}
+    started = time.perf_counter()
+    return _checked(method, method.run(structure, appearance, config, **context), structure, appearance, started)
 
 
-def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise SpliceError(f"unknown method {name!r}: use one of {', '.join(METHODS)}")
-    return METHODS[name]
+def get_method(spec: str) -> Method:
+    """The method a user named: a registered name, `py:MODULE:FN`, or an entry point of group splice.methods."""
+    if spec in METHODS:
+        return METHODS[spec]
+    spec = plugins.canonical(spec)
+    if spec in _BY_SPEC:
+        return _BY_SPEC[spec]
+    if plugins.is_py_spec(spec):
+        fn = plugins.load_py(spec, "method")
+    else:
+        fn = plugins.load_entry_point(ENTRY_POINT_GROUP, spec, "method")
+        if fn is None:
+            raise SpliceError(f"unknown method {spec!r}: use one of {', '.join(available())}; or a plug-in: "
+                              f"py:MODULE:FN (MODULE importable or a path to a .py file), or an entry point in group "
+                              f"{ENTRY_POINT_GROUP} (README: plug-in methods)")
+    if not callable(fn):
+        raise SpliceError(f"method {spec!r} is a {type(fn).__name__}, not a function of (structure, appearance, "
+                          f"config)")
+    method = getattr(fn, "splice_method", None)
+    if method is None:  # a plain function: no backbone, no checkpoints, named after the function
+        method = Method(fn.__name__.replace("_", "-"), fn, summary=_first_line(fn))
+    method = replace(method, spec=spec)
+    known = METHODS.get(method.name)
+    if known is not None and known.run is not fn:
+        raise SpliceError(f"method {spec!r} is named {method.name!r}, which is already a method ({known.summary}): "
+                          f"give the plug-in another name (@register_method(NAME))")
+    _BY_SPEC[spec] = method
+    return method
+
+
+def available() -> list[str]:
+    """Names a user can give: registered methods and installed entry points."""
+    return list(dict.fromkeys([*METHODS, *plugins.entry_point_names(ENTRY_POINT_GROUP)]))
+
+
+def _checked(method: Method, result, structure, appearance, started: float) -> MethodResult:
+    """A plug-in may return the output image alone: wrap it as the reference methods do; refuse anything else."""
+    if isinstance(result, torch.Tensor):
+        result = _result(method.name, result, structure, appearance, started)
+    if not isinstance(result, MethodResult):
+        raise SpliceError(f"method {method.spec or method.name!r} returned a {type(result).__name__}: return a "
+                          f"MethodResult or the output image, a (3, H, W) uint8 tensor")
+    output = result.output
+    if not (isinstance(output, torch.Tensor) and output.dtype == torch.uint8 and output.dim() == 3 and output.shape[0] == 3):
+        what = f"{tuple(output.shape)} {output.dtype}" if isinstance(output, torch.Tensor) else type(output).__name__
+        raise SpliceError(f"method {method.spec or method.name!r} gave an output of {what}: it must be a (3, H, W) "
+                          f"uint8 tensor")
+    result.meta.setdefault("method", method.name)
+    if method.version is not None:
+        result.meta.setdefault("method_version", method.version)
+    return result
+
+
+def _max_side_only(config: TrainConfig) -> dict:
+    return {"max_side": config.max_side}
+
+
+def _first_line(fn: Callable) -> str:
+    return ((fn.__doc__ or "").strip().splitlines() or [getattr(fn, "__name__", "")])[0]
 
 
 # --- splice --------------------------------------------------------------------------------------------------
 
+@register_method("splice", uses_backbone=True, resumable=True, packs=True, settings=lambda config: config.to_dict(),
+                 summary="Splice: a generator trained per pair")
 def splice(structure, appearance, config: TrainConfig, *, backbone, device, checkpoint=None, save_checkpoint=None,
            train=None):
     from pipeline.method.trainer import train_pair
@@ -92,6 +187,15 @@ def splice(structure, appearance, config: TrainConfig, *, backbone, device, chec
 
 # --- splicenet ----------------------------------------------------------------------------------------------
 
+def splicenet_settings(config: TrainConfig) -> dict:
+    """The run settings that change a SpliceNet output, beside its options (checkpoint and its hash, strength)."""
+    return {"max_side": config.max_side, "precision": config.precision, "antialias": config.antialias}
+
+
+@register_method("splicenet", uses_backbone=True, settings=splicenet_settings,
+                 summary="SpliceNet: one feed-forward network per domain (--checkpoint), batched",
+                 batched=Batched(prepare=splicenet_apply.prepare, apply=splicenet_apply.apply_pack,
+                                 pack_size=splicenet_apply.pack_size))
 def splicenet(structure, appearance, config: TrainConfig, *, backbone, device, train=None, **_) -> MethodResult:
     """One pair of a pack: `train` is the pack's rendezvous member, which applies the net to the whole pack."""
     if train is None:
@@ -100,19 +204,17 @@ def splicenet(structure, appearance, config: TrainConfig, *, backbone, device, t
     return train(structure, appearance, config, backbone, device)
 
 
-def splicenet_settings(config: TrainConfig) -> dict:
-    """The run settings that change a SpliceNet output, beside its options (checkpoint and its hash, strength)."""
-    return {"max_side": config.max_side, "precision": config.precision, "antialias": config.antialias}
-
-
 # --- reference methods ---------------------------------------------------------------------------------------
 
+@register_method("structure-copy", summary="the structure image unchanged")
 def structure_copy(structure: torch.Tensor, appearance: torch.Tensor, config: TrainConfig) -> MethodResult:
     started = time.perf_counter()
     structure = downscale_to(structure, config.max_side)
     return _result("structure-copy", structure.clone(), structure, appearance, started)
 
 
+@register_method("appearance-copy", settings=lambda config: {"max_side": config.max_side, "fit": "cover, centre crop"},
+                 summary="the appearance image, cropped to the structure's size")
 def appearance_copy(structure: torch.Tensor, appearance: torch.Tensor, config: TrainConfig) -> MethodResult:
     started = time.perf_counter()
     structure = downscale_to(structure, config.max_side)
@@ -120,6 +222,9 @@ def appearance_copy(structure: torch.Tensor, appearance: torch.Tensor, config: T
     return _result("appearance-copy", output, structure, appearance, started)
 
 
+@register_method("color-transfer", settings=lambda config: {
+    "max_side": config.max_side, "color_space": "CIELAB (D65)",
+    "statistics": "per-channel mean and std (Reinhard et al. 2001)"}, summary="mean/std colour statistics transfer in CIELAB")
 def color_transfer(structure: torch.Tensor, appearance: torch.Tensor, config: TrainConfig) -> MethodResult:
     started = time.perf_counter()
     structure = downscale_to(structure, config.max_side)
@@ -187,23 +292,3 @@ def lab_to_srgb(lab: np.ndarray) -> np.ndarray:
     linear = np.clip(xyz @ _XYZ_TO_RGB.T, 0, 1)
     c = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
     return np.clip(np.round(c * 255), 0, 255).astype(np.uint8)
-
-
-METHODS: dict[str, Method] = {
-    "splice": Method("splice", splice, uses_backbone=True, resumable=True,
-                     settings=lambda config: config.to_dict(), summary="Splice: a generator trained per pair"),
-    "structure-copy": Method("structure-copy", structure_copy, uses_backbone=False, resumable=False,
-                             settings=lambda config: {"max_side": config.max_side},
-                             summary="the structure image unchanged"),
-    "appearance-copy": Method("appearance-copy", appearance_copy, uses_backbone=False, resumable=False,
-                              settings=lambda config: {"max_side": config.max_side, "fit": "cover, centre crop"},
-                              summary="the appearance image, cropped to the structure's size"),
-    "color-transfer": Method("color-transfer", color_transfer, uses_backbone=False, resumable=False,
-                             settings=lambda config: {"max_side": config.max_side, "color_space": "CIELAB (D65)",
-                                                      "statistics": "per-channel mean and std (Reinhard et al. 2001)"},
-                             summary="mean/std colour statistics transfer in CIELAB"),
-    "splicenet": Method("splicenet", splicenet, uses_backbone=True, resumable=False, settings=splicenet_settings,
-                        summary="SpliceNet: one feed-forward network per domain (--checkpoint), batched",
-                        batched=Batched(prepare=splicenet_apply.prepare, apply=splicenet_apply.apply_pack,
-                                        pack_size=splicenet_apply.pack_size)),
-}

@@ -43,6 +43,7 @@ from pipeline.errors import SpliceError
 from pipeline.method.devices import best_device
 from pipeline.method.images import ImageError, decode_image, max_input_bytes
 from manifests.schema import Manifest, ManifestError, PairSpec, read_manifest
+from pipeline import plugins
 from pipeline.method.registry import get_method, run_method
 from pipeline.runs.progress import ProgressRecorder, RunProgress
 from pipeline.runs.packs import PackRendezvous, auto_pack_size, image_size, plan_packs
@@ -123,6 +124,7 @@ def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
     storage = Storage(settings.storage_options)
     method = get_method(settings.method)
     settings, method = _prepare_method(settings, method, storage)
+    settings = dataclasses.replace(settings, method=method.spec)  # how workers name it (a plug-in: its absolute path)
     manifest = read_manifest(manifest_url, storage)
     jobs = [_job(pair, settings) for pair in select_pairs(manifest, settings.only, settings.limit)]
     settings = resolve_task_settings(settings)
@@ -230,7 +232,8 @@ def _job(pair: PairSpec, settings: RunSettings) -> PairJob:
 
 
 def _fan_out(todo: list[PairJob], settings: RunSettings, results: ResultsTable, skipped: int, run_lock) -> None:
-    started_ray = _ensure_ray(settings.address)
+    # a plug-in method's file or package goes to the workers with the job (Ray's runtime_env py_modules)
+    started_ray = _ensure_ray(settings.address, plugins.runtime_env([get_method(settings.method).run]))
     if _address(settings.address) and is_local(settings.out):
         log.warning("--out %s is a local path but pairs run on a Ray cluster: each node writes to its own disk unless "
                     "the path is shared storage; prefer s3://, gs://, ...", settings.out)
@@ -295,7 +298,7 @@ def _collect(ref, job: PairJob, max_retries: int) -> dict:
         error = f"pair {job.pair_id!r}: its worker process died {max_retries + 1} time(s) (out of memory?); run again to retry it"
     except ray.exceptions.RayError as exc:
         error = f"pair {job.pair_id!r}: {type(exc).__name__}: {redact_text((str(exc).splitlines() or [''])[0])[:300]}"
-    return {"pair_id": job.pair_id, "status": PairStatus.FAILED.value, "error": error, "method": job.method,
+    return {"pair_id": job.pair_id, "status": PairStatus.FAILED.value, "error": error, "method": get_method(job.method).name,
             "attempts": max_retries + 1}
 
 
@@ -314,18 +317,25 @@ def _address(address: str | None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS")
 
 
-def _ensure_ray(address: str | None) -> bool:
-    return connect_ray(address)
+def _ensure_ray(address: str | None, runtime_env: dict | None = None) -> bool:
+    return connect_ray(address, runtime_env=runtime_env)
 
 
-def connect_ray(address: str | None, **options) -> bool:
+def connect_ray(address: str | None, runtime_env: dict | None = None, **options) -> bool:
     """Use an initialised Ray as it is; else connect to address / RAY_ADDRESS, else start one here.
 
     Returns whether this call initialised Ray. 'local' (or no address) always starts a fresh instance here,
-    never a stray cluster that another `ray start` left running.
+    never a stray cluster that another `ray start` left running. `runtime_env` (e.g. plug-ins' py_modules) goes
+    with the job to every worker; a Ray initialised by the caller keeps its own (its workers import plug-ins
+    from their own path: a plug-in .py file given by its path is found there on one machine).
     """
     if ray.is_initialized():
+        if runtime_env:
+            log.info("Ray was initialised before: plug-ins %s are not shipped to its workers (they import them from "
+                     "their own path)", ", ".join(runtime_env.get("py_modules", [])))
         return False
+    if runtime_env:
+        options["runtime_env"] = runtime_env
     with _keep_sigterm_handler():
         return _connect_ray(address, **options)
 
@@ -405,7 +415,7 @@ def resolve_task_settings(settings: RunSettings) -> RunSettings:
 def _plan(todo: list[PairJob], settings: RunSettings, gpus: float) -> list[list[PairJob]]:
     """Packs of pairs: of one backbone each, equal image sizes together; K from --pack or the auto rule."""
     method = get_method(settings.method)
-    size = settings.pack if method.uses_backbone else 1
+    size = settings.pack if method.packs or method.batched is not None else 1
     if size is None and method.batched is not None:  # inference in batches: the method says how many per task
         size = method.batched.pack_size(len(todo), _slots(settings.cpus_per_pair, gpus), gpus)
     if size == 1 or len(todo) == 1 or (size is None and not gpus):
@@ -489,7 +499,7 @@ def _device_probe(backbone_spec: str) -> dict:
 def _pack_task(jobs: list[PairJob], compile_backbone: str = "auto") -> list[dict]:
     recorder = ProgressRecorder(Storage(jobs[0].storage_options))  # pairs/<id>/progress.json while they train
     for job in jobs:
-        if get_method(job.method).uses_backbone:
+        if _uses_backbone(job.method):
             recorder.track(job.pair_id, job.pair_dir, job.config.steps)
     try:
         return run_pack(jobs, compile_backbone=compile_backbone, on_step=recorder)
@@ -501,11 +511,18 @@ def _pack_task(jobs: list[PairJob], compile_backbone: str = "auto") -> list[dict
             recorder.finish(job.pair_id)
 
 
+def _uses_backbone(method: str) -> bool:
+    try:
+        return get_method(method).uses_backbone
+    except SpliceError:  # e.g. a plug-in this worker cannot import: run_pair fails the pair, saying why
+        return False
+
+
 def run_pack(jobs: list[PairJob], compile_backbone: str = "auto", on_step=None) -> list[dict]:
     """Do a pack of pairs; returns their results rows. Each pair goes through `run_pair` in its own thread; those
     that reach training train together. Never raises for a bad pair. on_step(pair_id, step): per-pair progress."""
     method = get_method(jobs[0].method)
-    if not method.uses_backbone or (len(jobs) == 1 and method.batched is None):
+    if not (method.packs or method.batched is not None) or (len(jobs) == 1 and method.batched is None):
         return [run_pair(job, on_step=on_step) for job in jobs]
     from concurrent.futures import ThreadPoolExecutor
 
@@ -549,6 +566,8 @@ def run_pair(job: PairJob, train=None, on_step=None) -> dict:
             pair.forget()
         elif pair.is_done():  # a retry after the pair was finished
             return row_from_meta(job.pair_id, pair.read_meta())
+        method = get_method(job.method)  # a plug-in is imported here, once per worker process
+        row["method"] = method.name
         attempt = row["attempts"] = pair.record_attempt(started_at)
         hooks.point("pair.started", pair_id=job.pair_id, attempt=attempt, storage=storage, pair_dir=job.pair_dir)
         # 1. inputs
@@ -556,7 +575,6 @@ def run_pair(job: PairJob, train=None, on_step=None) -> dict:
         appearance = _read_image(storage, job, "appearance", job.appearance_uri)
         hooks.point("pair.inputs_read", pair_id=job.pair_id)
         # 2. method (backbone cached per worker process)
-        method = get_method(job.method)
         backbone = device = None
         loaded = False
         if method.uses_backbone:
@@ -574,7 +592,7 @@ def run_pair(job: PairJob, train=None, on_step=None) -> dict:
                             checkpoint=checkpoint, save_checkpoint=save, train=train)
         # 3. outputs, _SUCCESS last
         finished_at = _now()
-        extra = {"pair_id": job.pair_id, "method": job.method, "attempt": attempt,
+        extra = {"pair_id": job.pair_id, "method": method.name, "attempt": attempt,
                  "structure_uri": redact_url(job.structure_uri), "appearance_uri": redact_url(job.appearance_uri),
                  "started_at": started_at, "finished_at": finished_at,
                  "worker": {"host": socket.gethostname(), "pid": os.getpid(), "backbone_loaded": loaded}}

@@ -271,6 +271,8 @@ def run_record(settings, method, manifest, *, existing: dict | None, inputs: dic
     now = _now()
     return {
         "method": method.name,
+        "method_version": getattr(method, "version", None),  # a plug-in's, where it declares one
+        "method_source": getattr(method, "spec", method.name),  # its name, or the plug-in spec that names it
         "settings": method.settings(settings.config),
         "backbone": settings.config.backbone if method.uses_backbone else None,
         "backbone_fallback": getattr(settings, "backbone_fallback", None) if method.uses_backbone else None,
