@@ -4,7 +4,11 @@ Tiny images, no backbone training, a model-less metric: seconds."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,30 +26,18 @@ from pipeline.method.config import TrainConfig
 from manifests.schema import validate_frame, write_manifest
 from manifests.builders import build_pairs_dir
 
-METHOD_FILE = '''
-"""A plug-in method: the structure image posterized to 4 levels per channel."""
-import torch
-
-from pipeline.method.registry import register_method
+README = Path(__file__).resolve().parents[1] / "README.md"
+TINY = "random:vit_tiny_patch16_224"
 
 
-@register_method("posterize", version="7", summary="the structure image with 4 levels per channel",
-                 settings=lambda config: {"levels": 4, "max_side": config.max_side})
-def posterize(structure, appearance, config):
-    return (structure // 64 * 64 + 32).to(torch.uint8)
-'''
-
-METRIC_FILE = '''
-"""A plug-in metric without a model: pixel MSE between the structure image and the output."""
-from evaluation.registry import Need, register_metric
+def readme_example(first_line: str) -> str:
+    """The README's Python example that starts with `first_line`: the tests run the documented plug-ins as written."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    return next(block for block in blocks if block.startswith(first_line))
 
 
-@register_metric("pixel_mse", version="3", better="lower", aspect="structure",
-                 needs=(Need("structure", "structure_size"), Need("output", "structure_size")),
-                 summary="MSE of pixel values in [0, 1] between structure image and output")
-def pixel_mse(model, structure, output):  # (B, 3, H, W) x 2 -> (B,)
-    return (structure - output).pow(2).flatten(1).mean(1)
-'''
+METHOD_FILE = readme_example("# posterize.py")
+METRIC_FILE = readme_example("# my_metrics.py")
 
 
 @pytest.fixture(autouse=True)
@@ -81,17 +73,17 @@ def test_a_plugin_method_file_runs_on_ray_workers_and_its_outputs_are_evaluated(
     assert list(results["status"]) == ["done", "done"] and set(results["method"]) == {"posterize"}
     for pair_id in ("p0", "p1"):
         meta = json.loads((out / "pairs" / pair_id / "meta.json").read_text())
-        assert meta["method"] == "posterize" and meta["method_version"] == "7"
-        assert meta["worker"]["pid"] != __import__("os").getpid()  # ran in a Ray worker, not here
+        assert meta["method"] == "posterize" and meta["method_version"] == "1"
+        assert meta["worker"]["pid"] != os.getpid()  # ran in a Ray worker, not here
         pixels = np.asarray(Image.open(out / "pairs" / pair_id / "output.png"))
         assert set(np.unique(pixels)) <= {32, 96, 160, 224}
     record = json.loads((out / "run.json").read_text())
     assert (record["method"], record["method_version"], record["method_source"]) == (
-        "posterize", "7", f"py:{plugin}:posterize")
+        "posterize", "1", f"py:{plugin}:posterize")
     assert record["settings"] == {"levels": 4, "max_side": TrainConfig().max_side}
 
     # its outputs are evaluated like any run's, under the plug-in's name
-    metric = write(tmp_path / "metric_plugins" / "pixel.py", METRIC_FILE)
+    metric = write(tmp_path / "metric_plugins" / "my_metrics.py", METRIC_FILE)
     assert main(["evaluate", str(out), "--metrics", f"py:{metric}:pixel_mse", "--no-progress"]) == 0
     frame = pd.read_parquet(out / "eval" / "metrics.parquet")
     assert set(frame["method"]) == {"posterize"} and (frame["pixel_mse"] > 0).all()
@@ -115,28 +107,32 @@ def imported_run(tmp_path, make_pairs):
 
 def test_a_plugin_metric_is_evaluated_stored_with_its_version_and_reported_without_importing_it(
         imported_run, tmp_path, ray_session, monkeypatch, capsys):
-    spec = f"py:{write(tmp_path / 'plugins' / 'pixel.py', METRIC_FILE)}:pixel_mse"
-    assert main(["evaluate", str(imported_run), "--metrics", spec, "--no-progress"]) == 0
+    plugin = write(tmp_path / "plugins" / "my_metrics.py", METRIC_FILE)
+    spec, cosine = f"py:{plugin}:pixel_mse", f"py:{plugin}:cls_cosine"
+    assert main(["evaluate", str(imported_run), "--metrics", f"cls_mse,{spec},{cosine}", "--metric-backbone", TINY,
+                 "--no-progress"]) == 0
     frame = pd.read_parquet(imported_run / "eval" / "metrics.parquet").set_index("pair_id")
     assert frame.at["p0", "pixel_mse"] == 0.0 and frame.at["p1", "pixel_mse"] > 0.001  # identity, and not
-    assert set(frame["pixel_mse__version"]) == {"3"} and set(frame["pixel_mse__model"]) == {"none"}
+    assert frame.at["p1", "cls_cosine"] == pytest.approx(1.0, abs=1e-5) and frame.at["p0", "cls_cosine"] < 1 - 1e-5
+    assert set(frame["pixel_mse__version"]) == {"1"} and set(frame["pixel_mse__model"]) == {"none"}
+    assert set(frame["cls_cosine__model"]) == {f"{TINY}@random"} and frame.at["p1", "cls_mse"] == 0.0
     described = json.loads((imported_run / "eval" / "evaluation.json").read_text())["metrics"]["pixel_mse"]
     assert (described["better"], described["source"]) == ("lower", spec)
 
     # on Ray actors (the file shipped with runtime_env py_modules) the values are the same
     copy = tmp_path / "copy"
-    __import__("shutil").copytree(imported_run, copy)
+    shutil.copytree(imported_run, copy)
     (copy / "eval" / "metrics.parquet").unlink()
     evaluate_run(str(copy), EvalSettings(metrics=(spec,), explicit=True), address=ray_session, progress=False)
     on_ray = pd.read_parquet(copy / "eval" / "metrics.parquet").set_index("pair_id")
     assert on_ray["pixel_mse"].to_dict() == frame["pixel_mse"].to_dict()
 
     # a report in a process that never imported the plug-in labels it from evaluation.json
-    del registry.METRICS["pixel_mse"]
+    del registry.METRICS["pixel_mse"], registry.METRICS["cls_cosine"]
     registry._BY_SPEC.clear()
     assert main(["report", str(imported_run), "-o", str(tmp_path / "report")]) == 0
     tables = (tmp_path / "report" / "tables.md").read_text()
-    assert "pixel_mse ↓" in tables and "copycat" in tables
+    assert "pixel_mse ↓" in tables and "cls_cosine ↑" in tables and "copycat" in tables
     assert "MSE of pixel values" in (tmp_path / "report" / "report.html").read_text()
 
 
