@@ -3,7 +3,7 @@ metric in particular: each registry entry (evaluation.registry) says what it nee
 
 1. prepares every view of every image the asked-for metrics name, once per pair (evaluation.views);
 2. computes every feature once per (model, image, view): one extractor pass gives all the features asked of it
-   (evaluation.features);
+   (evaluation.features), and two views of an image that come out equal are passed once;
 3. calls each metric on batches of its features.
 
 Images in a set of pairs differ in size (except under the published protocol, where all are 224x224), so each
@@ -13,8 +13,8 @@ item, so that one bad pair fails alone (and only for the metrics that need what 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -47,28 +47,50 @@ def compute_metrics(pairs: list[PairImages], names: list[str], models: MetricMod
     scores = {pair.pair_id: PairScores() for pair in pairs}
     run = _Runner(device, batch_size)
 
-    # 1. the views the metrics need, on the CPU, once per (image, view) of each pair
+    # 1. the views the metrics need, on the CPU, once per (image, view) of each pair; two views that come out the
+    #    same (an output at the structure image's size seen natively and at the structure's size) are one tensor
     views: dict[tuple[str, str], list] = {}
     for metric in metrics:
         for need in metric.needs:
             if (need.image, need.view) not in views:
-                views[need.image, need.view] = [_view(pair, need.image, need.view) for pair in pairs]
+                earlier = [v for (image, _), v in views.items() if image == need.image]
+                views[need.image, need.view] = [_view(pair, need.image, need.view, [v[i] for v in earlier])
+                                                for i, pair in enumerate(pairs)]
 
-    # 2. the features: one extractor pass per (model, image, view) gives every feature asked of it
-    asked: dict[tuple, list[str]] = defaultdict(list)  # (model key, image, view, extractor) -> feature names
+    # 2. the features: one extractor pass per (model, image) and distinct view of it, asked for every feature any
+    #    metric needs of it
+    asked: dict[tuple, dict[str, list[str]]] = defaultdict(dict)  # (model key, extractor, image) -> view -> features
     for metric in metrics:
         for need in metric.needs:
             if need.feature != IMAGE:
-                key = (_model_key(models, metric), need.image, need.view, _extractor(metric, need.feature))
-                if need.feature not in asked[key]:
-                    asked[key].append(need.feature)
+                by_view = asked[_model_key(models, metric), _extractor(metric, need.feature), need.image]
+                names = by_view.setdefault(need.view, [])
+                if need.feature not in names:
+                    names.append(need.feature)
     features: dict[tuple, list] = {}  # (model key, image, view, feature) -> per pair: a tensor or an exception
-    for (model_key, image, view, extractor), wanted in asked.items():
+    for (model_key, extractor, image), by_view in asked.items():
         model = models.get(model_key[0])
-        results = run([(v,) if not isinstance(v, Exception) else v for v in views[image, view]],
-                      lambda batch, fn=extractor.run, model=model, wanted=tuple(wanted): fn(model, batch, wanted))
-        for index, name in enumerate(wanted):
-            features[model_key, image, view, name] = [r if isinstance(r, Exception) else r[index] for r in results]
+        items, wanted, item_of = [], [], {}  # distinct view tensors, the features asked of each; (pair, id) -> item
+        for view, names in by_view.items():
+            for index, tensor in enumerate(views[image, view]):
+                item = item_of.setdefault((index, id(tensor)), len(items))
+                if item == len(items):
+                    items.append(tensor)
+                    wanted.append([])
+                wanted[item] += [name for name in names if name not in wanted[item]]
+        given: list = [None] * len(items)  # item -> {feature: tensor} or an exception
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for item, names in enumerate(wanted):
+            groups[tuple(names)].append(item)
+        for names, members in groups.items():
+            results = run([items[m] if isinstance(items[m], Exception) else (items[m],) for m in members],
+                          lambda batch, fn=extractor.run, model=model, names=names: fn(model, batch, names))
+            for member, result in zip(members, results):
+                given[member] = result if isinstance(result, Exception) else dict(zip(names, result))
+        for view, names in by_view.items():
+            found = [given[item_of[index, id(tensor)]] for index, tensor in enumerate(views[image, view])]
+            for name in names:
+                features[model_key, image, view, name] = [f if isinstance(f, Exception) else f[name] for f in found]
 
     # 3. each metric over batches of its features
     for metric in metrics:
@@ -93,11 +115,15 @@ def _values(metric: Metric, model, batches) -> torch.Tensor:
     return values
 
 
-def _view(pair: PairImages, image: str, view: str):
+def _view(pair: PairImages, image: str, view: str, earlier: list):
+    """The view, or the very tensor of an earlier view of the same image where they are equal (so that features
+    are computed once for both)."""
     try:
-        return VIEWS[view](pair, image)
+        tensor = VIEWS[view](pair, image)
     except Exception as exc:  # noqa: BLE001  (fails this pair's metrics that need it, not the others)
         return exc
+    same = (t for t in earlier if isinstance(t, torch.Tensor) and t.shape == tensor.shape and torch.equal(t, tensor))
+    return next(same, tensor)
 
 
 def _model_key(models: MetricModels, metric: Metric) -> tuple:

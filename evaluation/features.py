@@ -11,8 +11,8 @@ view) for every feature the asked-for metrics need of it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -18,8 +18,8 @@ entry point of group `splice.metrics`; `get_metric` resolves either and register
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 from pipeline import plugins
 
@@ -108,7 +108,9 @@ def describe(name: str) -> MetricInfo:
         return METRICS[name]
     if name in _DESCRIBED:
         return _DESCRIBED[name]
-    raise KeyError(f"metric {name!r} is neither registered nor described by the runs' eval/evaluation.json")
+    raise MetricUnavailable(f"metric {name!r} is neither a metric known here nor described by the runs' "
+                            f"eval/evaluation.json: evaluate again with its plug-in (--metrics py:MODULE:{name}) to "
+                            f"describe it")
 
 
 def remember(described: dict[str, dict]) -> None:
@@ -122,10 +124,10 @@ def remember(described: dict[str, dict]) -> None:
 
 
 def metric_columns(columns) -> list[str]:
-    """The metrics among a metrics.parquet's columns (those with a `<metric>__version` column), registry order
-    first, then the others in the order they appear."""
+    """The metrics among a metrics.parquet's columns (known ones, and any with a `<metric>__version` column),
+    registry order first, then the others in the order they appear."""
     columns = list(columns)
-    present = [c for c in columns if f"{c}__version" in columns]
+    present = [c for c in columns if c in METRICS or c in _DESCRIBED or f"{c}__version" in columns]
     return [m for m in METRICS if m in present] + [m for m in present if m not in METRICS]
 
 
@@ -161,4 +163,4 @@ def _check(metric: Metric) -> None:
 
 # the built-in metrics register themselves here: importing the registry always brings them (at the end, because
 # they import the names above)
-from evaluation import metrics as _builtins  # noqa: E402,F401
+from evaluation import metrics as _builtins  # noqa: E402, F401

@@ -11,7 +11,7 @@ once per pair, whatever number of metrics use it.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

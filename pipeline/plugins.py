@@ -98,7 +98,7 @@ def _import(module_part: str, spec: str, what: str):
                               f"which is not installed") from None
         raise PluginError(f"{what} {spec!r}: module {module_part!r} is not importable: install it, put its folder on "
                           f"PYTHONPATH, or give the path of its .py file (py:path/to/file.py:NAME)") from None
-    except Exception as exc:  # noqa: BLE001  (a plug-in's own bug at import: say so, in one line)
+    except Exception as exc:
         raise PluginError(f"{what} {spec!r}: importing {module_part} failed: {_first_line(exc)}") from exc
 
 
@@ -113,7 +113,7 @@ def _import_file(path: Path, spec: str, what: str):
     sys.modules[name] = module  # before running it: dataclasses and pickling look the module up by name
     try:
         module_spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         del sys.modules[name]
         raise PluginError(f"{what} {spec!r}: running {path} failed: {_first_line(exc)}") from exc
     return module
@@ -135,7 +135,7 @@ def load_entry_point(group: str, name: str, what: str) -> object | None:
             return None
         try:
             _LOADED[key] = found[0].load()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise PluginError(f"{what} {name!r} (entry point {found[0].value!r} in group {group}): loading it failed: "
                               f"{_first_line(exc)}") from exc
         return _LOADED[key]

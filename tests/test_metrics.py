@@ -225,3 +225,23 @@ def test_metric_backbone_override_per_role_and_bad_settings():
     assert specs == {"vitb8": "dino_vitb8", "vits16": TINY}
     with pytest.raises(MetricUnavailable, match="unknown metric"):
         EvalSettings(metrics=("fid",))
+
+
+def test_each_feature_is_computed_once_per_model_and_image(models, monkeypatch):
+    backbone = models.get("vitb8")
+    seen = []
+    real = backbone.last_block
+
+    def counting(images):
+        seen.append(images.shape[0])
+        return real(images)
+
+    monkeypatch.setattr(backbone, "last_block", counting)
+    s, a = smooth_image(40, 40, 56), smooth_image(41, 36, 44)
+    pairs = [PairImages("p0", s, a, smooth_image(42, 40, 56)), PairImages("p1", s, a, smooth_image(43, 40, 56))]
+    vit_metrics = ["selfsim", "dino_i", "cls_mse", "selfsim_native"]
+    scores = compute_metrics(pairs, vit_metrics, MetricModels({"vitb8": backbone}, ids=models.ids), "cpu", 8)
+    assert all(set(s.values) == set(vit_metrics) for s in scores.values())
+    # per pair: the protocol's structure, output and appearance; the structure and the output at the structure's
+    # backbone size (the output's native view is the same image: shared with cls_mse); the appearance natively
+    assert sum(seen) == 2 * 6 and len(seen) == 6

@@ -20,11 +20,11 @@ from evaluation import registry
 from evaluation.engine import PairImages, compute_metrics
 from evaluation.evaluate import evaluate_run
 from evaluation.models import EvalSettings, MetricModels
+from manifests.builders import build_pairs_dir
+from manifests.schema import validate_frame, write_manifest
 from pipeline.cli.main import main
 from pipeline.method import registry as methods
 from pipeline.method.config import TrainConfig
-from manifests.schema import validate_frame, write_manifest
-from manifests.builders import build_pairs_dir
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TINY = "random:vit_tiny_patch16_224"
@@ -32,7 +32,7 @@ TINY = "random:vit_tiny_patch16_224"
 
 def readme_example(first_line: str) -> str:
     """The README's Python example that starts with `first_line`: the tests run the documented plug-ins as written."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
     return next(block for block in blocks if block.startswith(first_line))
 
 

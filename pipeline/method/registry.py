@@ -22,20 +22,24 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pipeline import plugins
-from pipeline.method.config import TrainConfig
 from pipeline.errors import SpliceError
+from pipeline.method.config import TrainConfig
 from pipeline.method.devices import device_name, peak_memory
 from pipeline.method.images import downscale_to
 from pipeline.method.result import MethodResult
 from pipeline.method import splicenet_apply
+
+
+def _max_side_only(config: TrainConfig) -> dict:
+    return {"max_side": config.max_side}
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class Method:
     uses_backbone: bool = False  # needs a DinoBackbone and a device
     resumable: bool = False  # accepts checkpoint / save_checkpoint
     packs: bool = False  # trains pairs together in packs (--pack): accepts `train`, the pack's trainer
-    settings: Callable[[TrainConfig], dict] = field(default=lambda config: {"max_side": config.max_side}, repr=False)
+    settings: Callable[[TrainConfig], dict] = field(default=_max_side_only, repr=False)  # what makes outputs comparable
     summary: str = ""  # what run.json says the method is
     version: str | None = None  # a plug-in's version, recorded in run.json
     spec: str = ""  # how workers name it again: its name, or a plug-in's py:MODULE:FN
@@ -94,18 +98,18 @@ def run_method(name: str, structure: torch.Tensor, appearance: torch.Tensor, con
                backbone=None, device: torch.device | None = None, checkpoint: dict | None = None,
                save_checkpoint: Callable[[dict], None] | None = None, train: Callable | None = None):
     """Apply method `name` (a name or plug-in spec) to one pair. Methods that use the backbone get `backbone` and
-    `device` (and the checkpoint hooks if resumable); the others get the images and the config only.
+    `device`, resumable ones the checkpoint hooks, those that train in packs `train`; the others get the images and
+    the config only.
 
     `train` replaces `pipeline.method.trainer.train_pair` (same signature), e.g. to train the pair in a pack."""
     method = get_method(name)
+    context = {}
     if method.uses_backbone:
-        context = dict(backbone=backbone, device=device or torch.device("cpu"))
-        if method.resumable:
-            context.update(checkpoint=checkpoint, save_checkpoint=save_checkpoint)
-        if method.packs:
-            context.update(train=train)
-    else:
-        context = {}
+        context.update(backbone=backbone, device=device or torch.device("cpu"))
+    if method.resumable:
+        context.update(checkpoint=checkpoint, save_checkpoint=save_checkpoint)
+    if method.packs:
+        context.update(train=train)
     started = time.perf_counter()
     return _checked(method, method.run(structure, appearance, config, **context), structure, appearance, started)
 
@@ -149,7 +153,7 @@ def _checked(method: Method, result, structure, appearance, started: float) -> M
     """A plug-in may return the output image alone: wrap it as the reference methods do; refuse anything else."""
     if isinstance(result, torch.Tensor):
         result = _result(method.name, result, structure, appearance, started)
-    if not isinstance(result, MethodResult):
+    if not all(hasattr(result, name) for name in ("output", "losses", "meta")):  # MethodResult, TrainResult
         raise SpliceError(f"method {method.spec or method.name!r} returned a {type(result).__name__}: return a "
                           f"MethodResult or the output image, a (3, H, W) uint8 tensor")
     output = result.output
@@ -161,10 +165,6 @@ def _checked(method: Method, result, structure, appearance, started: float) -> M
     if method.version is not None:
         result.meta.setdefault("method_version", method.version)
     return result
-
-
-def _max_side_only(config: TrainConfig) -> dict:
-    return {"max_side": config.max_side}
 
 
 def _first_line(fn: Callable) -> str:
