@@ -245,3 +245,12 @@ def test_each_feature_is_computed_once_per_model_and_image(models, monkeypatch):
     # per pair: the protocol's structure, output and appearance; the structure and the output at the structure's
     # backbone size (the output's native view is the same image: shared with cls_mse); the appearance natively
     assert sum(seen) == 2 * 6 and len(seen) == 6
+
+
+def test_a_value_does_not_depend_on_the_other_metrics_asked_for(models):
+    # output 30x30 and structure 48x48 have the same backbone input size (224x224) but are not the same image there:
+    # cls_mse must see the output itself, not the output resized to the structure's size that selfsim_native sees
+    pair = PairImages("p", smooth_image(50, 48, 48), smooth_image(51, 70, 30), smooth_image(52, 30, 30))
+    alone = compute_metrics([pair], ["cls_mse", "dino_i_s16"], models, "cpu")["p"].values
+    together = compute_metrics([pair], ["selfsim_native", "cls_mse", "dino_i_s16"], models, "cpu")["p"].values
+    assert together["cls_mse"] == alone["cls_mse"] and together["dino_i_s16"] == alone["dino_i_s16"]
