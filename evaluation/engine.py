@@ -44,30 +44,52 @@ def compute_metrics(pairs: list[PairImages], names: list[str], models: MetricMod
     """Compute the metrics `names` (registered names or plug-in specs, their models in `models`) for every pair
     -> pair_id -> scores."""
     metrics = [get_metric(name) for name in names]
-    scores = {pair.pair_id: PairScores() for pair in pairs}
     run = _Runner(device, batch_size)
-
-    # 1. the views the metrics need, on the CPU, once per (image, view) of each pair; two views that come out the
-    #    same (an output at the structure image's size seen natively and at the structure's size) are one tensor
-    views: dict[tuple[str, str], list] = {}
+    # 1. the views the metrics need, on the CPU
+    views = _views(pairs, metrics)
+    # 2. the features, one extractor pass per (model, image, distinct view)
+    features = _features(views, metrics, models, run)
+    # 3. each metric over batches of its features
+    scores = {pair.pair_id: PairScores() for pair in pairs}
     for metric in metrics:
-        for need in metric.needs:
-            if (need.image, need.view) not in views:
-                earlier = [v for (image, _), v in views.items() if image == need.image]
-                views[need.image, need.view] = [_view(pair, need.image, need.view, [v[i] for v in earlier])
-                                                for i, pair in enumerate(pairs)]
+        model = models.get(metric.model)
+        columns = [views[n.image, n.view] if n.feature == IMAGE else
+                   features[_model_key(models, metric), n.image, n.view, n.feature] for n in metric.needs]
+        items = [next((x for x in row if isinstance(x, Exception)), tuple(row)) for row in zip(*columns)]
+        results = run(items, lambda *batches, metric=metric, model=model: (_values(metric, model, batches),))
+        for pair, result in zip(pairs, results):
+            if isinstance(result, Exception):
+                scores[pair.pair_id].errors[metric.name] = _describe(result)
+            else:
+                scores[pair.pair_id].values[metric.name] = float(result[0])
+    return scores
 
-    # 2. the features: one extractor pass per (model, image) and distinct view of it, asked for every feature any
-    #    metric needs of it
+
+def _views(pairs: list[PairImages], metrics: list[Metric]) -> dict[tuple[str, str], list]:
+    """(image, view) -> per pair: the view's (3, h, w) tensor, or the exception preparing it raised. Two views of an
+    image that come out the same (e.g. an output at the structure image's size seen `native` and
+    `structure_native`) are one tensor object, so that its features are computed once."""
+    views: dict[tuple[str, str], list] = {}
+    for need in (need for metric in metrics for need in metric.needs):
+        if (need.image, need.view) not in views:
+            earlier = [v for (image, _), v in views.items() if image == need.image]
+            views[need.image, need.view] = [_view(pair, need.image, need.view, [v[i] for v in earlier])
+                                            for i, pair in enumerate(pairs)]
+    return views
+
+
+def _features(views: dict, metrics: list[Metric], models: MetricModels, run: _Runner) -> dict[tuple, list]:
+    """(model key, image, view, feature) -> per pair: the feature (a tensor) or an exception. Each extractor runs
+    once per (model, image) over the distinct view tensors, asked for every feature any metric needs of them."""
     asked: dict[tuple, dict[str, list[str]]] = defaultdict(dict)  # (model key, extractor, image) -> view -> features
     for metric in metrics:
         for need in metric.needs:
             if need.feature != IMAGE:
                 by_view = asked[_model_key(models, metric), _extractor(metric, need.feature), need.image]
-                names = by_view.setdefault(need.view, [])
-                if need.feature not in names:
-                    names.append(need.feature)
-    features: dict[tuple, list] = {}  # (model key, image, view, feature) -> per pair: a tensor or an exception
+                wanted = by_view.setdefault(need.view, [])
+                if need.feature not in wanted:
+                    wanted.append(need.feature)
+    features: dict[tuple, list] = {}
     for (model_key, extractor, image), by_view in asked.items():
         model = models.get(model_key[0])
         items, wanted, item_of = [], [], {}  # distinct view tensors, the features asked of each; (pair, id) -> item
@@ -79,7 +101,7 @@ def compute_metrics(pairs: list[PairImages], names: list[str], models: MetricMod
                     wanted.append([])
                 wanted[item] += [name for name in names if name not in wanted[item]]
         given: list = [None] * len(items)  # item -> {feature: tensor} or an exception
-        groups: dict[tuple, list[int]] = defaultdict(list)
+        groups: dict[tuple, list[int]] = defaultdict(list)  # items asked for the same features run together
         for item, names in enumerate(wanted):
             groups[tuple(names)].append(item)
         for names, members in groups.items():
@@ -91,20 +113,7 @@ def compute_metrics(pairs: list[PairImages], names: list[str], models: MetricMod
             found = [given[item_of[index, id(tensor)]] for index, tensor in enumerate(views[image, view])]
             for name in names:
                 features[model_key, image, view, name] = [f if isinstance(f, Exception) else f[name] for f in found]
-
-    # 3. each metric over batches of its features
-    for metric in metrics:
-        model = models.get(metric.model) if metric.model else None
-        columns = [views[n.image, n.view] if n.feature == IMAGE else
-                   features[_model_key(models, metric), n.image, n.view, n.feature] for n in metric.needs]
-        items = [next((x for x in row if isinstance(x, Exception)), tuple(row)) for row in zip(*columns)]
-        results = run(items, lambda *batches, metric=metric, model=model: (_values(metric, model, batches),))
-        for pair, result in zip(pairs, results):
-            if isinstance(result, Exception):
-                scores[pair.pair_id].errors[metric.name] = _describe(result)
-            else:
-                scores[pair.pair_id].values[metric.name] = float(result[0])
-    return scores
+    return features
 
 
 def _values(metric: Metric, model, batches) -> torch.Tensor:

@@ -119,7 +119,7 @@ def remember(described: dict[str, dict]) -> None:
     for name, facts in (described or {}).items():
         if name in METRICS or not isinstance(facts, dict) or facts.get("better") not in BETTER:
             continue
-        _DESCRIBED[name] = MetricInfo(name, str(facts.get("version")), facts["better"], facts.get("model"),
+        _DESCRIBED[name] = MetricInfo(name, str(facts.get("version")), facts["better"], None,  # its model: per value
                                       str(facts.get("aspect") or "other"), str(facts.get("summary") or name))
 
 
