@@ -12,16 +12,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from evaluation.metrics import DEFAULT_METRICS
+from evaluation.registry import get_metric
+from evaluation.segmenter import DEFAULT_SEGMENTER, load_segmenter
+from evaluation.weights import MetricUnavailable, load_state_dict
 from pipeline import plugins
 from pipeline.method import devices
 from pipeline.method.backbone import BackboneUnavailable, load_backbone
 from pipeline.method.images import DEFAULT_MAX_PIXELS
 from pipeline.method.weights import RANDOM_WEIGHTS_ID
-
-from evaluation.metrics import DEFAULT_METRICS
-from evaluation.registry import get_metric
-from evaluation.segmenter import DEFAULT_SEGMENTER, load_segmenter
-from evaluation.weights import MetricUnavailable, load_state_dict
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from pipeline import plugins
-
 from evaluation.weights import MetricUnavailable
+from pipeline import plugins
 
 ENTRY_POINT_GROUP = "splice.metrics"
 IMAGES = ("structure", "appearance", "output")

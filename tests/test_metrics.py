@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import TINY_BACKBONE as TINY, ColourSegmenter
+from conftest import TINY_BACKBONE as TINY
+from conftest import ColourSegmenter
 from evaluation import metrics as M
 from evaluation.engine import PairImages, compute_metrics
 from evaluation.models import EvalSettings, MetricModels, load_lpips, load_metric_models

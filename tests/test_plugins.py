@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import TINY_BACKBONE as TINY
 from evaluation import registry
 from evaluation.engine import PairImages, compute_metrics
 from evaluation.evaluate import evaluate_run
@@ -27,7 +28,6 @@ from pipeline.method import registry as methods
 from pipeline.method.config import TrainConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-TINY = "random:vit_tiny_patch16_224"
 
 
 def readme_example(first_line: str) -> str:
