@@ -31,11 +31,11 @@ import torch.nn.functional as F
 
 from pipeline import plugins
 from pipeline.errors import SpliceError
+from pipeline.method import splicenet_apply
 from pipeline.method.config import TrainConfig
 from pipeline.method.devices import device_name, peak_memory
 from pipeline.method.images import downscale_to
 from pipeline.method.result import MethodResult
-from pipeline.method import splicenet_apply
 
 
 def _max_side_only(config: TrainConfig) -> dict:
@@ -108,7 +108,7 @@ def run_method(name: str, structure: torch.Tensor, appearance: torch.Tensor, con
         context.update(backbone=backbone, device=device or torch.device("cpu"))
     if method.resumable:
         context.update(checkpoint=checkpoint, save_checkpoint=save_checkpoint)
-    if method.packs:
+    if method.packs or method.batched is not None:  # splice's pack trainer, splicenet's batched pack
         context.update(train=train)
     started = time.perf_counter()
     return _checked(method, method.run(structure, appearance, config, **context), structure, appearance, started)
