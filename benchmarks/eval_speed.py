@@ -4,6 +4,7 @@ DeepLabV3-MobileNetV3). The baseline, measured in the same run, is each metric a
 
     .venv/bin/python benchmarks/eval_speed.py [--pairs 2] [--size 512] [--device cpu] [--batch-sizes 1,4]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,13 +51,19 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     device = torch.device(args.device) if args.device else best_device()
-    settings = EvalSettings(metric_backbone=BACKBONES, lpips_weights="random",
-                            segmenter="random:deeplabv3_mobilenet_v3_large", explicit=True)
+    settings = EvalSettings(
+        metric_backbone=BACKBONES,
+        lpips_weights="random",
+        segmenter="random:deeplabv3_mobilenet_v3_large",
+        explicit=True,
+    )
     models = load_metric_models(settings, device)
     pairs = make_pairs(args.pairs, args.size)
     compute_metrics(pairs[:1], list(METRICS), models, device, 1)  # warm-up
-    print(f"device {device}, {args.pairs} pairs of {args.size}x{args.size * 3 // 4} (appearance {args.size}x{args.size}), "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"device {device}, {args.pairs} pairs of {args.size}x{args.size * 3 // 4} (appearance {args.size}x{args.size}), "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"{'metrics':<34} {'batch':>5} {'s/pair':>8}")
     baseline = 0.0
     for name in METRICS:

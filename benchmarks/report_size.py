@@ -6,6 +6,7 @@ already evaluated, loss curves for one method, so that only the report is timed.
 
     .venv/bin/python benchmarks/report_size.py [--pairs 1000] [--methods 4] [--size 256] [--keep DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from synthetic_runs import make_synthetic_runs  # noqa: E402
-
 from evaluation.report.build import build_report  # noqa: E402
+from synthetic_runs import make_synthetic_runs  # noqa: E402
 
 BUDGET_MB = 60.0  # at 1000 pairs x 4 methods, see evaluation/report/images.py
 
@@ -60,7 +60,9 @@ def main() -> None:
     try:
         started = time.perf_counter()
         runs = make_synthetic_runs(root, args.pairs, args.methods, args.size)
-        print(f"synthetic runs: {args.pairs} pairs x {args.methods} methods, {args.size} px ({time.perf_counter() - started:.0f} s)")
+        print(
+            f"synthetic runs: {args.pairs} pairs x {args.methods} methods, {args.size} px ({time.perf_counter() - started:.0f} s)"
+        )
         rows = []
         for assets in ("external", "inline"):  # external: the baseline layout (page + files)
             out = root / f"report-{assets}"
@@ -76,15 +78,26 @@ def main() -> None:
             print(f"{assets:10} {seconds:8.1f} {page:15.1f} {folder:10.1f}")
         inline = rows[-1][2]
         scale = args.pairs * args.methods / 4000
-        print(f"\nbudget: {BUDGET_MB:.0f} MB at 1000 x 4 ({BUDGET_MB * scale:.1f} MB pro rata here): "
-              f"{'within' if inline <= BUDGET_MB * max(1.0, scale) else 'OVER'}")
+        print(
+            f"\nbudget: {BUDGET_MB:.0f} MB at 1000 x 4 ({BUDGET_MB * scale:.1f} MB pro rata here): "
+            f"{'within' if inline <= BUDGET_MB * max(1.0, scale) else 'OVER'}"
+        )
         print("\nparts of the inline report.html (MB):")
         for name, size in parts(html).items():
             print(f"  {name:20} {size:7.2f}")
         note = re.search(r"Images are embedded in this file:[^<]*", html)
         print("\n" + (note.group(0) if note else ""))
-        print(json.dumps({"pairs": args.pairs, "methods": args.methods, "inline_mb": round(inline, 2),
-                          "external_page_mb": round(rows[0][2], 2), "external_folder_mb": round(rows[0][3], 2)}))
+        print(
+            json.dumps(
+                {
+                    "pairs": args.pairs,
+                    "methods": args.methods,
+                    "inline_mb": round(inline, 2),
+                    "external_page_mb": round(rows[0][2], 2),
+                    "external_folder_mb": round(rows[0][3], 2),
+                }
+            )
+        )
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

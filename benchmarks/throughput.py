@@ -13,6 +13,7 @@ Rows give s/step of the pack, s per pair-step (s/step / K), pairs per hour for a
 from the pair-step time plus the measured per-pack cost of producing the outputs, peak memory, and the ratio of
 pairs per hour to the baseline's. Random weights cost the same as real ones. Needs torch/timm only (no Ray).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,10 @@ def images(seed: int, size: tuple[int, int]) -> torch.Tensor:
 
 
 def pair_inputs(count: int, sizes, config: TrainConfig) -> list[PairInput]:
-    return [PairInput(f"pair{i}", images(2 * i, sizes[0]), images(2 * i + 1, sizes[1]), config.replace(seed=i))
-            for i in range(count)]
+    return [
+        PairInput(f"pair{i}", images(2 * i, sizes[0]), images(2 * i + 1, sizes[1]), config.replace(seed=i))
+        for i in range(count)
+    ]
 
 
 def packed(backbone, device, sizes, pack: int, config: TrainConfig, warmup: int, measured: int, options) -> dict:
@@ -67,8 +70,9 @@ def packed(backbone, device, sizes, pack: int, config: TrainConfig, warmup: int,
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    results = train_pack(pair_inputs(pack, sizes, config.replace(steps=last)), backbone, device, options=options,
-                         on_step=on_step)
+    results = train_pack(
+        pair_inputs(pack, sizes, config.replace(steps=last)), backbone, device, options=options, on_step=on_step
+    )
     sync(device)
     finish = time.perf_counter() - marks[last]  # every pair's output, at full resolution
     failed = [pair_id for pair_id, result in results.items() if isinstance(result, Exception)]
@@ -120,8 +124,11 @@ def authors(backbone, device, sizes, config: TrainConfig, warmup: int, measured:
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="CPU-sized: random ViT-Ti/16, pairs of 128x128 and the HD pair shrunk to 240 px, K 1, 2, 4")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="CPU-sized: random ViT-Ti/16, pairs of 128x128 and the HD pair shrunk to 240 px, K 1, 2, 4",
+    )
     parser.add_argument("--backbone", default="random:vit_base_patch8_224")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
@@ -148,17 +155,28 @@ def main(argv=None) -> list[dict]:
     config = TrainConfig(backbone=args.backbone, precision=args.precision, log_every=10**6)
     options = TrainOptions(compile=args.compile)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
-    context = {"device": str(device), "device_name": device_name, "threads": torch.get_num_threads(),
-               "backbone": args.backbone, "precision": str(resolve_precision(args.precision, device)),
-               "compile": args.compile, "torch": torch.__version__, "pair_steps": args.pair_steps,
-               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "load_average": _load()}
+    context = {
+        "device": str(device),
+        "device_name": device_name,
+        "threads": torch.get_num_threads(),
+        "backbone": args.backbone,
+        "precision": str(resolve_precision(args.precision, device)),
+        "compile": args.compile,
+        "torch": torch.__version__,
+        "pair_steps": args.pair_steps,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "load_average": _load(),
+    }
     print(" ".join(f"{k}={v}" for k, v in context.items()), flush=True)
 
     rows = []
     for size_name in args.sizes.split(","):
         sizes = _sizes(size_name)
-        plan = [("baseline", 1)] + ([("authors", 1)] if args.authors else []) \
+        plan = (
+            [("baseline", 1)]
+            + ([("authors", 1)] if args.authors else [])
             + [("packed", int(k)) for k in args.packs.split(",")]
+        )
         reference = None
         for loop, pack in plan:
             if args.time_budget and time.perf_counter() - started > args.time_budget:
@@ -178,15 +196,27 @@ def main(argv=None) -> list[dict]:
                 continue
             pair_step = figures["s_per_step"] / pack
             per_pair = args.pair_steps * pair_step + figures["finish_seconds"] / pack
-            row = {**context, "size": size_name, "structure": list(sizes[0]), "appearance": list(sizes[1]),
-                   "loop": loop, "pack": pack, **figures, "s_per_pair_step": pair_step,
-                   "seconds_per_pair": per_pair, "pairs_per_hour": 3600 / per_pair}
+            row = {
+                **context,
+                "size": size_name,
+                "structure": list(sizes[0]),
+                "appearance": list(sizes[1]),
+                "loop": loop,
+                "pack": pack,
+                **figures,
+                "s_per_pair_step": pair_step,
+                "seconds_per_pair": per_pair,
+                "pairs_per_hour": 3600 / per_pair,
+            }
             if loop == "baseline":
                 reference = row["pairs_per_hour"]
             row["vs_baseline"] = row["pairs_per_hour"] / reference if reference else None
             rows.append(row)
-            print(f"{size_name} {loop} K={pack}: {row['s_per_step']:.4f} s/step, {pair_step:.4f} s/pair-step, "
-                  f"{row['pairs_per_hour']:.1f} pairs/h ({row['vs_baseline']:.2f}x baseline)", flush=True)
+            print(
+                f"{size_name} {loop} K={pack}: {row['s_per_step']:.4f} s/step, {pair_step:.4f} s/pair-step, "
+                f"{row['pairs_per_hour']:.1f} pairs/h ({row['vs_baseline']:.2f}x baseline)",
+                flush=True,
+            )
 
     print()
     print(table(rows))
@@ -197,15 +227,19 @@ def main(argv=None) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| pair | loop | K | s/step | s/pair-step | pairs/hour | x baseline | peak GiB |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| pair | loop | K | s/step | s/pair-step | pairs/hour | x baseline | peak GiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         if row.get("skipped"):
             lines.append(f"| {row['size']} | {row['loop']} | {row['pack']} | skipped: {row['skipped']} | | | | |")
             continue
         peak = "n/a" if row["peak_memory_gib"] is None else f"{row['peak_memory_gib']:.2f}"
-        lines.append(f"| {row['size']} | {row['loop']} | {row['pack']} | {row['s_per_step']:.4f} | "
-                     f"{row['s_per_pair_step']:.4f} | {row['pairs_per_hour']:.1f} | {row['vs_baseline']:.2f} | {peak} |")
+        lines.append(
+            f"| {row['size']} | {row['loop']} | {row['pack']} | {row['s_per_step']:.4f} | "
+            f"{row['s_per_pair_step']:.4f} | {row['pairs_per_hour']:.1f} | {row['vs_baseline']:.2f} | {peak} |"
+        )
     return "\n".join(lines)
 
 

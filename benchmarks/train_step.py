@@ -13,6 +13,7 @@ Rows:
               passes with gradient and three without, weight gradients for the frozen backbone, a full-resolution
               generator pass and PNG encode every 10 steps
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,6 @@ import time
 import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
-from PIL import Image
 
 from pipeline.method.augment import sample_batch
 from pipeline.method.backbone import load_backbone, self_similarity
@@ -125,8 +125,15 @@ def authors_steps(backbone, structure, appearance, config, device, steps):
         top, left = rng.randint(0, image.height - side), rng.randint(0, image.width - side)
         return image.crop((left, top, left + side, top + side))
 
-    structure_aug = T.Compose([crop, T.RandomHorizontalFlip(), T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.5),
-                               T.RandomApply([T.GaussianBlur(3)], p=0.2), T.ToTensor()])
+    structure_aug = T.Compose(
+        [
+            crop,
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.5),
+            T.RandomApply([T.GaussianBlur(3)], p=0.2),
+            T.ToTensor(),
+        ]
+    )
     appearance_aug = T.Compose([crop, T.RandomHorizontalFlip(), T.ToTensor()])
 
     def feats(image):
@@ -145,7 +152,11 @@ def authors_steps(backbone, structure, appearance, config, device, steps):
             target_keys = feats(b).keys
         loss = 10 * F.mse_loss(feats(x).cls_token, target_cls)
         if step > 0:
-            loss = loss + F.mse_loss(self_similarity(feats(x).keys), target_selfsim) + F.mse_loss(feats(y).keys, target_keys)
+            loss = (
+                loss
+                + F.mse_loss(self_similarity(feats(x).keys), target_selfsim)
+                + F.mse_loss(feats(y).keys, target_keys)
+            )
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -176,14 +187,16 @@ def main() -> None:
     config = TrainConfig(backbone=args.backbone, precision=args.precision)
     structure, appearance = make_pair(args.size, device)
     total = args.warmup + args.steps
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
-          f"{torch.get_num_threads()} threads), backbone {args.backbone}, precision {precision}, "
-          f"structure {tuple(structure.shape[-2:])}, appearance {tuple(appearance.shape[-2:])}, {args.steps} steps after {args.warmup} warm-up")
+    print(
+        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
+        f"{torch.get_num_threads()} threads), backbone {args.backbone}, precision {precision}, "
+        f"structure {tuple(structure.shape[-2:])}, appearance {tuple(appearance.shape[-2:])}, {args.steps} steps after {args.warmup} warm-up"
+    )
 
     rows = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = production_steps(backbone, structure, appearance, config, device, precision, total)[args.warmup:]
+    times = production_steps(backbone, structure, appearance, config, device, precision, total)[args.warmup :]
     rows.append(("production", times, {}, _peak(device)))
     clock = PhaseClock(device)
     times = production_steps(backbone, structure, appearance, config, device, precision, args.warmup, clock)
@@ -193,7 +206,7 @@ def main() -> None:
     if not args.no_baseline:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        times = authors_steps(backbone, structure, appearance, config, device, total)[args.warmup:]
+        times = authors_steps(backbone, structure, appearance, config, device, total)[args.warmup :]
         rows.append(("authors", times, {}, _peak(device)))
 
     phases = ["augmentation", "generator", "backbone", "backward", "optimiser"]
@@ -201,7 +214,9 @@ def main() -> None:
     print("|---|---|---|" + "---|" * len(phases) + "---|")
     for name, times, split, peak in rows:
         cells = [f"{split[p]:.4f}" if p in split else "" for p in phases]
-        print(f"| {name} | {statistics.median(times):.4f} | {statistics.mean(times):.4f} | {' | '.join(cells)} | {peak} |")
+        print(
+            f"| {name} | {statistics.median(times):.4f} | {statistics.mean(times):.4f} | {' | '.join(cells)} | {peak} |"
+        )
     if not args.no_baseline:
         speedup = statistics.median(rows[-1][1]) / statistics.median(rows[0][1])
         print(f"\nproduction is {speedup:.2f}x the authors' loop structure (median s/step)")

@@ -7,15 +7,15 @@ results, collected with `ray.wait` as they finish. An actor whose node is lost i
 reloaded) and the chunks it held are run again (Ray's max_restarts / max_task_retries); a chunk that still cannot
 be evaluated marks its pairs as errors instead of aborting the evaluation.
 """
+
 from __future__ import annotations
 
 import logging
 
-from pipeline.runs import hooks
-from pipeline.storage import Storage
-
 from evaluation.models import EvalSettings, best_device, load_metric_models
 from evaluation.weights import MetricUnavailable
+from pipeline.runs import hooks
+from pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,9 @@ class RayBackend:
             per_actor = max(1, min(CPUS_PER_ACTOR, max(node_cpus)))
             count = max(1, sum(c // per_actor for c in node_cpus))
             options, threads = {"num_cpus": per_actor}, per_actor
-        worker = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES, runtime_env=hooks.runtime_env(),
-                            **options)(_Worker)
+        worker = ray.remote(
+            max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES, runtime_env=hooks.runtime_env(), **options
+        )(_Worker)
         self.actors = [worker.remote(settings, storage_options, threads) for _ in range(count)]
         log.info("evaluating on Ray: %d worker(s) with %s each", count, options)
 
@@ -110,9 +111,14 @@ class RayBackend:
             except self.ray.exceptions.RayError as exc:  # retries used up: these pairs fail, the others go on
                 reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
                 log.warning("a chunk of %d pair(s) could not be evaluated on the cluster (%s)", len(chunk), reason)
-                updates = [PairUpdate(t.pair_id, image_error=f"pair '{t.pair_id}': evaluation worker lost "
-                                                              f"({type(exc).__name__}); run `splice evaluate` again")
-                           for t in chunk]
+                updates = [
+                    PairUpdate(
+                        t.pair_id,
+                        image_error=f"pair '{t.pair_id}': evaluation worker lost "
+                        f"({type(exc).__name__}); run `splice evaluate` again",
+                    )
+                    for t in chunk
+                ]
             submit(actor)
             yield updates
 

@@ -10,6 +10,7 @@ Images in a set of pairs differ in size (except under the published protocol, wh
 pass groups the items of equal shapes and runs them `batch_size` at a time. A batch that fails is retried item by
 item, so that one bad pair fails alone (and only for the metrics that need what failed).
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -39,8 +40,9 @@ class PairScores:
 
 
 @torch.no_grad()
-def compute_metrics(pairs: list[PairImages], names: list[str], models: MetricModels, device: torch.device | str,
-                    batch_size: int = 8) -> dict[str, PairScores]:
+def compute_metrics(
+    pairs: list[PairImages], names: list[str], models: MetricModels, device: torch.device | str, batch_size: int = 8
+) -> dict[str, PairScores]:
     """Compute the metrics `names` (registered names or plug-in specs, their models in `models`) for every pair
     -> pair_id -> scores."""
     metrics = [get_metric(name) for name in names]
@@ -53,8 +55,12 @@ def compute_metrics(pairs: list[PairImages], names: list[str], models: MetricMod
     scores = {pair.pair_id: PairScores() for pair in pairs}
     for metric in metrics:
         model = models.get(metric.model)
-        columns = [views[n.image, n.view] if n.feature == IMAGE else
-                   features[_model_key(models, metric), n.image, n.view, n.feature] for n in metric.needs]
+        columns = [
+            views[n.image, n.view]
+            if n.feature == IMAGE
+            else features[_model_key(models, metric), n.image, n.view, n.feature]
+            for n in metric.needs
+        ]
         items = [next((x for x in row if isinstance(x, Exception)), tuple(row)) for row in zip(*columns)]
         results = run(items, lambda *batches, metric=metric, model=model: (_values(metric, model, batches),))
         for pair, result in zip(pairs, results):
@@ -73,8 +79,9 @@ def _views(pairs: list[PairImages], metrics: list[Metric]) -> dict[tuple[str, st
     for need in (need for metric in metrics for need in metric.needs):
         if (need.image, need.view) not in views:
             earlier = [v for (image, _), v in views.items() if image == need.image]
-            views[need.image, need.view] = [_view(pair, need.image, need.view, [v[i] for v in earlier])
-                                            for i, pair in enumerate(pairs)]
+            views[need.image, need.view] = [
+                _view(pair, need.image, need.view, [v[i] for v in earlier]) for i, pair in enumerate(pairs)
+            ]
     return views
 
 
@@ -105,8 +112,10 @@ def _features(views: dict, metrics: list[Metric], models: MetricModels, run: _Ru
         for item, names in enumerate(wanted):
             groups[tuple(names)].append(item)
         for names, members in groups.items():
-            results = run([items[m] if isinstance(items[m], Exception) else (items[m],) for m in members],
-                          lambda batch, fn=extractor.run, model=model, names=names: fn(model, batch, names))
+            results = run(
+                [items[m] if isinstance(items[m], Exception) else (items[m],) for m in members],
+                lambda batch, fn=extractor.run, model=model, names=names: fn(model, batch, names),
+            )
             for member, result in zip(members, results):
                 given[member] = result if isinstance(result, Exception) else dict(zip(names, result))
         for view, names in by_view.items():
@@ -119,8 +128,10 @@ def _features(views: dict, metrics: list[Metric], models: MetricModels, run: _Ru
 def _values(metric: Metric, model, batches) -> torch.Tensor:
     values = torch.as_tensor(metric.compute(model, *batches)).reshape(-1)
     if values.numel() != batches[0].shape[0]:
-        raise ValueError(f"metric {metric.name} gave {values.numel()} value(s) for a batch of {batches[0].shape[0]} "
-                         f"pairs: it must return one per pair, shape (B,)")
+        raise ValueError(
+            f"metric {metric.name} gave {values.numel()} value(s) for a batch of {batches[0].shape[0]} "
+            f"pairs: it must return one per pair, shape (B,)"
+        )
     return values
 
 
@@ -142,8 +153,10 @@ def _model_key(models: MetricModels, metric: Metric) -> tuple:
 
 def _extractor(metric: Metric, feature: str):
     if feature not in EXTRACTORS:
-        raise KeyError(f"metric {metric.name} needs feature {feature!r}, which no extractor gives: use one of "
-                       f"{', '.join([*EXTRACTORS, IMAGE])} (evaluation.features)")
+        raise KeyError(
+            f"metric {metric.name} needs feature {feature!r}, which no extractor gives: use one of "
+            f"{', '.join([*EXTRACTORS, IMAGE])} (evaluation.features)"
+        )
     return EXTRACTORS[feature]
 
 
@@ -163,7 +176,7 @@ class _Runner:
                 groups[tuple(tuple(t.shape) for t in item)].append(index)
         for indices in groups.values():
             for start in range(0, len(indices), self.batch_size):
-                self._batch(items, indices[start:start + self.batch_size], fn, results)
+                self._batch(items, indices[start : start + self.batch_size], fn, results)
         return results
 
     def _batch(self, items, indices, fn, results):

@@ -15,6 +15,7 @@ Re-running computes only what is missing: pairs not evaluated yet, metrics newly
 model changed, and outputs whose content hash changed (an output whose listing stamp, i.e. size and ETag or
 modification time, is unchanged is not re-read). `force` recomputes everything asked for.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,14 +31,13 @@ from datetime import datetime, timezone
 import pandas as pd
 import torch
 
-from pipeline.runs import hooks, layout
+from evaluation.engine import PairImages, compute_metrics
+from evaluation.models import EvalSettings, MetricModels, best_device, load_metric_models
+from evaluation.registry import describe, metric_columns
 from pipeline.method.images import ImageError, decode_image, max_input_bytes
+from pipeline.runs import hooks, layout
 from pipeline.runs.run_folder import COST_COLUMNS, PairStatus, Run, RunFolder, RunFolderError
 from pipeline.storage import Storage, redact_text, redact_url
-
-from evaluation.engine import PairImages, compute_metrics
-from evaluation.registry import describe, metric_columns
-from evaluation.models import EvalSettings, MetricModels, best_device, load_metric_models
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ SAVE_LOCK_WAIT_S = 120.0  # another evaluation saving into the same eval/: wait 
 @dataclass(frozen=True)
 class PairTask:
     """One pair to (re)evaluate; small and picklable, so it can travel to a Ray worker."""
+
     pair_id: str
     structure_uri: str
     appearance_uri: str
@@ -80,16 +81,25 @@ class EvaluateSummary:
 
     def line(self) -> str:
         states = ", ".join(f"{n} {s}" for s, n in sorted(self.statuses.items()))
-        text = (f"{redact_url(self.run)}: {self.computed} pair(s) evaluated, {self.up_to_date} up to date ({states}); "
-                f"metrics {', '.join(self.metrics) or 'none'} -> {redact_url(self.metrics_url)}")
+        text = (
+            f"{redact_url(self.run)}: {self.computed} pair(s) evaluated, {self.up_to_date} up to date ({states}); "
+            f"metrics {', '.join(self.metrics) or 'none'} -> {redact_url(self.metrics_url)}"
+        )
         if self.skipped:  # why (and how to provide the weights) was logged once when the models were loaded
             text += f"; skipped {', '.join(self.skipped)} (weights not available, see the warnings)"
         return text
 
 
-def evaluate_run(run_url: str, settings: EvalSettings = EvalSettings(), *, storage: Storage | None = None,
-                 device: torch.device | str | None = None, address: str | None = None, force: bool = False,
-                 progress: bool = True) -> EvaluateSummary:
+def evaluate_run(
+    run_url: str,
+    settings: EvalSettings = EvalSettings(),
+    *,
+    storage: Storage | None = None,
+    device: torch.device | str | None = None,
+    address: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> EvaluateSummary:
     storage = storage or Storage()
     # 1. read the run: manifest, results, one listing of the pair files, what was evaluated before
     folder = RunFolder(storage, run_url)
@@ -101,6 +111,7 @@ def evaluate_run(run_url: str, settings: EvalSettings = EvalSettings(), *, stora
     address = address or os.environ.get("RAY_ADDRESS")  # as `splice run` does
     if address:
         from evaluation.distributed import RayBackend
+
         backend = RayBackend(address, settings, storage.options)
     else:
         backend = LocalBackend(settings, device or best_device(), storage)
@@ -111,6 +122,7 @@ def evaluate_run(run_url: str, settings: EvalSettings = EvalSettings(), *, stora
 
     # 4. compute, merging results into the rows as they come and saving now and then
     from tqdm.auto import tqdm
+
     bar = tqdm(total=len(tasks), unit="pair", desc=f"evaluate {run.method}", disable=not progress or not tasks)
     last_save = time.monotonic()
     for updates in backend.run(_chunks(tasks, settings.batch_size * 4)):
@@ -155,8 +167,9 @@ def model_info(models: MetricModels) -> tuple[dict[str, str], dict[str, str], li
     return dict(models.ids), dict(models.skipped), classes
 
 
-def evaluate_chunk(tasks: list[PairTask], models: MetricModels, settings: EvalSettings, storage: Storage,
-                   device) -> list[PairUpdate]:
+def evaluate_chunk(
+    tasks: list[PairTask], models: MetricModels, settings: EvalSettings, storage: Storage, device
+) -> list[PairUpdate]:
     """Read and hash outputs, decide per pair what to compute, decode the images and compute in batches."""
     with ThreadPoolExecutor(READ_THREADS) as pool:
         loaded = list(pool.map(lambda t: _load_pair(t, storage, settings.max_pixels), tasks))
@@ -186,8 +199,16 @@ def _load_pair(task: PairTask, storage: Storage, max_pixels: int):
         limit = max_input_bytes(max_pixels)
         images = PairImages(
             task.pair_id,
-            structure=decode_image(storage.read_input(task.structure_uri, max_bytes=limit), f"structure image {redact_url(task.structure_uri)}", max_pixels),
-            appearance=decode_image(storage.read_input(task.appearance_uri, max_bytes=limit), f"appearance image {redact_url(task.appearance_uri)}", max_pixels),
+            structure=decode_image(
+                storage.read_input(task.structure_uri, max_bytes=limit),
+                f"structure image {redact_url(task.structure_uri)}",
+                max_pixels,
+            ),
+            appearance=decode_image(
+                storage.read_input(task.appearance_uri, max_bytes=limit),
+                f"appearance image {redact_url(task.appearance_uri)}",
+                max_pixels,
+            ),
             output=decode_image(data, f"output {redact_url(task.output_url)}", max_pixels),
         )
         return update, images, needed
@@ -214,9 +235,13 @@ def _plan(run: Run, files, stored, ids, force):
         present = files.get(pair_id, {})
         if layout.SUCCESS in present and layout.OUTPUT_PNG not in present:  # marked done, output gone: damaged
             _clear_metrics(row)
-            row.update(output_sha256=None, output_stamp=None, status=PairStatus.DAMAGED.value,
-                       error=f"pair '{pair_id}' is damaged: {layout.OUTPUT_PNG} is missing though {layout.SUCCESS} "
-                             f"marks it done; `splice run` again redoes it (`splice status` lists damaged pairs)")
+            row.update(
+                output_sha256=None,
+                output_stamp=None,
+                status=PairStatus.DAMAGED.value,
+                error=f"pair '{pair_id}' is damaged: {layout.OUTPUT_PNG} is missing though {layout.SUCCESS} "
+                f"marks it done; `splice run` again redoes it (`splice status` lists damaged pairs)",
+            )
             continue
         if layout.OUTPUT_PNG not in present or layout.SUCCESS not in present:
             _clear_metrics(row)
@@ -228,18 +253,28 @@ def _plan(run: Run, files, stored, ids, force):
         if same_stamp and all(m in fresh for m in ids):
             continue  # nothing to do
         row["output_stamp"] = stamp
-        tasks.append(PairTask(
-            pair_id, record["structure_uri"], record["appearance_uri"],
-            output_url=run.folder.pair_file(pair_id, layout.OUTPUT_PNG),
-            known_hash=old.get("output_sha256") if not force else None, fresh=fresh, wanted=tuple(ids),
-        ))
+        tasks.append(
+            PairTask(
+                pair_id,
+                record["structure_uri"],
+                record["appearance_uri"],
+                output_url=run.folder.pair_file(pair_id, layout.OUTPUT_PNG),
+                known_hash=old.get("output_sha256") if not force else None,
+                fresh=fresh,
+                wanted=tuple(ids),
+            )
+        )
     return rows, tasks
 
 
 def _is_fresh(old: dict, metric: str, model_id: str) -> bool:
     value = old.get(metric)
-    return (value is not None and not _isnan(value) and old.get(f"{metric}__version") == describe(metric).version
-            and old.get(f"{metric}__model") == model_id)
+    return (
+        value is not None
+        and not _isnan(value)
+        and old.get(f"{metric}__version") == describe(metric).version
+        and old.get(f"{metric}__model") == model_id
+    )
 
 
 def _merge(row: dict, update: PairUpdate, ids: dict[str, str]) -> None:
@@ -269,8 +304,10 @@ def _failure(pair_id: str, result: dict | None) -> dict:
     if status in (PairStatus.FAILED, PairStatus.MISSING, PairStatus.DAMAGED):
         error = _text(result.get("error")) or f"no output ({status} in the run, no error recorded)"
         return {"status": status.value, "error": error}
-    return {"status": PairStatus.PENDING.value, "error": f"pair '{pair_id}' has no {layout.OUTPUT_PNG} with "
-                                                         f"{layout.SUCCESS}: not run or not finished yet"}
+    return {
+        "status": PairStatus.PENDING.value,
+        "error": f"pair '{pair_id}' has no {layout.OUTPUT_PNG} with {layout.SUCCESS}: not run or not finished yet",
+    }
 
 
 def _clear_metrics(row: dict) -> None:
@@ -318,8 +355,16 @@ def _merge_stored(stored: dict | None, row: dict, ids: dict) -> dict:
 
 
 def _write(folder: RunFolder, rows: dict, ids: dict, skipped: dict, classes: list | None, others: dict) -> None:
-    front = ["pair_id", "method", "status", "error", "output_sha256", "output_stamp", *COST_COLUMNS.values(),
-             "evaluated_at"]
+    front = [
+        "pair_id",
+        "method",
+        "status",
+        "error",
+        "output_sha256",
+        "output_stamp",
+        *COST_COLUMNS.values(),
+        "evaluated_at",
+    ]
     frame = pd.DataFrame(list(rows.values()))
     metrics = metric_columns(frame.columns)
     frame = frame.reindex(columns=front + [c for m in metrics for c in (m, f"{m}__version", f"{m}__model")])
@@ -327,19 +372,31 @@ def _write(folder: RunFolder, rows: dict, ids: dict, skipped: dict, classes: lis
         frame[metric] = frame[metric].astype("float64")
     frame["status"] = [PairStatus.of(s).value for s in frame["status"]]
     folder.write_metrics(frame)
-    described = {m: {"version": describe(m).version, "model": ids[m], "better": describe(m).better,
-                     "summary": describe(m).summary, "aspect": describe(m).aspect, "source": describe(m).source}
-                 for m in ids}
+    described = {
+        m: {
+            "version": describe(m).version,
+            "model": ids[m],
+            "better": describe(m).better,
+            "summary": describe(m).summary,
+            "aspect": describe(m).aspect,
+            "source": describe(m).source,
+        }
+        for m in ids
+    }
     described = {**{m: v for m, v in others.items() if m in frame.columns and m not in ids}, **described}
-    folder.write_evaluation({
-        "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "metrics": described, "skipped": skipped,
-        "layout_classes": classes,  # the segmenter's classes, all counted by layout_miou
-    })
+    folder.write_evaluation(
+        {
+            "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "metrics": described,
+            "skipped": skipped,
+            "layout_classes": classes,  # the segmenter's classes, all counted by layout_miou
+        }
+    )
 
 
 def _chunks(tasks: list, size: int):
     for start in range(0, len(tasks), size):
-        yield tasks[start:start + size]
+        yield tasks[start : start + size]
 
 
 def _text(value) -> str | None:

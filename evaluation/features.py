@@ -9,6 +9,7 @@ view) for every feature the asked-for metrics need of it.
   labels            (B, h, w) int64 label map of a segmenter (its `segment`)
   image             the view itself, (B, 3, h, w) in [0, 1]: for metrics that run their model themselves (LPIPS)
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -24,7 +25,9 @@ IMAGE = "image"
 @dataclass(frozen=True)
 class Extractor:
     features: tuple[str, ...]
-    run: Callable  # (model, images (B, 3, h, w) float in [0, 1], wanted: tuple of feature names) -> tuple, in that order
+    run: (
+        Callable  # (model, images (B, 3, h, w) float in [0, 1], wanted: tuple of feature names) -> tuple, in that order
+    )
 
 
 EXTRACTORS: dict[str, Extractor] = {}  # feature name -> its extractor
@@ -32,11 +35,13 @@ EXTRACTORS: dict[str, Extractor] = {}  # feature name -> its extractor
 
 def register_features(*names: str):
     """Decorator: fn(model, images, wanted) gives the features `names` (those in `wanted`, in that order)."""
+
     def decorate(fn: Callable) -> Callable:
         extractor = Extractor(tuple(names), fn)
         for name in names:
             EXTRACTORS[name] = extractor
         return fn
+
     return decorate
 
 

@@ -17,6 +17,7 @@ once here, _SUCCESS with the files' sizes and hashes.
 An import is a writer like `splice run`: it takes the run folder's lock, and it never writes into a run of another
 method, a run made by `splice run`, or over outputs already there, unless `force`.
 """
+
 from __future__ import annotations
 
 import io
@@ -32,11 +33,11 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from pipeline.runs import layout
+from manifests.builders import IMAGE_EXTENSIONS
+from manifests.schema import PAIR_ID, manifest_folder, read_manifest, resolve_uri
 from pipeline.errors import SpliceError
 from pipeline.method.images import DEFAULT_MAX_PIXELS, ImageError, decode_image, encode_png, max_input_bytes
-from manifests.schema import PAIR_ID, manifest_folder, read_manifest, resolve_uri
-from manifests.builders import IMAGE_EXTENSIONS
+from pipeline.runs import layout
 from pipeline.runs.rerun import pair_inputs
 from pipeline.runs.run_folder import PairStatus, RunFolder
 from pipeline.storage import Storage, redact_text, redact_url
@@ -53,6 +54,7 @@ class ImportRefused(SpliceError, ValueError):
 @dataclass(frozen=True)
 class NoOutput:
     """Why a pair has no output to import: 'missing' (nothing matched) or 'ambiguous' (several did)."""
+
     kind: str
     error: str
 
@@ -67,18 +69,31 @@ class ImportSummary:
     ambiguous: int = 0  # several outputs matched
 
     def line(self) -> str:
-        return (f"imported {self.imported} output(s) of {self.method} into {redact_url(self.run)}: {self.imported} "
-                f"matched, {self.missing - self.ambiguous} missing, {self.ambiguous} ambiguous, {self.failed} unreadable"
-                f" (each in {redact_url(layout.join(self.run, layout.RESULTS))}); next: splice evaluate "
-                f"{redact_url(self.run)}")
+        return (
+            f"imported {self.imported} output(s) of {self.method} into {redact_url(self.run)}: {self.imported} "
+            f"matched, {self.missing - self.ambiguous} missing, {self.ambiguous} ambiguous, {self.failed} unreadable"
+            f" (each in {redact_url(layout.join(self.run, layout.RESULTS))}); next: splice evaluate "
+            f"{redact_url(self.run)}"
+        )
 
 
-def import_outputs(method: str, outputs_dir: str | None, manifest_url: str, out_url: str, *,
-                   storage: Storage | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, pattern: str | None = None,
-                   csv: str | None = None, force: bool = False) -> ImportSummary:
+def import_outputs(
+    method: str,
+    outputs_dir: str | None,
+    manifest_url: str,
+    out_url: str,
+    *,
+    storage: Storage | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    pattern: str | None = None,
+    csv: str | None = None,
+    force: bool = False,
+) -> ImportSummary:
     storage = storage or Storage()
     if (outputs_dir is None) == (csv is None) or (pattern and csv):
-        raise ImportRefused("give the outputs as ROOT (a folder of <pair_id>.png), ROOT --pattern TEMPLATE, or --csv FILE")
+        raise ImportRefused(
+            "give the outputs as ROOT (a folder of <pair_id>.png), ROOT --pattern TEMPLATE, or --csv FILE"
+        )
     outputs_dir = outputs_dir or manifest_folder(csv)
     # 1. validate: a method name, a manifest, an --out that is not the input folder, a writable target
     if not method or not PAIR_ID.fullmatch(method):
@@ -95,8 +110,9 @@ def import_outputs(method: str, outputs_dir: str | None, manifest_url: str, out_
         _check_existing(folder, method, set(manifest["pair_id"]), force)
         found, problems = _match(storage, manifest, outputs_dir, pattern, csv)
         inputs = pair_inputs(storage, parsed.pairs())
-        return _import(folder, method, outputs_dir, manifest_url, manifest, found, problems, inputs, max_pixels,
-                       pattern, csv)
+        return _import(
+            folder, method, outputs_dir, manifest_url, manifest, found, problems, inputs, max_pixels, pattern, csv
+        )
 
 
 def _check_existing(folder: RunFolder, method: str, pair_ids: set[str], force: bool) -> None:
@@ -105,18 +121,22 @@ def _check_existing(folder: RunFolder, method: str, pair_ids: set[str], force: b
     if force:
         return
     if existing.get("method") not in (None, method):
-        raise ImportRefused(f"--out {redact_url(out_url)} already holds a run of method {existing['method']!r}: "
-                           f"import {method!r} into another folder (or pass --force to replace its outputs)")
+        raise ImportRefused(
+            f"--out {redact_url(out_url)} already holds a run of method {existing['method']!r}: "
+            f"import {method!r} into another folder (or pass --force to replace its outputs)"
+        )
     if existing and not existing.get("imported"):
-        raise ImportRefused(f"--out {redact_url(out_url)} holds a run made by `splice run` ({existing.get('method')}): "
-                           f"import into another folder (or pass --force to replace its outputs)")
-    done = sorted(p for p, files in folder.list_pairs().items()
-                  if p in pair_ids and layout.OUTPUT_PNG in files)
+        raise ImportRefused(
+            f"--out {redact_url(out_url)} holds a run made by `splice run` ({existing.get('method')}): "
+            f"import into another folder (or pass --force to replace its outputs)"
+        )
+    done = sorted(p for p, files in folder.list_pairs().items() if p in pair_ids and layout.OUTPUT_PNG in files)
     if done:
         shown = ", ".join(done[:8]) + (f" and {len(done) - 8} more" if len(done) > 8 else "")
-        raise ImportRefused(f"--out {redact_url(out_url)} already holds outputs of {len(done)} pair(s) ({shown}): "
-                           f"import into another folder, or pass --force to replace them")
-
+        raise ImportRefused(
+            f"--out {redact_url(out_url)} already holds outputs of {len(done)} pair(s) ({shown}): "
+            f"import into another folder, or pass --force to replace them"
+        )
 
 
 def _match(storage: Storage, manifest, outputs_dir: str, pattern: str | None, csv: str | None):
@@ -127,14 +147,17 @@ def _match(storage: Storage, manifest, outputs_dir: str, pattern: str | None, cs
         problems = {p: m for p, m in matched.items() if isinstance(m, NoOutput)}
         if not found:
             example = next(iter(problems.values())).error if problems else ""
-            raise ImportRefused(f"no output matched any pair of the manifest ({example}): check ROOT, the pattern or "
-                                f"the CSV against the manifest's pair_ids (e.g. {manifest['pair_id'].iloc[0]})")
+            raise ImportRefused(
+                f"no output matched any pair of the manifest ({example}): check ROOT, the pattern or "
+                f"the CSV against the manifest's pair_ids (e.g. {manifest['pair_id'].iloc[0]})"
+            )
         return found, problems
     return _outputs_by_pair(storage, outputs_dir, set(manifest["pair_id"])), {}
 
 
-def _import(folder: RunFolder, method, outputs_dir, manifest_url, manifest, found, problems, inputs, max_pixels,
-            pattern, csv) -> ImportSummary:
+def _import(
+    folder: RunFolder, method, outputs_dir, manifest_url, manifest, found, problems, inputs, max_pixels, pattern, csv
+) -> ImportSummary:
     # 3. write each pair's output.png, meta.json and _SUCCESS (last)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -148,14 +171,27 @@ def _import(folder: RunFolder, method, outputs_dir, manifest_url, manifest, foun
     # 4. the run's manifest, results and run.json
     folder.write_manifest(manifest)
     folder.write_results(rows)
-    folder.write_record({
-        "method": method, "imported": True, "imported_from": redact_url(csv or outputs_dir), "pattern": pattern,
-        "manifest": redact_url(manifest_url), "started_at": started, "pairs": int(len(manifest)), "inputs": inputs,
-    })
+    folder.write_record(
+        {
+            "method": method,
+            "imported": True,
+            "imported_from": redact_url(csv or outputs_dir),
+            "pattern": pattern,
+            "manifest": redact_url(manifest_url),
+            "started_at": started,
+            "pairs": int(len(manifest)),
+            "inputs": inputs,
+        }
+    )
     counts = pd.Series([row["status"] for row in rows]).value_counts()
-    summary = ImportSummary(folder.url, method, int(counts.get(PairStatus.DONE.value, 0)),
-                            int(counts.get(PairStatus.MISSING.value, 0)), int(counts.get(PairStatus.FAILED.value, 0)),
-                            sum(p.kind == "ambiguous" for p in problems.values()))
+    summary = ImportSummary(
+        folder.url,
+        method,
+        int(counts.get(PairStatus.DONE.value, 0)),
+        int(counts.get(PairStatus.MISSING.value, 0)),
+        int(counts.get(PairStatus.FAILED.value, 0)),
+        sum(p.kind == "ambiguous" for p in problems.values()),
+    )
     log.info(summary.line())
     return summary
 
@@ -179,16 +215,29 @@ def _outputs_by_pair(storage: Storage, outputs_dir: str, pair_ids: set[str]) -> 
         else:
             found[stem] = name
     if unmatched:
-        log.warning("%d file(s) in %s match no pair_id of the manifest (e.g. %s); outputs must be named <pair_id>%s",
-                    len(unmatched), redact_url(outputs_dir), ", ".join(unmatched[:5]), "|".join(EXTENSIONS))
+        log.warning(
+            "%d file(s) in %s match no pair_id of the manifest (e.g. %s); outputs must be named <pair_id>%s",
+            len(unmatched),
+            redact_url(outputs_dir),
+            ", ".join(unmatched[:5]),
+            "|".join(EXTENSIONS),
+        )
     if pair_ids and not found:
-        raise ImportRefused(f"no file in {redact_url(outputs_dir)} is named after a pair_id of the manifest "
-                           f"(expected e.g. {sorted(pair_ids)[0]}.png): check the folder and the manifest")
+        raise ImportRefused(
+            f"no file in {redact_url(outputs_dir)} is named after a pair_id of the manifest "
+            f"(expected e.g. {sorted(pair_ids)[0]}.png): check the folder and the manifest"
+        )
     return found
 
 
-def match_outputs(storage: Storage, pair_ids: list[str], *, root: str | None = None, pattern: str | None = None,
-                  csv: str | None = None) -> Iterator[tuple[str, str | NoOutput]]:
+def match_outputs(
+    storage: Storage,
+    pair_ids: list[str],
+    *,
+    root: str | None = None,
+    pattern: str | None = None,
+    csv: str | None = None,
+) -> Iterator[tuple[str, str | NoOutput]]:
     """(pair_id, output URL) for every pair with exactly one output, (pair_id, NoOutput) for the others.
 
     `pattern` is a template under `root` with `{pair_id}` and glob wildcards (*, ?, [..], **); it is listed once,
@@ -203,8 +252,9 @@ def match_outputs(storage: Storage, pair_ids: list[str], *, root: str | None = N
             candidates.setdefault(pair_id, []).append(uri)
     else:
         if not pattern or "{pair_id}" not in pattern:
-            raise ImportRefused(f"--pattern {pattern!r} must contain {{pair_id}}, e.g. '{{pair_id}}/ours/*' or "
-                                f"'strotss/{{pair_id}}.*'")
+            raise ImportRefused(
+                f"--pattern {pattern!r} must contain {{pair_id}}, e.g. '{{pair_id}}/ours/*' or 'strotss/{{pair_id}}.*'"
+            )
         where = f"{redact_url(layout.join(root, pattern))}"
         fs, base = storage.fs(root)
         if not fs.isdir(base):
@@ -216,13 +266,17 @@ def match_outputs(storage: Storage, pair_ids: list[str], *, root: str | None = N
             name = posixpath.basename(path)
             if name.startswith(".") or posixpath.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
                 continue
-            match = regex.fullmatch(path[len(base) + 1:])
+            match = regex.fullmatch(path[len(base) + 1 :])
             if match:
                 candidates.setdefault(match.group("pair_id"), []).append(storage.url(fs, path))
     strangers = sorted(set(candidates) - wanted)
     if strangers:
-        log.warning("%d output(s) matched by %s name no pair_id of the manifest (e.g. %s)", len(strangers), where,
-                    ", ".join(strangers[:5]))
+        log.warning(
+            "%d output(s) matched by %s name no pair_id of the manifest (e.g. %s)",
+            len(strangers),
+            where,
+            ", ".join(strangers[:5]),
+        )
     for pair_id in pair_ids:
         found = sorted(set(candidates.get(pair_id, [])))
         if len(found) == 1:
@@ -231,8 +285,14 @@ def match_outputs(storage: Storage, pair_ids: list[str], *, root: str | None = N
             yield pair_id, NoOutput("missing", f"no output of pair '{pair_id}' in {where}")
         else:
             shown = ", ".join(redact_url(f) for f in found[:5]) + (" ..." if len(found) > 5 else "")
-            yield pair_id, NoOutput("ambiguous", f"{len(found)} outputs of pair '{pair_id}' match {where} ({shown}); "
-                                                 f"make the pattern match one, or list the outputs in a --csv")
+            yield (
+                pair_id,
+                NoOutput(
+                    "ambiguous",
+                    f"{len(found)} outputs of pair '{pair_id}' match {where} ({shown}); "
+                    f"make the pattern match one, or list the outputs in a --csv",
+                ),
+            )
 
 
 def _pattern_regex(pattern: str) -> re.Pattern:
@@ -262,12 +322,19 @@ def _csv_rows(storage: Storage, url: str) -> list[tuple[str, str]]:
     except FileNotFoundError:
         raise ImportRefused(f"CSV {redact_url(url)} does not exist") from None
     except (ValueError, pd.errors.ParserError) as exc:
-        raise ImportRefused(f"CSV {redact_url(url)} cannot be parsed ({exc}): expected a header pair_id,output_uri") from exc
+        raise ImportRefused(
+            f"CSV {redact_url(url)} cannot be parsed ({exc}): expected a header pair_id,output_uri"
+        ) from exc
     if not {"pair_id", "output_uri"} <= set(frame.columns):
-        raise ImportRefused(f"CSV {redact_url(url)} needs the columns pair_id,output_uri (it has: {', '.join(frame.columns)})")
+        raise ImportRefused(
+            f"CSV {redact_url(url)} needs the columns pair_id,output_uri (it has: {', '.join(frame.columns)})"
+        )
     base = manifest_folder(url)
-    return [(str(p).strip(), resolve_uri(str(u).strip(), base)) for p, u in zip(frame["pair_id"], frame["output_uri"])
-            if isinstance(p, str) and isinstance(u, str) and u.strip()]
+    return [
+        (str(p).strip(), resolve_uri(str(u).strip(), base))
+        for p, u in zip(frame["pair_id"], frame["output_uri"])
+        if isinstance(p, str) and isinstance(u, str) and u.strip()
+    ]
 
 
 def _preference(name: str) -> int:
@@ -275,24 +342,52 @@ def _preference(name: str) -> int:
     return EXTENSIONS.index(ext) if ext in EXTENSIONS else len(EXTENSIONS)
 
 
-def _import_pair(folder: RunFolder, method: str, pair_id: str, name: str | None, outputs_dir: str,
-                 max_pixels: int, started: str) -> dict:
-    row = {"pair_id": pair_id, "status": PairStatus.DONE.value, "error": None, "seconds": None, "device": None,
-           "attempts": 1, "method": method}
+def _import_pair(
+    folder: RunFolder, method: str, pair_id: str, name: str | None, outputs_dir: str, max_pixels: int, started: str
+) -> dict:
+    row = {
+        "pair_id": pair_id,
+        "status": PairStatus.DONE.value,
+        "error": None,
+        "seconds": None,
+        "device": None,
+        "attempts": 1,
+        "method": method,
+    }
     pair = folder.pair(pair_id)
     if name is None:
         pair.unmark()  # a pair imported before and now gone is no longer done
-        return {**row, "status": PairStatus.MISSING.value, "attempts": 0,
-                "error": f"{method} has no output for pair '{pair_id}' in {redact_url(outputs_dir)}"}
-    source = name if "://" in name or os.path.isabs(name) else layout.join(outputs_dir, name)  # a name in OUTPUTS_DIR, or a URL
+        return {
+            **row,
+            "status": PairStatus.MISSING.value,
+            "attempts": 0,
+            "error": f"{method} has no output for pair '{pair_id}' in {redact_url(outputs_dir)}",
+        }
+    source = (
+        name if "://" in name or os.path.isabs(name) else layout.join(outputs_dir, name)
+    )  # a name in OUTPUTS_DIR, or a URL
     try:
         data = folder.storage.read_input(source, max_bytes=max_input_bytes(max_pixels))
         image = decode_image(data, f"output {redact_url(source)}", max_pixels)
     except (ImageError, OSError) as exc:
         pair.unmark()
         return {**row, "status": PairStatus.FAILED.value, "error": redact_text(f"pair '{pair_id}': {exc}")}
-    pair.write_files({layout.OUTPUT_PNG: encode_png(image), layout.META_JSON: json.dumps({
-        "method": method, "status": PairStatus.DONE.value, "imported": True, "source": redact_url(source),
-        "imported_at": started, "height": int(image.shape[1]), "width": int(image.shape[2]),
-    }, indent=2).encode()}, row=row)
+    pair.write_files(
+        {
+            layout.OUTPUT_PNG: encode_png(image),
+            layout.META_JSON: json.dumps(
+                {
+                    "method": method,
+                    "status": PairStatus.DONE.value,
+                    "imported": True,
+                    "source": redact_url(source),
+                    "imported_at": started,
+                    "height": int(image.shape[1]),
+                    "width": int(image.shape[2]),
+                },
+                indent=2,
+            ).encode(),
+        },
+        row=row,
+    )
     return row

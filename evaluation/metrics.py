@@ -29,6 +29,7 @@ appearance) is resized to 512x512 with PIL bilinear, then ToTensor, torchvision 
   present in either map, the segmenter's background class included; a pair where both maps are all background
   scores 1. See `mean_iou`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,8 +38,10 @@ import torch.nn.functional as F
 from evaluation.registry import METRICS, MetricInfo, Need, register_metric  # noqa: F401  (METRICS, MetricInfo: re-exported)
 from evaluation.views import PROTOCOL_SIDE, SMALL_SIDE, protocol_image, resize, small_size, vit_size  # noqa: F401
 
-PROTOCOL = ("published protocol (Ctrl-X evaluation, genforce/ctrl-x data/evaluation; Splice's losses): "
-            f"{PROTOCOL_SIDE}x{PROTOCOL_SIDE} PIL bilinear, Resize(224, max_size=480), ImageNet norm")
+PROTOCOL = (
+    "published protocol (Ctrl-X evaluation, genforce/ctrl-x data/evaluation; Splice's losses): "
+    f"{PROTOCOL_SIDE}x{PROTOCOL_SIDE} PIL bilinear, Resize(224, max_size=480), ImageNet norm"
+)
 # the published protocol's two metrics, the objective's appearance distance, LPIPS and layout; the others on request
 DEFAULT_METRICS = ("selfsim", "dino_i", "cls_mse", "lpips_structure", "layout_miou")
 
@@ -54,66 +57,112 @@ def cosine_per_item(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 # --- DINO: the published protocol ---------------------------------------------------------------------------
 
-@register_metric("selfsim", version="1", better="lower", model="vitb8", aspect="structure",
-                 needs=(Need("structure", "protocol", "self_similarity"), Need("output", "protocol", "self_similarity")),
-                 summary="MSE between last-block key self-similarity matrices (DINO ViT-B/8) of structure image and "
-                         "output; " + PROTOCOL)
+
+@register_metric(
+    "selfsim",
+    version="1",
+    better="lower",
+    model="vitb8",
+    aspect="structure",
+    needs=(Need("structure", "protocol", "self_similarity"), Need("output", "protocol", "self_similarity")),
+    summary="MSE between last-block key self-similarity matrices (DINO ViT-B/8) of structure image and "
+    "output; " + PROTOCOL,
+)
 def selfsim(backbone, structure_similarity: torch.Tensor, output_similarity: torch.Tensor) -> torch.Tensor:
     return mse_per_item(structure_similarity, output_similarity)  # (B, N, N) x 2 -> (B,)
 
 
-@register_metric("dino_i", version="2", better="higher", model="vitb8", aspect="appearance",
-                 needs=(Need("output", "protocol", "cls_token"), Need("appearance", "protocol", "cls_token")),
-                 summary="cosine similarity of last-block [CLS] tokens (before the final norm, DINO ViT-B/8) of output "
-                         "and appearance image; " + PROTOCOL)
+@register_metric(
+    "dino_i",
+    version="2",
+    better="higher",
+    model="vitb8",
+    aspect="appearance",
+    needs=(Need("output", "protocol", "cls_token"), Need("appearance", "protocol", "cls_token")),
+    summary="cosine similarity of last-block [CLS] tokens (before the final norm, DINO ViT-B/8) of output "
+    "and appearance image; " + PROTOCOL,
+)
 def dino_i(backbone, output_cls: torch.Tensor, appearance_cls: torch.Tensor) -> torch.Tensor:
     return cosine_per_item(output_cls, appearance_cls)  # (B, D) x 2 -> (B,)
 
 
 # --- DINO: the training objective's view (aspect kept) ----------------------------------------------------------
 
-@register_metric("cls_mse", version="2", better="lower", model="vitb8", aspect="appearance",
-                 needs=(Need("output", "native", "cls_token"), Need("appearance", "native", "cls_token")),
-                 summary="MSE between last-block [CLS] tokens (before the final norm, DINO ViT-B/8) of appearance image "
-                         "and output, each resized as for training (aspect kept): the training objective's appearance "
-                         "distance")
+
+@register_metric(
+    "cls_mse",
+    version="2",
+    better="lower",
+    model="vitb8",
+    aspect="appearance",
+    needs=(Need("output", "native", "cls_token"), Need("appearance", "native", "cls_token")),
+    summary="MSE between last-block [CLS] tokens (before the final norm, DINO ViT-B/8) of appearance image "
+    "and output, each resized as for training (aspect kept): the training objective's appearance "
+    "distance",
+)
 def cls_mse(backbone, output_cls: torch.Tensor, appearance_cls: torch.Tensor) -> torch.Tensor:
     return mse_per_item(output_cls, appearance_cls)
 
 
-@register_metric("lpips_structure", version="1", better="lower", model="lpips", aspect="structure",
-                 needs=(Need("structure", "structure_small"), Need("output", "structure_small")),
-                 summary=f"LPIPS v0.1 (AlexNet) between structure image and output, long side at most {SMALL_SIDE} px")
+@register_metric(
+    "lpips_structure",
+    version="1",
+    better="lower",
+    model="lpips",
+    aspect="structure",
+    needs=(Need("structure", "structure_small"), Need("output", "structure_small")),
+    summary=f"LPIPS v0.1 (AlexNet) between structure image and output, long side at most {SMALL_SIDE} px",
+)
 def lpips_structure(model, structure: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     return model(structure.float(), output.float(), normalize=True).flatten()  # (B, 1, 1, 1) -> (B,)
 
 
-@register_metric("layout_miou", version="1", better="higher", model="segmenter", aspect="layout",
-                 needs=(Need("structure", "structure_small", "labels"), Need("output", "structure_small", "labels")),
-                 summary="mean IoU of semantic segmentations of structure image and output over the classes present in "
-                         "either (background included)")
+@register_metric(
+    "layout_miou",
+    version="1",
+    better="higher",
+    model="segmenter",
+    aspect="layout",
+    needs=(Need("structure", "structure_small", "labels"), Need("output", "structure_small", "labels")),
+    summary="mean IoU of semantic segmentations of structure image and output over the classes present in "
+    "either (background included)",
+)
 def layout_miou(segmenter, structure_labels: torch.Tensor, output_labels: torch.Tensor) -> torch.Tensor:
     return mean_iou(structure_labels, output_labels, segmenter.num_classes)
 
 
-@register_metric("selfsim_native", version="2", better="lower", model="vitb8", aspect="structure",
-                 needs=(Need("structure", "structure_native", "self_similarity"),
-                        Need("output", "structure_native", "self_similarity")),
-                 summary="selfsim with aspect ratio kept (resized as for training, no 512x512 step); not the published "
-                         "protocol")
+@register_metric(
+    "selfsim_native",
+    version="2",
+    better="lower",
+    model="vitb8",
+    aspect="structure",
+    needs=(
+        Need("structure", "structure_native", "self_similarity"),
+        Need("output", "structure_native", "self_similarity"),
+    ),
+    summary="selfsim with aspect ratio kept (resized as for training, no 512x512 step); not the published protocol",
+)
 def selfsim_native(backbone, structure_similarity: torch.Tensor, output_similarity: torch.Tensor) -> torch.Tensor:
     return mse_per_item(structure_similarity, output_similarity)
 
 
-@register_metric("dino_i_s16", version="2", better="higher", model="vits16", aspect="appearance",
-                 needs=(Need("output", "native", "final_cls"), Need("appearance", "native", "final_cls")),
-                 summary="cosine similarity of DINO ViT-S/16 [CLS] embeddings after the final norm of appearance image "
-                         "and output, aspect kept; not the published protocol")
+@register_metric(
+    "dino_i_s16",
+    version="2",
+    better="higher",
+    model="vits16",
+    aspect="appearance",
+    needs=(Need("output", "native", "final_cls"), Need("appearance", "native", "final_cls")),
+    summary="cosine similarity of DINO ViT-S/16 [CLS] embeddings after the final norm of appearance image "
+    "and output, aspect kept; not the published protocol",
+)
 def dino_i_s16(backbone, output_cls: torch.Tensor, appearance_cls: torch.Tensor) -> torch.Tensor:
     return cosine_per_item(output_cls, appearance_cls)
 
 
 # --- semantic layout -------------------------------------------------------------------------------------------
+
 
 def mean_iou(labels_a: torch.Tensor, labels_b: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Mean IoU per item of two (B, H, W) integer label maps -> (B,).
@@ -127,7 +176,7 @@ def mean_iou(labels_a: torch.Tensor, labels_b: torch.Tensor, num_classes: int) -
     if a.numel() and (min(a.min(), b.min()) < 0 or max(a.max(), b.max()) >= num_classes):
         raise ValueError(f"segmentation labels must lie in [0, {num_classes})")
     offsets = torch.arange(batch, device=a.device)[:, None] * num_classes * num_classes
-    confusion = torch.bincount((offsets + a * num_classes + b).flatten(), minlength=batch * num_classes ** 2)
+    confusion = torch.bincount((offsets + a * num_classes + b).flatten(), minlength=batch * num_classes**2)
     confusion = confusion.reshape(batch, num_classes, num_classes).double()  # (B, C, C): rows a, columns b
     intersection = confusion.diagonal(dim1=1, dim2=2)  # (B, C)
     union = confusion.sum(2) + confusion.sum(1) - intersection  # (B, C)

@@ -3,6 +3,7 @@
 A metric whose weights cannot be had offline is skipped with a message saying how to provide them, unless the user
 named it (`explicit`), in which case `MetricUnavailable` is raised.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,7 +34,9 @@ class EvalSettings:
     metrics: tuple[str, ...] = DEFAULT_METRICS  # metric names or plug-in specs (evaluation.registry.get_metric)
     explicit: bool = False  # the user named the metrics: an unavailable one is an error rather than skipped
     metric_backbone: str | None = None  # overrides the DINO backbones: SPEC, or dino_vitb8=SPEC,dino_vits16=SPEC
-    lpips_weights: str = "pretrained"  # AlexNet trunk of LPIPS: pretrained | random | file:PATH (torchvision state dict)
+    lpips_weights: str = (
+        "pretrained"  # AlexNet trunk of LPIPS: pretrained | random | file:PATH (torchvision state dict)
+    )
     segmenter: object = DEFAULT_SEGMENTER  # segmenter spec (evaluation.segmenter) or a segmenter object
     segmenter_weights: str | None = None  # local weights file for a torchvision segmenter
     batch_size: int = 8  # pairs per backbone batch
@@ -61,7 +64,9 @@ class EvalSettings:
             for item in override.split(","):
                 name, _, spec = item.partition("=")
                 if name not in by_default or not spec:
-                    raise MetricUnavailable(f"--metric-backbone {override!r}: use SPEC or dino_vitb8=SPEC,dino_vits16=SPEC")
+                    raise MetricUnavailable(
+                        f"--metric-backbone {override!r}: use SPEC or dino_vitb8=SPEC,dino_vits16=SPEC"
+                    )
                 specs[by_default[name]] = spec
             return specs
         return {role: override for role in specs}
@@ -70,6 +75,7 @@ class EvalSettings:
 @dataclass
 class MetricModels:
     """Loaded models by role, the provenance id of each available metric, and why the others were skipped."""
+
     models: dict[str, object] = field(default_factory=dict)  # model role (a metric's `model`) -> the model
     ids: dict[str, str] = field(default_factory=dict)  # metric -> "model spec@weights id"
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> reason and how to fix it
@@ -93,9 +99,11 @@ NO_MODEL = "none"  # the model id of a metric that needs no model
 def register_model(role: str):
     """Decorator: fn(settings: EvalSettings, device) -> (model, model id) loads the model of `role`; a plug-in metric
     with a model of its own registers its loader so (raising MetricUnavailable when the weights are not here)."""
+
     def decorate(fn: Callable) -> Callable:
         MODEL_LOADERS[role] = fn
         return fn
+
     return decorate
 
 
@@ -127,14 +135,18 @@ def load_metric_models(settings: EvalSettings, device: torch.device | str) -> Me
         if model_id.endswith("@" + RANDOM_WEIGHTS_ID):
             random.setdefault(model_id, []).append(name)
     for model_id, names in random.items():
-        log.warning("metric(s) %s use RANDOM weights (%s): their values are for smoke tests only", ", ".join(names), model_id)
+        log.warning(
+            "metric(s) %s use RANDOM weights (%s): their values are for smoke tests only", ", ".join(names), model_id
+        )
     return models
 
 
 def _load_role(role: str, settings: EvalSettings, device, loaded: dict):
     if role not in MODEL_LOADERS:
-        raise MetricUnavailable(f"no loader for model role {role!r}: use one of {', '.join(MODEL_LOADERS)}, or register "
-                                f"one with @evaluation.models.register_model({role!r})")
+        raise MetricUnavailable(
+            f"no loader for model role {role!r}: use one of {', '.join(MODEL_LOADERS)}, or register "
+            f"one with @evaluation.models.register_model({role!r})"
+        )
     key = _loader_key(role, settings)
     if key not in loaded:
         loaded[key] = MODEL_LOADERS[role](settings, device)
@@ -158,6 +170,7 @@ def _load_dino(role: str):
         except BackboneUnavailable as exc:
             raise MetricUnavailable(f"{exc} (here: --metric-backbone {DINO_ROLES[role]}=file:PATH)") from exc
         return backbone, f"{backbone.spec}@{backbone.weights_id}"
+
     return load
 
 
@@ -190,9 +203,13 @@ def load_lpips(weights: str, device) -> tuple[torch.nn.Module, str]:
         weights_id = RANDOM_WEIGHTS_ID
     elif weights == "pretrained" or weights.startswith("file:"):
         local = weights.split(":", 1)[1] if weights.startswith("file:") else None
-        state, weights_id = load_state_dict(AlexNet_Weights.IMAGENET1K_V1.url, "LPIPS AlexNet trunk (metric lpips_structure)",
-                                            local, option="--lpips-weights file:PATH")
-        features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+        state, weights_id = load_state_dict(
+            AlexNet_Weights.IMAGENET1K_V1.url,
+            "LPIPS AlexNet trunk (metric lpips_structure)",
+            local,
+            option="--lpips-weights file:PATH",
+        )
+        features = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
         for stage in (model.net.slice1, model.net.slice2, model.net.slice3, model.net.slice4, model.net.slice5):
             stage.load_state_dict({k: features[k] for k in stage.state_dict()})
     else:

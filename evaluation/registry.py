@@ -16,6 +16,7 @@ calls the function on batches: fn(model, *features) -> (B,) values.
 Plug-ins (pipeline/plugins.py) use the same decorator in a file of their own and are named `py:MODULE:NAME` or by an
 entry point of group `splice.metrics`; `get_metric` resolves either and registers it, so it is then known by name.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -33,6 +34,7 @@ BETTER = ("lower", "higher")
 class MetricInfo:
     """What a report needs to know of a metric: also read back from a run's eval/evaluation.json, so a report
     labels a plug-in's metric without importing the plug-in."""
+
     name: str
     version: str  # bump when the definition changes: stored values of another version are recomputed
     better: str  # "lower" | "higher"
@@ -44,6 +46,7 @@ class MetricInfo:
 @dataclass(frozen=True)
 class Need:
     """One input of a metric: the `feature` of `image`, seen through `view`."""
+
     image: str  # "structure" | "appearance" | "output"
     view: str  # a name in evaluation.views.VIEWS, e.g. "protocol", "native", "structure_native", "structure_small"
     feature: str = "image"  # a feature of the metric's model (evaluation.features), or "image": the view itself
@@ -64,14 +67,25 @@ _BY_SPEC: dict[str, Metric] = {}  # plug-in spec -> its metric, resolved once pe
 _DESCRIBED: dict[str, MetricInfo] = {}  # metrics known only from runs' evaluation.json (reports)
 
 
-def register_metric(name: str, *, version: str, better: str, needs: tuple[Need, ...], summary: str,
-                    model: str | None = None, aspect: str = "other") -> Callable[[Callable], Metric]:
+def register_metric(
+    name: str,
+    *,
+    version: str,
+    better: str,
+    needs: tuple[Need, ...],
+    summary: str,
+    model: str | None = None,
+    aspect: str = "other",
+) -> Callable[[Callable], Metric]:
     """Decorator: the function becomes metric `name` (and is registered under it)."""
+
     def decorate(fn: Callable) -> Metric:
-        metric = Metric(name, str(version), better, model, aspect, summary, needs=tuple(needs), compute=fn,
-                        source=_source_of(fn))
+        metric = Metric(
+            name, str(version), better, model, aspect, summary, needs=tuple(needs), compute=fn, source=_source_of(fn)
+        )
         _check(metric)
         return _register(metric)
+
     return decorate
 
 
@@ -86,13 +100,17 @@ def get_metric(spec: str) -> Metric:
     else:
         found = plugins.load_entry_point(ENTRY_POINT_GROUP, spec, "metric")
         if found is None:
-            raise MetricUnavailable(f"unknown metric {spec!r}: use one of {', '.join(available())}; or a plug-in: "
-                                    f"py:MODULE:NAME (MODULE importable or a path to a .py file) naming a function "
-                                    f"decorated with evaluation.registry.register_metric, or an entry point in group "
-                                    f"{ENTRY_POINT_GROUP} (docs/metrics.md)")
+            raise MetricUnavailable(
+                f"unknown metric {spec!r}: use one of {', '.join(available())}; or a plug-in: "
+                f"py:MODULE:NAME (MODULE importable or a path to a .py file) naming a function "
+                f"decorated with evaluation.registry.register_metric, or an entry point in group "
+                f"{ENTRY_POINT_GROUP} (docs/metrics.md)"
+            )
     if not isinstance(found, Metric):
-        raise MetricUnavailable(f"metric {spec!r} is a {type(found).__name__}, not a metric: decorate the function with "
-                                f"@evaluation.registry.register_metric(...) (docs/metrics.md)")
+        raise MetricUnavailable(
+            f"metric {spec!r} is a {type(found).__name__}, not a metric: decorate the function with "
+            f"@evaluation.registry.register_metric(...) (docs/metrics.md)"
+        )
     return _register(found, spec)
 
 
@@ -107,9 +125,11 @@ def describe(name: str) -> MetricInfo:
         return METRICS[name]
     if name in _DESCRIBED:
         return _DESCRIBED[name]
-    raise MetricUnavailable(f"metric {name!r} is neither a metric known here nor described by the runs' "
-                            f"eval/evaluation.json: evaluate again with its plug-in (--metrics py:MODULE:{name}) to "
-                            f"describe it")
+    raise MetricUnavailable(
+        f"metric {name!r} is neither a metric known here nor described by the runs' "
+        f"eval/evaluation.json: evaluate again with its plug-in (--metrics py:MODULE:{name}) to "
+        f"describe it"
+    )
 
 
 def remember(described: dict[str, dict]) -> None:
@@ -118,8 +138,14 @@ def remember(described: dict[str, dict]) -> None:
     for name, facts in (described or {}).items():
         if name in METRICS or not isinstance(facts, dict) or facts.get("better") not in BETTER:
             continue
-        _DESCRIBED[name] = MetricInfo(name, str(facts.get("version")), facts["better"], None,  # its model: per value
-                                      str(facts.get("aspect") or "other"), str(facts.get("summary") or name))
+        _DESCRIBED[name] = MetricInfo(
+            name,
+            str(facts.get("version")),
+            facts["better"],
+            None,  # its model: per value
+            str(facts.get("aspect") or "other"),
+            str(facts.get("summary") or name),
+        )
 
 
 def metric_columns(columns) -> list[str]:
@@ -133,9 +159,11 @@ def metric_columns(columns) -> list[str]:
 def _register(metric: Metric, spec: str | None = None) -> Metric:
     known = METRICS.get(metric.name)
     if known is not None and known.compute is not metric.compute:
-        raise MetricUnavailable(f"metric {spec or metric.name!r} is named {metric.name!r}, which is already "
-                                f"{'a built-in metric' if known.source == 'built-in' else 'taken by ' + known.source}: "
-                                f"give the plug-in another name")
+        raise MetricUnavailable(
+            f"metric {spec or metric.name!r} is named {metric.name!r}, which is already "
+            f"{'a built-in metric' if known.source == 'built-in' else 'taken by ' + known.source}: "
+            f"give the plug-in another name"
+        )
     if spec is not None and metric.source != "built-in":
         metric = replace(metric, source=spec)  # recorded in evaluation.json: how to name it again
         _BY_SPEC[spec] = metric

@@ -14,6 +14,7 @@ Specs (`--segmenter`):
   random:NAME        the same architecture with random weights (smoke tests; results labelled 'random')
   py:MODULE:FACTORY  FACTORY(device) returns a segmenter (plug in your own)
 """
+
 from __future__ import annotations
 
 import importlib
@@ -22,9 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.method.weights import RANDOM_WEIGHTS_ID
-
 from evaluation.weights import MetricUnavailable, load_state_dict
+from pipeline.method.weights import RANDOM_WEIGHTS_ID
 
 DEFAULT_SEGMENTER = "deeplabv3_mobilenet_v3_large"
 
@@ -32,8 +32,16 @@ DEFAULT_SEGMENTER = "deeplabv3_mobilenet_v3_large"
 class TorchvisionSegmenter(nn.Module):
     """A torchvision segmentation model; input resized and normalised as its weights' preset says."""
 
-    def __init__(self, model: nn.Module, name: str, weights_id: str, class_names: list[str],
-                 resize_size: int, mean: list[float], std: list[float]):
+    def __init__(
+        self,
+        model: nn.Module,
+        name: str,
+        weights_id: str,
+        class_names: list[str],
+        resize_size: int,
+        mean: list[float],
+        std: list[float],
+    ):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.name = name
@@ -66,8 +74,10 @@ def load_segmenter(spec, device: torch.device | str = "cpu", weights_file: str |
     name = spec.split(":", 1)[1] if random else spec
     known = models.list_models(module=models.segmentation)
     if name not in known:
-        raise MetricUnavailable(f"segmenter '{spec}': not a torchvision segmentation model; use one of {', '.join(known)}, "
-                                f"random:NAME or py:MODULE:FACTORY")
+        raise MetricUnavailable(
+            f"segmenter '{spec}': not a torchvision segmentation model; use one of {', '.join(known)}, "
+            f"random:NAME or py:MODULE:FACTORY"
+        )
     weights = models.get_model_weights(name).DEFAULT
     categories = weights.meta["categories"]
     builder = models.get_model_builder(name)
@@ -75,14 +85,16 @@ def load_segmenter(spec, device: torch.device | str = "cpu", weights_file: str |
     if random:
         weights_id = RANDOM_WEIGHTS_ID
     else:
-        state, weights_id = load_state_dict(weights.url, f"segmenter {name} (metric layout_miou)", weights_file,
-                                            option="--segmenter-weights PATH")
+        state, weights_id = load_state_dict(
+            weights.url, f"segmenter {name} (metric layout_miou)", weights_file, option="--segmenter-weights PATH"
+        )
         # the published files carry the auxiliary training head too; inference does not use it
         model.load_state_dict({k: v for k, v in state.items() if not k.startswith("aux_classifier.")})
         weights_id = f"{weights.name}:{weights_id}"
     preset = weights.transforms()
-    segmenter = TorchvisionSegmenter(model, name, weights_id, categories, int(preset.resize_size[0]),
-                                     list(preset.mean), list(preset.std))
+    segmenter = TorchvisionSegmenter(
+        model, name, weights_id, categories, int(preset.resize_size[0]), list(preset.mean), list(preset.std)
+    )
     return segmenter.to(device)
 
 
@@ -91,9 +103,13 @@ def _from_factory(spec: str, device):
         _, module_name, factory_name = spec.split(":", 2)
         factory = getattr(importlib.import_module(module_name), factory_name)
     except (ValueError, ImportError, AttributeError) as exc:
-        raise MetricUnavailable(f"segmenter '{spec}': cannot import the factory ({exc}); use py:MODULE:FACTORY") from exc
+        raise MetricUnavailable(
+            f"segmenter '{spec}': cannot import the factory ({exc}); use py:MODULE:FACTORY"
+        ) from exc
     segmenter = factory(device)
     for attribute in ("name", "weights_id", "num_classes", "segment"):
         if not hasattr(segmenter, attribute):
-            raise MetricUnavailable(f"segmenter '{spec}': the object it returns has no '{attribute}' (see evaluation.segmenter)")
+            raise MetricUnavailable(
+                f"segmenter '{spec}': the object it returns has no '{attribute}' (see evaluation.segmenter)"
+            )
     return segmenter

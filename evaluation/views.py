@@ -9,6 +9,7 @@ once per pair, whatever number of metrics use it.
   structure_size    the image at the structure image's size
   full              the image as stored
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -30,10 +31,12 @@ def register_view(name: str):
     def decorate(fn: Callable) -> Callable:
         VIEWS[name] = fn
         return fn
+
     return decorate
 
 
 # --- sizes -------------------------------------------------------------------------------------------------
+
 
 def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear, antialiased resize of (B, 3, H, W) floats, the same operation `DinoBackbone.prepare` uses."""
@@ -59,12 +62,15 @@ def protocol_image(image: torch.Tensor) -> torch.Tensor:
     PIL bilinear to 512x512 (on the 8-bit image, as the protocol reads files with PIL), ToTensor, then torchvision's
     Resize(224, max_size=480), antialiased. `DinoBackbone.prepare` then only normalises it (a 224x224 square is
     already at its backbone size, the pretrained grid: no position-embedding interpolation)."""
-    pil = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).resize((PROTOCOL_SIDE, PROTOCOL_SIDE), Image.BILINEAR)
+    pil = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).resize(
+        (PROTOCOL_SIDE, PROTOCOL_SIDE), Image.BILINEAR
+    )
     tensor = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255).permute(2, 0, 1)  # ToTensor
     return resize_for_backbone(tensor[None], antialias=True)[0]
 
 
 # --- the views -----------------------------------------------------------------------------------------------
+
 
 def _unit(image: torch.Tensor) -> torch.Tensor:
     return image.float()[None] / 255  # (1, 3, H, W)

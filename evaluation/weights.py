@@ -3,6 +3,7 @@ or a download when the server can be reached. Never a download attempt when offl
 
 Set SPLICE_OFFLINE=1 (or TORCH_HUB_OFFLINE=1) to forbid downloads altogether.
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,8 +13,8 @@ import urllib.parse
 import torch
 
 from pipeline.errors import SpliceError
-from pipeline.network import reachable
 from pipeline.method.weights import file_sha256, weights_dir_file
+from pipeline.network import reachable
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,9 @@ def load_state_dict(url: str, what: str, local_file: str | None = None, option: 
     """
     if local_file:
         if not os.path.isfile(local_file):
-            raise MetricUnavailable(f"{what}: weights file {local_file} does not exist; give the path to {os.path.basename(url)}")
+            raise MetricUnavailable(
+                f"{what}: weights file {local_file} does not exist; give the path to {os.path.basename(url)}"
+            )
         return _load(local_file, what), "sha256:" + file_sha256(local_file)[:16]
     exported = weights_dir_file("torch", os.path.basename(urllib.parse.urlparse(url).path))  # SPLICE_WEIGHTS_DIR
     if exported:

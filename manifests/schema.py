@@ -7,6 +7,7 @@ appearance_uri (fsspec URLs, or paths relative to the manifest's folder). Option
 A manifest is validated as a whole before any work starts; every problem is reported at once, naming the
 manifest and the bad rows.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,8 +25,14 @@ from pipeline.errors import SpliceError
 from pipeline.storage import Storage, is_local, protocol_of, redact_text, redact_url
 
 REQUIRED = {"pair_id": "string", "structure_uri": "string", "appearance_uri": "string"}
-OPTIONAL = {"dataset": "string", "domain": "string", "split": "string", "seed": "integer", "steps": "integer",
-            "backbone": "string"}
+OPTIONAL = {
+    "dataset": "string",
+    "domain": "string",
+    "split": "string",
+    "seed": "integer",
+    "steps": "integer",
+    "backbone": "string",
+}
 LABELS = ("dataset", "domain", "split")
 PAIR_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 MAX_ROWS_SHOWN = 8
@@ -38,6 +45,7 @@ class ManifestError(SpliceError, ValueError):
 @dataclass(frozen=True)
 class PairSpec:
     """One row of a validated manifest, with its image URIs resolved."""
+
     pair_id: str
     structure_uri: str
     appearance_uri: str
@@ -63,16 +71,24 @@ class Manifest:
         columns = set(self.frame.columns)
         specs = []
         for row in self.frame.to_dict("records"):
-            specs.append(PairSpec(
-                pair_id=row["pair_id"], structure_uri=row["structure_uri"], appearance_uri=row["appearance_uri"],
-                seed=_int_or_none(row.get("seed")), steps=_int_or_none(row.get("steps")),
-                backbone=row.get("backbone") if "backbone" in columns and isinstance(row.get("backbone"), str) else None,
-                labels={k: row[k] for k in LABELS if k in columns and isinstance(row[k], str)},
-            ))
+            specs.append(
+                PairSpec(
+                    pair_id=row["pair_id"],
+                    structure_uri=row["structure_uri"],
+                    appearance_uri=row["appearance_uri"],
+                    seed=_int_or_none(row.get("seed")),
+                    steps=_int_or_none(row.get("steps")),
+                    backbone=row.get("backbone")
+                    if "backbone" in columns and isinstance(row.get("backbone"), str)
+                    else None,
+                    labels={k: row[k] for k in LABELS if k in columns and isinstance(row[k], str)},
+                )
+            )
         return specs
 
 
 # --- reading and writing -------------------------------------------------------------------------------------
+
 
 def read_manifest(url: str, storage: Storage | None = None) -> Manifest:
     """Read, validate and resolve a Parquet manifest; raises ManifestError before any work starts."""
@@ -83,7 +99,9 @@ def read_manifest(url: str, storage: Storage | None = None) -> Manifest:
     except FileNotFoundError:
         raise ManifestError(f"manifest {name} does not exist: build one with `splice manifest build`") from None
     except OSError as exc:
-        raise ManifestError(f"manifest {name} cannot be read ({redact_text(exc)}): check the URL and --storage-option") from exc
+        raise ManifestError(
+            f"manifest {name} cannot be read ({redact_text(exc)}): check the URL and --storage-option"
+        ) from exc
     try:
         frame = pd.read_parquet(io.BytesIO(data))
     except Exception as exc:
@@ -102,6 +120,7 @@ def write_manifest(frame: pd.DataFrame, url: str, storage: Storage | None = None
 
 
 # --- validation ----------------------------------------------------------------------------------------------
+
 
 def validate_frame(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     """Check the schema and every row; return the frame with normalised dtypes. All problems in one error."""
@@ -132,8 +151,11 @@ def validate_frame(frame: pd.DataFrame, name: str) -> pd.DataFrame:
         if len(bad):
             problems.append(f"steps must be >= 1 in {_rows(frame, bad)}")
     if problems:
-        raise ManifestError(f"manifest {name} has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems)
-                            + "\nfix these rows (or rebuild the manifest) and run again")
+        raise ManifestError(
+            f"manifest {name} has {len(problems)} problem(s):\n  - "
+            + "\n  - ".join(problems)
+            + "\nfix these rows (or rebuild the manifest) and run again"
+        )
     return frame
 
 
@@ -154,7 +176,9 @@ def _check_strings(frame: pd.DataFrame, column: str, required: bool) -> list[str
 def _to_integers(frame: pd.DataFrame, column: str) -> tuple[pd.Series | None, list[str]]:
     values = frame[column]
     if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
-        numeric = values.map(lambda v: v if _is_null(v) or (isinstance(v, (int, float)) and not isinstance(v, bool)) else None)
+        numeric = values.map(
+            lambda v: v if _is_null(v) or (isinstance(v, (int, float)) and not isinstance(v, bool)) else None
+        )
         wrong = frame.index[values.notna() & numeric.isna()]
         if len(wrong):
             kinds = sorted({_kind(values[i]) for i in wrong})
@@ -171,13 +195,17 @@ def _check_pair_ids(frame: pd.DataFrame) -> list[str]:
     problems = []
     bad = frame.index[ids.map(lambda v: isinstance(v, str) and (not PAIR_ID.fullmatch(v) or v in (".", "..")))]
     if len(bad):
-        problems.append(f"pair_id must match [A-Za-z0-9._-]{{1,128}} and not be '.' or '..' (it names a storage "
-                        f"folder) in {_rows(frame, bad)}")
+        problems.append(
+            f"pair_id must match [A-Za-z0-9._-]{{1,128}} and not be '.' or '..' (it names a storage "
+            f"folder) in {_rows(frame, bad)}"
+        )
     duplicated = ids[ids.notna() & ids.duplicated(keep=False)]
     if len(duplicated):
         names = sorted(set(duplicated))
         shown = ", ".join(repr(n) for n in names[:MAX_ROWS_SHOWN]) + (" ..." if len(names) > MAX_ROWS_SHOWN else "")
-        problems.append(f"pair_id must be unique: {len(names)} id(s) repeat ({shown}) in {_rows(frame, duplicated.index)}")
+        problems.append(
+            f"pair_id must be unique: {len(names)} id(s) repeat ({shown}) in {_rows(frame, duplicated.index)}"
+        )
     return problems
 
 
@@ -212,6 +240,7 @@ def _int_or_none(value) -> int | None:
 
 # --- URIs ----------------------------------------------------------------------------------------------------
 
+
 def manifest_folder(url: str) -> str:
     """The folder relative image paths resolve against."""
     if is_local(url):
@@ -241,13 +270,18 @@ def resolve_uris(frame: pd.DataFrame, base: str) -> pd.DataFrame:
 
 # --- image check ---------------------------------------------------------------------------------------------
 
-def check_images(manifest: Manifest, storage: Storage, max_pixels: int | None = None, workers: int = 8,
-                 max_bytes: int | None = None) -> list[str]:
+
+def check_images(
+    manifest: Manifest, storage: Storage, max_pixels: int | None = None, workers: int = 8, max_bytes: int | None = None
+) -> list[str]:
     """Read and decode every image (bounded reads); return one line per unreadable image (empty: all fine)."""
     from pipeline.method.images import DEFAULT_MAX_PIXELS, decode_image, max_input_bytes
 
-    jobs = [(pair.pair_id, role, uri) for pair in manifest.pairs()
-            for role, uri in (("structure", pair.structure_uri), ("appearance", pair.appearance_uri))]
+    jobs = [
+        (pair.pair_id, role, uri)
+        for pair in manifest.pairs()
+        for role, uri in (("structure", pair.structure_uri), ("appearance", pair.appearance_uri))
+    ]
     limit = max_bytes or max_input_bytes(max_pixels or DEFAULT_MAX_PIXELS)
 
     def check(job):

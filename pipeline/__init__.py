@@ -1,2 +1,3 @@
 """splice-pipeline: Splice semantic appearance transfer as a batch pipeline."""
+
 __version__ = "0.1.0"

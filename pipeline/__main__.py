@@ -1,4 +1,5 @@
 """`python -m pipeline` is the `splice` command."""
+
 import sys
 
 from pipeline.cli.main import main

@@ -6,6 +6,7 @@ enough to notice a store that does not answer. Users' storage options always win
 - gs:// (gcsfs): requests tried once; the Storage Control API probe of newer gcsfs gives up after 5 s;
 - az:// abfs:// (adlfs + Azure SDK): connection / read timeouts 5 s / 20 s; the SDK's own retries off.
 """
+
 from __future__ import annotations
 
 import functools
@@ -13,7 +14,9 @@ import functools
 import fsspec
 
 S3_CLIENT_CONFIG = {  # botocore: one attempt per call (we retry), and timeouts short enough to notice a dead store
-    "connect_timeout": 5, "read_timeout": 20, "retries": {"total_max_attempts": 1, "mode": "standard"},
+    "connect_timeout": 5,
+    "read_timeout": 20,
+    "retries": {"total_max_attempts": 1, "mode": "standard"},
 }
 S3_ATTEMPTS = 1  # s3fs's own retry loop, likewise
 GCS_PROTOCOLS = ("gs", "gcs")

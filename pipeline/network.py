@@ -1,4 +1,5 @@
 """Whether a weights host can be reached: one quick TCP connect, so offline machines fail in seconds, not minutes."""
+
 from __future__ import annotations
 
 import os

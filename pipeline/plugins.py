@@ -13,6 +13,7 @@ runtime_env `py_modules`): the `.py` file, or the folder of the module's top-lev
 installed in site-packages (install it on every node, e.g. in the cluster's image). A worker that has no file at the
 spec's path imports the shipped file by its stem.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,7 +44,7 @@ def canonical(spec: str) -> str:
     """The spec with a .py file's path made absolute, so that workers (other working folders) find the same file."""
     if not is_py_spec(spec):
         return spec
-    module_part, sep, name = spec[len(PY_PREFIX):].rpartition(":")
+    module_part, sep, name = spec[len(PY_PREFIX) :].rpartition(":")
     if sep and module_part and _is_path(module_part):
         return f"{PY_PREFIX}{Path(module_part).expanduser().resolve()}:{name}"
     return spec
@@ -64,16 +65,20 @@ def load_py(spec: str, what: str) -> object:
 
 
 def _load_py(spec: str, what: str) -> object:
-    module_part, sep, name = spec[len(PY_PREFIX):].rpartition(":")
+    module_part, sep, name = spec[len(PY_PREFIX) :].rpartition(":")
     if not sep or not module_part or not name.isidentifier():
-        raise PluginError(f"{what} {spec!r}: expected py:MODULE:NAME, MODULE a module name or a path to a .py file "
-                          f"(e.g. py:mypkg.plugins:{what.replace('-', '_')} or py:./plugin.py:NAME)")
+        raise PluginError(
+            f"{what} {spec!r}: expected py:MODULE:NAME, MODULE a module name or a path to a .py file "
+            f"(e.g. py:mypkg.plugins:{what.replace('-', '_')} or py:./plugin.py:NAME)"
+        )
     module = _import(module_part, spec, what)
     try:
         return getattr(module, name)
     except AttributeError:
         public = sorted(n for n in vars(module) if not n.startswith("_"))[:20]
-        raise PluginError(f"{what} {spec!r}: {module_part} has no {name!r} (it defines {', '.join(public) or 'nothing'})") from None
+        raise PluginError(
+            f"{what} {spec!r}: {module_part} has no {name!r} (it defines {', '.join(public) or 'nothing'})"
+        ) from None
 
 
 def _is_path(module_part: str) -> bool:
@@ -87,17 +92,22 @@ def _import(module_part: str, spec: str, what: str):
             try:  # a Ray worker elsewhere: the file was shipped (py_modules) and is importable by its stem
                 return importlib.import_module(path.stem)
             except ImportError:
-                raise PluginError(f"{what} {spec!r}: no such file {module_part} (give the path of the plug-in's .py "
-                                  f"file; on a Ray cluster it is shipped to the workers: README, plug-ins)") from None
+                raise PluginError(
+                    f"{what} {spec!r}: no such file {module_part} (give the path of the plug-in's .py "
+                    f"file; on a Ray cluster it is shipped to the workers: README, plug-ins)"
+                ) from None
         return _import_file(path.resolve(), spec, what)
     try:
         return importlib.import_module(module_part)
     except ModuleNotFoundError as exc:
         if exc.name and module_part != exc.name and not module_part.startswith(exc.name + "."):
-            raise PluginError(f"{what} {spec!r}: importing {module_part} failed: it needs module {exc.name!r}, "
-                              f"which is not installed") from None
-        raise PluginError(f"{what} {spec!r}: module {module_part!r} is not importable: install it, put its folder on "
-                          f"PYTHONPATH, or give the path of its .py file (py:path/to/file.py:NAME)") from None
+            raise PluginError(
+                f"{what} {spec!r}: importing {module_part} failed: it needs module {exc.name!r}, which is not installed"
+            ) from None
+        raise PluginError(
+            f"{what} {spec!r}: module {module_part!r} is not importable: install it, put its folder on "
+            f"PYTHONPATH, or give the path of its .py file (py:path/to/file.py:NAME)"
+        ) from None
     except Exception as exc:
         raise PluginError(f"{what} {spec!r}: importing {module_part} failed: {_first_line(exc)}") from exc
 
@@ -136,8 +146,10 @@ def load_entry_point(group: str, name: str, what: str) -> object | None:
         try:
             _LOADED[key] = found[0].load()
         except Exception as exc:
-            raise PluginError(f"{what} {name!r} (entry point {found[0].value!r} in group {group}): loading it failed: "
-                              f"{_first_line(exc)}") from exc
+            raise PluginError(
+                f"{what} {name!r} (entry point {found[0].value!r} in group {group}): loading it failed: "
+                f"{_first_line(exc)}"
+            ) from exc
         return _LOADED[key]
 
 
@@ -158,7 +170,9 @@ def ship_path(obj) -> str | None:
     parts = Path(top_file).resolve().parts
     if "site-packages" in parts or "dist-packages" in parts:
         return None  # installed: every node installs it as this one did
-    return str(Path(top_file).resolve().parent) if Path(top_file).name == "__init__.py" else str(Path(top_file).resolve())
+    return (
+        str(Path(top_file).resolve().parent) if Path(top_file).name == "__init__.py" else str(Path(top_file).resolve())
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -15,6 +15,7 @@ Protocols: local paths and file://, s3:// (s3fs), gs:// (gcsfs), az:// and abfs:
 fsspec knows; storage options go to the filesystem as they are.
 Credentials never leave this module in readable form: `redact` is applied to whatever is logged or recorded.
 """
+
 from __future__ import annotations
 
 import errno
@@ -29,7 +30,8 @@ import threading
 import time
 import urllib.parse
 import uuid
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import fsspec
 
@@ -41,19 +43,48 @@ T = TypeVar("T")
 
 LOCAL_PROTOCOLS = ("file", "local")
 HTTP_PROTOCOLS = ("http", "https")
-SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "session", "auth", "signature",
-                "connection_string")
+SECRET_WORDS = (
+    "key",
+    "secret",
+    "token",
+    "password",
+    "passwd",
+    "credential",
+    "session",
+    "auth",
+    "signature",
+    "connection_string",
+)
 SECRET_PARAMS = ("sig", "signature", "token", "key", "password", "passwd", "secret", "credential", "code")  # exact
 SECRET_PARAM_PREFIXES = ("x-amz-", "x-goog-", "x-ms-")  # every header-like signing parameter of S3, GCS, Azure
 REDACTED = "***"
 URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
 READ_TIMEOUT_S = 120.0  # one read of one input (image, manifest) may take at most this long
 READ_CHUNK = 1 << 20
-PERMANENT_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError,
-                    ConnectionRefusedError)
-PERMANENT_ERRNOS = {errno.EINVAL, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.ENOENT, errno.EEXIST,
-                    errno.ELOOP, errno.ENAMETOOLONG, errno.EISDIR, errno.ENOTDIR, errno.ECONNREFUSED, errno.EDQUOT,
-                    errno.EFBIG}
+PERMANENT_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    ConnectionRefusedError,
+)
+PERMANENT_ERRNOS = {
+    errno.EINVAL,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOSPC,
+    errno.EROFS,
+    errno.ENOENT,
+    errno.EEXIST,
+    errno.ELOOP,
+    errno.ENAMETOOLONG,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.ECONNREFUSED,
+    errno.EDQUOT,
+    errno.EFBIG,
+}
 NO_ANSWER_WINDOW_S = 15.0  # a store that has not answered for this long (connects refused or timing out) is reported
 
 
@@ -70,6 +101,7 @@ class InputRefused(SpliceError, OSError):
 
 
 # --- options -------------------------------------------------------------------------------------------------
+
 
 def parse_storage_options(pairs: list[str] | None) -> dict:
     """['key=v', 'client_kwargs.region_name=x', 'anon=true'] -> nested dict with ints/bools/JSON parsed."""
@@ -121,7 +153,11 @@ def redact_url(url: str) -> str:
     secret = any(_is_secret_param(k) for k, _ in pairs)
     if netloc == parts.netloc and not secret:
         return url
-    query = urllib.parse.urlencode([(k, REDACTED if _is_secret_param(k) else v) for k, v in pairs]) if secret else parts.query
+    query = (
+        urllib.parse.urlencode([(k, REDACTED if _is_secret_param(k) else v) for k, v in pairs])
+        if secret
+        else parts.query
+    )
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
@@ -141,6 +177,7 @@ def _is_secret(name) -> bool:
 
 
 # --- filesystems ---------------------------------------------------------------------------------------------
+
 
 def protocol_of(url: str) -> str:
     match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
@@ -216,13 +253,17 @@ class Storage:
         def read() -> bytes:
             size = _regular_size(fs, path, name, is_local(url))
             if size is not None and size > max_bytes:
-                raise InputRefused(f"{name} has {size} bytes, above the cap of {max_bytes} bytes for one input: "
-                                   f"check it is the right file, or raise the cap (--max-input-bytes)")
+                raise InputRefused(
+                    f"{name} has {size} bytes, above the cap of {max_bytes} bytes for one input: "
+                    f"check it is the right file, or raise the cap (--max-input-bytes)"
+                )
             if not is_local(url) and protocol_of(url) not in HTTP_PROTOCOLS:
                 data = fs.cat_file(path)  # an object of the listed size (checked above), in one request
                 if len(data) > max_bytes:
-                    raise InputRefused(f"{name} is larger than the cap of {max_bytes} bytes for one input: check "
-                                       f"it is the right file, or raise the cap (--max-input-bytes)")
+                    raise InputRefused(
+                        f"{name} is larger than the cap of {max_bytes} bytes for one input: check "
+                        f"it is the right file, or raise the cap (--max-input-bytes)"
+                    )
                 if size is not None and len(data) != size:  # a dropped connection can look like a short object
                     raise ConnectionError(f"reading {name} returned {len(data)} of its {size} bytes")
                 return data
@@ -237,8 +278,10 @@ class Storage:
                 while chunk := handle.read(READ_CHUNK):
                     total += len(chunk)
                     if total > max_bytes:  # the file grew, or its listed size was wrong
-                        raise InputRefused(f"{name} is larger than the cap of {max_bytes} bytes for one input: check "
-                                           f"it is the right file, or raise the cap (--max-input-bytes)")
+                        raise InputRefused(
+                            f"{name} is larger than the cap of {max_bytes} bytes for one input: check "
+                            f"it is the right file, or raise the cap (--max-input-bytes)"
+                        )
                     chunks.append(chunk)
             return b"".join(chunks)
 
@@ -269,7 +312,9 @@ class Storage:
     def glob(self, pattern: str) -> list[str]:
         fs, path = self.fs(pattern)
         fs.invalidate_cache()  # other processes write here: never answer from a stale listing
-        return [self.url(fs, p) for p in sorted(with_retries(lambda: fs.glob(path), what=f"listing {redact_url(pattern)}"))]
+        return [
+            self.url(fs, p) for p in sorted(with_retries(lambda: fs.glob(path), what=f"listing {redact_url(pattern)}"))
+        ]
 
 
 def _regular_size(fs, path: str, name: str, local: bool) -> int | None:
@@ -279,9 +324,17 @@ def _regular_size(fs, path: str, name: str, local: bool) -> int | None:
         mode = os.stat(path).st_mode  # follows symlinks: a loop raises ELOOP, a permanent error
         if stat.S_ISREG(mode):
             return os.stat(path).st_size
-        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
-                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else
-                "not a regular file")
+        kind = (
+            "a directory"
+            if stat.S_ISDIR(mode)
+            else "a FIFO (named pipe)"
+            if stat.S_ISFIFO(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "not a regular file"
+        )
         raise InputRefused(f"{name} is {kind}, not a regular file: only image files can be read")
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol in HTTP_PROTOCOLS:  # a URL is one object; its size is checked while it streams
@@ -350,6 +403,7 @@ def write_whole(fs, path: str, data: bytes) -> None:
 
 # --- retries -------------------------------------------------------------------------------------------------
 
+
 def is_transient(exc: BaseException) -> bool:
     """Worth retrying: network trouble, timeouts, throttling; not a missing file or a refusal."""
     if isinstance(exc, PERMANENT_ERRORS) or isinstance(exc, (SpliceError, StoreUnreachable)):
@@ -364,8 +418,20 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
         return True
     name = type(exc).__name__.lower()
-    if any(word in name for word in ("timeout", "connection", "throttl", "slowdown", "unavailable", "endpoint",
-                                     "servicerequest", "serviceresponse", "clientconnector")):
+    if any(
+        word in name
+        for word in (
+            "timeout",
+            "connection",
+            "throttl",
+            "slowdown",
+            "unavailable",
+            "endpoint",
+            "servicerequest",
+            "serviceresponse",
+            "clientconnector",
+        )
+    ):
         return True
     if isinstance(exc, OSError):
         return exc.errno not in PERMANENT_ERRNOS
@@ -394,8 +460,15 @@ def http_status(exc: BaseException) -> int | None:
     return None
 
 
-def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 5, base_delay: float = 0.25,
-                 max_delay: float = 8.0, sleep: Callable[[float], None] = time.sleep) -> T:
+def with_retries(
+    fn: Callable[[], T],
+    *,
+    what: str,
+    attempts: int = 5,
+    base_delay: float = 0.25,
+    max_delay: float = 8.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
     """Call fn(); on a transient error wait base_delay * 2**n (with jitter) and try again, `attempts` times in all.
 
     A store that does not answer at all (refused or timed-out connections) is given NO_ANSWER_WINDOW_S, then
@@ -415,16 +488,25 @@ def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 5, base_dela
                 raise unreachable(what, exc, attempt, elapsed) from exc
             if attempt == attempts:
                 raise
-            log.warning("%s failed (%s: %s); retrying in %.2fs (%d/%d)", what, type(exc).__name__,
-                        redact_text(exc), delay, attempt, attempts - 1)
+            log.warning(
+                "%s failed (%s: %s); retrying in %.2fs (%d/%d)",
+                what,
+                type(exc).__name__,
+                redact_text(exc),
+                delay,
+                attempt,
+                attempts - 1,
+            )
             sleep(delay)
     raise AssertionError("unreachable")
 
 
 def _refused(exc: BaseException) -> bool:
     """A refused connection somewhere in the chain (s3fs / aiohttp / azure wrap it)."""
-    return any(isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED
-               for cause in _causes(exc))
+    return any(
+        isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED
+        for cause in _causes(exc)
+    )
 
 
 def _no_answer(exc: BaseException) -> bool:
@@ -448,5 +530,5 @@ def unreachable(what: str, exc: BaseException, attempts: int, elapsed: float) ->
         f"the store did not answer while {what}: {attempts} attempt(s) in {elapsed:.1f} s ({type(exc).__name__}: "
         f"{reason}). Check the store's address (s3://: --storage-option endpoint_url=... or AWS_ENDPOINT_URL; gs://: "
         f"endpoint_url; az://: account_name or connection_string), that the store is up and reachable from this "
-        f"machine (network, proxy, firewall), and the credentials")
-
+        f"machine (network, proxy, firewall), and the credentials"
+    )

@@ -3,6 +3,7 @@
 Sections: images (tiny generated inputs), Ray (one local session for the whole test run), S3 (a local moto
 server). Nothing here reaches the network.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,6 +19,7 @@ TINY_BACKBONE = "random:vit_tiny_patch16_224"  # randomly initialised: no weight
 
 
 # --- images --------------------------------------------------------------------------------------------------
+
 
 def tiny_image_bytes(size: tuple[int, int] = (48, 64), seed: int = 0, fmt: str = "PNG") -> bytes:
     """A smooth random colour image (height, width), encoded as PNG/JPEG."""
@@ -70,6 +72,7 @@ def make_pairs(tmp_path, make_image):
 
 # --- Ray -----------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray (2 CPUs) for the whole test session; yields its address for subprocess drivers."""
@@ -77,13 +80,21 @@ def ray_session():
 
     os.environ.pop("RAY_ADDRESS", None)
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, num_gpus=0, object_store_memory=256 * 2**20, include_dashboard=False,
-                 log_to_driver=False, namespace="splice-tests")
+        ray.init(
+            address="local",
+            num_cpus=2,
+            num_gpus=0,
+            object_store_memory=256 * 2**20,
+            include_dashboard=False,
+            log_to_driver=False,
+            namespace="splice-tests",
+        )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
 
 # --- faults ---------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def inject_faults(monkeypatch):
@@ -99,6 +110,7 @@ def inject_faults(monkeypatch):
 
 
 # --- S3 ------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class S3Bucket:
@@ -136,14 +148,18 @@ def s3_bucket(s3_server, monkeypatch) -> S3Bucket:
         monkeypatch.delenv(name, raising=False)
     key, secret = "test-key-id", f"test-secret-{uuid.uuid4().hex[:8]}"
     bucket = f"splice-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=s3_server, aws_access_key_id=key, aws_secret_access_key=secret,
-                 region_name="us-east-1").create_bucket(Bucket=bucket)
-    return S3Bucket(endpoint=s3_server, bucket=bucket, options={"key": key, "secret": secret, "endpoint_url": s3_server})
+    boto3.client(
+        "s3", endpoint_url=s3_server, aws_access_key_id=key, aws_secret_access_key=secret, region_name="us-east-1"
+    ).create_bucket(Bucket=bucket)
+    return S3Bucket(
+        endpoint=s3_server, bucket=bucket, options={"key": key, "secret": secret, "endpoint_url": s3_server}
+    )
 
 
 class ColourSegmenter:
     """Deterministic stand-in segmenter for layout_miou: class = dominant channel (1..3), or 0 (background) where
     all channels are dark."""
+
     name, weights_id, num_classes = "colour", "deterministic", 4
     class_names = ["background", "red", "green", "blue"]
 
@@ -165,5 +181,7 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setattr(pipeline.method.backbone, "_cached_hub_file", lambda hub_id: None)
     import pipeline.method.weights
 
-    monkeypatch.setattr(pipeline.method.weights, "_announced", set())  # banners are once per process: once per test here
+    monkeypatch.setattr(
+        pipeline.method.weights, "_announced", set()
+    )  # banners are once per process: once per test here
     return tmp_path

@@ -18,6 +18,7 @@
                           that a test can act (run a second command, kill this one) at a known point.
   e.g. "kill-once=k1;kill-after-write=k2;sleep=1.5". Parts are separated by ';'.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -61,8 +62,15 @@ def start_session(cmd: list[str], *, env: dict, log_path, cwd=None) -> subproces
     """Start `cmd` as the leader of a new session; everything it spawns stays in that session."""
     log = open(log_path, "ab")
     try:
-        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     finally:
         log.close()
 
@@ -138,19 +146,28 @@ def _plan() -> list[tuple[str, str]]:
 def hook(point: str, **context) -> None:
     """Called by pipeline.runs.hooks.point(point, **context) wherever the pipeline marks a hook point."""
     for name, value in _plan():
-        if point == "pair.started" and name == "kill-once" and context["attempt"] == 1 \
-                and context["pair_id"] in value.split(","):
+        if (
+            point == "pair.started"
+            and name == "kill-once"
+            and context["attempt"] == 1
+            and context["pair_id"] in value.split(",")
+        ):
             from pipeline.runs import layout
 
             context["storage"].write_bytes(layout.join(context["pair_dir"], layout.OUTPUT_PNG), b"\x89PNG half-written")
             os._exit(1)
-        elif point == "pair.written" and name == "kill-after-write" and context["attempt"] == 1 \
-                and context["pair_id"] in value.split(","):
+        elif (
+            point == "pair.written"
+            and name == "kill-after-write"
+            and context["attempt"] == 1
+            and context["pair_id"] in value.split(",")
+        ):
             os._exit(1)
         elif (point, name) in (("pair.inputs_read", "sleep"), ("evaluate.chunk", "eval-sleep")):
             time.sleep(float(value))
-        elif point == "pair.inputs_read" and name == "hold" \
-                and context["pair_id"] in value.partition(":")[0].split(","):
+        elif (
+            point == "pair.inputs_read" and name == "hold" and context["pair_id"] in value.partition(":")[0].split(",")
+        ):
             _pause(value.partition(":")[2])
         elif name == "pause" and value.partition(":")[0] == point:
             _pause(value.partition(":")[2])
@@ -177,6 +194,7 @@ class Rule:
     `status`: the write landed but the client is told it failed), 'reset' (drop the connection without an answer),
     'delay' (forward after `seconds`).
     """
+
     method: str
     key: str  # regular expression, searched in the object key
     action: str = "error"
@@ -196,6 +214,7 @@ class Rule:
 @dataclass(frozen=True)
 class Entry:
     """One request the proxy saw: `landed` is whether it reached the store and the store accepted it."""
+
     seq: int
     method: str
     key: str
@@ -259,7 +278,14 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         server.record(self.command, key, status, landed, rule.action if rule else None)
         self.send_response(status)
         for name, value in headers:
-            if name.lower() not in ("connection", "transfer-encoding", "content-length", "keep-alive", "date", "server"):
+            if name.lower() not in (
+                "connection",
+                "transfer-encoding",
+                "content-length",
+                "keep-alive",
+                "date",
+                "server",
+            ):
                 self.send_header(name, value)
         length = dict((k.lower(), v) for k, v in headers).get("content-length") if self.command == "HEAD" else None
         self.send_header("Content-Length", length or str(len(payload)))  # HEAD: the object's length, as S3 says it
@@ -297,8 +323,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     def _send_error(self, status: int):
         code, message = S3_ERRORS.get(status, ("InternalError", "injected fault"))
-        payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message>'
-                   f"<RequestId>injected-fault</RequestId></Error>").encode()
+        payload = (
+            f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message>'
+            f"<RequestId>injected-fault</RequestId></Error>"
+        ).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/xml")
         self.send_header("Content-Length", str(len(payload)))
@@ -318,7 +346,11 @@ class FaultyS3:
 
     def __init__(self, endpoint: str, bucket: str, key: str, secret: str):
         self.direct_url, self.bucket = endpoint, bucket
-        self.credentials = {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1"}
+        self.credentials = {
+            "AWS_ACCESS_KEY_ID": key,
+            "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
         parts = urllib.parse.urlsplit(endpoint)
         self.proxy = FaultyProxy((parts.hostname, parts.port))
         self._thread = threading.Thread(target=self.proxy.serve_forever, daemon=True)
@@ -328,16 +360,24 @@ class FaultyS3:
     def client_env(self, *, through_proxy: bool = True, max_attempts: int = 2) -> dict:
         """Environment for a process that uses this store: endpoint, credentials, few botocore retries (so that
         faults reach the pipeline's own retries instead of being absorbed by botocore's)."""
-        return {**self.credentials, "AWS_ENDPOINT_URL": self.url if through_proxy else self.direct_url,
-                "AWS_MAX_ATTEMPTS": str(max_attempts), "AWS_RETRY_MODE": "standard",
-                "AWS_EC2_METADATA_DISABLED": "true"}
+        return {
+            **self.credentials,
+            "AWS_ENDPOINT_URL": self.url if through_proxy else self.direct_url,
+            "AWS_MAX_ATTEMPTS": str(max_attempts),
+            "AWS_RETRY_MODE": "standard",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
 
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.direct_url, region_name=self.credentials["AWS_DEFAULT_REGION"],
-                            aws_access_key_id=self.credentials["AWS_ACCESS_KEY_ID"],
-                            aws_secret_access_key=self.credentials["AWS_SECRET_ACCESS_KEY"])
+        return boto3.client(
+            "s3",
+            endpoint_url=self.direct_url,
+            region_name=self.credentials["AWS_DEFAULT_REGION"],
+            aws_access_key_id=self.credentials["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.credentials["AWS_SECRET_ACCESS_KEY"],
+        )
 
     def put(self, key: str, data: bytes) -> None:
         self.client().put_object(Bucket=self.bucket, Key=key, Body=data)

@@ -9,6 +9,7 @@ A head without CPUs and two 1-CPU worker nodes; once a pair is done and another 
 that one is killed outright and a fresh one added (tests/ray_node_loss.py). RESULT.json also records
 done_before_loss and pair_on_lost_node.
 """
+
 from __future__ import annotations
 
 import glob
@@ -46,9 +47,15 @@ def main(result_path: str, manifest: str, out: str, run_options: list[str]) -> i
         return None
 
     return lose_a_node(
-        result_path, lambda address: splice_command("run", manifest, "--out", out, "--address", address,
-                                                    "--no-progress", *run_options),
-        just_started, workers=2, strike_timeout=FIRST_DONE_TIMEOUT, what="a pair done and another just started")
+        result_path,
+        lambda address: splice_command(
+            "run", manifest, "--out", out, "--address", address, "--no-progress", *run_options
+        ),
+        just_started,
+        workers=2,
+        strike_timeout=FIRST_DONE_TIMEOUT,
+        what="a pair done and another just started",
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ A head without CPUs and one 1-CPU worker node (so one evaluation actor, holding 
 inside `evaluate` (its process title says so), its node is killed outright and a fresh one added
 (tests/ray_node_loss.py). RESULT.json also records actor_pid_lost.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,10 +45,16 @@ def in_flight(cluster) -> dict | None:
 
 def main(result_path: str, run: str, options: list[str]) -> int:
     return lose_a_node(
-        result_path, lambda address: splice_command("evaluate", run, "--no-progress", *options), in_flight,
+        result_path,
+        lambda address: splice_command("evaluate", run, "--no-progress", *options),
+        in_flight,
         env=lambda address: {**os.environ, "RAY_ADDRESS": address},  # told where the cluster is by RAY_ADDRESS only
-        workers=1, strike_timeout=IN_FLIGHT_TIMEOUT, what="an evaluation actor inside a chunk",
-        head_config=FAST_NODE_DEATH, settle=0.3)
+        workers=1,
+        strike_timeout=IN_FLIGHT_TIMEOUT,
+        what="an evaluation actor inside a chunk",
+        head_config=FAST_NODE_DEATH,
+        settle=0.3,
+    )
 
 
 if __name__ == "__main__":

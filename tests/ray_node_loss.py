@@ -7,6 +7,7 @@ tests/ray_cluster_scenario.py (`splice run`) and tests/ray_eval_scenario.py (`sp
    node outright (no graceful shutdown: a reclaimed spot node) and add a fresh one (the autoscaler's replacement);
 4. wait for the driver and write what happened to RESULT.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ray.cluster_utils import Cluster
 
@@ -26,8 +27,14 @@ DRIVER_TIMEOUT = 240
 
 def node_args(**extra) -> dict:
     # free ports everywhere a fixed default could meet another Ray instance on this machine
-    return {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024, "dashboard_agent_listen_port": free_port(),
-            "metrics_export_port": free_port(), "runtime_env_agent_port": free_port(), **extra}
+    return {
+        "num_cpus": 1,
+        "object_store_memory": 80 * 1024 * 1024,
+        "dashboard_agent_listen_port": free_port(),
+        "metrics_export_port": free_port(),
+        "runtime_env_agent_port": free_port(),
+        **extra,
+    }
 
 
 def node_running(pid: int, nodes) -> object | None:
@@ -49,16 +56,29 @@ def splice_command(*args: str) -> list[str]:
     return [shutil.which("splice", path=os.path.dirname(sys.executable)) or shutil.which("splice"), *args]
 
 
-def lose_a_node(result_path: str, command: Callable[[str], list[str]], strike: Callable[[Cluster], dict | None], *,
-                workers: int, strike_timeout: float, what: str, env: Callable[[str], dict] | None = None,
-                head_config: dict | None = None, settle: float = 0.0) -> int:
+def lose_a_node(
+    result_path: str,
+    command: Callable[[str], list[str]],
+    strike: Callable[[Cluster], dict | None],
+    *,
+    workers: int,
+    strike_timeout: float,
+    what: str,
+    env: Callable[[str], dict] | None = None,
+    head_config: dict | None = None,
+    settle: float = 0.0,
+) -> int:
     """Run the scenario (see the module docstring). `command(address)` and `env(address)` give the driver's command
     line and environment; `strike(cluster)` returns None until the moment comes, then {"node": node, ...}: the
     node to lose and what to record about it. RESULT.json holds driver_exited_before_loss, node_lost_at_s, the
     strike's record, driver_exit_code and driver_s."""
     # 1. the cluster
-    head = node_args(num_cpus=0, include_dashboard=False, gcs_server_port=free_port(),
-                     **({"_system_config": head_config} if head_config else {}))
+    head = node_args(
+        num_cpus=0,
+        include_dashboard=False,
+        gcs_server_port=free_port(),
+        **({"_system_config": head_config} if head_config else {}),
+    )
     cluster = Cluster(initialize_head=True, head_node_args=head)
     for _ in range(workers):
         cluster.add_node(**node_args())

@@ -5,6 +5,7 @@ Images are textured (smooth colour fields, shapes and grain), closer to photogra
 than flat test patterns, so report sizes measured on them are meaningful. The first method "trains": it has loss
 curves and cost; one pair of the last method failed.
 """
+
 from __future__ import annotations
 
 import io
@@ -45,9 +46,14 @@ def make_synthetic_runs(root: Path, pairs: int, methods: int = 4, size: int = 96
     for pair_id in ids:
         (inputs / f"{pair_id}_s.png").write_bytes(textured_image(rng, size))
         (inputs / f"{pair_id}_a.png").write_bytes(textured_image(rng, size))
-    manifest = pd.DataFrame({"pair_id": ids, "structure_uri": [str(inputs / f"{p}_s.png") for p in ids],
-                             "appearance_uri": [str(inputs / f"{p}_a.png") for p in ids],
-                             "domain": [("cat", "dog", "wild")[i % 3] for i in range(pairs)]})
+    manifest = pd.DataFrame(
+        {
+            "pair_id": ids,
+            "structure_uri": [str(inputs / f"{p}_s.png") for p in ids],
+            "appearance_uri": [str(inputs / f"{p}_a.png") for p in ids],
+            "domain": [("cat", "dog", "wild")[i % 3] for i in range(pairs)],
+        }
+    )
     runs = []
     for index in range(methods):
         method = f"method{index}"
@@ -60,23 +66,49 @@ def make_synthetic_runs(root: Path, pairs: int, methods: int = 4, size: int = 96
             failed = index == methods - 1 and number == 0
             pair = run / "pairs" / pair_id
             pair.mkdir(parents=True, exist_ok=True)
-            row = {"pair_id": pair_id, "method": method, "domain": manifest["domain"][number],
-                   "status": "failed" if failed else "done", "error": "pair failed in the run (synthetic)" if failed else None}
+            row = {
+                "pair_id": pair_id,
+                "method": method,
+                "domain": manifest["domain"][number],
+                "status": "failed" if failed else "done",
+                "error": "pair failed in the run (synthetic)" if failed else None,
+            }
             if not failed:
                 (pair / "output.png").write_bytes(textured_image(rng, size))
                 (pair / "_SUCCESS").write_bytes(b"")
-                row.update({STRUCTURE: float(rng.gamma(2, 0.02 * (index + 1))), APPEARANCE: float(rng.beta(8, 2 + index)),
-                            f"{STRUCTURE}__model": MODEL, f"{APPEARANCE}__model": MODEL,
-                            f"{STRUCTURE}__version": METRICS[STRUCTURE].version,
-                            f"{APPEARANCE}__version": METRICS[APPEARANCE].version})
+                row.update(
+                    {
+                        STRUCTURE: float(rng.gamma(2, 0.02 * (index + 1))),
+                        APPEARANCE: float(rng.beta(8, 2 + index)),
+                        f"{STRUCTURE}__model": MODEL,
+                        f"{APPEARANCE}__model": MODEL,
+                        f"{STRUCTURE}__version": METRICS[STRUCTURE].version,
+                        f"{APPEARANCE}__version": METRICS[APPEARANCE].version,
+                    }
+                )
             if index == 0:
                 steps = np.arange(0, 200, 10)
-                pd.DataFrame({"step": steps, "total": np.exp(-steps / 80) + 0.1, "appearance": np.exp(-steps / 50),
-                              "structure": 0.05 + 0 * steps, "identity": 0.02 + 0 * steps}).to_parquet(pair / "losses.parquet")
-                row.update(train_seconds=30.0 + number % 7, train_device="NVIDIA H100", train_peak_memory_bytes=2 * 2**30)
+                pd.DataFrame(
+                    {
+                        "step": steps,
+                        "total": np.exp(-steps / 80) + 0.1,
+                        "appearance": np.exp(-steps / 50),
+                        "structure": 0.05 + 0 * steps,
+                        "identity": 0.02 + 0 * steps,
+                    }
+                ).to_parquet(pair / "losses.parquet")
+                row.update(
+                    train_seconds=30.0 + number % 7, train_device="NVIDIA H100", train_peak_memory_bytes=2 * 2**30
+                )
             rows.append(row)
         pd.DataFrame(rows).to_parquet(run / "eval" / "metrics.parquet", index=False)
-        (run / "eval" / "evaluation.json").write_text(json.dumps({"metrics": {
-            m: {"version": METRICS[m].version, "model": MODEL} for m in (STRUCTURE, APPEARANCE)}, "skipped": {}}))
+        (run / "eval" / "evaluation.json").write_text(
+            json.dumps(
+                {
+                    "metrics": {m: {"version": METRICS[m].version, "model": MODEL} for m in (STRUCTURE, APPEARANCE)},
+                    "skipped": {},
+                }
+            )
+        )
         runs.append(str(run))
     return runs

@@ -1,14 +1,20 @@
 """The frozen DINO backbone: shapes from the model, non-square inputs, local weights, fast offline failure."""
+
 import time
 
 import pytest
 import torch
-
 from torchvision.transforms import Resize
 
 from conftest import TINY_BACKBONE as TINY
-from pipeline.method.backbone import (BackboneUnavailable, DinoBackbone, backbone_input_size, dino_position_embedding,
-                               load_backbone, self_similarity)
+from pipeline.method.backbone import (
+    BackboneUnavailable,
+    DinoBackbone,
+    backbone_input_size,
+    dino_position_embedding,
+    load_backbone,
+    self_similarity,
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +29,9 @@ def test_architecture_facts_come_from_the_model(tiny):
     assert not any(p.requires_grad for p in tiny.parameters())
 
 
-@pytest.mark.parametrize("size", [(900, 1200), (192, 256), (427, 640), (683, 1024), (224, 224), (100, 1000), (1000, 100)])
+@pytest.mark.parametrize(
+    "size", [(900, 1200), (192, 256), (427, 640), (683, 1024), (224, 224), (100, 1000), (1000, 100)]
+)
 def test_backbone_input_size_is_torchvisions_resize_rule(size):
     # the authors call torchvision's Resize(224, max_size=480): the long side is truncated, not rounded
     expected = tuple(Resize(224, max_size=480)(torch.zeros(3, *size)).shape[-2:])
@@ -64,7 +72,9 @@ def test_position_embedding_follows_dinos_rule(tiny):
 def test_a_vit_without_dinos_token_layout_is_refused():
     import timm
 
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, reg_tokens=4, dynamic_img_size=True)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=0, reg_tokens=4, dynamic_img_size=True
+    )
     with pytest.raises(BackboneUnavailable, match="not a DINO-style ViT"):
         DinoBackbone(vit, "random:vit_tiny_reg4", "random")
 
@@ -80,7 +90,7 @@ def test_keys_are_the_last_blocks_key_projection(tiny):
     finally:
         handle.remove()
     dim = features.keys.shape[-1]
-    torch.testing.assert_close(features.keys, captured["qkv"][..., dim:2 * dim])
+    torch.testing.assert_close(features.keys, captured["qkv"][..., dim : 2 * dim])
 
 
 def test_self_similarity_is_cosine(tiny):
@@ -88,7 +98,9 @@ def test_self_similarity_is_cosine(tiny):
     similarity = self_similarity(keys)
     assert similarity.shape == (2, 5, 5)
     torch.testing.assert_close(torch.diagonal(similarity, dim1=1, dim2=2), torch.ones(2, 5))
-    torch.testing.assert_close(similarity[0, 1, 2], torch.nn.functional.cosine_similarity(keys[0, 1], keys[0, 2], dim=0))
+    torch.testing.assert_close(
+        similarity[0, 1, 2], torch.nn.functional.cosine_similarity(keys[0, 1], keys[0, 2], dim=0)
+    )
 
 
 def test_local_weights_file_loads_the_same_network(tmp_path, tiny):

@@ -1,6 +1,7 @@
 """What the commands print and report while they work: timestamped log lines, each warning once, -v scoped to this
 project, progress bars only on a terminal, one line per failed pair (its traceback in error.txt), live progress
 records of pairs in flight, the run bar that counts their steps, and `splice status --json`."""
+
 from __future__ import annotations
 
 import io
@@ -13,16 +14,16 @@ import pytest
 import torch
 
 from conftest import TINY_BACKBONE
-from pipeline.runs import layout
-from pipeline.method.backbone import load_backbone
-from pipeline.cli.main import build_parser, main
-from pipeline.method.config import TrainConfig
-from pipeline.cli.console import configure_logging, progress_enabled
-from manifests.schema import validate_frame, write_manifest
 from manifests.builders import build_pairs_dir
+from manifests.schema import validate_frame, write_manifest
+from pipeline.cli.console import configure_logging, progress_enabled
+from pipeline.cli.main import build_parser, main
+from pipeline.method.backbone import load_backbone
+from pipeline.method.config import TrainConfig
+from pipeline.method.trainer import train_pair
+from pipeline.runs import layout
 from pipeline.runs.progress import ProgressRecorder, RunProgress, read_progress
 from pipeline.storage import Storage
-from pipeline.method.trainer import train_pair
 
 
 @pytest.fixture
@@ -47,7 +48,9 @@ def test_log_lines_are_timestamped_once_each_and_verbose_is_scoped_to_this_proje
     logging.getLogger("botocore.endpoint").info("sending request")
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2  # the warning once, the info; no debug, no other library's info
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d WARNING evaluation\.models: metric x uses RANDOM weights", lines[0])
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d WARNING evaluation\.models: metric x uses RANDOM weights", lines[0]
+    )
     assert lines[1].endswith("INFO pipeline.runs.fanout: 4 pair(s) selected")
 
     stream = console(1)  # -v: this project's debug messages, and still not botocore's
@@ -80,8 +83,14 @@ def test_trainer_reports_each_step_and_the_recorder_writes_throttled_records(tmp
     steps_seen = []
     structure = torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8)
     config = TrainConfig(backbone=TINY_BACKBONE, steps=3, log_every=1)
-    train_pair(structure, structure.clone(), config, load_backbone(TINY_BACKBONE, "cpu"), torch.device("cpu"),
-               on_step=steps_seen.append)
+    train_pair(
+        structure,
+        structure.clone(),
+        config,
+        load_backbone(TINY_BACKBONE, "cpu"),
+        torch.device("cpu"),
+        on_step=steps_seen.append,
+    )
     assert steps_seen == [1, 2, 3]  # after each step
 
     now = [1000.0]
@@ -132,8 +141,24 @@ def test_a_failed_pair_is_one_line_with_its_traceback_in_error_txt(ray_session, 
     manifest = str(tmp_path / "m.parquet")
     write_manifest(frame, manifest)
     out = tmp_path / "run"
-    assert main(["run", manifest, "--out", str(out), "--method", "splice", "--backbone", TINY_BACKBONE, "--steps", "2",
-                 "--no-progress"]) == 1
+    assert (
+        main(
+            [
+                "run",
+                manifest,
+                "--out",
+                str(out),
+                "--method",
+                "splice",
+                "--backbone",
+                TINY_BACKBONE,
+                "--steps",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
     printed = capsys.readouterr()
     assert printed.out.count("pair 'bad'") == 0 and printed.err.count("pair 'bad'") == 1
     assert "splice status" in printed.out and "--failed" in printed.out
@@ -141,8 +166,25 @@ def test_a_failed_pair_is_one_line_with_its_traceback_in_error_txt(ray_session, 
     assert error.startswith("pair 'bad': structure image") and "Traceback" in error
     assert not list(out.glob("pairs/*/" + layout.PROGRESS_JSON))  # records are removed when pairs end
     assert not (out / "pairs" / "ok0" / layout.ERROR_TXT).exists()
-    assert main(["-v", "run", manifest, "--out", str(out), "--method", "splice", "--backbone", TINY_BACKBONE,
-                 "--steps", "2", "--no-progress"]) == 1  # again, verbose: the retried pair's traceback too
+    assert (
+        main(
+            [
+                "-v",
+                "run",
+                manifest,
+                "--out",
+                str(out),
+                "--method",
+                "splice",
+                "--backbone",
+                TINY_BACKBONE,
+                "--steps",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 1
+    )  # again, verbose: the retried pair's traceback too
     printed = capsys.readouterr()
     assert printed.err.count("failed: pair 'bad'") == 1 and "Traceback" in printed.err
 
@@ -150,8 +192,9 @@ def test_a_failed_pair_is_one_line_with_its_traceback_in_error_txt(ray_session, 
     recorder = ProgressRecorder(Storage(), interval_s=0)
     recorder.track("late", layout.pair_dir(str(out), "late"), 2000)
     recorder("late", 120)
-    pd.DataFrame({"pair_id": ["ok0", "bad", "late"], "structure_uri": ["a"] * 3, "appearance_uri": ["b"] * 3}).to_parquet(
-        out / layout.MANIFEST)
+    pd.DataFrame(
+        {"pair_id": ["ok0", "bad", "late"], "structure_uri": ["a"] * 3, "appearance_uri": ["b"] * 3}
+    ).to_parquet(out / layout.MANIFEST)
     assert main(["status", str(out), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert (status["total"], status["done"], status["failed"], status["pending"]) == (3, 1, 1, 1)

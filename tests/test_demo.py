@@ -1,4 +1,5 @@
 """`splice demo`: generated inputs, their manifest and a run, offline with a random backbone."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,9 @@ import numpy as np
 from PIL import Image
 
 from conftest import TINY_BACKBONE
-from pipeline.cli.main import main
-from pipeline.cli.demo_job import write_demo_inputs
 from manifests.schema import read_manifest
+from pipeline.cli.demo_job import write_demo_inputs
+from pipeline.cli.main import main
 
 
 def _saturation(path) -> float:
@@ -31,13 +32,29 @@ def test_demo_inputs_are_reproducible_and_distinct(tmp_path):
             found.append(data)
     assert len(set(structures)) == 4 and len(set(appearances)) == 4
     for pair_id in ids:  # neutral layouts, colourful appearances
-        assert _saturation(tmp_path / "a" / pair_id / "structure.png") < 30 < _saturation(tmp_path / "a" / pair_id / "appearance.png")
+        assert (
+            _saturation(tmp_path / "a" / pair_id / "structure.png")
+            < 30
+            < _saturation(tmp_path / "a" / pair_id / "appearance.png")
+        )
 
 
 def test_demo_runs_offline_and_says_where_the_outputs_are(ray_session, tmp_path, capsys):
     out = tmp_path / "demo"
-    argv = ["demo", "--out", str(out), "--backbone", TINY_BACKBONE, "--steps", "2", "--pairs", "2", "--size", "48",
-            "--no-progress"]
+    argv = [
+        "demo",
+        "--out",
+        str(out),
+        "--backbone",
+        TINY_BACKBONE,
+        "--steps",
+        "2",
+        "--pairs",
+        "2",
+        "--size",
+        "48",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert f"demo outputs: {out / 'run'}/pairs/<pair_id>/output.png" in printed
@@ -61,8 +78,22 @@ def test_demo_runs_offline_and_says_where_the_outputs_are(ray_session, tmp_path,
 
 def test_demo_starts_an_embedded_ray_when_given_no_address(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    command = [sys.executable, "-m", "pipeline", "demo", "--out", str(tmp_path / "demo"), "--method",
-               "color-transfer", "--pairs", "2", "--size", "48", "--no-progress", "--no-report"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "demo",
+        "--out",
+        str(tmp_path / "demo"),
+        "--method",
+        "color-transfer",
+        "--pairs",
+        "2",
+        "--size",
+        "48",
+        "--no-progress",
+        "--no-report",
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Started a local Ray instance" in done.stderr

@@ -1,5 +1,6 @@
 """The documentation users get stands alone: every relative link in README.md and docs/ resolves to a file inside
 the repository (a clone has no ../shared/ beside it)."""
+
 from __future__ import annotations
 
 import re

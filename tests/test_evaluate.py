@@ -1,5 +1,6 @@
 """`splice import` builds runs other methods' outputs can be evaluated from; `splice evaluate` writes one row per
 pair with provenance, counts failures, and on re-runs computes only what is missing. Tiny random models only."""
+
 from __future__ import annotations
 
 import json
@@ -13,14 +14,14 @@ import torch
 from PIL import Image
 
 import evaluation.evaluate as evaluate_module
-from conftest import TINY_BACKBONE as TINY, ColourSegmenter, save_image
+from conftest import TINY_BACKBONE as TINY
+from conftest import ColourSegmenter, save_image
 from evaluation.evaluate import evaluate_run
 from evaluation.importer import ImportRefused, import_outputs
 from evaluation.models import EvalSettings
 from pipeline.cli.main import main
 from pipeline.method.images import read_image_file
 from pipeline.storage import Storage
-
 
 ALL = EvalSettings(metric_backbone=TINY, lpips_weights="random", segmenter=ColourSegmenter(), explicit=True)
 CHEAP = EvalSettings(metrics=("selfsim", "dino_i"), metric_backbone=TINY, explicit=True)
@@ -30,10 +31,19 @@ def make_inputs(root, pairs: int = 4):
     """inputs/<id>_{structure,appearance}.png and a manifest with paths relative to its folder."""
     rows = []
     for index in range(pairs):
-        structure = save_image(root / "inputs" / f"p{index}_structure.png", 2 * index, (40, 56) if index % 2 else (48, 48))
+        structure = save_image(
+            root / "inputs" / f"p{index}_structure.png", 2 * index, (40, 56) if index % 2 else (48, 48)
+        )
         appearance = save_image(root / "inputs" / f"p{index}_appearance.png", 2 * index + 1, (36, 44))
-        rows.append({"pair_id": f"p{index}", "structure_uri": f"inputs/{structure.name}",
-                     "appearance_uri": f"inputs/{appearance.name}", "dataset": "toy", "domain": ["cat", "dog"][index % 2]})
+        rows.append(
+            {
+                "pair_id": f"p{index}",
+                "structure_uri": f"inputs/{structure.name}",
+                "appearance_uri": f"inputs/{appearance.name}",
+                "dataset": "toy",
+                "domain": ["cat", "dog"][index % 2],
+            }
+        )
     manifest = root / "manifest.parquet"
     pd.DataFrame(rows).to_parquet(manifest)
     return manifest
@@ -80,9 +90,13 @@ def test_import_builds_the_run_layout(tmp_path, caplog):
     copied = pd.read_parquet(run / "manifest.parquet")
     assert list(copied["pair_id"]) == ["p0", "p1", "p2", "p3"]
     assert copied["structure_uri"][0] == str(tmp_path / "inputs" / "p0_structure.png")  # resolved to absolute
-    assert torch.equal(read_image_file(str(run / "pairs" / "p0" / "output.png")),
-                       read_image_file(str(tmp_path / "inputs" / "p0_structure.png")))
-    assert (run / "pairs" / "p1" / "_SUCCESS").exists() and json.loads((run / "pairs" / "p1" / "meta.json").read_text())["imported"]
+    assert torch.equal(
+        read_image_file(str(run / "pairs" / "p0" / "output.png")),
+        read_image_file(str(tmp_path / "inputs" / "p0_structure.png")),
+    )
+    assert (run / "pairs" / "p1" / "_SUCCESS").exists() and json.loads(
+        (run / "pairs" / "p1" / "meta.json").read_text()
+    )["imported"]
     assert not (run / "pairs" / "p2" / "_SUCCESS").exists() and not (run / "pairs" / "p3" / "_SUCCESS").exists()
     results = pd.read_parquet(run / "results.parquet").set_index("pair_id")
     assert list(results["status"]) == ["done", "done", "missing", "failed"]
@@ -140,7 +154,9 @@ def test_re_running_computes_only_what_is_missing(run, monkeypatch):
     assert evaluate(metrics=("selfsim", "dino_i")) == [(["p0", "p1"], ["dino_i"])]  # a newly asked metric
     before = metrics_of(run)
     save_image(run / "pairs" / "p1" / "output.png", 99)  # p1's output changed
-    (run / "pairs" / "p0" / "output.png").write_bytes((run / "pairs" / "p0" / "output.png").read_bytes())  # rewritten, same content
+    (run / "pairs" / "p0" / "output.png").write_bytes(
+        (run / "pairs" / "p0" / "output.png").read_bytes()
+    )  # rewritten, same content
     assert evaluate(metrics=("selfsim", "dino_i")) == [(["p1"], ["dino_i", "selfsim"])]
     after = metrics_of(run)
     assert after.loc["p0", "selfsim"] == before.loc["p0", "selfsim"]
@@ -154,21 +170,30 @@ def test_re_running_computes_only_what_is_missing(run, monkeypatch):
     assert evaluate(metric_backbone="random:test_vit") == [(["p0", "p1", "p2"], ["selfsim"])]
     assert metrics_of(run).loc["p0", "dino_i"] == after.loc["p0", "dino_i"]  # values of other metrics are kept
     calls.clear()
-    evaluate_run(str(run), EvalSettings(metrics=("selfsim",), metric_backbone="random:test_vit"), device="cpu",
-                 force=True, progress=False)
+    evaluate_run(
+        str(run),
+        EvalSettings(metrics=("selfsim",), metric_backbone="random:test_vit"),
+        device="cpu",
+        force=True,
+        progress=False,
+    )
     assert calls == [(["p0", "p1", "p2"], ["selfsim"])]
 
 
 def test_cli_offline_skips_unavailable_metrics_unless_asked_for(run, offline, capsys):
     assert main(["evaluate", str(run), "--metric-backbone", TINY, "--no-progress", "--batch-size", "2"]) == 0
     printed = capsys.readouterr()
-    assert "metrics selfsim, dino_i, cls_mse ->" in printed.out and "skipped lpips_structure, layout_miou" in printed.out
+    assert (
+        "metrics selfsim, dino_i, cls_mse ->" in printed.out and "skipped lpips_structure, layout_miou" in printed.out
+    )
     # the reason, with how to provide the weights, is said once (a warning), not again in the summary
     assert printed.err.count("alexnet-owt-7be5be79.pth are not in the torch hub cache") == 1
     assert "alexnet" not in printed.out and printed.err.count("RANDOM weights") <= 2  # the backbone's and the metrics'
     assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d WARNING evaluation\.models: ", printed.err, re.M)  # timestamped
-    assert main(["evaluate", str(run), "--metrics", "selfsim,lpips_structure", "--metric-backbone", TINY,
-                 "--no-progress"]) == 2
+    assert (
+        main(["evaluate", str(run), "--metrics", "selfsim,lpips_structure", "--metric-backbone", TINY, "--no-progress"])
+        == 2
+    )
     assert "lpips_structure was asked for but cannot be computed" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--metrics", "dino_i", "--no-progress"]) == 2  # default DINO weights: not here
     assert "--metric-backbone dino_vitb8=file:PATH" in capsys.readouterr().err

@@ -13,6 +13,7 @@ structure image, which makes "outputs intact" exact) and the test hook's `sleep=
 hook point pair.inputs_read) to keep pairs in flight long enough to be hit. The job-submission test runs the real
 Splice trainer (random tiny backbone, 2 steps).
 """
+
 from __future__ import annotations
 
 import io
@@ -56,8 +57,13 @@ def write_pairs(folder: Path, count: int, size=(24, 32)) -> tuple[Path, dict[str
             Image.fromarray(pixels).save(folder / f"{pair_id}_{role}.png")
             if role == "structure":
                 structures[pair_id] = pixels
-        rows.append({"pair_id": pair_id, "structure_uri": f"{pair_id}_structure.png",
-                     "appearance_uri": f"{pair_id}_appearance.png"})
+        rows.append(
+            {
+                "pair_id": pair_id,
+                "structure_uri": f"{pair_id}_structure.png",
+                "appearance_uri": f"{pair_id}_appearance.png",
+            }
+        )
     manifest = folder / "manifest.parquet"
     pd.DataFrame(rows).to_parquet(manifest, index=False)
     return manifest, structures
@@ -66,15 +72,21 @@ def write_pairs(folder: Path, count: int, size=(24, 32)) -> tuple[Path, dict[str
 def child_env(**extra) -> dict:
     """This environment, less anything that would point Ray at another cluster or token, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_", "SPLICE_TEST_"))}
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PYTHONUNBUFFERED="1", RAY_AUTH_MODE="disabled",
-               RAY_DISABLE_USAGE_STATS="1", TQDM_DISABLE="1")
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONUNBUFFERED="1",
+        RAY_AUTH_MODE="disabled",
+        RAY_DISABLE_USAGE_STATS="1",
+        TQDM_DISABLE="1",
+    )
     env.update(extra)
     return env
 
 
 def run_cli(args: list[str], *, env: dict, timeout: float = 240, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
 
 
 def done_ids(run: Path) -> set[str]:
@@ -121,8 +133,12 @@ def run_scenario(tmp_path: Path, script: str, args: list, env: dict) -> dict:
     """Run `tests/SCRIPT RESULT.json ARGS...` (a node-loss scenario, tests/ray_node_loss.py) in a session of its
     own; it must succeed and so must the driver it ran. Returns RESULT.json."""
     result = tmp_path / "scenario.json"
-    scenario = start_session([sys.executable, str(REPO / "tests" / script), str(result), *map(str, args)],
-                             env=env, log_path=tmp_path / "scenario.log", cwd=REPO)
+    scenario = start_session(
+        [sys.executable, str(REPO / "tests" / script), str(result), *map(str, args)],
+        env=env,
+        log_path=tmp_path / "scenario.log",
+        cwd=REPO,
+    )
     try:
         code = scenario.wait(timeout=420)
     finally:
@@ -146,8 +162,12 @@ def status_counts(run: str, env: dict) -> str:
 def test_losing_a_worker_node_mid_run_redoes_its_pairs_and_loses_none(tmp_path):
     manifest, structures = write_pairs(tmp_path / "data", 6)
     run = tmp_path / "run"
-    outcome = run_scenario(tmp_path, "ray_cluster_scenario.py", [manifest, run, "--method", "structure-copy"],
-                           child_env(**fault_env("sleep=2")))
+    outcome = run_scenario(
+        tmp_path,
+        "ray_cluster_scenario.py",
+        [manifest, run, "--method", "structure-copy"],
+        child_env(**fault_env("sleep=2")),
+    )
 
     # the node was lost in the middle of the run, with a pair on it
     assert not outcome["driver_exited_before_loss"]
@@ -172,11 +192,16 @@ def test_losing_a_node_mid_evaluation_redoes_its_chunk_and_evaluate_honours_ray_
     run = tmp_path / "run"
     import_outputs("copy", str(outputs), str(manifest), str(run))
     started = time.monotonic()
-    outcome = run_scenario(tmp_path, "ray_eval_scenario.py",
-                           [run, "--metrics", "selfsim", "--metric-backbone", TINY_BACKBONE, "--batch-size", "1"],
-                           child_env(**fault_env("eval-sleep=1.5")))
-    print(f"\nevaluation node-loss scenario: node lost at {outcome.get('node_lost_at_s', 0):.1f} s, evaluate finished "
-          f"in {outcome.get('driver_s', 0):.1f} s, test {time.monotonic() - started:.1f} s")
+    outcome = run_scenario(
+        tmp_path,
+        "ray_eval_scenario.py",
+        [run, "--metrics", "selfsim", "--metric-backbone", TINY_BACKBONE, "--batch-size", "1"],
+        child_env(**fault_env("eval-sleep=1.5")),
+    )
+    print(
+        f"\nevaluation node-loss scenario: node lost at {outcome.get('node_lost_at_s', 0):.1f} s, evaluate finished "
+        f"in {outcome.get('driver_s', 0):.1f} s, test {time.monotonic() - started:.1f} s"
+    )
     assert not outcome["driver_exited_before_loss"], "the evaluation finished before a node could be lost"
     # every pair evaluated, the chunk that was on the lost node included: nothing lost, nothing marked failed
     metrics = pd.read_parquet(run / "eval" / "metrics.parquet")
@@ -190,8 +215,11 @@ def test_losing_a_node_mid_evaluation_redoes_its_chunk_and_evaluate_honours_ray_
 
 
 def snapshot(run: Path, pair_ids) -> dict:
-    return {(p, name): ((run / "pairs" / p / name).stat().st_mtime_ns, (run / "pairs" / p / name).read_bytes())
-            for p in pair_ids for name in (*PAIR_FILES, "_SUCCESS", "attempts.json")}
+    return {
+        (p, name): ((run / "pairs" / p / name).stat().st_mtime_ns, (run / "pairs" / p / name).read_bytes())
+        for p in pair_ids
+        for name in (*PAIR_FILES, "_SUCCESS", "attempts.json")
+    }
 
 
 def test_killed_driver_resumes_and_recomputes_nothing_that_had_success(tmp_path):
@@ -206,8 +234,11 @@ def test_killed_driver_resumes_and_recomputes_nothing_that_had_success(tmp_path)
 
     driver = start_session(command, env=env, log_path=tmp_path / "first.log")
     try:
-        wait_for(lambda: (len(done_ids(run)) >= 2 and started_not_done()) or driver.poll() is not None,
-                 timeout=180, what="two pairs done and more in flight")
+        wait_for(
+            lambda: (len(done_ids(run)) >= 2 and started_not_done()) or driver.poll() is not None,
+            timeout=180,
+            what="two pairs done and more in flight",
+        )
     finally:
         kill_session(driver)
     assert driver.returncode != 0, "the driver finished before it could be killed"
@@ -260,8 +291,16 @@ def test_store_failures_are_retried_and_never_leave_success_without_output(tmp_p
     ]
     faulty_s3.proxy.rules.insert(0, Rule("PUT", rf"pairs/{broken}/output\.png$", "error", 500, times=None))
     env = child_env(**faulty_s3.client_env())
-    command = [SPLICE, "run", f"s3://{faulty_s3.bucket}/data/manifest.parquet", "--out", run, "--method", "structure-copy",
-               "--no-progress"]
+    command = [
+        SPLICE,
+        "run",
+        f"s3://{faulty_s3.bucket}/data/manifest.parquet",
+        "--out",
+        run,
+        "--method",
+        "structure-copy",
+        "--no-progress",
+    ]
 
     # 1. with the faults: every pair but the always-failing one finishes; that one fails alone, recorded
     first = run_cli(command, env=env)
@@ -295,13 +334,17 @@ def test_store_failures_are_retried_and_never_leave_success_without_output(tmp_p
     seen = len(faulty_s3.proxy.log)
     second = run_cli(command, env=env)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-4000:]
-    rewritten = {e.key.split("/")[3] for e in faulty_s3.proxy.log[seen:]
-                 if e.method == "PUT" and e.key.startswith("runs/faulty/pairs/")}
+    rewritten = {
+        e.key.split("/")[3]
+        for e in faulty_s3.proxy.log[seen:]
+        if e.method == "PUT" and e.key.startswith("runs/faulty/pairs/")
+    }
     assert rewritten == {broken}, f"pairs done before were written again: {sorted(rewritten - {broken})}"
     results = read_results(faulty_s3.get("runs/faulty/results.parquet"))
     assert sorted(results["pair_id"]) == sorted(structures) and (results["status"] == "done").all()
-    assert_pair_intact({name: faulty_s3.get(f"runs/faulty/pairs/{broken}/{name}") for name in PAIR_FILES},
-                       structures[broken], broken)
+    assert_pair_intact(
+        {name: faulty_s3.get(f"runs/faulty/pairs/{broken}/{name}") for name in PAIR_FILES}, structures[broken], broken
+    )
     assert "6 done, 0 failed, 0 pending" in status_counts(run, direct)
 
 
@@ -316,16 +359,38 @@ def token_cluster(tmp_path_factory):
     token = folder / "auth_token"
     token.write_text(secrets.token_hex(32))
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    ports = {name: free_port() for name in ("port", "dashboard-port", "dashboard-agent-listen-port",
-                                            "dashboard-agent-grpc-port", "runtime-env-agent-port",
-                                            "metrics-export-port", "node-manager-port", "object-manager-port",
-                                            "ray-client-server-port")}
+    ports = {
+        name: free_port()
+        for name in (
+            "port",
+            "dashboard-port",
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "runtime-env-agent-port",
+            "metrics-export-port",
+            "node-manager-port",
+            "object-manager-port",
+            "ray-client-server-port",
+        )
+    }
     temp_dir = Path(f"/tmp/rt{secrets.token_hex(3)}")  # short: Ray's socket paths must fit in 107 characters
     head = start_session(
-        [RAY, "start", "--head", "--block", "--num-cpus=2", "--num-gpus=0", "--object-store-memory=100000000",
-         "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-         *[f"--{name}={port}" for name, port in ports.items()]],
-        env=child_env(**auth), log_path=folder / "head.log")
+        [
+            RAY,
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus=2",
+            "--num-gpus=0",
+            "--object-store-memory=100000000",
+            "--dashboard-host=127.0.0.1",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+            *[f"--{name}={port}" for name, port in ports.items()],
+        ],
+        env=child_env(**auth),
+        log_path=folder / "head.log",
+    )
     dashboard = f"http://127.0.0.1:{ports['dashboard-port']}"
 
     def dashboard_up():
@@ -350,10 +415,32 @@ def test_ray_job_submit_runs_a_tiny_run_into_the_store(tmp_path, token_cluster):
     manifest, structures = write_pairs(tmp_path / "data", 2, size=(64, 80))
     run = tmp_path / "run"
     submit = run_cli(
-        [RAY, "job", "submit", "--address", token_cluster["dashboard"], "--working-dir", ".", "--",
-         "splice", "run", str(manifest), "--out", str(run), "--method", "splice",
-         "--backbone", TINY_BACKBONE, "--steps", "2", "--no-progress"],
-        env=child_env(**token_cluster["auth"]), cwd=REPO, timeout=300)
+        [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            token_cluster["dashboard"],
+            "--working-dir",
+            ".",
+            "--",
+            "splice",
+            "run",
+            str(manifest),
+            "--out",
+            str(run),
+            "--method",
+            "splice",
+            "--backbone",
+            TINY_BACKBONE,
+            "--steps",
+            "2",
+            "--no-progress",
+        ],
+        env=child_env(**token_cluster["auth"]),
+        cwd=REPO,
+        timeout=300,
+    )
     assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
     assert_local_run_complete(run, structures, copies=False)
     for pair_id, structure in structures.items():
@@ -367,8 +454,21 @@ def test_ray_job_submit_runs_a_tiny_run_into_the_store(tmp_path, token_cluster):
 def test_splice_run_address_works_against_a_token_cluster(tmp_path, token_cluster):
     manifest, structures = write_pairs(tmp_path / "data", 3)
     run = tmp_path / "run"
-    result = run_cli([SPLICE, "run", str(manifest), "--out", str(run), "--address", token_cluster["address"],
-                      "--method", "structure-copy", "--no-progress"], env=child_env(**token_cluster["auth"]))
+    result = run_cli(
+        [
+            SPLICE,
+            "run",
+            str(manifest),
+            "--out",
+            str(run),
+            "--address",
+            token_cluster["address"],
+            "--method",
+            "structure-copy",
+            "--no-progress",
+        ],
+        env=child_env(**token_cluster["auth"]),
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert_local_run_complete(run, structures)
     record = json.loads((run / "run.json").read_text())
@@ -376,11 +476,17 @@ def test_splice_run_address_works_against_a_token_cluster(tmp_path, token_cluste
 
 
 def test_the_cluster_refuses_a_client_without_the_token(tmp_path, token_cluster):
-    refused = run_cli([RAY, "job", "submit", "--address", token_cluster["dashboard"], "--", "echo", "hi"],
-                      env=child_env(), timeout=120)
+    refused = run_cli(
+        [RAY, "job", "submit", "--address", token_cluster["dashboard"], "--", "echo", "hi"],
+        env=child_env(),
+        timeout=120,
+    )
     assert refused.returncode != 0
     assert "Authentication" in refused.stdout + refused.stderr
     wrong = {**token_cluster["auth"], "RAY_AUTH_TOKEN": "not-the-token"}
-    refused = run_cli([RAY, "job", "submit", "--address", token_cluster["dashboard"], "--", "echo", "hi"],
-                      env=child_env(**wrong), timeout=120)
+    refused = run_cli(
+        [RAY, "job", "submit", "--address", token_cluster["dashboard"], "--", "echo", "hi"],
+        env=child_env(**wrong),
+        timeout=120,
+    )
     assert refused.returncode != 0

@@ -5,6 +5,7 @@ defaults) assembles it: nested `nn.Sequential`s, a `Concat` that centre-crops ev
 padding inside `nn.Conv2d` (`pad='zero'`), BatchNorm and LeakyReLU(0.2) after every convolution, a 1x1 convolution
 after each up block, a final 1x1 convolution and a sigmoid. Weights are copied over by position.
 """
+
 import pytest
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ class Concat(nn.Module):
         cropped = []
         for o in outputs:
             top, left = (o.shape[2] - height) // 2, (o.shape[3] - width) // 2
-            cropped.append(o[:, :, top:top + height, left:left + width])
+            cropped.append(o[:, :, top : top + height, left : left + width])
         return torch.cat(cropped, dim=1)
 
 
@@ -42,8 +43,16 @@ def authors_skip(down=(16, 32, 64, 128, 128), up=(16, 32, 64, 128, 128), skip_ch
         current.append(Concat(skip, deeper))
         current.append(nn.BatchNorm2d(skip_channels[i] + (up[i + 1] if i < len(down) - 1 else down[i])))
         skip.extend([conv(depth, skip_channels[i], 1), nn.BatchNorm2d(skip_channels[i]), nn.LeakyReLU(0.2)])
-        deeper.extend([conv(depth, down[i], 3, 2), nn.BatchNorm2d(down[i]), nn.LeakyReLU(0.2),
-                       conv(down[i], down[i], 3), nn.BatchNorm2d(down[i]), nn.LeakyReLU(0.2)])
+        deeper.extend(
+            [
+                conv(depth, down[i], 3, 2),
+                nn.BatchNorm2d(down[i]),
+                nn.LeakyReLU(0.2),
+                conv(down[i], down[i], 3),
+                nn.BatchNorm2d(down[i]),
+                nn.LeakyReLU(0.2),
+            ]
+        )
         deeper_main = nn.Sequential()
         if i < len(down) - 1:
             deeper.append(deeper_main)
@@ -51,8 +60,16 @@ def authors_skip(down=(16, 32, 64, 128, 128), up=(16, 32, 64, 128, 128), skip_ch
         else:
             k = down[i]
         deeper.append(nn.Upsample(scale_factor=2, mode="bilinear"))
-        current.extend([conv(skip_channels[i] + k, up[i], 3), nn.BatchNorm2d(up[i]), nn.LeakyReLU(0.2),
-                        conv(up[i], up[i], 1), nn.BatchNorm2d(up[i]), nn.LeakyReLU(0.2)])
+        current.extend(
+            [
+                conv(skip_channels[i] + k, up[i], 3),
+                nn.BatchNorm2d(up[i]),
+                nn.LeakyReLU(0.2),
+                conv(up[i], up[i], 1),
+                nn.BatchNorm2d(up[i]),
+                nn.LeakyReLU(0.2),
+            ]
+        )
         depth, current = down[i], deeper_main
     model.extend([conv(up[0], 3, 1), nn.Sigmoid()])
     return model

@@ -1,4 +1,5 @@
 """The test-hook seam (pipeline/runs/hooks.py): silent in production, and what a test installs reaches every point."""
+
 from __future__ import annotations
 
 from pipeline.runs import hooks
@@ -19,6 +20,8 @@ def test_an_installed_hook_module_sees_every_point_and_its_settings_travel_to_ra
     monkeypatch.setenv("SPLICE_OTHER", "not a test setting")
     hooks.point("pair.written", pair_id="p1", attempt=2)
     hooks.point("evaluate.before_save")
-    assert hooks._module(str(module)).CALLS == [("pair.written", {"pair_id": "p1", "attempt": 2}),
-                                                ("evaluate.before_save", {})]
+    assert hooks._module(str(module)).CALLS == [
+        ("pair.written", {"pair_id": "p1", "attempt": 2}),
+        ("evaluate.before_save", {}),
+    ]
     assert hooks.runtime_env() == {"env_vars": {hooks.HOOKS_ENV: str(module), "SPLICE_TEST_PLAN": "x"}}

@@ -1,4 +1,5 @@
 """Input images: every format a user hands us decodes to RGB; every bad file fails with its name in the error."""
+
 import numpy as np
 import pytest
 import torch

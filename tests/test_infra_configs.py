@@ -8,6 +8,7 @@
   only through a Secret or the service account, and the RayJob's cluster equal to the RayCluster.
 - The Dockerfile: the instructions and build args it must have, and files it copies that exist.
 """
+
 from __future__ import annotations
 
 import copy
@@ -58,8 +59,18 @@ def launcher_config(request) -> dict:
 
 def test_launcher_config_has_the_keys_ray_up_needs(launcher_config):
     config = launcher_config
-    for key in ("cluster_name", "provider", "auth", "available_node_types", "head_node_type", "file_mounts",
-                "setup_commands", "head_start_ray_commands", "worker_start_ray_commands", "max_workers"):
+    for key in (
+        "cluster_name",
+        "provider",
+        "auth",
+        "available_node_types",
+        "head_node_type",
+        "file_mounts",
+        "setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+        "max_workers",
+    ):
         assert key in config, f"missing top-level key {key!r}"
     assert config["provider"]["type"] in ("aws", "gcp")
     assert config["provider"].get("region")
@@ -78,8 +89,11 @@ def test_launcher_config_passes_rays_own_validation(launcher_config):
 
 def _gpu_worker_types(config: dict) -> dict:
     head = config["head_node_type"]
-    return {name: t for name, t in config["available_node_types"].items()
-            if name != head and _has_gpu(config["provider"]["type"], t)}
+    return {
+        name: t
+        for name, t in config["available_node_types"].items()
+        if name != head and _has_gpu(config["provider"]["type"], t)
+    }
 
 
 def _has_gpu(provider: str, node_type: dict) -> bool:
@@ -248,9 +262,14 @@ def test_gpu_worker_group_requests_gpus_and_autoscales(cluster_spec):
     assert cluster_spec["headGroupSpec"]["rayStartParams"].get("num-cpus") == "0", "pairs must not run on the head"
     head = cluster_spec["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in head.get("resources", {}).get("limits", {}), "the head should not hold a GPU"
-    gpu_groups = [g for g in cluster_spec["workerGroupSpecs"]
-                  if any(int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0)) >= 1
-                         for c in g["template"]["spec"]["containers"])]
+    gpu_groups = [
+        g
+        for g in cluster_spec["workerGroupSpecs"]
+        if any(
+            int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0)) >= 1
+            for c in g["template"]["spec"]["containers"]
+        )
+    ]
     assert gpu_groups, "no worker group with an nvidia.com/gpu limit"
     for group in gpu_groups:
         assert group["minReplicas"] == 0 < group["maxReplicas"]
@@ -270,8 +289,9 @@ def test_store_credentials_come_from_a_secret_or_the_service_account_never_a_lit
                 if CREDENTIAL_NAME.search(env["name"]):
                     assert "valueFrom" in env and "value" not in env, f"{name}: {env['name']} is a literal"
             secrets = [s["secretRef"] for s in container.get("envFrom", []) if "secretRef" in s]
-            assert secrets and all(s.get("optional") for s in secrets), \
+            assert secrets and all(s.get("optional") for s in secrets), (
                 f"{name}: read the store Secret through envFrom, optional (a cloud role may stand in for it)"
+            )
 
 
 def test_rayjob_runs_a_manifest_end_to_end_on_the_same_cluster_as_the_raycluster():
@@ -332,8 +352,9 @@ def test_dockerfile_has_the_required_instructions():
         assert variable in env
     users = [rest for k, rest in instructions if k == "USER"]
     assert users and users[-1] not in ("root", "0"), "the image should not run Ray as root"
-    assert not CREDENTIAL_NAME.search(" ".join(rest for k, rest in instructions if k in ("ARG", "ENV"))), \
+    assert not CREDENTIAL_NAME.search(" ".join(rest for k, rest in instructions if k in ("ARG", "ENV"))), (
         "no credential may be a build arg or baked into the environment"
+    )
 
 
 def test_dockerfile_copies_files_that_exist_and_ignores_the_local_environment():
@@ -365,6 +386,15 @@ def test_infra_readme_covers_every_config():
     readme = (INFRA / "README.md").read_text()
     for path in [*CLUSTER_CONFIGS, *K8S.glob("*.yaml"), INFRA / "docker" / "Dockerfile"]:
         assert str(path.relative_to(REPO)) in readme, f"infra/README.md never mentions {path.relative_to(REPO)}"
-    for command in ("ray up", "ray down", "ray job submit", "--working-dir .", "splice status", "splice evaluate",
-                    "splice report", "RAY_AUTH_MODE=token", "kubectl delete"):
+    for command in (
+        "ray up",
+        "ray down",
+        "ray job submit",
+        "--working-dir .",
+        "splice status",
+        "splice evaluate",
+        "splice report",
+        "RAY_AUTH_MODE=token",
+        "kubectl delete",
+    ):
         assert command in readme, f"infra/README.md does not show {command!r}"

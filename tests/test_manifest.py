@@ -1,4 +1,5 @@
 """Manifests: schema validation with clear errors, URI resolution, and the AFHQ / pairs-dir / CSV builders."""
+
 from __future__ import annotations
 
 import os
@@ -8,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.cli.main import main
+from manifests.builders import build_afhq, build_pairs_dir
 from manifests.schema import ManifestError, read_manifest, resolve_uri, validate_frame, write_manifest
-from manifests.builders import build_afhq, build_csv, build_pairs_dir
+from pipeline.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,20 +30,24 @@ def _write(tmp_path, frame: pd.DataFrame, name: str = "m.parquet") -> str:
 
 # --- validation ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("frame, expected", [
-    (_frame(appearance_uri=None), r"lacks required column\(s\) appearance_uri"),
-    (_frame(structure_uri=[6, 7]), r"'structure_uri' must hold text, found int in row 0 \(pair_id 'a'\), row 1"),
-    (_frame(steps=["many", "3"]), r"'steps' must hold integers, found str in row 0 \(pair_id 'a'\), row 1"),
-    (_frame(seed=[1.5, 2.0]), r"'seed' must hold integers, found fractions in row 0"),
-    (_frame(structure_uri=["s.png", None]), r"'structure_uri' is empty in row 1"),
-    (_frame(pair_id=["a", "a"]), r"pair_id must be unique: 1 id\(s\) repeat \('a'\) in row 0 .*row 1"),
-    (_frame(pair_id=["../../etc", "ok"]), r"pair_id must match .* row 0 \(pair_id '../../etc'\)"),
-    (_frame(pair_id=["a/b", "ok"]), r"pair_id must match .* row 0 \(pair_id 'a/b'\)"),
-    (_frame(pair_id=["..", "ok"]), r"pair_id must match .* row 0 \(pair_id '..'\)"),
-    (_frame(pair_id=["x" * 129, "ok"]), r"pair_id must match"),
-    (_frame(steps=[0, 3]), r"steps must be >= 1 in row 0"),
-    (_frame().iloc[:0], r"is empty \(no pairs\)"),
-])
+
+@pytest.mark.parametrize(
+    "frame, expected",
+    [
+        (_frame(appearance_uri=None), r"lacks required column\(s\) appearance_uri"),
+        (_frame(structure_uri=[6, 7]), r"'structure_uri' must hold text, found int in row 0 \(pair_id 'a'\), row 1"),
+        (_frame(steps=["many", "3"]), r"'steps' must hold integers, found str in row 0 \(pair_id 'a'\), row 1"),
+        (_frame(seed=[1.5, 2.0]), r"'seed' must hold integers, found fractions in row 0"),
+        (_frame(structure_uri=["s.png", None]), r"'structure_uri' is empty in row 1"),
+        (_frame(pair_id=["a", "a"]), r"pair_id must be unique: 1 id\(s\) repeat \('a'\) in row 0 .*row 1"),
+        (_frame(pair_id=["../../etc", "ok"]), r"pair_id must match .* row 0 \(pair_id '../../etc'\)"),
+        (_frame(pair_id=["a/b", "ok"]), r"pair_id must match .* row 0 \(pair_id 'a/b'\)"),
+        (_frame(pair_id=["..", "ok"]), r"pair_id must match .* row 0 \(pair_id '..'\)"),
+        (_frame(pair_id=["x" * 129, "ok"]), r"pair_id must match"),
+        (_frame(steps=[0, 3]), r"steps must be >= 1 in row 0"),
+        (_frame().iloc[:0], r"is empty \(no pairs\)"),
+    ],
+)
 def test_validation_errors_name_the_manifest_and_rows(tmp_path, frame, expected):
     path = _write(tmp_path, frame)
     with pytest.raises(ManifestError, match=expected) as caught:
@@ -67,8 +72,13 @@ def test_not_a_parquet_file_and_missing_manifest(tmp_path):
 
 
 def test_valid_manifest_resolves_relative_uris_and_keeps_overrides(tmp_path):
-    frame = _frame(structure_uri=["imgs/a.png", "/abs/b.png"], appearance_uri=["../c.png", "s3://bucket/d.png"],
-                   steps=[None, 5], domain=["cat", "dog"], extra=["kept", "kept"])
+    frame = _frame(
+        structure_uri=["imgs/a.png", "/abs/b.png"],
+        appearance_uri=["../c.png", "s3://bucket/d.png"],
+        steps=[None, 5],
+        domain=["cat", "dog"],
+        extra=["kept", "kept"],
+    )
     (tmp_path / "sub").mkdir()
     path = _write(tmp_path / "sub", frame)
     manifest = read_manifest(path)
@@ -89,7 +99,9 @@ def test_remote_relative_uris_stay_inside_the_bucket():
 
 def test_validate_command_reports_errors_and_checks_images(tmp_path, make_image, capsys):
     good, bad = make_image("img/good.png"), make_image("img/bad.png", corrupt=True)
-    path = _write(tmp_path, _frame(structure_uri=["img/good.png", "img/bad.png"], appearance_uri=[good, "img/gone.png"]))
+    path = _write(
+        tmp_path, _frame(structure_uri=["img/good.png", "img/bad.png"], appearance_uri=[good, "img/gone.png"])
+    )
     assert main(["manifest", "validate", path]) == 0
     assert "2 pair(s), schema OK" in capsys.readouterr().out
     assert main(["manifest", "validate", path, "--check-images"]) == 2
@@ -101,6 +113,7 @@ def test_validate_command_reports_errors_and_checks_images(tmp_path, make_image,
 
 
 # --- builders ------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def afhq_root(tmp_path, make_image) -> str:
@@ -122,7 +135,11 @@ def test_afhq_builder_pairs_within_domains_reproducibly(afhq_root, tmp_path):
     assert not frame.equals(build_afhq(afhq_root, pairs=7, seed=4))
     assert len(set(zip(frame.structure_uri, frame.appearance_uri))) == 7
     every = build_afhq(afhq_root, domains=["dog"], split="val")
-    assert len(every) == 3 and set(every["split"]) == {"val"} and sorted(every["structure_uri"]) == sorted(set(every["structure_uri"]))
+    assert (
+        len(every) == 3
+        and set(every["split"]) == {"val"}
+        and sorted(every["structure_uri"]) == sorted(set(every["structure_uri"]))
+    )
     with pytest.raises(ManifestError, match="too few in bird"):
         build_afhq(afhq_root, domains=["cat", "bird"])
     with pytest.raises(ManifestError, match="distinct pairs"):
@@ -158,7 +175,8 @@ def test_csv_builder_resolves_paths_against_the_csv(tmp_path, make_image, capsys
     (tmp_path / "data" / "pairs.csv").write_text(
         "pair_id,structure_uri,appearance_uri,domain,steps\n"
         "007,imgs/a.png,imgs/a.png,cat,3\n"
-        "008, imgs/a.png ,s3://bucket/b.png,dog,\n")
+        "008, imgs/a.png ,s3://bucket/b.png,dog,\n"
+    )
     out = str(tmp_path / "elsewhere" / "m.parquet")
     assert main(["manifest", "build", "csv", str(tmp_path / "data" / "pairs.csv"), "-o", out]) == 0
     manifest = read_manifest(out)

@@ -1,5 +1,6 @@
 """Metrics are correct by construction: identities give their ideal values, batching changes nothing, unavailable
 weights are skipped or refused clearly. Tiny random models only; nothing touches the network."""
+
 from __future__ import annotations
 
 import pytest
@@ -40,8 +41,9 @@ def lpips_model():
 @pytest.fixture(scope="module")
 def models(backbone, lpips_model):
     ids = {m: "test@random" for m in M.METRICS}
-    return MetricModels({"vitb8": backbone, "vits16": backbone, "lpips": lpips_model, "segmenter": ColourSegmenter()},
-                        ids=ids)
+    return MetricModels(
+        {"vitb8": backbone, "vits16": backbone, "lpips": lpips_model, "segmenter": ColourSegmenter()}, ids=ids
+    )
 
 
 def scores_of(models, metrics, structure, appearance, output) -> dict[str, float]:
@@ -73,7 +75,10 @@ def test_appearance_metrics_are_ideal_when_the_output_is_the_appearance_image(mo
 
 # --- the published protocol, built by hand from PIL and torchvision calls -----------------------------------------
 
-def protocol_reference(vit, structure: torch.Tensor, appearance: torch.Tensor, output: torch.Tensor) -> tuple[float, float]:
+
+def protocol_reference(
+    vit, structure: torch.Tensor, appearance: torch.Tensor, output: torch.Tensor
+) -> tuple[float, float]:
     """(selfsim, dino_i) as Ctrl-X's evaluate.py + score.py compute them, for (3, H, W) uint8 images."""
     from PIL import Image
     from torchvision import transforms
@@ -81,20 +86,27 @@ def protocol_reference(vit, structure: torch.Tensor, appearance: torch.Tensor, o
     def load(image):  # Image.open(...).resize((512, 512), resample=Image.BILINEAR)
         return Image.fromarray(image.permute(1, 2, 0).numpy()).resize((512, 512), resample=Image.BILINEAR)
 
-    global_transform = transforms.Compose([transforms.ToTensor(), transforms.Resize(224, max_size=480),
-                                           transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    global_transform = transforms.Compose(
+        [
+            transforms.ToTensor(),
+            transforms.Resize(224, max_size=480),
+            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
 
     def features(image):  # last block's output and its qkv, through timm's own forward
         captured = {}
-        hooks = [vit.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: captured.__setitem__("qkv", o)),
-                 vit.blocks[-1].register_forward_hook(lambda m, i, o: captured.__setitem__("out", o))]
+        hooks = [
+            vit.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: captured.__setitem__("qkv", o)),
+            vit.blocks[-1].register_forward_hook(lambda m, i, o: captured.__setitem__("out", o)),
+        ]
         try:
             vit.forward_features(global_transform(load(image)).unsqueeze(0))
         finally:
             for hook in hooks:
                 hook.remove()
         dim = captured["out"].shape[-1]
-        keys = captured["qkv"][0, :, dim:2 * dim]  # (T, heads * head_dim)
+        keys = captured["qkv"][0, :, dim : 2 * dim]  # (T, heads * head_dim)
         norm = keys.norm(dim=1, keepdim=True)
         self_sim = (keys @ keys.T) / torch.clamp(norm @ norm.T, min=1e-08)  # their attn_cosine_sim
         return self_sim, captured["out"][0, 0]
@@ -112,9 +124,11 @@ def test_published_protocol_matches_a_reference_built_from_pil_and_torchvision()
     # ViT-S/8 shape with DINO's input normalisation: patch 8 as in the protocol's ViT-B/8, small enough for a test
     backbone = load_backbone("random:vit_small_patch8_224.dino", "cpu")
     models = MetricModels({"vitb8": backbone, "vits16": backbone}, ids={m: "test@random" for m in M.METRICS})
-    pairs = [PairImages("landscape", smooth_image(30, 120, 200), smooth_image(31, 90, 70), smooth_image(32, 120, 200)),
-             PairImages("portrait", smooth_image(33, 300, 180), smooth_image(34, 64, 64), smooth_image(35, 150, 90)),
-             PairImages("square", smooth_image(36, 96, 96), smooth_image(37, 700, 500), smooth_image(38, 96, 96))]
+    pairs = [
+        PairImages("landscape", smooth_image(30, 120, 200), smooth_image(31, 90, 70), smooth_image(32, 120, 200)),
+        PairImages("portrait", smooth_image(33, 300, 180), smooth_image(34, 64, 64), smooth_image(35, 150, 90)),
+        PairImages("square", smooth_image(36, 96, 96), smooth_image(37, 700, 500), smooth_image(38, 96, 96)),
+    ]
     scores = compute_metrics(pairs, ["selfsim", "dino_i"], models, "cpu", batch_size=2)
     for pair in pairs:
         selfsim, dino_i = protocol_reference(backbone.vit, pair.structure, pair.appearance, pair.output)
@@ -148,7 +162,9 @@ def test_engine_batches_mixed_sizes_and_keeps_the_identities(models):
     batched = compute_metrics(pairs, list(M.METRICS), models, "cpu", batch_size=4)
     for pair_id in ("same_as_structure", "same_as_structure_too"):
         values = batched[pair_id].values
-        assert values["selfsim"] == pytest.approx(0, abs=1e-9) and values["selfsim_native"] == pytest.approx(0, abs=1e-9)
+        assert values["selfsim"] == pytest.approx(0, abs=1e-9) and values["selfsim_native"] == pytest.approx(
+            0, abs=1e-9
+        )
         assert values["lpips_structure"] == pytest.approx(0, abs=1e-9)
         assert values["layout_miou"] == 1.0
     appearance = batched["same_as_appearance"].values
@@ -159,7 +175,9 @@ def test_engine_batches_mixed_sizes_and_keeps_the_identities(models):
     # one pair at a time gives the same values as batches
     single = compute_metrics(pairs[1:3], ["selfsim", "dino_i", "selfsim_native"], models, "cpu", batch_size=1)
     for pair_id, scores in single.items():
-        assert scores.values == pytest.approx({k: batched[pair_id].values[k] for k in scores.values}, rel=1e-4, abs=1e-7)
+        assert scores.values == pytest.approx(
+            {k: batched[pair_id].values[k] for k in scores.values}, rel=1e-4, abs=1e-7
+        )
     # and so does the definition written out by hand: the output resized to the structure image's size, then both
     # to the backbone's input size, the MSE of their key self-similarities
     structure = unit(s0)
@@ -192,7 +210,10 @@ def test_unavailable_weights_are_skipped_with_how_to_provide_them_or_refused_whe
     assert models.metrics == []
     assert "file:PATH" in models.skipped["selfsim"]
     lpips_reason = models.skipped["lpips_structure"]
-    assert hub_cache_path("https://x/alexnet-owt-7be5be79.pth") in lpips_reason and "--lpips-weights file:PATH" in lpips_reason
+    assert (
+        hub_cache_path("https://x/alexnet-owt-7be5be79.pth") in lpips_reason
+        and "--lpips-weights file:PATH" in lpips_reason
+    )
     assert "--segmenter-weights PATH" in models.skipped["layout_miou"]
     with pytest.raises(MetricUnavailable, match="lpips_structure was asked for"):
         load_metric_models(EvalSettings(metrics=("lpips_structure",), explicit=True), "cpu")

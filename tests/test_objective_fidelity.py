@@ -12,6 +12,7 @@ Only the transformer blocks themselves (timm's modules, holding the weights) are
 Structure images are non-square at sizes where rounding and truncating the long side differ (192x256 -> 224x298,
 not 299; 427x640 and 683x1024 change the patch grid of a patch-8 ViT).
 """
+
 import math
 import random
 
@@ -45,7 +46,9 @@ def reference_interpolate_pos_encoding(vit, tokens, height, width):
     rows, columns = height // patch + 0.1, width // patch + 0.1
     patch_pos_embed = F.interpolate(
         patch_pos_embed.reshape(1, int(math.sqrt(N)), int(math.sqrt(N)), dim).permute(0, 3, 1, 2),
-        scale_factor=(rows / math.sqrt(N), columns / math.sqrt(N)), mode="bicubic")
+        scale_factor=(rows / math.sqrt(N), columns / math.sqrt(N)),
+        mode="bicubic",
+    )
     assert int(rows) == patch_pos_embed.shape[-2] and int(columns) == patch_pos_embed.shape[-1]
     patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).reshape(1, -1, dim)
     return torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed), dim=1)
@@ -68,7 +71,7 @@ def reference_features(vit, image, antialias=True):
     finally:
         handle.remove()
     dim = x.shape[-1]
-    keys = captured["qkv"][..., dim:2 * dim]  # all heads concatenated, [CLS] included
+    keys = captured["qkv"][..., dim : 2 * dim]  # all heads concatenated, [CLS] included
     return x[:, 0], keys
 
 
@@ -108,8 +111,9 @@ def reference_losses(generator, vit, batch, step):
 def tiny_patch8_backbone():
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        vit = VisionTransformer(img_size=224, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=0,
-                                dynamic_img_size=True)
+        vit = VisionTransformer(
+            img_size=224, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=0, dynamic_img_size=True
+        )
     return DinoBackbone(vit, "test:tiny_patch8", "random")
 
 
@@ -137,8 +141,11 @@ def test_production_objective_matches_the_reference(backbone, structure_size, st
     reference_total = sum(reference.values())
     reference_grads = torch.autograd.grad(reference_total, list(generator.parameters()))
 
-    expected_terms = {"appearance"} | ({"structure", "identity"} if step > 0 else set()) \
+    expected_terms = (
+        {"appearance"}
+        | ({"structure", "identity"} if step > 0 else set())
         | ({"full_structure", "full_appearance"} if step % 75 == 0 else set())
+    )
     assert set(reference) == expected_terms
     for name, value in reference.items():
         weighted = getattr(weights, name) * production[name]

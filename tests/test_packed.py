@@ -3,6 +3,7 @@
 Tiny random backbone, tiny images, a few steps; fp32 on the CPU, where the issue asks for 1e-5 relative agreement
 of losses and outputs between a pair trained alone and the same pair in any pack.
 """
+
 import logging
 
 import pytest
@@ -12,8 +13,8 @@ from pipeline.method import pair_run
 from pipeline.method.backbone import load_backbone
 from pipeline.method.config import TrainConfig
 from pipeline.method.generator import SkipGenerator
-from pipeline.runs.packs import auto_pack_size, plan_packs
 from pipeline.method.trainer import PairInput, TrainingError, TrainOptions, train_pack, train_pair
+from pipeline.runs.packs import auto_pack_size, plan_packs
 from test_trainer import make_pair
 
 SMALLEST = "random:test_vit"  # timm's 6-block, 64-dim test ViT: the cheapest backbone that is a real ViT
@@ -55,8 +56,9 @@ def alone(backbone):
     for pair_id in SPECS:
         saved = []
         pair = pair_input(pair_id)
-        result = train_pair(pair.structure, pair.appearance, pair.config, backbone, torch.device("cpu"),
-                            save_checkpoint=saved.append)
+        result = train_pair(
+            pair.structure, pair.appearance, pair.config, backbone, torch.device("cpu"), save_checkpoint=saved.append
+        )
         results[pair_id] = (result, saved)
     return results
 
@@ -85,8 +87,9 @@ def test_a_packed_run_resumes_per_pair_even_in_another_pack(backbone, alone, pac
     assert in_pack.keys() == by_itself.keys() and in_pack["inputs"] == by_itself["inputs"]
     assert in_pack["optimizer"]["param_groups"][0]["params"] == by_itself["optimizer"]["param_groups"][0]["params"]
     for index, state in by_itself["optimizer"]["state"].items():
-        torch.testing.assert_close(in_pack["optimizer"]["state"][index]["exp_avg_sq"], state["exp_avg_sq"],
-                                   rtol=RTOL, atol=1e-12)
+        torch.testing.assert_close(
+            in_pack["optimizer"]["state"][index]["exp_avg_sq"], state["exp_avg_sq"], rtol=RTOL, atol=1e-12
+        )
     # the run died after the checkpoints: 'b' and 'a' are retried together in a pack of two
     pairs = [pair_input(pair_id, checkpoint=saved[pair_id][0]) for pair_id in ("b", "a")]
     resumed = train_pack(pairs, backbone, torch.device("cpu"))
@@ -123,8 +126,12 @@ def test_a_failing_pair_fails_alone_and_its_pack_mates_are_unchanged(backbone, a
     diverging = PairInput("diverging", *make_pair(9, (40, 40), (40, 40)), config.replace(seed=7))
     small = PairInput("small", *make_pair(3, (30, 30), (40, 40)), config)  # below the generator's minimum
     finished = []
-    results = train_pack([pair_input("a", config), diverging, small, pair_input("c", config)], backbone,
-                         torch.device("cpu"), on_result=lambda pair_id, outcome: finished.append(pair_id))
+    results = train_pack(
+        [pair_input("a", config), diverging, small, pair_input("c", config)],
+        backbone,
+        torch.device("cpu"),
+        on_result=lambda pair_id, outcome: finished.append(pair_id),
+    )
     assert isinstance(results["small"], TrainingError) and "below the 36 px" in str(results["small"])
     assert isinstance(results["diverging"], TrainingError) and "non-finite at step 2" in str(results["diverging"])
     assert finished[:2] == ["small", "diverging"]  # each left the pack at once; the others went on
@@ -137,9 +144,11 @@ def test_compiled_backbone_falls_back_to_eager_where_compiling_fails(backbone, c
         raise RuntimeError("no C++ compiler found")
 
     pair = pair_input("a", CONFIG.replace(steps=1))
+
     def train(**options):
-        return train_pair(pair.structure, pair.appearance, pair.config, backbone, torch.device("cpu"),
-                          options=TrainOptions(**options))
+        return train_pair(
+            pair.structure, pair.appearance, pair.config, backbone, torch.device("cpu"), options=TrainOptions(**options)
+        )
 
     eager = train()  # the CPU default: compile off
     caplog.set_level(logging.WARNING)
@@ -153,13 +162,22 @@ def test_pairs_of_a_pack_must_share_the_backbone_and_optimiser(backbone):
     with pytest.raises(ValueError, match="differ in lr"):
         train_pack([pair_input("a"), pair_input("b", CONFIG.replace(lr=1e-3))], backbone, torch.device("cpu"))
     with pytest.raises(ValueError, match="differ in backbone"):
-        train_pack([pair_input("a"), pair_input("b", CONFIG.replace(backbone="random:vit_tiny_patch16_224"))],
-                   backbone, torch.device("cpu"))
+        train_pack(
+            [pair_input("a"), pair_input("b", CONFIG.replace(backbone="random:vit_tiny_patch16_224"))],
+            backbone,
+            torch.device("cpu"),
+        )
 
 
 def test_plan_packs_groups_equal_sizes_and_keeps_backbones_apart():
-    items = [("p0", "vitb8", (512, 512)), ("p1", "vitb8", (600, 800)), ("p2", "vits16", (512, 512)),
-             ("p3", "vitb8", (512, 512)), ("p4", "vitb8", (600, 800)), ("p5", "vitb8", None)]
+    items = [
+        ("p0", "vitb8", (512, 512)),
+        ("p1", "vitb8", (600, 800)),
+        ("p2", "vits16", (512, 512)),
+        ("p3", "vitb8", (512, 512)),
+        ("p4", "vitb8", (600, 800)),
+        ("p5", "vitb8", None),
+    ]
     packs = plan_packs(items, 2, key=lambda item: (item[1],), size=lambda item: item[2])
     assert [[item[0] for item in pack] for pack in packs] == [["p0", "p3"], ["p1", "p4"], ["p2"], ["p5"]]
     assert [len(pack) for pack in plan_packs(items, 16, key=lambda item: ())] == [6]

@@ -1,6 +1,7 @@
 """Plug-ins: a method and a metric from files outside the repository, named `py:MODULE:NAME` or by an entry point,
 run by `splice run` on Ray workers, evaluated and reported like built-ins; a bad spec fails in one line naming it.
 Tiny images, no backbone training, a model-less metric: seconds."""
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,10 @@ METRIC_FILE = readme_example("# my_metrics.py")
 @pytest.fixture(autouse=True)
 def registries():
     """Each test's plug-ins are forgotten after it (two tests define a metric of the same name)."""
-    saved = [(table, dict(table)) for table in (registry.METRICS, registry._BY_SPEC, registry._DESCRIBED,
-                                                methods.METHODS, methods._BY_SPEC)]
+    saved = [
+        (table, dict(table))
+        for table in (registry.METRICS, registry._BY_SPEC, registry._DESCRIBED, methods.METHODS, methods._BY_SPEC)
+    ]
     yield
     for table, contents in saved:
         table.clear()
@@ -79,7 +82,10 @@ def test_a_plugin_method_file_runs_on_ray_workers_and_its_outputs_are_evaluated(
         assert set(np.unique(pixels)) <= {32, 96, 160, 224}
     record = json.loads((out / "run.json").read_text())
     assert (record["method"], record["method_version"], record["method_source"]) == (
-        "posterize", "1", f"py:{plugin}:posterize")
+        "posterize",
+        "1",
+        f"py:{plugin}:posterize",
+    )
     assert record["settings"] == {"levels": 4, "max_side": TrainConfig().max_side}
 
     # its outputs are evaluated like any run's, under the plug-in's name
@@ -106,11 +112,24 @@ def imported_run(tmp_path, make_pairs):
 
 
 def test_a_plugin_metric_is_evaluated_stored_with_its_version_and_reported_without_importing_it(
-        imported_run, tmp_path, ray_session, monkeypatch, capsys):
+    imported_run, tmp_path, ray_session, monkeypatch, capsys
+):
     plugin = write(tmp_path / "plugins" / "my_metrics.py", METRIC_FILE)
     spec, cosine = f"py:{plugin}:pixel_mse", f"py:{plugin}:cls_cosine"
-    assert main(["evaluate", str(imported_run), "--metrics", f"cls_mse,{spec},{cosine}", "--metric-backbone", TINY,
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(imported_run),
+                "--metrics",
+                f"cls_mse,{spec},{cosine}",
+                "--metric-backbone",
+                TINY,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     frame = pd.read_parquet(imported_run / "eval" / "metrics.parquet").set_index("pair_id")
     assert frame.at["p0", "pixel_mse"] == 0.0 and frame.at["p1", "pixel_mse"] > 0.001  # identity, and not
     assert frame.at["p1", "cls_cosine"] == pytest.approx(1.0, abs=1e-5) and frame.at["p0", "cls_cosine"] < 1 - 1e-5
@@ -138,7 +157,9 @@ def test_a_plugin_metric_is_evaluated_stored_with_its_version_and_reported_witho
 
 def test_entry_point_plugins_are_found_by_name(tmp_path, monkeypatch):
     site = tmp_path / "site"
-    write(site / "splice_ep_demo.py", '''
+    write(
+        site / "splice_ep_demo.py",
+        '''
         import torch
         from evaluation.registry import Need, register_metric
 
@@ -150,11 +171,17 @@ def test_entry_point_plugins_are_found_by_name(tmp_path, monkeypatch):
         def invert(structure, appearance, config):
             """the structure image, inverted"""
             return 255 - structure
-    ''')
-    write(site / "splice_ep_demo-0.1.dist-info" / "METADATA", "Metadata-Version: 2.1\nName: splice-ep-demo\nVersion: 0.1\n")
-    write(site / "splice_ep_demo-0.1.dist-info" / "entry_points.txt",
-          "[splice.metrics]\nmean_brightness = splice_ep_demo:mean_brightness\n\n"
-          "[splice.methods]\ninvert = splice_ep_demo:invert\n")
+    ''',
+    )
+    write(
+        site / "splice_ep_demo-0.1.dist-info" / "METADATA",
+        "Metadata-Version: 2.1\nName: splice-ep-demo\nVersion: 0.1\n",
+    )
+    write(
+        site / "splice_ep_demo-0.1.dist-info" / "entry_points.txt",
+        "[splice.metrics]\nmean_brightness = splice_ep_demo:mean_brightness\n\n"
+        "[splice.methods]\ninvert = splice_ep_demo:invert\n",
+    )
     monkeypatch.syspath_prepend(str(site))
 
     assert "mean_brightness" in registry.available() and "invert" in methods.available()
@@ -162,8 +189,9 @@ def test_entry_point_plugins_are_found_by_name(tmp_path, monkeypatch):
     result = methods.run_method("invert", structure, structure, TrainConfig())
     assert torch.equal(result.output, 255 - structure) and result.meta["method"] == "invert"
     white = torch.full((3, 6, 8), 255, dtype=torch.uint8)
-    scores = compute_metrics([PairImages("w", structure, structure, white)], ["mean_brightness"],
-                             MetricModels(), "cpu")["w"]
+    scores = compute_metrics(
+        [PairImages("w", structure, structure, white)], ["mean_brightness"], MetricModels(), "cpu"
+    )["w"]
     assert scores.values == {"mean_brightness": 1.0}
 
 
@@ -178,9 +206,13 @@ def test_bad_plugin_specs_fail_in_one_line_naming_them(tmp_path, manifest, impor
 
     broken = write(tmp_path / "broken.py", "import torch\nraise RuntimeError('this plug-in is broken')\n")
     plain = write(tmp_path / "plain.py", "def score(model, output):\n    return output.mean()\n")
-    for spec, expected in [(f"py:{broken}:x", "this plug-in is broken"), (f"py:{plain}:score", "not a metric"),
-                           ("py:no_such_module_here:x", "not importable"), ("py:justone", "expected py:MODULE:NAME"),
-                           ("nonesuch", "unknown metric 'nonesuch'")]:
+    for spec, expected in [
+        (f"py:{broken}:x", "this plug-in is broken"),
+        (f"py:{plain}:score", "not a metric"),
+        ("py:no_such_module_here:x", "not importable"),
+        ("py:justone", "expected py:MODULE:NAME"),
+        ("nonesuch", "unknown metric 'nonesuch'"),
+    ]:
         assert main(["evaluate", str(imported_run), "--metrics", spec, "--no-progress"]) == 2, spec
         error = capsys.readouterr().err
         assert expected in error and spec in error and len(error.strip().splitlines()) == 1, (spec, error)
@@ -188,5 +220,9 @@ def test_bad_plugin_specs_fail_in_one_line_naming_them(tmp_path, manifest, impor
     # a plug-in method that returns something else than an image fails the pair, saying what it must return
     wrong = write(tmp_path / "wrong.py", "def halve(structure, appearance, config):\n    return structure / 2\n")
     with pytest.raises(Exception, match=r"halve.*\(3, H, W\) uint8"):
-        methods.run_method(f"py:{wrong}:halve", torch.zeros(3, 4, 4, dtype=torch.uint8),
-                           torch.zeros(3, 4, 4, dtype=torch.uint8), TrainConfig())
+        methods.run_method(
+            f"py:{wrong}:halve",
+            torch.zeros(3, 4, 4, dtype=torch.uint8),
+            torch.zeros(3, 4, 4, dtype=torch.uint8),
+            TrainConfig(),
+        )

@@ -3,6 +3,7 @@ other methods' outputs beside them as `<pair>/<method>/<any name>.png`, some RGB
 layout (parallel `structures/` + `textures/` folders, other methods in sibling folders named by the same stem).
 Manifests are built from them as published, and other methods' outputs are imported where they lie; locally and
 from a real (moto) S3 store."""
+
 from __future__ import annotations
 
 import io
@@ -15,9 +16,9 @@ import pytest
 from PIL import Image
 
 from evaluation.importer import ImportRefused, import_outputs
-from pipeline.cli.main import main
-from manifests.schema import ManifestError, read_manifest
 from manifests.builders import apply_direction, build_afhq, build_folders, build_pairs_dir
+from manifests.schema import ManifestError, read_manifest
+from pipeline.cli.main import main
 from pipeline.storage import Storage
 
 
@@ -70,6 +71,7 @@ def wild_pairs(tmp_path) -> Path:
 
 # --- building manifests ------------------------------------------------------------------------------------------
 
+
 def test_pairs_dir_reads_the_dataroot_layout_and_says_so(dataroot, tmp_path, capsys):
     frame = build_pairs_dir(str(dataroot))
     assert list(frame["pair_id"]) == ["cat_to_dog_1", "cat_to_dog_2", "dog_to_wild_3"]
@@ -82,12 +84,17 @@ def test_pairs_dir_reads_the_dataroot_layout_and_says_so(dataroot, tmp_path, cap
     printed = capsys.readouterr().out
     assert "layout: <pair>/A/* + <pair>/B/*" in printed and "wrote" in printed and "3 pair(s)" in printed
     swapped = read_manifest(out).pairs()[0]
-    assert swapped.structure_uri.endswith("B/pixabay_dog_000000.jpg") and swapped.appearance_uri.endswith("A/flickr_cat_000000.jpg")
+    assert swapped.structure_uri.endswith("B/pixabay_dog_000000.jpg") and swapped.appearance_uri.endswith(
+        "A/flickr_cat_000000.jpg"
+    )
 
     save(dataroot / "cat_to_dog_1" / "A" / "second.png")  # two structure images: which one is meant?
     (dataroot / "empty_pair").mkdir()
-    with pytest.raises(ManifestError, match=r"cat_to_dog_1/ has 2 \(flickr_cat_000000.jpg, second.png\) A/\* image.*"
-                                            r"empty_pair/ has neither"):
+    with pytest.raises(
+        ManifestError,
+        match=r"cat_to_dog_1/ has 2 \(flickr_cat_000000.jpg, second.png\) A/\* image.*"
+        r"empty_pair/ has neither",
+    ):
         build_pairs_dir(str(dataroot))
 
 
@@ -97,8 +104,10 @@ def test_parallel_folders_match_by_stem_and_list_what_is_left_out(wild_pairs, tm
     assert frame.loc[2, "structure_uri"] == str(wild_pairs / "structures" / "3.jpg")
     assert frame.loc[2, "appearance_uri"] == str(wild_pairs / "textures" / "3.jpg")
     out = str(tmp_path / "wild.parquet")
-    assert main(["manifest", "build", "folders", str(wild_pairs / "structures"), str(wild_pairs / "textures"),
-                 "-o", out]) == 0
+    assert (
+        main(["manifest", "build", "folders", str(wild_pairs / "structures"), str(wild_pairs / "textures"), "-o", out])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "1 structure image(s)" in printed and "9.jpg" in printed and "are left out" in printed
     assert "1 appearance image(s)" in printed and "extra photo.jpg" in printed
@@ -122,14 +131,17 @@ def test_afhq_cross_domain_pairs(tmp_path, capsys):
     assert len(set(zip(frame.structure_uri, frame.appearance_uri))) == 5
     assert frame["pair_id"].iloc[0] == "afhq-val-cat2dog-00000"
     out = str(tmp_path / "cross.parquet")
-    assert main(["manifest", "build", "afhq", root, "--split", "val", "--domains", "cat,dog", "--cross-domain",
-                 "-o", out]) == 0
+    assert (
+        main(["manifest", "build", "afhq", root, "--split", "val", "--domains", "cat,dog", "--cross-domain", "-o", out])
+        == 0
+    )
     assert "(cat->dog: 3, dog->cat: 3)" in capsys.readouterr().out
     assert main(["manifest", "build", "afhq", root, "--split", "val", "--cross-domain", "cat->cat", "-o", out]) == 2
     assert "SOURCE->TARGET" in capsys.readouterr().err
 
 
 # --- importing other methods' outputs where they lie -------------------------------------------------------------
+
 
 def test_import_by_pattern_from_the_dataroot_layout(dataroot, tmp_path, caplog):
     manifest = str(tmp_path / "m.parquet")
@@ -139,10 +151,14 @@ def test_import_by_pattern_from_the_dataroot_layout(dataroot, tmp_path, caplog):
     rgba = np.asarray(Image.open(tmp_path / "ours" / "pairs" / "cat_to_dog_1" / "output.png"))
     assert rgba.shape == (64, 80, 3) and tuple(rgba[0, 0]) == (255, 255, 255)  # RGBA flattened over white
 
-    strotss = import_outputs("strotss", str(dataroot), manifest, str(tmp_path / "strotss"), pattern="{pair_id}/strotss/*.png")
+    strotss = import_outputs(
+        "strotss", str(dataroot), manifest, str(tmp_path / "strotss"), pattern="{pair_id}/strotss/*.png"
+    )
     assert (strotss.imported, strotss.missing) == (2, 1)
     sixteen = np.asarray(Image.open(tmp_path / "strotss" / "pairs" / "cat_to_dog_2" / "output.png"))
-    assert sixteen.dtype == np.uint8 and sixteen.shape == (40, 56, 3) and sixteen.std() > 10  # 16-bit scaled, not clipped
+    assert (
+        sixteen.dtype == np.uint8 and sixteen.shape == (40, 56, 3) and sixteen.std() > 10
+    )  # 16-bit scaled, not clipped
     results = pd.read_parquet(tmp_path / "strotss" / "results.parquet").set_index("pair_id")
     assert results.loc["dog_to_wild_3", "status"] == "missing"
     assert "no output of pair 'dog_to_wild_3'" in results.loc["dog_to_wild_3", "error"]
@@ -163,20 +179,76 @@ def test_import_by_pattern_from_the_dataroot_layout(dataroot, tmp_path, caplog):
 
 def test_import_by_pattern_and_csv_from_wild_pairs_on_the_command_line(wild_pairs, tmp_path, capsys):
     manifest = str(tmp_path / "wild.parquet")
-    assert main(["manifest", "build", "folders", str(wild_pairs / "structures"), str(wild_pairs / "textures"),
-                 "-o", manifest]) == 0
-    assert main(["import", "strotss", str(wild_pairs), "--pattern", "strotss/{pair_id}.*", "--manifest", manifest,
-                 "--out", str(tmp_path / "strotss")]) == 0
+    assert (
+        main(
+            [
+                "manifest",
+                "build",
+                "folders",
+                str(wild_pairs / "structures"),
+                str(wild_pairs / "textures"),
+                "-o",
+                manifest,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "import",
+                "strotss",
+                str(wild_pairs),
+                "--pattern",
+                "strotss/{pair_id}.*",
+                "--manifest",
+                manifest,
+                "--out",
+                str(tmp_path / "strotss"),
+            ]
+        )
+        == 0
+    )
     assert "3 matched, 1 missing, 0 ambiguous, 0 unreadable" in capsys.readouterr().out
-    (tmp_path / "ours.csv").write_text("pair_id,output_uri\n1,wild-pairs/ours/1.png\n2," +
-                                       str(wild_pairs / "ours" / "2.png") + "\n3,missing.png\n5,nowhere.png\n")
-    assert main(["import", "ours", "--csv", str(tmp_path / "ours.csv"), "--manifest", manifest,
-                 "--out", str(tmp_path / "ours-run")]) == 0
+    (tmp_path / "ours.csv").write_text(
+        "pair_id,output_uri\n1,wild-pairs/ours/1.png\n2,"
+        + str(wild_pairs / "ours" / "2.png")
+        + "\n3,missing.png\n5,nowhere.png\n"
+    )
+    assert (
+        main(
+            [
+                "import",
+                "ours",
+                "--csv",
+                str(tmp_path / "ours.csv"),
+                "--manifest",
+                manifest,
+                "--out",
+                str(tmp_path / "ours-run"),
+            ]
+        )
+        == 0
+    )
     assert "2 matched, 1 missing, 0 ambiguous, 1 unreadable" in capsys.readouterr().out
     results = pd.read_parquet(tmp_path / "ours-run" / "results.parquet").set_index("pair_id")
     assert list(results["status"]) == ["done", "done", "failed", "missing"]
-    assert main(["import", "ours", str(wild_pairs), "--csv", str(tmp_path / "ours.csv"), "--manifest", manifest,
-                 "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "import",
+                "ours",
+                str(wild_pairs),
+                "--csv",
+                str(tmp_path / "ours.csv"),
+                "--manifest",
+                manifest,
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_build_and_import_from_s3(s3_bucket, dataroot, wild_pairs):
@@ -185,17 +257,27 @@ def test_build_and_import_from_s3(s3_bucket, dataroot, wild_pairs):
     fs.put(str(wild_pairs), f"{s3_bucket.bucket}/wild-pairs", recursive=True)
     storage = Storage({**s3_bucket.options, "skip_instance_cache": True})
     frame = build_pairs_dir(s3_bucket.url("afhq_comparison"), storage=storage)
-    assert list(frame["structure_uri"])[0] == s3_bucket.url("afhq_comparison", "cat_to_dog_1", "A", "flickr_cat_000000.jpg")
+    assert list(frame["structure_uri"])[0] == s3_bucket.url(
+        "afhq_comparison", "cat_to_dog_1", "A", "flickr_cat_000000.jpg"
+    )
     assert "dataroot" in frame.attrs["notes"][0]
-    folders = build_folders(s3_bucket.url("wild-pairs", "structures"), s3_bucket.url("wild-pairs", "textures"), storage=storage)
+    folders = build_folders(
+        s3_bucket.url("wild-pairs", "structures"), s3_bucket.url("wild-pairs", "textures"), storage=storage
+    )
     assert list(folders["pair_id"]) == ["1", "2", "3", "4"]
     assert any("9.jpg" in note for note in folders.attrs["notes"])
 
     from manifests.schema import write_manifest
 
     write_manifest(frame, s3_bucket.url("m.parquet"), storage)
-    summary = import_outputs("strotss", s3_bucket.url("afhq_comparison"), s3_bucket.url("m.parquet"),
-                             s3_bucket.url("runs", "strotss"), storage=storage, pattern="{pair_id}/strotss/*")
+    summary = import_outputs(
+        "strotss",
+        s3_bucket.url("afhq_comparison"),
+        s3_bucket.url("m.parquet"),
+        s3_bucket.url("runs", "strotss"),
+        storage=storage,
+        pattern="{pair_id}/strotss/*",
+    )
     assert (summary.imported, summary.missing) == (2, 1)
     output = Image.open(io.BytesIO(fs.cat(f"{s3_bucket.bucket}/runs/strotss/pairs/cat_to_dog_1/output.png")))
     assert output.size == (56, 40)

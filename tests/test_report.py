@@ -1,5 +1,6 @@
 """Tables equal hand-computed values and count failures; the report folder is complete, self-contained and renders
 in a real headless browser when one is installed."""
+
 from __future__ import annotations
 
 import base64
@@ -17,15 +18,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from evaluation.report import tables as T
+from conftest import TINY_BACKBONE as TINY
+from conftest import save_image
 from evaluation.evaluate import evaluate_run
 from evaluation.importer import import_outputs
 from evaluation.models import EvalSettings
+from evaluation.report import tables as T
 from evaluation.report.build import build_report
-from pipeline.runs.run_folder import RunFolderError as RunError
 from pipeline.cli.main import main
-
-from conftest import TINY_BACKBONE as TINY, save_image
+from pipeline.runs.run_folder import RunFolderError as RunError
 
 NAN = float("nan")
 
@@ -38,10 +39,19 @@ def fixture_frame() -> pd.DataFrame:
     for method, values in (("a", a), ("b", b)):
         for index in range(4):
             failed = method == "a" and index == 3
-            rows.append({"method": method, "pair_id": f"p{index}", "domain": ["cat", "dog"][index % 2],
-                         "status": "failed" if failed else "done", "selfsim": values["selfsim"][index],
-                         "dino_i": values["dino_i"][index], "selfsim__model": f"{TINY}@random",
-                         "dino_i__model": "dino_vits16@sha256:0123", "train_seconds": 10.0 if method == "b" else None})
+            rows.append(
+                {
+                    "method": method,
+                    "pair_id": f"p{index}",
+                    "domain": ["cat", "dog"][index % 2],
+                    "status": "failed" if failed else "done",
+                    "selfsim": values["selfsim"][index],
+                    "dino_i": values["dino_i"][index],
+                    "selfsim__model": f"{TINY}@random",
+                    "dino_i__model": "dino_vits16@sha256:0123",
+                    "train_seconds": 10.0 if method == "b" else None,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -66,7 +76,9 @@ def test_tables_equal_hand_computed_means_with_a_bootstrap_ci_around_them():
     assert tables.groups[2].rows[0].cells["selfsim"].mean == pytest.approx(0.2)  # a on p1 (p3 failed)
 
     markdown = T.to_markdown(tables)
-    assert "| a | **0.200 [" in markdown and "| 3 | 1 |" in markdown and "selfsim ↓" in markdown and "dino_i ↑" in markdown
+    assert (
+        "| a | **0.200 [" in markdown and "| 3 | 1 |" in markdown and "selfsim ↓" in markdown and "dino_i ↑" in markdown
+    )
     assert "50% (n=4)" in markdown and " †" in markdown
     csv = pd.read_csv(io.StringIO(T.to_csv(tables)))
     overall_csv = csv[csv["group"] == "all pairs"].set_index("method")
@@ -90,28 +102,49 @@ def test_a_partial_run_reads_as_partial_and_methods_are_compared_on_common_pairs
     a_values = b_values[:3] - 0.1 + rng.normal(0, 0.005, 3)  # a is better (lower) by 0.1 on every pair it has
     rows = []
     for index in range(5):
-        rows.append({"method": "a", "pair_id": f"p{index}", "status": "done" if index < 3 else "pending",
-                     "selfsim": a_values[index] if index < 3 else NAN})
+        rows.append(
+            {
+                "method": "a",
+                "pair_id": f"p{index}",
+                "status": "done" if index < 3 else "pending",
+                "selfsim": a_values[index] if index < 3 else NAN,
+            }
+        )
         failed = index == 1
-        rows.append({"method": "b", "pair_id": f"p{index}", "status": "failed" if failed else "done",
-                     "selfsim": NAN if failed else b_values[index]})
+        rows.append(
+            {
+                "method": "b",
+                "pair_id": f"p{index}",
+                "status": "failed" if failed else "done",
+                "selfsim": NAN if failed else b_values[index],
+            }
+        )
     frame = pd.DataFrame(rows)
     tables = T.build_tables(frame, metrics=["selfsim"], reference="b")
     group = tables.groups[0]
     a, b = group.rows
-    assert (a.n_evaluated, a.n_failed, a.n_pending) == (3, 0, 2) and (b.n_evaluated, b.n_failed, b.n_pending) == (4, 1, 0)
+    assert (a.n_evaluated, a.n_failed, a.n_pending) == (3, 0, 2) and (b.n_evaluated, b.n_failed, b.n_pending) == (
+        4,
+        1,
+        0,
+    )
     common = [0, 2]  # a has p0..p2, b failed on p1
     assert group.common == 2 and a.cells["selfsim"].n == 2 and b.cells["selfsim"].n == 2
     assert a.cells["selfsim"].mean == pytest.approx(a_values[common].mean())
     assert b.cells["selfsim"].mean == pytest.approx(b_values[common].mean())
-    assert group.lacking == {"a": {"pending": 2, "failed": 0, "missing": 0}, "b": {"pending": 0, "failed": 1, "missing": 0}}
+    assert group.lacking == {
+        "a": {"pending": 2, "failed": 0, "missing": 0},
+        "b": {"pending": 0, "failed": 1, "missing": 0},
+    }
     rate = group.win_rates["a"]["selfsim"]
     assert (rate.wins, rate.losses, rate.n) == (2, 0, 2)
     delta = group.differences["a"]["selfsim"]
     assert delta.n == 2 and delta.mean == pytest.approx((a_values[common] - b_values[common]).mean())
     assert delta.low <= delta.mean <= delta.high < 0  # a paired interval: a is better on every pair
     markdown = T.to_markdown(tables)
-    assert "over the 2 pair(s) every method has" in markdown and "a lacks 2 (2 pending); b lacks 1 (1 failed)" in markdown
+    assert (
+        "over the 2 pair(s) every method has" in markdown and "a lacks 2 (2 pending); b lacks 1 (1 failed)" in markdown
+    )
     assert "| 3 | 0 | 2 |" in markdown and "Difference to **b**" in markdown
 
     # --pairs all: each method on its own pairs; a pair never run is not a loss, a failed one is
@@ -148,12 +181,21 @@ def report(tmp_path_factory):
     for index in range(3):
         save_image(root / "in" / f"p{index}_s.png", 2 * index)
         save_image(root / "in" / f"p{index}_a.png", 2 * index + 1, (36, 44))
-        rows.append({"pair_id": f"p{index}", "structure_uri": f"in/p{index}_s.png", "appearance_uri": f"in/p{index}_a.png",
-                     "domain": ["cat", "dog", "cat"][index]})
+        rows.append(
+            {
+                "pair_id": f"p{index}",
+                "structure_uri": f"in/p{index}_s.png",
+                "appearance_uri": f"in/p{index}_a.png",
+                "domain": ["cat", "dog", "cat"][index],
+            }
+        )
     pd.DataFrame(rows).to_parquet(root / "m.parquet")
     runs = []
-    for method, plan in (("strotss", {"p0": "s", "p1": "a"}), ("wct2", {"p0": 9, "p1": "s", "p2": "s"}),
-                         ("splice", {"p0": "s", "p1": 8, "p2": 7})):
+    for method, plan in (
+        ("strotss", {"p0": "s", "p1": "a"}),
+        ("wct2", {"p0": 9, "p1": "s", "p2": "s"}),
+        ("splice", {"p0": "s", "p1": 8, "p2": 7}),
+    ):
         outputs = root / f"{method}_out"
         outputs.mkdir()
         for pair_id, what in plan.items():
@@ -166,8 +208,15 @@ def report(tmp_path_factory):
     for pair_id in ("p0", "p1", "p2"):  # make 'splice' look trained: loss curves, and cost in results.parquet
         pair = root / "splice" / "pairs" / pair_id
         steps = np.arange(0, 50, 10)
-        pd.DataFrame({"step": steps, "total": np.exp(-steps / 20) + 0.1, "appearance": np.exp(-steps / 10),
-                      "structure": 0.05 + 0 * steps, "identity": 0.02 + 0 * steps}).to_parquet(pair / "losses.parquet")
+        pd.DataFrame(
+            {
+                "step": steps,
+                "total": np.exp(-steps / 20) + 0.1,
+                "appearance": np.exp(-steps / 10),
+                "structure": 0.05 + 0 * steps,
+                "identity": 0.02 + 0 * steps,
+            }
+        ).to_parquet(pair / "losses.parquet")
     results = pd.read_parquet(root / "splice" / "results.parquet")
     results = results.assign(seconds=30.0, device="NVIDIA H100", peak_memory_bytes=float(2 * 2**30))
     results.to_parquet(root / "splice" / "results.parquet", index=False)
@@ -219,7 +268,9 @@ def test_report_is_one_self_contained_file(report):
     csv = pd.read_csv(report / "tables.csv")
     overall = csv[csv["group"] == "all pairs"].set_index("method")
     assert overall.loc["strotss", "n_failed"] == 1 and overall.loc["strotss", "n_evaluated"] == 2
-    assert overall.loc["splice", "train_seconds_mean"] == 30.0 and overall.loc["splice", "train_device"] == "NVIDIA H100"
+    assert (
+        overall.loc["splice", "train_seconds_mean"] == 30.0 and overall.loc["splice", "train_device"] == "NVIDIA H100"
+    )
     assert overall.loc["strotss", "selfsim_win_n"] == 2  # against splice, on the 2 pairs every method has
     assert "strotss lacks 1 (1 missing)" in markdown and "| 2 | 1 | 0 |" in markdown
 
@@ -233,27 +284,32 @@ def test_report_is_one_self_contained_file(report):
     assert full == dict.fromkeys(views, "")  # ... and is not stored twice
     # nothing is fetched: no src at all in the page (the script fills them from the map), links are in-page or the
     # sibling table files
-    assert not [a for tag, a in page.tags if "src" in a and tag != "img"] and not [a for t, a in page.tags if a.get("src")]
+    assert not [a for tag, a in page.tags if "src" in a and tag != "img"] and not [
+        a for t, a in page.tags if a.get("src")
+    ]
     assert not re.search(r"(src|href)=[\"']?(https?:)?//", html)
     assert set(page.links) - {"tables.md", "tables.csv", "tables.tex"} <= {
-        link for link in page.links if link.startswith("#")}
+        link for link in page.links if link.startswith("#")
+    }
     for link in {link for link in page.links if link.startswith("#pair-")}:  # every pair link opens an existing view
         assert f'id="{link[1:]}"' in html
 
     # warnings at the top, each cause once with the runs it affects
-    warnings = html[html.index('<ul class="warnings"'):html.index("</ul>", html.index('<ul class="warnings"'))]
-    assert warnings.count("RANDOM weights") == 1 and all(f"{m} (selfsim, dino_i)" in warnings for m in ("strotss", "wct2", "splice"))
+    warnings = html[html.index('<ul class="warnings"') : html.index("</ul>", html.index('<ul class="warnings"'))]
+    assert warnings.count("RANDOM weights") == 1 and all(
+        f"{m} (selfsim, dino_i)" in warnings for m in ("strotss", "wct2", "splice")
+    )
     assert "pairs without a value" in warnings and "strotss (1 missing)" in warnings
     assert html.index('class="warnings"') < html.index('id="tables"')
 
     # the per-pair table: one row per pair and method, sortable numbers in data-v, the failure's reason
-    table = html[html.index('<table id="pairs-table"'):html.index("</table>", html.index('<table id="pairs-table"'))]
+    table = html[html.index('<table id="pairs-table"') : html.index("</table>", html.index('<table id="pairs-table"'))]
     assert table.count("<tr data-method=") == 9 and table.count('data-status="missing"') == 1
     assert "has no output for pair &#x27;p2&#x27;" in table
     # one view per pair with every method's output (or why there is none), its loss curve and cost
     for pair_id in ("p0", "p1", "p2"):
-        view = html[html.index(f'<section class="pair" id="pair-{pair_id}">'):]
-        view = view[:view.index("</section>")]
+        view = html[html.index(f'<section class="pair" id="pair-{pair_id}">') :]
+        view = view[: view.index("</section>")]
         assert view.count("<figure>") == 5 + 1  # structure, appearance, three methods, splice's loss curve
         assert "splice: losses of pair" in view and "NVIDIA H100" in view
     # worst and best per metric and method, and the trade-off figure
@@ -290,9 +346,8 @@ def test_external_assets_keep_images_beside_the_page(report, tmp_path):
 def test_a_large_run_stays_under_its_size_budget(tmp_path, monkeypatch):
     """The budget mechanism at a small scale: 40 pairs x 4 methods (280 images) against budgets scaled down by
     1000/40 from the defaults; benchmarks/report_size.py measures 1000 x 4 against the full budget."""
-    from synthetic_runs import make_synthetic_runs
-
     import evaluation.report.images as images
+    from synthetic_runs import make_synthetic_runs
 
     scale = 40 / 1000
     monkeypatch.setattr(images, "VIEW_BUDGET", int(images.VIEW_BUDGET * scale))
@@ -315,20 +370,33 @@ def browser() -> str | None:
 
 
 def dump_dom(page, profile, fragment: str = "") -> str:
-    command = [browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-               "--virtual-time-budget=10000", "--dump-dom", page.as_uri() + fragment]
+    command = [
+        browser(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        page.as_uri() + fragment,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=90, check=True).stdout
 
 
 # Added to a copy of the page by the browser test: a Content-Security-Policy that lets the page load nothing but
 # its own inline parts and data: images (anything else is blocked and counted), and a script that clicks a header
 # of the per-pair table and types into its filter the way a reader would, recording what the table shows.
-PROBE_HEAD = ('<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
-              'style-src \'unsafe-inline\'; script-src \'unsafe-inline\'">'
-              "<script>var violations = [];document.addEventListener('securitypolicyviolation', function (e) "
-              "{ violations.push(e.blockedURI); document.documentElement.setAttribute('data-violations', violations.join(' ')); });"
-              "</script>")
+PROBE_HEAD = (
+    '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
+    "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">"
+    "<script>var violations = [];document.addEventListener('securitypolicyviolation', function (e) "
+    "{ violations.push(e.blockedURI); document.documentElement.setAttribute('data-violations', violations.join(' ')); });"
+    "</script>"
+)
 PROBE_BODY = """<script>
 window.addEventListener('load', function () {
   var table = document.getElementById('pairs-table'), headers = table.tHead.rows[0].cells, column = -1;
@@ -360,13 +428,16 @@ def test_report_renders_in_a_headless_browser(report, tmp_path):
     loaded = int(re.search(r'data-images-loaded="(\d+)"', dom).group(1))
     assert loaded >= 14 and 'data-images-broken="0"' in dom
     assert 'data-violations="' not in dom  # nothing outside the page was requested
+
     # the per-pair table sorts on a header click (missing values last) and filters as one types
     def values(name):
         return [float(v) if v else None for v in re.search(f'{name}="([^"]*)"', dom).group(1).split(",")]
 
     ascending, descending = values("data-ascending"), values("data-descending")
     present = [v for v in ascending if v is not None]
-    assert len(ascending) == 9 and present == sorted(present) and ascending[len(present):] == [None] * (9 - len(present))
+    assert (
+        len(ascending) == 9 and present == sorted(present) and ascending[len(present) :] == [None] * (9 - len(present))
+    )
     assert [v for v in descending if v is not None] == sorted(present, reverse=True)
     assert 'data-filtered="1"' in dom
     assert dom.count("<svg") == 7 and "<table" in dom

@@ -3,6 +3,7 @@
 Tiny images (48x64), the tiny random backbone, 2-3 steps; the structure-copy method wherever the trainer itself
 is not what is being tested.
 """
+
 from __future__ import annotations
 
 import io
@@ -23,15 +24,15 @@ import torch
 from PIL import Image
 
 from conftest import TINY_BACKBONE
+from faults import FAULTS_ENV, fault_env
+from manifests.builders import build_pairs_dir
+from manifests.schema import ManifestError, validate_frame, write_manifest
 from pipeline.cli.main import main
 from pipeline.method.config import TrainConfig
+from pipeline.method.images import decode_image
+from pipeline.method.registry import color_transfer, lab_to_srgb, run_method, srgb_to_lab
 from pipeline.runs.fanout import RunSettings, run_manifest
 from pipeline.runs.layout import ATTEMPTS
-from faults import FAULTS_ENV, fault_env
-from pipeline.method.images import decode_image
-from manifests.schema import ManifestError, validate_frame, write_manifest
-from manifests.builders import build_pairs_dir
-from pipeline.method.registry import color_transfer, run_method, srgb_to_lab, lab_to_srgb
 from pipeline.runs.rerun import RunMismatch
 from pipeline.runs.run_lock import RunLock, RunLocked
 from pipeline.storage import Storage
@@ -70,6 +71,7 @@ def meta(out, pair_id) -> dict:
 
 # --- end to end ----------------------------------------------------------------------------------------------
 
+
 def test_splice_run_with_a_corrupt_pair_then_a_rerun_that_skips(ray_session, tmp_path, manifest, capsys):
     path = manifest(["p0", "p1", "p2", "bad"], corrupt={"bad"})
     out = tmp_path / "run"
@@ -87,7 +89,9 @@ def test_splice_run_with_a_corrupt_pair_then_a_rerun_that_skips(ray_session, tmp
 
     table = results(out)
     assert table["status"].to_dict() == {"bad": "failed", "p0": "done", "p1": "done", "p2": "done"}
-    assert "pair 'bad': structure image" in table.at["bad", "error"] and "not a readable image" in table.at["bad", "error"]
+    assert (
+        "pair 'bad': structure image" in table.at["bad", "error"] and "not a readable image" in table.at["bad", "error"]
+    )
     assert (table.loc[["p0", "p1", "p2"], "attempts"] == 1).all() and table.loc[["p0"], "seconds"].notna().all()
 
     record = json.loads((out / "run.json").read_text())
@@ -126,7 +130,9 @@ def test_rerun_of_a_finished_run_is_near_instant(ray_session, tmp_path, manifest
 
 
 def test_manifest_errors_stop_the_run_before_any_work(tmp_path, capsys):
-    frame = pd.DataFrame({"pair_id": ["a", "a"], "structure_uri": ["x.png", "y.png"], "appearance_uri": ["x.png", "y.png"]})
+    frame = pd.DataFrame(
+        {"pair_id": ["a", "a"], "structure_uri": ["x.png", "y.png"], "appearance_uri": ["x.png", "y.png"]}
+    )
     path = tmp_path / "dup.parquet"
     frame.to_parquet(path)
     with pytest.raises(ManifestError, match="pair_id must be unique"):
@@ -137,6 +143,7 @@ def test_manifest_errors_stop_the_run_before_any_work(tmp_path, capsys):
 
 
 # --- reliability ---------------------------------------------------------------------------------------------
+
 
 def test_worker_killed_mid_pair_is_retried_and_done_exactly_once(ray_session, tmp_path, manifest, inject_faults):
     path = manifest(["k0", "k1", "k2"])
@@ -156,8 +163,9 @@ def test_worker_killed_mid_pair_is_retried_and_done_exactly_once(ray_session, tm
     assert torch.equal(output, structure)  # the complete output of the retry, not the half-written one
 
 
-def test_worker_killed_without_retries_fails_cleanly_and_is_redone_next_time(ray_session, tmp_path, manifest,
-                                                                             inject_faults):
+def test_worker_killed_without_retries_fails_cleanly_and_is_redone_next_time(
+    ray_session, tmp_path, manifest, inject_faults
+):
     path = manifest(["z0", "z1"])
     inject_faults("kill-once=z1")
     out = tmp_path / "run"
@@ -174,8 +182,20 @@ def test_interrupted_driver_resumes_with_nothing_lost_or_done_twice(ray_session,
     ids = [f"i{n}" for n in range(8)]
     path = manifest(ids)
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "pipeline", "run", path, "--out", str(out), "--method", "structure-copy",
-               "--address", ray_session, "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "run",
+        path,
+        "--out",
+        str(out),
+        "--method",
+        "structure-copy",
+        "--address",
+        ray_session,
+        "--no-progress",
+    ]
     release = tmp_path / "release"  # i2..i7 are held until the driver has been interrupted
     held = {**os.environ, **fault_env(f"hold={','.join(ids[2:])}:{release}")}
     driver = subprocess.Popen(command, env=held, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -224,8 +244,11 @@ def test_a_second_run_into_the_same_out_refuses(ray_session, tmp_path, manifest,
     held.release()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (out / "_LOCK").write_text(json.dumps({"token": "old", "host": socket.gethostname(), "pid": dead.pid,
-                                           "since": "2026-01-01T00:00:00+00:00"}))
+    (out / "_LOCK").write_text(
+        json.dumps(
+            {"token": "old", "host": socket.gethostname(), "pid": dead.pid, "since": "2026-01-01T00:00:00+00:00"}
+        )
+    )
     summary = run_manifest(path, settings(out, break_lock=True))
     assert summary.done == 1 and not (out / "_LOCK").exists()
 
@@ -247,9 +270,9 @@ def test_selection_force_and_settings_guard(ray_session, tmp_path, manifest):
 
 
 def test_splice_pair_resumes_from_its_checkpoint(ray_session, tmp_path, manifest):
-    from pipeline.runs.run_folder import RunFolder
     from pipeline.method.backbone import load_backbone
     from pipeline.method.trainer import train_pair
+    from pipeline.runs.run_folder import RunFolder
 
     path = manifest(["c0"])
     config = TrainConfig(backbone=TINY_BACKBONE, steps=2, log_every=1, checkpoint_every=1)
@@ -257,7 +280,9 @@ def test_splice_pair_resumes_from_its_checkpoint(ray_session, tmp_path, manifest
     structure = decode_image((pairs / "structure.png").read_bytes(), "s")
     appearance = decode_image((pairs / "appearance.png").read_bytes(), "a")
     states = []  # an earlier attempt that got one step in before it died (its checkpoint after step 0)
-    train_pair(structure, appearance, config, load_backbone(TINY_BACKBONE), torch.device("cpu"), save_checkpoint=states.append)
+    train_pair(
+        structure, appearance, config, load_backbone(TINY_BACKBONE), torch.device("cpu"), save_checkpoint=states.append
+    )
     out = tmp_path / "run"
     RunFolder(Storage(), str(out)).pair("c0").save_checkpoint(states[0])
     summary = run_manifest(path, settings(out, method="splice", config=config))
@@ -269,20 +294,33 @@ def test_splice_pair_resumes_from_its_checkpoint(ray_session, tmp_path, manifest
 
 # --- object storage ------------------------------------------------------------------------------------------
 
+
 def test_run_from_and_to_s3(ray_session, s3_bucket, make_pairs, caplog, capsys):
     caplog.set_level(logging.INFO)
     fs = s3_bucket.fs()
     fs.put(make_pairs(["s3a", "s3b", "s3bad"], corrupt={"s3bad"}), f"{s3_bucket.bucket}/data/pairs", recursive=True)
-    frame = pd.DataFrame({"pair_id": ["s3a", "s3b", "s3bad"],
-                          "structure_uri": [f"pairs/{p}/structure.png" for p in ("s3a", "s3b", "s3bad")],
-                          "appearance_uri": [f"pairs/{p}/appearance.png" for p in ("s3a", "s3b", "s3bad")]})
+    frame = pd.DataFrame(
+        {
+            "pair_id": ["s3a", "s3b", "s3bad"],
+            "structure_uri": [f"pairs/{p}/structure.png" for p in ("s3a", "s3b", "s3bad")],
+            "appearance_uri": [f"pairs/{p}/appearance.png" for p in ("s3a", "s3b", "s3bad")],
+        }
+    )
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     fs.pipe_file(f"{s3_bucket.bucket}/data/manifest.parquet", buffer.getvalue())
     out = s3_bucket.url("runs", "r1")
     options = [flag for k, v in s3_bucket.options.items() for flag in ("--storage-option", f"{k}={v}")]
-    argv = ["run", s3_bucket.url("data", "manifest.parquet"), "--out", out, "--method", "color-transfer",
-            "--no-progress", *options]
+    argv = [
+        "run",
+        s3_bucket.url("data", "manifest.parquet"),
+        "--out",
+        out,
+        "--method",
+        "color-transfer",
+        "--no-progress",
+        *options,
+    ]
     assert main(argv) == 1  # one corrupt pair
     run = f"{s3_bucket.bucket}/runs/r1"
     for pair_id in ("s3a", "s3b"):
@@ -297,14 +335,19 @@ def test_run_from_and_to_s3(ray_session, s3_bucket, make_pairs, caplog, capsys):
     assert main(argv) == 1  # re-run: skips the done pairs
     assert main(["status", out, *options]) == 0
     printed = capsys.readouterr()
-    assert "2 done (2 skipped as already done)" in printed.out and "3 pair(s): 2 done, 1 failed, 0 pending" in printed.out
+    assert (
+        "2 done (2 skipped as already done)" in printed.out and "3 pair(s): 2 done, 1 failed, 0 pending" in printed.out
+    )
     secret = s3_bucket.options["secret"]  # credentials appear nowhere
-    texts = [record, printed.out, printed.err, caplog.text] + [fs.cat_file(f"{run}/pairs/s3a/{n}").decode() for n in ("meta.json", ATTEMPTS)]
+    texts = [record, printed.out, printed.err, caplog.text] + [
+        fs.cat_file(f"{run}/pairs/s3a/{n}").decode() for n in ("meta.json", ATTEMPTS)
+    ]
     assert not any(secret in text for text in texts)
     assert s3_bucket.options["key"] not in record
 
 
 # --- reference methods (no Ray) ------------------------------------------------------------------------------
+
 
 def _image(seed, size=(40, 56)) -> torch.Tensor:
     rng = np.random.default_rng(seed)
@@ -342,16 +385,33 @@ def test_an_address_with_no_cluster_fails_in_seconds_with_what_to_check(tmp_path
     csv = tmp_path / "pairs.csv"
     csv.write_text("pair_id,structure_uri,appearance_uri\np0,a.png,b.png\n")
     splice = [sys.executable, "-m", "pipeline"]
-    assert subprocess.run([*splice, "manifest", "build", "csv", str(csv), "-o", str(tmp_path / "m.parquet")]).returncode == 0
+    assert (
+        subprocess.run([*splice, "manifest", "build", "csv", str(csv), "-o", str(tmp_path / "m.parquet")]).returncode
+        == 0
+    )
     started = time.monotonic()
-    done = subprocess.run([*splice, "run", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "run"),
-                           "--address", f"127.0.0.1:{port}", "--method", "structure-copy"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            *splice,
+            "run",
+            str(tmp_path / "m.parquet"),
+            "--out",
+            str(tmp_path / "run"),
+            "--address",
+            f"127.0.0.1:{port}",
+            "--method",
+            "structure-copy",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and f"no Ray cluster answers at 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr and time.monotonic() - started < 60
 
 
 # --- packs (--pack K: several pairs trained together per task) ------------------------------------------------
+
 
 def test_splice_run_in_packs_matches_pairs_trained_alone(ray_session, tmp_path, manifest, inject_faults, capsys):
     from pipeline.method.backbone import load_backbone
@@ -361,8 +421,21 @@ def test_splice_run_in_packs_matches_pairs_trained_alone(ray_session, tmp_path, 
     # q1's worker dies right after writing q1: Ray retries its pack, which skips q1 and finishes q0
     inject_faults("kill-after-write=q1")
     out = tmp_path / "run"
-    argv = ["run", path, "--out", str(out), "--method", "splice", "--backbone", TINY_BACKBONE, "--steps", "2",
-            "--pack", "2", "--no-progress"]
+    argv = [
+        "run",
+        path,
+        "--out",
+        str(out),
+        "--method",
+        "splice",
+        "--backbone",
+        TINY_BACKBONE,
+        "--steps",
+        "2",
+        "--pack",
+        "2",
+        "--no-progress",
+    ]
     assert main(argv) == 1  # one corrupt pair
     assert "4 pair(s): 3 done (0 skipped as already done), 1 failed" in capsys.readouterr().out
     table = results(out)

@@ -2,6 +2,7 @@
 issue, numbered as the issue numbers them; real files, the shared local Ray, moto S3 on 127.0.0.1, real processes
 where two commands must meet. Cheap methods (structure-copy, color-transfer), tiny images, tiny random backbones.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,15 +25,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import TINY_BACKBONE as TINY, tiny_image_bytes
+from conftest import TINY_BACKBONE as TINY
+from conftest import tiny_image_bytes
 from evaluation.evaluate import evaluate_run
 from evaluation.importer import ImportRefused, import_outputs
 from evaluation.metrics import METRICS
 from evaluation.models import EvalSettings
 from evaluation.report.build import build_report
-from pipeline.runs.run_folder import RunFolderError as RunError
 from faults import FaultyS3, Rule, fault_env, wait_for
 from pipeline.cli.main import main
+from pipeline.runs.run_folder import RunFolderError as RunError
 from pipeline.runs.run_lock import RunLock, RunLocked
 from pipeline.storage import Storage, StoreUnreachable, redact_text, redact_url, with_retries
 
@@ -41,6 +43,7 @@ CHEAP_METRICS = [m for m in METRICS if m not in ("lpips_structure", "layout_miou
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
+
 
 def write_inputs(folder: Path, ids, size=(24, 32), seed: int = 0) -> dict[str, tuple[Path, Path]]:
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,8 +97,14 @@ def child_env(**extra) -> dict:
 
 
 def splice_process(args, env, log_path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)], env=env, cwd=REPO,
-                            stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *map(str, args)],
+        env=env,
+        cwd=REPO,
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @contextlib.contextmanager
@@ -105,11 +114,17 @@ def slow_run_in_flight(tmp_path, ray_session, ids):
     the end. Its output goes to tmp_path/driver.log."""
     manifest = manifest_of(tmp_path / "m.parquet", write_inputs(tmp_path / "in", ids))
     out = tmp_path / "run"
-    driver = splice_process(["run", manifest, "--out", out, "--method", "structure-copy", "--address", ray_session,
-                             "--no-progress"], child_env(**fault_env("sleep=2")), tmp_path / "driver.log")
+    driver = splice_process(
+        ["run", manifest, "--out", out, "--method", "structure-copy", "--address", ray_session, "--no-progress"],
+        child_env(**fault_env("sleep=2")),
+        tmp_path / "driver.log",
+    )
     try:
-        wait_for(lambda: list(out.glob("pairs/*/attempts.json")) or driver.poll() is not None, timeout=120,
-                 what="a pair in flight")
+        wait_for(
+            lambda: list(out.glob("pairs/*/attempts.json")) or driver.poll() is not None,
+            timeout=120,
+            what="a pair in flight",
+        )
         yield out, driver
     finally:
         if driver.poll() is None:
@@ -119,7 +134,9 @@ def slow_run_in_flight(tmp_path, ray_session, ids):
 def mount_tmpfs(path: Path, options: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, timeout=30)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, timeout=30
+        )
     except (OSError, subprocess.SubprocessError):
         return False
     return done.returncode == 0
@@ -130,6 +147,7 @@ def unmount(path: Path) -> None:
 
 
 # --- 1. a manifest whose pairs now point at other inputs -------------------------------------------------------
+
 
 def test_1_changed_inputs_or_pair_settings_are_refused_and_force_redoes_exactly_those(ray_session, tmp_path, capsys):
     inputs = write_inputs(tmp_path / "in", ["p0", "p1", "p2"])
@@ -179,6 +197,7 @@ def _png_of(path: Path) -> bytes:
 
 # --- 2. import into an existing run; import and the lock -------------------------------------------------------
 
+
 def test_2_import_never_overwrites_a_run_and_takes_the_lock(ray_session, tmp_path, capsys):
     inputs = write_inputs(tmp_path / "in", ["p0", "p1"])
     manifest = manifest_of(tmp_path / "m.parquet", inputs)
@@ -224,12 +243,23 @@ def test_2_import_never_overwrites_a_run_and_takes_the_lock(ray_session, tmp_pat
 # --- 3. a run whose lock is taken over stops writing (fencing) ------------------------------------------------
 # (--break-lock refusing a live holder on this host: tests/test_run.py::test_a_second_run_into_the_same_out_refuses)
 
+
 def test_3_a_run_whose_lock_was_taken_over_stops_writing(ray_session, tmp_path):
     with slow_run_in_flight(tmp_path, ray_session, [f"f{n}" for n in range(4)]) as (out, driver):
         assert driver.poll() is None and not list(out.glob("pairs/*/_SUCCESS"))
         # another command on another host takes the lock over (what --break-lock does there)
-        (out / "_LOCK").write_text(json.dumps({"token": "other", "command": "splice run", "host": "elsewhere",
-                                               "pid": 1, "since": "now", "heartbeat": "2099-01-01T00:00:00+00:00"}))
+        (out / "_LOCK").write_text(
+            json.dumps(
+                {
+                    "token": "other",
+                    "command": "splice run",
+                    "host": "elsewhere",
+                    "pid": 1,
+                    "since": "now",
+                    "heartbeat": "2099-01-01T00:00:00+00:00",
+                }
+            )
+        )
         run_json = (out / "run.json").read_bytes()
         code = driver.wait(timeout=120)
     log = (tmp_path / "driver.log").read_text()
@@ -243,6 +273,7 @@ def test_3_a_run_whose_lock_was_taken_over_stops_writing(ray_session, tmp_path):
 
 # --- 4. two evaluations at once --------------------------------------------------------------------------------
 
+
 def test_4_concurrent_evaluations_with_different_metrics_keep_both(tmp_path):
     inputs = write_inputs(tmp_path / "in", ["p0", "p1"])
     manifest = manifest_of(tmp_path / "m.parquet", inputs)
@@ -255,15 +286,18 @@ def test_4_concurrent_evaluations_with_different_metrics_keep_both(tmp_path):
     first, second = CHEAP_METRICS
     go = tmp_path / "go"
     # evaluation A plans and computes, then is held just before it saves ...
-    a = splice_process(["evaluate", run, "--metrics", first, "--metric-backbone", TINY, "--device", "cpu",
-                        "--no-progress"], child_env(**fault_env(f"pause=evaluate.before_save:{go}")),
-                       tmp_path / "a.log")
+    a = splice_process(
+        ["evaluate", run, "--metrics", first, "--metric-backbone", TINY, "--device", "cpu", "--no-progress"],
+        child_env(**fault_env(f"pause=evaluate.before_save:{go}")),
+        tmp_path / "a.log",
+    )
     try:
         wait_for(lambda: Path(f"{go}.waiting").exists() or a.poll() is not None, timeout=180, what="A before saving")
         assert a.poll() is None, (tmp_path / "a.log").read_text()
         # ... while evaluation B, with another metric, runs from start to end
-        evaluate_run(str(run), EvalSettings(metrics=(second,), metric_backbone=TINY, explicit=True), device="cpu",
-                     progress=False)
+        evaluate_run(
+            str(run), EvalSettings(metrics=(second,), metric_backbone=TINY, explicit=True), device="cpu", progress=False
+        )
         go.touch()
         assert a.wait(timeout=120) == 0, (tmp_path / "a.log").read_text()
     finally:
@@ -282,20 +316,25 @@ def test_4_an_evaluation_saving_late_keeps_the_rows_of_pairs_it_never_saw(tmp_pa
     for pair_id, (structure, _) in inputs.items():
         (outputs / f"{pair_id}.png").write_bytes(structure.read_bytes())
     run = tmp_path / "run"
-    import_outputs("strotss", str(outputs), manifest_of(tmp_path / "m2.parquet", dict(list(inputs.items())[:2])), str(run))
+    import_outputs(
+        "strotss", str(outputs), manifest_of(tmp_path / "m2.parquet", dict(list(inputs.items())[:2])), str(run)
+    )
     first, second = CHEAP_METRICS
     go = tmp_path / "go"
     # evaluation A knows pairs p0, p1 and is held just before it saves ...
-    a = splice_process(["evaluate", run, "--metrics", first, "--metric-backbone", TINY, "--device", "cpu",
-                        "--no-progress"], child_env(**fault_env(f"pause=evaluate.before_save:{go}")),
-                       tmp_path / "a.log")
+    a = splice_process(
+        ["evaluate", run, "--metrics", first, "--metric-backbone", TINY, "--device", "cpu", "--no-progress"],
+        child_env(**fault_env(f"pause=evaluate.before_save:{go}")),
+        tmp_path / "a.log",
+    )
     try:
         wait_for(lambda: Path(f"{go}.waiting").exists() or a.poll() is not None, timeout=180, what="A before saving")
         assert a.poll() is None, (tmp_path / "a.log").read_text()
         # ... while p2 joins the run and evaluation B evaluates all three
         import_outputs("strotss", str(outputs), manifest_of(tmp_path / "m3.parquet", inputs), str(run), force=True)
-        evaluate_run(str(run), EvalSettings(metrics=(second,), metric_backbone=TINY, explicit=True), device="cpu",
-                     progress=False)
+        evaluate_run(
+            str(run), EvalSettings(metrics=(second,), metric_backbone=TINY, explicit=True), device="cpu", progress=False
+        )
         go.touch()
         assert a.wait(timeout=120) == 0, (tmp_path / "a.log").read_text()
     finally:
@@ -308,6 +347,7 @@ def test_4_an_evaluation_saving_late_keeps_the_rows_of_pairs_it_never_saw(tmp_pa
 
 # --- 5. reports: killed mid-way, inputs that differ, the same run twice ---------------------------------------
 
+
 def _evaluated_import(tmp_path, name, manifest, inputs, seed) -> str:
     outputs = tmp_path / f"{name}_outputs"
     outputs.mkdir()
@@ -315,8 +355,12 @@ def _evaluated_import(tmp_path, name, manifest, inputs, seed) -> str:
         (outputs / f"{pair_id}.png").write_bytes(tiny_image_bytes((24, 32), seed))
     run = str(tmp_path / name)
     import_outputs(name, str(outputs), manifest, run)
-    evaluate_run(run, EvalSettings(metrics=(CHEAP_METRICS[0],), metric_backbone=TINY, explicit=True), device="cpu",
-                 progress=False)
+    evaluate_run(
+        run,
+        EvalSettings(metrics=(CHEAP_METRICS[0],), metric_backbone=TINY, explicit=True),
+        device="cpu",
+        progress=False,
+    )
     return run
 
 
@@ -332,11 +376,17 @@ def test_5_reports_are_atomic_and_compare_like_with_like(tmp_path, caplog):
 
     # a report killed after writing its new files, before they are in place: the old report is intact
     go = tmp_path / "go"
-    killed = splice_process(["report", a, b, "-o", out, "--thumbnails", "1", "--seed", "5"],
-                            child_env(**fault_env(f"pause=report.before_publish:{go}")), tmp_path / "report.log")
+    killed = splice_process(
+        ["report", a, b, "-o", out, "--thumbnails", "1", "--seed", "5"],
+        child_env(**fault_env(f"pause=report.before_publish:{go}")),
+        tmp_path / "report.log",
+    )
     try:
-        wait_for(lambda: Path(f"{go}.waiting").exists() or killed.poll() is not None, timeout=180,
-                 what="the report before publishing")
+        wait_for(
+            lambda: Path(f"{go}.waiting").exists() or killed.poll() is not None,
+            timeout=180,
+            what="the report before publishing",
+        )
         assert killed.poll() is None, (tmp_path / "report.log").read_text()
         killed.send_signal(signal.SIGKILL)
         killed.wait(timeout=30)
@@ -347,15 +397,17 @@ def test_5_reports_are_atomic_and_compare_like_with_like(tmp_path, caplog):
     # the next report replaces it whole and cleans what the killed one left
     build_report([a, b], str(out), thumbnails=1, seed=5, n_boot=50)
     assert (out / "report.html").read_bytes() != old[Path("report.html")]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report.")
-                and not p.name.endswith(".lock")], list(tmp_path.iterdir())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report.") and not p.name.endswith(".lock")], list(
+        tmp_path.iterdir()
+    )
 
     # the same run given twice is refused; runs whose p0 had other inputs are named in a warning
     with pytest.raises(RunError, match="given more than once"):
         build_report([a, b, a + "/"], str(tmp_path / "twice"))
     other = write_inputs(tmp_path / "other", ["p0"], seed=40)
-    c = _evaluated_import(tmp_path, "wct2b", manifest_of(tmp_path / "m2.parquet", {**inputs, "p0": other["p0"]}),
-                          inputs, 13)
+    c = _evaluated_import(
+        tmp_path, "wct2b", manifest_of(tmp_path / "m2.parquet", {**inputs, "p0": other["p0"]}), inputs, 13
+    )
     with caplog.at_level(logging.WARNING):
         summary = build_report([a, c], str(tmp_path / "mixed"), thumbnails=0, n_boot=50)
     assert summary.warnings and "1 pair(s) have the same pair_id but other inputs" in summary.warnings[0]
@@ -381,8 +433,10 @@ def test_5_a_report_in_object_storage_is_published_whole(tmp_path, s3_bucket):
 
 # --- 6. credentials inside image URLs --------------------------------------------------------------------------
 
+
 class _Images(http.server.BaseHTTPRequestHandler):
     """/ok/*: an image; /denied/*: 403; /broken/*: 500 (always)."""
+
     image = tiny_image_bytes((24, 32), 3)
 
     def do_GET(self):
@@ -405,12 +459,21 @@ def test_6_credentials_in_image_urls_appear_nowhere(ray_session, tmp_path, capsy
     base = f"http://127.0.0.1:{server.server_address[1]}"
     secrets = [f"S3CRET{n}{uuid.uuid4().hex[:6]}" for n in range(6)]
     rows = [
-        {"pair_id": "denied", "structure_uri": f"{base}/denied/s.png?token={secrets[0]}",
-         "appearance_uri": f"{base}/ok/a.png?X-Amz-Signature={secrets[1]}&X-Amz-Credential={secrets[2]}"},
-        {"pair_id": "broken", "structure_uri": f"http://user:{secrets[3]}@127.0.0.1:{server.server_address[1]}/broken/s.png",
-         "appearance_uri": f"{base}/ok/a.png?sig={secrets[4]}&X-Goog-Signature={secrets[5]}"},
-        {"pair_id": "fine", "structure_uri": f"{base}/ok/s.png?token={secrets[0]}",
-         "appearance_uri": f"{base}/ok/a.png?sig={secrets[4]}"},
+        {
+            "pair_id": "denied",
+            "structure_uri": f"{base}/denied/s.png?token={secrets[0]}",
+            "appearance_uri": f"{base}/ok/a.png?X-Amz-Signature={secrets[1]}&X-Amz-Credential={secrets[2]}",
+        },
+        {
+            "pair_id": "broken",
+            "structure_uri": f"http://user:{secrets[3]}@127.0.0.1:{server.server_address[1]}/broken/s.png",
+            "appearance_uri": f"{base}/ok/a.png?sig={secrets[4]}&X-Goog-Signature={secrets[5]}",
+        },
+        {
+            "pair_id": "fine",
+            "structure_uri": f"{base}/ok/s.png?token={secrets[0]}",
+            "appearance_uri": f"{base}/ok/a.png?sig={secrets[4]}",
+        },
     ]
     manifest = write_manifest(tmp_path / "m.parquet", rows)
     out = tmp_path / "run"
@@ -423,10 +486,19 @@ def test_6_credentials_in_image_urls_appear_nowhere(ray_session, tmp_path, capsy
         server.shutdown()
     assert code == 1 and validated[0] == 2
     table = results(out)
-    assert table.loc[["denied", "broken"], "status"].tolist() == ["failed", "failed"] and table.at["fine", "status"] == "done"
+    assert (
+        table.loc[["denied", "broken"], "status"].tolist() == ["failed", "failed"]
+        and table.at["fine", "status"] == "done"
+    )
     assert "403" in table.at["denied", "error"] and "500" in table.at["broken", "error"]
-    texts = {"stdout": printed, "stderr": err, "log": caplog.text, "validate": "".join(validated[1:]),
-             "status": "".join(status[1:]), "results": table.to_csv()}
+    texts = {
+        "stdout": printed,
+        "stderr": err,
+        "log": caplog.text,
+        "validate": "".join(validated[1:]),
+        "status": "".join(status[1:]),
+        "results": table.to_csv(),
+    }
     texts.update({str(p.relative_to(out)): p.read_text(errors="replace") for p in out.rglob("*.json")})
     import ray
 
@@ -449,6 +521,7 @@ def test_6_redaction_masks_signing_parameters_and_urls_inside_text():
 
 
 # --- 7. reads without limits -----------------------------------------------------------------------------------
+
 
 def test_7_fifos_devices_and_oversized_inputs_are_refused_before_reading(ray_session, tmp_path, capsys):
     inputs = write_inputs(tmp_path / "in", ["ok", "fifo", "zero"])
@@ -507,6 +580,7 @@ def test_7_sigterm_releases_the_lock_and_records_results(ray_session, tmp_path):
 
 # --- 8. a bucket is never created ------------------------------------------------------------------------------
 
+
 def test_8_a_missing_bucket_is_an_error_and_is_never_created(ray_session, tmp_path, s3_bucket, capsys):
     import boto3
 
@@ -516,16 +590,23 @@ def test_8_a_missing_bucket_is_an_error_and_is_never_created(ray_session, tmp_pa
     code, _, err = run_cli(capsys, manifest, f"s3://{typo}/runs/r1", *options)
     line = one_line_error(code, err)
     assert f"bucket '{typo}'" in line and "does not exist" in line and "never creates buckets" in line
-    client = boto3.client("s3", endpoint_url=s3_bucket.endpoint, aws_access_key_id=s3_bucket.options["key"],
-                          aws_secret_access_key=s3_bucket.options["secret"], region_name="us-east-1")
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_bucket.endpoint,
+        aws_access_key_id=s3_bucket.options["key"],
+        aws_secret_access_key=s3_bucket.options["secret"],
+        region_name="us-east-1",
+    )
     assert typo not in {b["Name"] for b in client.list_buckets()["Buckets"]}
-    code, _, err = cli(capsys, "import", "x", tmp_path / "in", "--manifest", manifest, "--out", f"s3://{typo}/imp",
-                       *options)
+    code, _, err = cli(
+        capsys, "import", "x", tmp_path / "in", "--manifest", manifest, "--out", f"s3://{typo}/imp", *options
+    )
     assert "does not exist" in one_line_error(code, err)
     assert typo not in {b["Name"] for b in client.list_buckets()["Buckets"]}
 
 
 # --- 9. markers that mean something ----------------------------------------------------------------------------
+
 
 def test_9_damaged_pairs_are_reported_and_redone(ray_session, tmp_path, capsys):
     inputs = write_inputs(tmp_path / "in", ["d0", "d1", "d2", "d3"])
@@ -547,8 +628,12 @@ def test_9_damaged_pairs_are_reported_and_redone(ray_session, tmp_path, capsys):
     assert "'d0' is damaged: output.png is missing" in printed and "'d1' is damaged: output.png has" in printed
     assert "1 done, 0 failed, 0 pending, 3 damaged" in cli(capsys, "status", out, "--verify")[1]
 
-    summary = evaluate_run(str(out), EvalSettings(metrics=(CHEAP_METRICS[0],), metric_backbone=TINY, explicit=True),
-                           device="cpu", progress=False)
+    summary = evaluate_run(
+        str(out),
+        EvalSettings(metrics=(CHEAP_METRICS[0],), metric_backbone=TINY, explicit=True),
+        device="cpu",
+        progress=False,
+    )
     frame = pd.read_parquet(out / "eval" / "metrics.parquet").set_index("pair_id")
     assert "damaged" in frame.at["d0", "error"] and "not run or not finished" not in frame.at["d0", "error"]
     assert summary.statuses == {"done": 1, "error": 2, "damaged": 1}  # d1, d2 do not decode; d0 is gone
@@ -567,6 +652,7 @@ def test_9_damaged_pairs_are_reported_and_redone(ray_session, tmp_path, capsys):
 
 
 # --- 10. disk full ---------------------------------------------------------------------------------------------
+
 
 def test_10_disk_full_is_recorded_per_pair_and_the_driver_exits_cleanly(ray_session, tmp_path, capsys):
     disk = tmp_path / "disk"
@@ -606,6 +692,7 @@ def test_10_disk_full_is_recorded_per_pair_and_the_driver_exits_cleanly(ray_sess
 
 
 # --- 11. mistakes get one line, garbage is rebuilt, permanent errors are not retried ---------------------------
+
 
 def test_11_out_on_a_file_or_a_read_only_filesystem_is_one_line(ray_session, tmp_path, capsys):
     manifest = manifest_of(tmp_path / "m.parquet", write_inputs(tmp_path / "in", ["r0"]))
@@ -659,8 +746,12 @@ def test_11_garbage_meta_and_truncated_results_are_rebuilt_from_markers(ray_sess
     data = (out / "results.parquet").read_bytes()
     (out / "results.parquet").write_bytes(data[: len(data) // 3])
     with caplog.at_level(logging.WARNING):
-        summary = evaluate_run(str(out), EvalSettings(metrics=(CHEAP_METRICS[0],), metric_backbone=TINY,
-                                                      explicit=True), device="cpu", progress=False)
+        summary = evaluate_run(
+            str(out),
+            EvalSettings(metrics=(CHEAP_METRICS[0],), metric_backbone=TINY, explicit=True),
+            device="cpu",
+            progress=False,
+        )
     assert summary.statuses == {"done": 2} and "using the pair folders' _SUCCESS markers" in caplog.text
     assert "2 done, 0 failed, 0 pending" in cli(capsys, "status", out)[1]
 
@@ -672,8 +763,14 @@ def test_11_symlink_loops_and_refused_connections_are_not_retried(tmp_path, capl
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    storage = Storage({"key": "k", "secret": "s", "endpoint_url": f"http://127.0.0.1:{port}",
-                       "config_kwargs": {"retries": {"max_attempts": 1}}})
+    storage = Storage(
+        {
+            "key": "k",
+            "secret": "s",
+            "endpoint_url": f"http://127.0.0.1:{port}",
+            "config_kwargs": {"retries": {"max_attempts": 1}},
+        }
+    )
     with caplog.at_level(logging.WARNING):
         with pytest.raises(OSError) as loop:
             storage.read_input(str(loop_a), max_bytes=1000)

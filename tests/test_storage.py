@@ -1,4 +1,5 @@
 """Storage: URL -> filesystem with options, retries on transient errors, redaction, the exclusive run lock."""
+
 from __future__ import annotations
 
 import json
@@ -14,17 +15,34 @@ from pipeline.storage import Storage, is_transient, parse_storage_options, redac
 
 
 def test_storage_options_parse_nested_typed_values():
-    options = parse_storage_options(["endpoint_url=http://127.0.0.1:9000", "anon=false", "client_kwargs.region_name=eu-1",
-                                     "config_kwargs.retries={\"max_attempts\": 3}", "max_concurrency=4"])
-    assert options == {"endpoint_url": "http://127.0.0.1:9000", "anon": False, "client_kwargs": {"region_name": "eu-1"},
-                       "config_kwargs": {"retries": {"max_attempts": 3}}, "max_concurrency": 4}
+    options = parse_storage_options(
+        [
+            "endpoint_url=http://127.0.0.1:9000",
+            "anon=false",
+            "client_kwargs.region_name=eu-1",
+            'config_kwargs.retries={"max_attempts": 3}',
+            "max_concurrency=4",
+        ]
+    )
+    assert options == {
+        "endpoint_url": "http://127.0.0.1:9000",
+        "anon": False,
+        "client_kwargs": {"region_name": "eu-1"},
+        "config_kwargs": {"retries": {"max_attempts": 3}},
+        "max_concurrency": 4,
+    }
     with pytest.raises(SpliceError, match="KEY=VALUE"):
         parse_storage_options(["no-equals-sign"])
 
 
 def test_redaction_hides_credentials_everywhere():
-    options = {"key": "AKIA123", "secret": "s3cr3t", "token": "tok-42", "endpoint_url": "http://user:pw@host:9000/x",
-               "client_kwargs": {"aws_session_token": "sess-77", "region_name": "eu-1"}}
+    options = {
+        "key": "AKIA123",
+        "secret": "s3cr3t",
+        "token": "tok-42",
+        "endpoint_url": "http://user:pw@host:9000/x",
+        "client_kwargs": {"aws_session_token": "sess-77", "region_name": "eu-1"},
+    }
     text = json.dumps(redact(options))
     for secret in ("AKIA123", "s3cr3t", "tok-42", "sess-77", "pw@"):
         assert secret not in text
@@ -64,6 +82,7 @@ def test_transient_errors_are_retried_with_backoff_and_permanent_ones_are_not():
 
 class FlakyMemoryFileSystem(MemoryFileSystem):
     """Fails the first `failures` reads with a connection error, like a throttled object store."""
+
     failures = 2
 
     def cat_file(self, path, start=None, end=None, **kwargs):
@@ -121,7 +140,9 @@ def test_stale_lock_is_named_and_can_be_broken(tmp_path):
     import socket
 
     run.mkdir()
-    (run / "_LOCK").write_text(json.dumps({"token": "old", "host": socket.gethostname(), "pid": dead.pid, "since": "then"}))
+    (run / "_LOCK").write_text(
+        json.dumps({"token": "old", "host": socket.gethostname(), "pid": dead.pid, "since": "then"})
+    )
     with pytest.raises(RunLocked, match="looks stale"):
         RunLock(Storage(), str(run)).acquire()
     lock = RunLock(Storage(), str(run), break_lock=True).acquire()
@@ -148,8 +169,17 @@ def test_a_live_lock_is_renewed_and_a_silent_one_goes_stale(tmp_path, monkeypatc
     assert not (run / "_LOCK").exists()
 
     # a lock from another host, not renewed for longer than LOCK_STALE_S, is stale
-    (run / "_LOCK").write_text(json.dumps({"token": "old", "host": "elsewhere", "pid": 1, "since": "2026-01-01T00:00:00+00:00",
-                                           "heartbeat": "2026-01-01T00:00:00+00:00"}))
+    (run / "_LOCK").write_text(
+        json.dumps(
+            {
+                "token": "old",
+                "host": "elsewhere",
+                "pid": 1,
+                "since": "2026-01-01T00:00:00+00:00",
+                "heartbeat": "2026-01-01T00:00:00+00:00",
+            }
+        )
+    )
     with pytest.raises(RunLocked, match="not been renewed for .* --break-stale-lock takes it over"):
         RunLock(Storage(), str(run)).acquire()
     taken = RunLock(Storage(), str(run), break_stale=True).acquire()

@@ -2,6 +2,7 @@
 az:// / abfs:// (adlfs) built, addressed and redacted without any network. Each storage library is set to a single
 attempt so that only our retry loop retries, and a store that is dead (nothing listening, or a server that accepts
 and never answers) is reported in well under 30 s, with the URL redacted and what to check."""
+
 from __future__ import annotations
 
 import json
@@ -11,12 +12,14 @@ import time
 
 import pytest
 
+from faults import free_port
 from pipeline.cli.main import main
 from pipeline.filesystems import open_filesystem
 from pipeline.storage import NO_ANSWER_WINDOW_S, Storage, StoreUnreachable, redact, redact_text, with_retries
-from faults import free_port
 
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="  # public dev key
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="  # public dev key
+)
 DEADLINE_S = 30.0
 
 
@@ -52,23 +55,39 @@ def test_gcs_is_built_addressed_and_redacted_offline():
     assert storage.url(fs, path) == "gs://bucket/runs/r1/pairs/p1/output.png"
     assert "gcs" in type(fs).__mro__[1].__module__ and fs is storage.fs("gs://other/x")[0]
     assert type(fs)._request.__wrapped__ is not None  # gcsfs's own retry loop reduced to one attempt
-    text = json.dumps(redact({"token": {"type": "service_account", "private_key": secret, "client_email": "a@b"},
-                              "project": "my-project"}))
+    text = json.dumps(
+        redact(
+            {
+                "token": {"type": "service_account", "private_key": secret, "client_email": "a@b"},
+                "project": "my-project",
+            }
+        )
+    )
     assert "MIIEvQ" not in text and "my-project" in text
 
 
 @pytest.mark.parametrize("scheme", ["az", "abfs"])
 def test_azure_is_built_addressed_and_redacted_offline(scheme):
-    connection = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
-                  f"BlobEndpoint=http://127.0.0.1:1/devstoreaccount1;")
+    connection = (
+        f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:1/devstoreaccount1;"
+    )
     storage = Storage({"connection_string": connection})
     fs, path = storage.fs(f"{scheme}://container/runs/r1/run.json")
     assert path == "container/runs/r1/run.json"
     assert storage.url(fs, path) == f"{scheme}://container/runs/r1/run.json"
     policy = fs.service_client._config.retry_policy
     assert (policy.total_retries, policy.connect_retries) == (0, 0)  # the SDK's own 15 s / 45 s / ... waits are off
-    text = json.dumps(redact({"connection_string": connection, "account_name": "devstoreaccount1",
-                              "account_key": AZURITE_KEY, "sas_token": "sv=2024&sig=abc"}))
+    text = json.dumps(
+        redact(
+            {
+                "connection_string": connection,
+                "account_name": "devstoreaccount1",
+                "account_key": AZURITE_KEY,
+                "sas_token": "sv=2024&sig=abc",
+            }
+        )
+    )
     assert AZURITE_KEY not in text and "sig=abc" not in text and "devstoreaccount1" in text
 
 
@@ -102,8 +121,19 @@ class SilentServer:
 def report_time(capsys, endpoint: str) -> tuple[float, str]:
     """Run `splice manifest validate` against a dead S3 endpoint; (seconds, stderr)."""
     started = time.monotonic()
-    code = main(["manifest", "validate", "s3://bucket/m.parquet", "--storage-option", f"endpoint_url={endpoint}",
-                 "--storage-option", "key=AKIAEXAMPLEKEY", "--storage-option", "secret=do-not-print-me"])
+    code = main(
+        [
+            "manifest",
+            "validate",
+            "s3://bucket/m.parquet",
+            "--storage-option",
+            f"endpoint_url={endpoint}",
+            "--storage-option",
+            "key=AKIAEXAMPLEKEY",
+            "--storage-option",
+            "secret=do-not-print-me",
+        ]
+    )
     seconds = time.monotonic() - started
     error = capsys.readouterr().err
     assert code == 2
@@ -133,8 +163,10 @@ def test_a_dead_store_is_reported_in_seconds_with_what_to_check(capsys, monkeypa
 
 
 def test_a_dead_azure_store_is_reported_in_seconds():
-    connection = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
-                  f"BlobEndpoint=http://127.0.0.1:{free_port()}/devstoreaccount1;")
+    connection = (
+        f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{free_port()}/devstoreaccount1;"
+    )
     storage = Storage({"connection_string": connection})
     started = time.monotonic()
     with pytest.raises(StoreUnreachable, match="did not answer while reading az://container/m.parquet") as caught:

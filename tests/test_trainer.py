@@ -1,6 +1,6 @@
 """The per-pair trainer and `splice train`: what a user relies on."""
+
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.method.backbone import load_backbone
 from conftest import TINY_BACKBONE as TINY
+from pipeline.method.backbone import load_backbone
 from pipeline.method.config import TrainConfig
 from pipeline.method.generator import SkipGenerator
 from pipeline.method.trainer import TrainingError, train_pair
@@ -24,7 +24,7 @@ def make_pair(seed=0, structure_size=(48, 64), appearance_size=(56, 40)):
     generator = torch.Generator().manual_seed(seed)
     height, width = structure_size
     structure = torch.full((3, height, width), 30, dtype=torch.uint8)
-    structure[:, height // 4: 3 * height // 4, width // 4: 3 * width // 4] = 220  # a bright square
+    structure[:, height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = 220  # a bright square
     structure[1] += (torch.rand(height, width, generator=generator) * 20).to(torch.uint8)
     appearance = (torch.rand(3, *appearance_size, generator=generator) * 255).to(torch.uint8)
     appearance[0] = appearance[0] // 2 + 120  # reddish
@@ -78,7 +78,9 @@ def test_resume_from_checkpoint_reaches_the_uninterrupted_result(backbone):
     structure, appearance = make_pair()
     config = TrainConfig(backbone=TINY, steps=12, log_every=2, checkpoint_every=5, full_image_every=4)
     saved = []
-    uninterrupted = train_pair(structure, appearance, config, backbone, torch.device("cpu"), save_checkpoint=saved.append)
+    uninterrupted = train_pair(
+        structure, appearance, config, backbone, torch.device("cpu"), save_checkpoint=saved.append
+    )
     assert [state["step"] for state in saved] == [5, 10]
     resumed = train_pair(structure, appearance, config, backbone, torch.device("cpu"), checkpoint=saved[0])
     assert resumed.meta["resumed_from_step"] == 5
@@ -106,7 +108,9 @@ def test_non_finite_loss_stops_the_pair_with_a_clear_error():
 
 # ---- the command line --------------------------------------------------------------------------------------------
 def splice(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300, **kwargs
+    )
 
 
 @pytest.fixture
@@ -117,7 +121,9 @@ def pair_files(tmp_path):
 
 def test_splice_train_writes_output_meta_and_losses(tmp_path, pair_files):
     out = tmp_path / "out"
-    done = splice("train", *pair_files, "-o", str(out), "--backbone", TINY, "--steps", "6", "--log-every", "2", "--no-progress")
+    done = splice(
+        "train", *pair_files, "-o", str(out), "--backbone", TINY, "--steps", "6", "--log-every", "2", "--no-progress"
+    )
     assert done.returncode == 0, done.stderr
     assert "RANDOM weights" in done.stderr
     with Image.open(out / "output.png") as image:
@@ -138,8 +144,11 @@ def test_interrupted_splice_train_resumes_and_matches_an_uninterrupted_run(tmp_p
     reference = tmp_path / "reference"
     assert splice("train", *args, "-o", str(reference)).returncode == 0
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen([sys.executable, "-m", "pipeline", "train", *args, "-o", str(interrupted)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "train", *args, "-o", str(interrupted)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not (interrupted / "checkpoint.pt").exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
@@ -182,8 +191,20 @@ def test_splice_train_non_finite_loss_writes_nothing(tmp_path, pair_files, backb
 
 def test_splice_train_help_explains_every_option():
     done = splice("train", "--help")
-    for option in ["--preset", "--steps", "--backbone", "--device", "--precision", "--seed", "--max-pixels",
-                   "--checkpoint-every", "--log-every", "preview", "random:TIMM_ARCH", "file:PATH"]:
+    for option in [
+        "--preset",
+        "--steps",
+        "--backbone",
+        "--device",
+        "--precision",
+        "--seed",
+        "--max-pixels",
+        "--checkpoint-every",
+        "--log-every",
+        "preview",
+        "random:TIMM_ARCH",
+        "file:PATH",
+    ]:
         assert option in done.stdout
 
 
@@ -192,4 +213,6 @@ def test_images_too_small_for_the_generator_are_a_clear_error(backbone):
     with pytest.raises(TrainingError, match="structure image is 32x24 px, below the 36 px"):
         train_pair(structure, appearance, TrainConfig(backbone=TINY, steps=2), backbone, torch.device("cpu"))
     structure, appearance = make_pair(structure_size=(36, 36), appearance_size=(36, 40))
-    assert train_pair(structure, appearance, TrainConfig(backbone=TINY, steps=2), backbone, torch.device("cpu")).output.shape == (3, 36, 36)
+    assert train_pair(
+        structure, appearance, TrainConfig(backbone=TINY, steps=2), backbone, torch.device("cpu")
+    ).output.shape == (3, 36, 36)

@@ -1,19 +1,19 @@
 """Real weights by default where they can be had, random ones (said loudly, recorded) only where they cannot, and
 `splice weights fetch|status|export` for air-gapped clusters. Offline only: "cached" weights are random tensors
 saved in the real files' layout, so every lookup path (SPLICE_WEIGHTS_DIR, caches) is the one users hit."""
+
 from __future__ import annotations
 
 import json
 import os
 import time
 
-import pandas as pd
 import pytest
 import torch
 
 from conftest import TINY_BACKBONE
-from pipeline.method.backbone import load_backbone
 from pipeline.cli.main import main
+from pipeline.method.backbone import load_backbone
 from pipeline.method.weights import WEIGHTS_DIR_ENV, announce_fallback, resolve_backbone
 
 DINO_S16 = "hf/timm/vit_small_patch16_224.dino/model.safetensors"
@@ -70,7 +70,11 @@ def test_fetch_offline_fails_fast_and_says_what_to_do(offline, monkeypatch, caps
     assert main(["weights", "fetch"]) == 2
     error = capsys.readouterr().err
     assert time.monotonic() - started < 10
-    assert "could not fetch 6 weight file(s)" in error and "splice weights export DIR" in error and WEIGHTS_DIR_ENV in error
+    assert (
+        "could not fetch 6 weight file(s)" in error
+        and "splice weights export DIR" in error
+        and WEIGHTS_DIR_ENV in error
+    )
     # no offline switch, but nothing answers at the weights host
     monkeypatch.delenv("SPLICE_OFFLINE")
     monkeypatch.delenv("HF_HUB_OFFLINE")
@@ -82,8 +86,9 @@ def test_fetch_offline_fails_fast_and_says_what_to_do(offline, monkeypatch, caps
     assert "unknown weights dino_vitz9" in capsys.readouterr().err
 
 
-def test_a_default_backbone_that_cannot_be_had_falls_back_to_random_loudly_and_on_record(offline, ray_session, tmp_path,
-                                                                                           capsys, make_pairs):
+def test_a_default_backbone_that_cannot_be_had_falls_back_to_random_loudly_and_on_record(
+    offline, ray_session, tmp_path, capsys, make_pairs
+):
     spec, why = resolve_backbone("dino_vitb8", explicit=False)
     assert spec == "random:vit_base_patch8_224" and "cannot be reached" in why and "splice weights fetch" in why
     assert resolve_backbone("dino_vitb8", explicit=True) == ("dino_vitb8", None)  # named: never replaced
@@ -91,8 +96,19 @@ def test_a_default_backbone_that_cannot_be_had_falls_back_to_random_loudly_and_o
     manifest = tmp_path / "m.parquet"
     assert main(["manifest", "build", "pairs-dir", make_pairs(["a"], size=(48, 48)), "-o", str(manifest)]) == 0
     run = tmp_path / "run"
-    argv = ["run", str(manifest), "--out", str(run), "--preset", "preview", "--steps", "1", "--no-progress",
-            "--checkpoint-every", "0"]
+    argv = [
+        "run",
+        str(manifest),
+        "--out",
+        str(run),
+        "--preset",
+        "preview",
+        "--steps",
+        "1",
+        "--no-progress",
+        "--checkpoint-every",
+        "0",
+    ]
     assert main(argv) == 0
     error = capsys.readouterr().err
     assert error.count("R A N D O M   W E I G H T S") == 1 and "random:vit_small_patch16_224" in error
@@ -124,7 +140,9 @@ def test_demo_metrics_fall_back_to_random_where_weights_cannot_be_had(offline, c
     assert settings.lpips_weights == "random" and settings.segmenter == "random:deeplabv3_mobilenet_v3_large"
     error = capsys.readouterr().err
     assert "lpips_structure" in error and "layout_miou" in error
-    announce_fallback("metric lpips_structure: the AlexNet weights are not in SPLICE_WEIGHTS_DIR nor the torch cache "
-                      "and cannot be downloaded: using RANDOM weights (labelled in the tables)")
+    announce_fallback(
+        "metric lpips_structure: the AlexNet weights are not in SPLICE_WEIGHTS_DIR nor the torch cache "
+        "and cannot be downloaded: using RANDOM weights (labelled in the tables)"
+    )
     assert capsys.readouterr().err == ""  # once per process
     assert demo_eval_settings(TINY_BACKBONE).backbone_specs()["vitb8"] == TINY_BACKBONE

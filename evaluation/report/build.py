@@ -11,6 +11,7 @@ Runs are compared pair by pair: the same run given twice is refused, and pairs w
 inputs in different runs are named in a warning. Every run is read through its RunFolder: its manifest (with the
 dataset/domain labels the tables group by), results and eval/metrics.parquet, statuses in the one vocabulary.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,17 +25,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from evaluation.registry import describe, remember
+from evaluation.report import html as html_report
+from evaluation.report import pairs as report_pairs
+from evaluation.report import svg, tables
+from evaluation.report.images import build_store
+from evaluation.report.notes import collect_warnings, metric_descriptions
+from evaluation.report.pairs import LABEL_COLUMNS, LOSS_TERMS
 from pipeline.runs import hooks, layout
 from pipeline.runs.rerun import same_content
 from pipeline.runs.run_folder import PairStatus, Run, RunFolder, RunFolderError, check_target
 from pipeline.runs.run_lock import RunLock
 from pipeline.storage import Storage, absolute, is_local, redact_url
-
-from evaluation.report import html as html_report, pairs as report_pairs, svg, tables
-from evaluation.registry import describe, remember
-from evaluation.report.images import build_store
-from evaluation.report.notes import collect_warnings, metric_descriptions
-from evaluation.report.pairs import LABEL_COLUMNS, LOSS_TERMS
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +64,20 @@ class ReportSummary:
         return text + "".join(f"\nwarning: {w}" for w in self.warnings)
 
 
-def build_report(run_urls: list[str], out_dir: str, *, reference: str | None = None, group_by: list[str] | None = None,
-                 thumbnails: int = 12, storage: Storage | None = None, n_boot: int = 2000, seed: int = 0,
-                 assets: str = "inline", extremes: int = 5, pairs: str = "common") -> ReportSummary:
+def build_report(
+    run_urls: list[str],
+    out_dir: str,
+    *,
+    reference: str | None = None,
+    group_by: list[str] | None = None,
+    thumbnails: int = 12,
+    storage: Storage | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    assets: str = "inline",
+    extremes: int = 5,
+    pairs: str = "common",
+) -> ReportSummary:
     storage = storage or Storage()
     # 1. load every run's manifest and eval/metrics.parquet; check they compare the same pairs
     runs = _load_runs(storage, run_urls)
@@ -77,8 +90,9 @@ def build_report(run_urls: list[str], out_dir: str, *, reference: str | None = N
         _clean_leftovers(storage, parent, name)
         staging = layout.join(parent, f".{name}.staging-{uuid.uuid4().hex[:12]}")
         try:
-            summary = _write_report(storage, runs, frame, staging, reference, group_by, thumbnails, n_boot, seed, pairs,
-                                    assets, extremes)
+            summary = _write_report(
+                storage, runs, frame, staging, reference, group_by, thumbnails, n_boot, seed, pairs, assets, extremes
+            )
             hooks.point("report.before_publish")
             _publish(storage, staging, out_dir)
         finally:
@@ -86,16 +100,22 @@ def build_report(run_urls: list[str], out_dir: str, *, reference: str | None = N
     return ReportSummary(out_dir, summary.methods, summary.pairs, warnings)
 
 
-def _write_report(storage, runs, frame, out_dir, reference, group_by, thumbnails, n_boot, seed, pairs, assets,
-                  extremes) -> ReportSummary:
+def _write_report(
+    storage, runs, frame, out_dir, reference, group_by, thumbnails, n_boot, seed, pairs, assets, extremes
+) -> ReportSummary:
     """Steps 2-6 into `out_dir` (the staging folder)."""
     # 2. the tables, in three formats
     try:
-        table = tables.build_tables(frame, group_by=group_by, reference=reference, n_boot=n_boot, seed=seed, pairs=pairs)
+        table = tables.build_tables(
+            frame, group_by=group_by, reference=reference, n_boot=n_boot, seed=seed, pairs=pairs
+        )
     except ValueError as exc:
         raise RunFolderError(str(exc)) from exc
-    table.notes += [f"{r.label} was run with RANDOM backbone weights, not the preset's DINO: {r.run.info['backbone_fallback']}"
-                    for r in runs if r.run.info.get("backbone_fallback")]
+    table.notes += [
+        f"{r.label} was run with RANDOM backbone weights, not the preset's DINO: {r.run.info['backbone_fallback']}"
+        for r in runs
+        if r.run.info.get("backbone_fallback")
+    ]
     storage.write_bytes(layout.join(out_dir, "tables.md"), tables.to_markdown(table).encode())
     storage.write_bytes(layout.join(out_dir, "tables.csv"), tables.to_csv(table).encode())
     storage.write_bytes(layout.join(out_dir, "tables.tex"), tables.to_latex(table).encode())
@@ -118,10 +138,21 @@ def _write_report(storage, runs, frame, out_dir, reference, group_by, thumbnails
 
     # 6. report.html
     classes = next((r.evaluation.get("layout_classes") for r in runs if r.evaluation.get("layout_classes")), None)
-    page = html_report.render(table, runs=runs, warnings=collect_warnings(runs, table, records, store),
-                              descriptions=metric_descriptions(runs, table.metrics), distributions=distributions,
-                              losses=losses, tradeoff=tradeoff, records=records, sample=sample, extremes=ranked,
-                              k=extremes, store=store, layout_classes=classes)
+    page = html_report.render(
+        table,
+        runs=runs,
+        warnings=collect_warnings(runs, table, records, store),
+        descriptions=metric_descriptions(runs, table.metrics),
+        distributions=distributions,
+        losses=losses,
+        tradeoff=tradeoff,
+        records=records,
+        sample=sample,
+        extremes=ranked,
+        k=extremes,
+        store=store,
+        layout_classes=classes,
+    )
     storage.write_bytes(layout.join(out_dir, "report.html"), page.encode())
     return ReportSummary(out_dir, [r.label for r in runs], int(frame["pair_id"].nunique()))
 
@@ -132,8 +163,10 @@ def _load_runs(storage: Storage, run_urls: list[str]) -> list[RunData]:
     seen = Counter(absolute(url).rstrip("/") for url in run_urls)
     twice = [url for url, count in seen.items() if count > 1]
     if twice:
-        raise RunFolderError(f"run {redact_url(twice[0])} is given more than once: each run is one method in the "
-                             f"tables; give each run once")
+        raise RunFolderError(
+            f"run {redact_url(twice[0])} is given more than once: each run is one method in the "
+            f"tables; give each run once"
+        )
     runs = []
     counts = Counter()
     loaded = [RunFolder(storage, url).read() for url in run_urls]
@@ -148,10 +181,14 @@ def _load_runs(storage: Storage, run_urls: list[str]) -> list[RunData]:
         except RunFolderError as exc:
             raise RunFolderError(f"{exc}: run `splice evaluate {redact_url(run.url)}` to rewrite it") from None
         if stored is None:
-            raise RunFolderError(f"run {redact_url(run.url)} ({run.method}) has not been evaluated: run "
-                                 f"`splice evaluate {redact_url(run.url)}` first")
+            raise RunFolderError(
+                f"run {redact_url(run.url)} ({run.method}) has not been evaluated: run "
+                f"`splice evaluate {redact_url(run.url)}` first"
+            )
         evaluation = run.folder.evaluation()
-        remember(evaluation.get("metrics") or {})  # plug-in metrics evaluated elsewhere: labelled as they were described
+        remember(
+            evaluation.get("metrics") or {}
+        )  # plug-in metrics evaluated elsewhere: labelled as they were described
         runs.append(RunData(run, label, _per_pair(run, stored, label), evaluation, run.folder.pair_stamps()))
     return runs
 
@@ -161,8 +198,9 @@ def _per_pair(run: Run, stored: pd.DataFrame, label: str) -> pd.DataFrame:
     stored metrics row; 'pending' with the reason if evaluation has not seen it yet."""
     keep = [c for c in run.manifest.columns if c in ("pair_id", *LABEL_COLUMNS)]
     # metrics.parquet of format 2 carried copies of the labels: the manifest's are the ones
-    merged = run.manifest[keep].merge(stored.drop(columns=[c for c in (*LABEL_COLUMNS, "method") if c in stored]),
-                                      on="pair_id", how="left")
+    merged = run.manifest[keep].merge(
+        stored.drop(columns=[c for c in (*LABEL_COLUMNS, "method") if c in stored]), on="pair_id", how="left"
+    )
     never = merged["status"].isna()
     merged.loc[never, "error"] = f"not evaluated yet: run `splice evaluate {redact_url(run.url)}`"
     merged.loc[never, "status"] = PairStatus.PENDING.value
@@ -175,8 +213,12 @@ def _distribution(frame: pd.DataFrame, metric: str, runs: list[RunData]) -> dict
     ok = frame[frame["status"] == PairStatus.DONE]
     series = {r.label: ok.loc[ok["method"] == r.label, metric].dropna().to_numpy() for r in runs}
     note = f"{info.better} is better"
-    return {"metric": metric, "svg": svg.strip_plot(f"{metric} {tables.ARROWS[info.better]}", series, note,
-                                                    x_label=f"{metric} per pair ({info.aspect})")}
+    return {
+        "metric": metric,
+        "svg": svg.strip_plot(
+            f"{metric} {tables.ARROWS[info.better]}", series, note, x_label=f"{metric} per pair ({info.aspect})"
+        ),
+    }
 
 
 def _tradeoff(table: tables.Tables, records, methods: list[str]) -> str:
@@ -190,40 +232,73 @@ def _tradeoff(table: tables.Tables, records, methods: list[str]) -> str:
     for index, method in enumerate(methods):
         row = overall.get(method)
         cx, cy = (row.cells.get(structure), row.cells.get(appearance)) if row else (None, None)
-        both = [r.outputs[index].values for r in records
-                if structure in r.outputs[index].values and appearance in r.outputs[index].values]
-        series.append({"label": method, "x": [v[structure] for v in both], "y": [v[appearance] for v in both],
-                       "mean_x": cx.mean if cx else float("nan"), "mean_y": cy.mean if cy else float("nan"),
-                       "x_ci": (cx.low, cx.high) if cx else (float("nan"),) * 2,
-                       "y_ci": (cy.low, cy.high) if cy else (float("nan"),) * 2})
+        both = [
+            r.outputs[index].values
+            for r in records
+            if structure in r.outputs[index].values and appearance in r.outputs[index].values
+        ]
+        series.append(
+            {
+                "label": method,
+                "x": [v[structure] for v in both],
+                "y": [v[appearance] for v in both],
+                "mean_x": cx.mean if cx else float("nan"),
+                "mean_y": cy.mean if cy else float("nan"),
+                "x_ci": (cx.low, cx.high) if cx else (float("nan"),) * 2,
+                "y_ci": (cy.low, cy.high) if cy else (float("nan"),) * 2,
+            }
+        )
     arrows = tables.ARROWS
-    ideal = ("left" if describe(structure).better == "lower" else "right", "top" if describe(appearance).better == "higher" else "bottom")
-    return svg.scatter_plot(f"{structure} against {appearance}", series,
-                            f"{structure} {arrows[describe(structure).better]} (structure kept)",
-                            f"{appearance} {arrows[describe(appearance).better]} (appearance taken)",
-                            note=f"better: {ideal[1]} {ideal[0]}; bars: 95% CI of the mean; dots: pairs")
+    ideal = (
+        "left" if describe(structure).better == "lower" else "right",
+        "top" if describe(appearance).better == "higher" else "bottom",
+    )
+    return svg.scatter_plot(
+        f"{structure} against {appearance}",
+        series,
+        f"{structure} {arrows[describe(structure).better]} (structure kept)",
+        f"{appearance} {arrows[describe(appearance).better]} (appearance taken)",
+        note=f"better: {ideal[1]} {ideal[0]}; bars: 95% CI of the mean; dots: pairs",
+    )
 
 
 def _loss_chart(run: RunData, pair_losses: dict, seed: int) -> dict | None:
     """Median of each loss term per step over the pairs, and a sample of pairs' totals (faint)."""
-    curves = [frame.assign(pair_id=p) for (method, p), frame in sorted(pair_losses.items(), key=lambda i: i[0])
-              if method == run.label]
+    curves = [
+        frame.assign(pair_id=p)
+        for (method, p), frame in sorted(pair_losses.items(), key=lambda i: i[0])
+        if method == run.label
+    ]
     if not curves:  # methods that do not train write empty loss tables
         return None
     rng = np.random.default_rng(seed)
     faint = sorted(rng.choice(len(curves), min(LOSS_PAIRS, len(curves)), replace=False))
     losses = pd.concat(curves, ignore_index=True)
-    lines = [{"label": f"pair {curves[i]['pair_id'].iloc[0]}", "x": curves[i]["step"], "y": curves[i]["total"],
-              "color": "#999", "width": 0.7, "opacity": 0.5, "legend": False} for i in faint if "total" in curves[i]]
+    lines = [
+        {
+            "label": f"pair {curves[i]['pair_id'].iloc[0]}",
+            "x": curves[i]["step"],
+            "y": curves[i]["total"],
+            "color": "#999",
+            "width": 0.7,
+            "opacity": 0.5,
+            "legend": False,
+        }
+        for i in faint
+        if "total" in curves[i]
+    ]
     terms = [t for t in LOSS_TERMS if t in losses.columns]
     median = losses.groupby("step")[terms].median().reset_index()
     for index, term in enumerate(terms):  # a term that was never on draws nothing and gets no legend entry
-        lines.append({"label": f"median {term}", "x": median["step"], "y": median[term], "color": svg.color(index), "width": 2})
+        lines.append(
+            {"label": f"median {term}", "x": median["step"], "y": median[term], "color": svg.color(index), "width": 2}
+        )
     title = f"{run.label}: loss terms (median of {len(curves)} pairs; grey: {len(faint)} pairs' totals)"
     return {"method": run.label, "svg": svg.line_plot(title, lines, log_y=True, y_label="loss (log scale)")}
 
 
 # --- pairs compared across runs ------------------------------------------------------------------------------
+
 
 def _input_warnings(runs: list[RunData]) -> list[str]:
     """Pairs with the same pair_id but other inputs in different runs: their scores do not compare the same pair."""
@@ -245,13 +320,16 @@ def _input_warnings(runs: list[RunData]) -> list[str]:
     if not differing:
         return []
     shown = ", ".join(list(differing.values())[:8]) + (f" and {len(differing) - 8} more" if len(differing) > 8 else "")
-    message = (f"{len(differing)} pair(s) have the same pair_id but other inputs in different runs, so their scores "
-               f"do not compare the same pair: {shown}")
+    message = (
+        f"{len(differing)} pair(s) have the same pair_id but other inputs in different runs, so their scores "
+        f"do not compare the same pair: {shown}"
+    )
     log.warning("%s", message)
     return [message]
 
 
 # --- writing the report folder as a whole --------------------------------------------------------------------
+
 
 def _split(url: str) -> tuple[str, str]:
     url = url.rstrip("/")
@@ -273,13 +351,13 @@ def _publish(storage: Storage, staging: str, out_dir: str) -> None:
     fs, target = storage.fs(out_dir)
     _, source = storage.fs(staging)
     fs.invalidate_cache(source)
-    staged = sorted(p[len(source.rstrip("/")) + 1:] for p in fs.find(source))
+    staged = sorted(p[len(source.rstrip("/")) + 1 :] for p in fs.find(source))
     page = "report.html"
     storage.remove(layout.join(out_dir, page))
     for relative in [p for p in staged if p != page] + [page]:
         fs.copy(f"{source.rstrip('/')}/{relative}", f"{target.rstrip('/')}/{relative}")
     fs.invalidate_cache(target)
-    stale = [p for p in fs.find(target) if p[len(target.rstrip("/")) + 1:] not in staged]
+    stale = [p for p in fs.find(target) if p[len(target.rstrip("/")) + 1 :] not in staged]
     if stale:
         fs.rm(stale)
 

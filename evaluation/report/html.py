@@ -6,25 +6,47 @@ benchmark tables and the structure/appearance trade-off figure; then examples, t
 and method, the sortable per-pair table, distributions, loss curves, the runs and the metric definitions. Every
 pair has its own view (all images, values, cost, loss curves), opened from any pair id.
 """
+
 from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
 from html import escape
 
-from pipeline.storage import redact_url
-
 from evaluation.report import html_pairs
 from evaluation.report import tables as T
 from evaluation.report.assets import SCRIPT, STYLE
+from pipeline.storage import redact_url
 
-SECTIONS = [("tables", "Tables"), ("tradeoff", "Trade-off"), ("examples", "Examples"), ("extremes", "Worst & best"),
-            ("pairs", "All pairs"), ("distributions", "Distributions"), ("losses", "Loss curves"), ("runs", "Runs"),
-            ("metrics", "Metrics")]
+SECTIONS = [
+    ("tables", "Tables"),
+    ("tradeoff", "Trade-off"),
+    ("examples", "Examples"),
+    ("extremes", "Worst & best"),
+    ("pairs", "All pairs"),
+    ("distributions", "Distributions"),
+    ("losses", "Loss curves"),
+    ("runs", "Runs"),
+    ("metrics", "Metrics"),
+]
 
 
-def render(table: T.Tables, *, runs, warnings, descriptions, distributions: list[dict], losses: list[dict],
-           tradeoff: str, records, sample: list[str], extremes, k: int, store, layout_classes=None) -> str:
+def render(
+    table: T.Tables,
+    *,
+    runs,
+    warnings,
+    descriptions,
+    distributions: list[dict],
+    losses: list[dict],
+    tradeoff: str,
+    records,
+    sample: list[str],
+    extremes,
+    k: int,
+    store,
+    layout_classes=None,
+) -> str:
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     methods = [r.label for r in runs]
     main = [
@@ -42,7 +64,9 @@ def render(table: T.Tables, *, runs, warnings, descriptions, distributions: list
         "not a result.</p>",
         *(_group_html(table, group) for group in table.groups),
         '<h2 id="tradeoff">Structure against appearance</h2>',
-        f"<figure>{tradeoff}</figure>" if tradeoff else '<p class="note">Needs a structure and an appearance metric.</p>',
+        f"<figure>{tradeoff}</figure>"
+        if tradeoff
+        else '<p class="note">Needs a structure and an appearance metric.</p>',
         '<h2 id="examples">Examples</h2>',
         f'<p class="note">A seeded sample of pairs; click an image to enlarge it, a pair id for its view. {escape(store.note())}</p>',
         html_pairs.examples_grid(records, sample, methods),
@@ -58,13 +82,17 @@ def render(table: T.Tables, *, runs, warnings, descriptions, distributions: list
         _runs_section(runs),
         _definitions(descriptions, layout_classes),
     ]
-    data = "".join(f'<script id="{name}" type="application/json">{_json(value)}</script>'
-                   for name, value in (("images", store.view), ("full", store.full), ("originals", store.original)))
+    data = "".join(
+        f'<script id="{name}" type="application/json">{_json(value)}</script>'
+        for name, value in (("images", store.view), ("full", store.full), ("originals", store.original))
+    )
     lightbox = '<div id="lightbox" hidden><img alt="full resolution"><p></p></div>'
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>splice report</title>"
-            f"<style>{STYLE}</style></head><body data-assets=\"{escape(store.mode)}\"><div id=\"main\">{''.join(main)}</div>"
-            f"{html_pairs.pair_views(records, table.metrics, store)}{lightbox}{data}<script>{SCRIPT}</script></body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1"><title>splice report</title>'
+        f'<style>{STYLE}</style></head><body data-assets="{escape(store.mode)}"><div id="main">{"".join(main)}</div>'
+        f"{html_pairs.pair_views(records, table.metrics, store)}{lightbox}{data}<script>{SCRIPT}</script></body></html>\n"
+    )
 
 
 def _json(value) -> str:
@@ -89,10 +117,14 @@ def _runs_section(runs) -> str:
         counts = run.metrics["status"].value_counts().to_dict()
         states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         backbone = run.run.info.get("backbone") or "–"
-        rows.append(f"<tr><td>{escape(run.label)}</td><td><code>{escape(redact_url(run.run.url))}</code></td>"
-                    f"<td>{len(run.metrics)} ({escape(states)})</td><td>{escape(str(backbone))}</td></tr>")
-    return ('<h2 id="runs">Runs</h2><table class="runs"><thead><tr><th>method</th><th>run</th><th>pairs</th>'
-            f"<th>training backbone</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+        rows.append(
+            f"<tr><td>{escape(run.label)}</td><td><code>{escape(redact_url(run.run.url))}</code></td>"
+            f"<td>{len(run.metrics)} ({escape(states)})</td><td>{escape(str(backbone))}</td></tr>"
+        )
+    return (
+        '<h2 id="runs">Runs</h2><table class="runs"><thead><tr><th>method</th><th>run</th><th>pairs</th>'
+        f"<th>training backbone</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def _group_html(table: T.Tables, group: T.GroupTable) -> str:
@@ -104,20 +136,36 @@ def _group_html(table: T.Tables, group: T.GroupTable) -> str:
             css = ' class="best"' if row.method in T.best_methods(group, metric) else ""
             cells.append(f"<td{css}>{_cell(row, metric)}</td>")
         rest = [str(row.n_evaluated), str(row.n_failed), str(row.n_pending), *T.cost_texts(row)]
-        rows.append(f"<tr><td>{escape(row.method)}</td>{''.join(cells)}{''.join(f'<td>{escape(c)}</td>' for c in rest)}</tr>")
+        rows.append(
+            f"<tr><td>{escape(row.method)}</td>{''.join(cells)}{''.join(f'<td>{escape(c)}</td>' for c in rest)}</tr>"
+        )
     coverage = T.coverage_text(table, group)
-    html = [f"<h3>{escape(group.title)}</h3>", *([f'<p class="note">{escape(coverage)}</p>'] if coverage else []),
-            _table(head, rows)]
+    html = [
+        f"<h3>{escape(group.title)}</h3>",
+        *([f'<p class="note">{escape(coverage)}</p>'] if coverage else []),
+        _table(head, rows),
+    ]
     if group.win_rates:
-        rate_rows = [f"<tr><td>{escape(method)}</td>" + "".join(f"<td>{escape(T.rate_text(rates[m]))}</td>" for m in table.metrics)
-                     + "</tr>" for method, rates in group.win_rates.items()]
-        html += [f'<p class="note">Win rate against <b>{escape(table.reference)}</b>: {escape(T.win_rate_note(table))}.</p>',
-                 _table(["method", *(T.header(m) for m in table.metrics)], rate_rows)]
-        delta_rows = [f"<tr><td>{escape(method)}</td>" + "".join(f"<td>{escape(T.difference_text(deltas.get(m)))}</td>"
-                                                                for m in table.metrics) + "</tr>"
-                      for method, deltas in group.differences.items()]
-        html += [f'<p class="note">Difference to <b>{escape(table.reference)}</b>: {escape(T.DIFFERENCE_NOTE)}.</p>',
-                 _table(["method", *(T.header(m) for m in table.metrics)], delta_rows)]
+        rate_rows = [
+            f"<tr><td>{escape(method)}</td>"
+            + "".join(f"<td>{escape(T.rate_text(rates[m]))}</td>" for m in table.metrics)
+            + "</tr>"
+            for method, rates in group.win_rates.items()
+        ]
+        html += [
+            f'<p class="note">Win rate against <b>{escape(table.reference)}</b>: {escape(T.win_rate_note(table))}.</p>',
+            _table(["method", *(T.header(m) for m in table.metrics)], rate_rows),
+        ]
+        delta_rows = [
+            f"<tr><td>{escape(method)}</td>"
+            + "".join(f"<td>{escape(T.difference_text(deltas.get(m)))}</td>" for m in table.metrics)
+            + "</tr>"
+            for method, deltas in group.differences.items()
+        ]
+        html += [
+            f'<p class="note">Difference to <b>{escape(table.reference)}</b>: {escape(T.DIFFERENCE_NOTE)}.</p>',
+            _table(["method", *(T.header(m) for m in table.metrics)], delta_rows),
+        ]
     return "".join(html)
 
 
@@ -132,17 +180,25 @@ def _cell(row: T.MethodRow, metric: str) -> str:
 
 
 def _table(head: list[str], rows: list[str]) -> str:
-    return (f"<table><thead><tr>{''.join(f'<th>{escape(h)}</th>' for h in head)}</tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>")
+    return (
+        f"<table><thead><tr>{''.join(f'<th>{escape(h)}</th>' for h in head)}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def _definitions(descriptions, classes) -> str:
-    items = "".join(f"<li><b>{escape(metric)}</b>: {escape(text)}. <span class=\"note\">Computed with: {escape(models)}</span></li>"
-                    for metric, text, models in descriptions)
-    layout = ("<p><b>layout_miou</b> counts, per pair, every class present in the segmentation of the structure image or "
-              "of the output (background included), IoU averaged over them; a pair where both are all background "
-              "scores 1, so the metric is most telling on images with segmentable objects. ")
-    layout += (f"Segmenter classes: {escape(', '.join(classes))}.</p>" if classes else "</p>")
-    return (f'<h2 id="metrics">Metrics</h2><ul>{items}</ul>{layout}<p class="note">An output whose size differs from its '
-            "structure image's is resized to the structure image's size before comparison. Cost columns are copied from "
-            "the run's results.parquet (training seconds, device, peak memory per pair).</p>")
+    items = "".join(
+        f'<li><b>{escape(metric)}</b>: {escape(text)}. <span class="note">Computed with: {escape(models)}</span></li>'
+        for metric, text, models in descriptions
+    )
+    layout = (
+        "<p><b>layout_miou</b> counts, per pair, every class present in the segmentation of the structure image or "
+        "of the output (background included), IoU averaged over them; a pair where both are all background "
+        "scores 1, so the metric is most telling on images with segmentable objects. "
+    )
+    layout += f"Segmenter classes: {escape(', '.join(classes))}.</p>" if classes else "</p>"
+    return (
+        f'<h2 id="metrics">Metrics</h2><ul>{items}</ul>{layout}<p class="note">An output whose size differs from its '
+        "structure image's is resized to the structure image's size before comparison. Cost columns are copied from "
+        "the run's results.parquet (training seconds, device, peak memory per pair).</p>"
+    )

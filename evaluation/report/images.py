@@ -16,6 +16,7 @@ Two ways to store them (`splice report --assets`):
 - external: JPEG files under assets/ beside report.html (the view images, `EXTERNAL_VIEW` px), and full resolution
   links to the stored images themselves (a relative path when the run is on this machine).
 """
+
 from __future__ import annotations
 
 import base64
@@ -29,15 +30,26 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from pipeline.runs import layout
 from pipeline.method.images import decode_image
+from pipeline.runs import layout
 from pipeline.storage import Storage, is_local, redact_url
 
 log = logging.getLogger(__name__)
 
 MODES = ("inline", "external")
-VIEW_LADDER = [(384, 85), (320, 82), (256, 80), (224, 78), (192, 76), (160, 74), (128, 72), (112, 70), (96, 68),
-               (80, 65), (64, 60)]  # (long side px, JPEG quality), best first
+VIEW_LADDER = [
+    (384, 85),
+    (320, 82),
+    (256, 80),
+    (224, 78),
+    (192, 76),
+    (160, 74),
+    (128, 72),
+    (112, 70),
+    (96, 68),
+    (80, 65),
+    (64, 60),
+]  # (long side px, JPEG quality), best first
 VIEW_BUDGET = 34 * 2**20  # bytes of view images (as base64) in one report.html
 FULL_SIDE, FULL_QUALITY = 1024, 85
 FULL_BUDGET = 10 * 2**20  # bytes of full-resolution images (as base64) in one report.html
@@ -57,6 +69,7 @@ class ImageSource:
 @dataclass
 class ImageStore:
     """key -> src of every image (data URI or relative path), its full-resolution src, or why it is missing."""
+
     mode: str
     view: dict[str, str] = field(default_factory=dict)
     full: dict[str, str] = field(default_factory=dict)  # "" where the view image is already at full resolution
@@ -72,19 +85,33 @@ class ImageStore:
         """One sentence for the page: how the images are stored and what was left out."""
         side, quality = self.view_step
         if self.mode == "external":
-            return (f"Images: JPEG files under {ASSETS}/ (long side {side} px, quality {quality}); click one for the "
-                    f"stored image at full resolution.")
-        text = (f"Images are embedded in this file: views as JPEG, long side up to {side} px, quality {quality} "
-                f"({self.view_bytes / 2**20:.1f} MB); click one for full resolution (where the stored image is "
-                f"larger than its view, a JPEG with long side up to {FULL_SIDE} px: {self.full_bytes / 2**20:.1f} MB)")
+            return (
+                f"Images: JPEG files under {ASSETS}/ (long side {side} px, quality {quality}); click one for the "
+                f"stored image at full resolution."
+            )
+        text = (
+            f"Images are embedded in this file: views as JPEG, long side up to {side} px, quality {quality} "
+            f"({self.view_bytes / 2**20:.1f} MB); click one for full resolution (where the stored image is "
+            f"larger than its view, a JPEG with long side up to {FULL_SIDE} px: {self.full_bytes / 2**20:.1f} MB)"
+        )
         if self.full_pairs < self.pairs:
-            text += (f", embedded for {self.full_pairs} of {self.pairs} pairs (the examples and the worst and best "
-                     f"first) to keep the page under its size budget; `splice report --assets external` links every one")
+            text += (
+                f", embedded for {self.full_pairs} of {self.pairs} pairs (the examples and the worst and best "
+                f"first) to keep the page under its size budget; `splice report --assets external` links every one"
+            )
         return text + "."
 
 
-def build_store(storage: Storage, pairs: list[list[ImageSource]], out_dir: str, mode: str = "inline", *,
-                view_budget: int | None = None, full_budget: int | None = None, seed: int = 0) -> ImageStore:
+def build_store(
+    storage: Storage,
+    pairs: list[list[ImageSource]],
+    out_dir: str,
+    mode: str = "inline",
+    *,
+    view_budget: int | None = None,
+    full_budget: int | None = None,
+    seed: int = 0,
+) -> ImageStore:
     """Encode every pair's images (`pairs` in priority order, each a list of its sources) into an ImageStore."""
     view_budget = VIEW_BUDGET if view_budget is None else view_budget
     full_budget = FULL_BUDGET if full_budget is None else full_budget
@@ -120,7 +147,7 @@ def build_store(storage: Storage, pairs: list[list[ImageSource]], out_dir: str, 
 
     with ThreadPoolExecutor(READ_THREADS) as pool:
         for start in range(0, len(pairs), 4 * READ_THREADS):  # in order: the full-size budget goes to the first pairs
-            for sources, views, images in pool.map(encode_pair, pairs[start:start + 4 * READ_THREADS]):
+            for sources, views, images in pool.map(encode_pair, pairs[start : start + 4 * READ_THREADS]):
                 _add_pair(store, sources, views, images, out_dir, full_budget)
     if mode == "external":
         store.full_pairs = store.pairs

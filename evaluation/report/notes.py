@@ -1,5 +1,6 @@
 """The report's words: warnings collected once (each distinct cause once, with the runs it affects) and metric
 descriptions that name the models the values were actually computed with."""
+
 from __future__ import annotations
 
 import re
@@ -8,10 +9,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from evaluation.registry import describe, metric_columns
 from pipeline.method.weights import RANDOM_WEIGHTS_ID
 from pipeline.runs.run_folder import PairStatus
-
-from evaluation.registry import describe, metric_columns
 
 DINO_NAME = re.compile(r"DINO ViT-[A-Za-z]+/\d+")
 DINO_ROLES = ("vitb8", "vits16")
@@ -48,19 +48,30 @@ def collect_warnings(runs, table, records, store) -> Warnings:
         found.add(text)
     for run in runs:
         info = run.run.info
-        if str(info.get("backbone") or "").startswith("random:") or RANDOM_WEIGHTS_ID in (info.get("backbone_weights_ids") or []):
+        if str(info.get("backbone") or "").startswith("random:") or RANDOM_WEIGHTS_ID in (
+            info.get("backbone_weights_ids") or []
+        ):
             found.add("outputs made with a RANDOM backbone: they are meaningless (a smoke test)", run.label)
-        randoms = [m for m in metric_columns(run.metrics.columns) if any(i.endswith(f"@{RANDOM_WEIGHTS_ID}") for i in _model_ids(run.metrics, m))]
+        randoms = [
+            m
+            for m in metric_columns(run.metrics.columns)
+            if any(i.endswith(f"@{RANDOM_WEIGHTS_ID}") for i in _model_ids(run.metrics, m))
+        ]
         if randoms:
-            found.add("metrics computed with RANDOM weights: their values are for smoke tests only, not results",
-                      f"{run.label} ({', '.join(randoms)})")
+            found.add(
+                "metrics computed with RANDOM weights: their values are for smoke tests only, not results",
+                f"{run.label} ({', '.join(randoms)})",
+            )
         for metric, reason in (run.evaluation.get("skipped") or {}).items():
             found.add(f"{metric} not computed: {first_clause(reason)}", run.label, detail=reason)
         counts = Counter(str(s) for s in run.metrics["status"] if s != PairStatus.DONE)
         if counts:
             states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-            found.add("pairs without a value (pending, failed, missing, damaged or unreadable): they are in no mean; "
-                      "filter the per-pair table by status to see why", f"{run.label} ({states})")
+            found.add(
+                "pairs without a value (pending, failed, missing, damaged or unreadable): they are in no mean; "
+                "filter the per-pair table by status to see why",
+                f"{run.label} ({states})",
+            )
     if store.errors:
         examples = "; ".join(list(store.errors.values())[:3])
         found.add(f"{len(store.errors)} image(s) could not be read and are shown as missing", detail=examples)
@@ -79,8 +90,12 @@ def metric_descriptions(runs, metrics: list[str]) -> list[tuple[str, str, str]]:
         summary = info.summary
         if len(used) == 1 and info.model in DINO_ROLES:
             summary = DINO_NAME.sub(model_name(next(iter(used))), summary)
-        models = "; ".join(f"{model_name(i)} [{i}] ({', '.join(labels)})" for i, labels in used.items()) or "not computed"
-        described.append((metric, f"{summary} ({info.aspect}, {info.better} is better, version {info.version})", models))
+        models = (
+            "; ".join(f"{model_name(i)} [{i}] ({', '.join(labels)})" for i, labels in used.items()) or "not computed"
+        )
+        described.append(
+            (metric, f"{summary} ({info.aspect}, {info.better} is better, version {info.version})", models)
+        )
     return described
 
 

@@ -1,5 +1,6 @@
 """What the report shows per pair: every method's status, values and cost, the images to embed (in priority
 order), the worst and best pairs per metric and method, and each pair's loss curves."""
+
 from __future__ import annotations
 
 import logging
@@ -10,13 +11,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from evaluation.registry import describe, metric_columns
+from evaluation.report import svg
+from evaluation.report.images import ImageSource
 from pipeline.method.objective import TERMS
 from pipeline.runs import layout
 from pipeline.runs.run_folder import PairStatus, RunFolderError
-
-from evaluation.report import svg
-from evaluation.registry import describe, metric_columns
-from evaluation.report.images import ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -63,25 +63,43 @@ def pair_records(runs) -> list[PairRecord]:
     for manifest in manifests:
         for record in manifest.to_dict("records"):
             inputs.setdefault(record["pair_id"], record)
-    rows = [r.metrics.assign(pair_id=r.metrics["pair_id"].astype(str)).set_index("pair_id").to_dict("index") for r in runs]
+    rows = [
+        r.metrics.assign(pair_id=r.metrics["pair_id"].astype(str)).set_index("pair_id").to_dict("index") for r in runs
+    ]
     metrics = list(dict.fromkeys(m for r in runs for m in metric_columns(r.metrics.columns)))
     records = []
     for index, pair_id in enumerate(order):
         source = inputs[pair_id]
         labels = {c: str(source[c]) for c in LABEL_COLUMNS if c in source and _present(source[c])}
-        record = PairRecord(pair_id, labels, source["structure_uri"], source["appearance_uri"], f"p{index}s", f"p{index}a")
+        record = PairRecord(
+            pair_id, labels, source["structure_uri"], source["appearance_uri"], f"p{index}s", f"p{index}a"
+        )
         for method_index, (run, by_pair) in enumerate(zip(runs, rows)):
             row = by_pair.get(pair_id)
             files = run.files.get(pair_id, {})
             has_output = layout.OUTPUT_PNG in files and layout.SUCCESS in files
             if row is None:
-                record.outputs.append(Output(run.label, "not in run", "this run's manifest has no such pair", {}, {}, None))
+                record.outputs.append(
+                    Output(run.label, "not in run", "this run's manifest has no such pair", {}, {}, None)
+                )
                 continue
-            values = {m: float(row[m]) for m in metrics if m in row and _present(row[m]) and row.get("status") == PairStatus.DONE}
+            values = {
+                m: float(row[m])
+                for m in metrics
+                if m in row and _present(row[m]) and row.get("status") == PairStatus.DONE
+            }
             cost = {c: row[c] for c in COST_COLUMNS if c in row and _present(row[c])}
             error = str(row["error"]) if _present(row.get("error")) else None
-            record.outputs.append(Output(run.label, str(row.get("status")), error, values, cost,
-                                         f"p{index}o{method_index}" if has_output else None))
+            record.outputs.append(
+                Output(
+                    run.label,
+                    str(row.get("status")),
+                    error,
+                    values,
+                    cost,
+                    f"p{index}o{method_index}" if has_output else None,
+                )
+            )
         records.append(record)
     return records
 
@@ -92,12 +110,19 @@ def image_sources(records: list[PairRecord], runs, first: list[str]) -> list[lis
     ordered = sorted(records, key=lambda r: rank.get(r.pair_id, len(rank)))
     sources = []
     for record in ordered:
-        items = [ImageSource(record.structure_key, record.structure_uri, f"structure image of pair {record.pair_id}"),
-                 ImageSource(record.appearance_key, record.appearance_uri, f"appearance image of pair {record.pair_id}")]
+        items = [
+            ImageSource(record.structure_key, record.structure_uri, f"structure image of pair {record.pair_id}"),
+            ImageSource(record.appearance_key, record.appearance_uri, f"appearance image of pair {record.pair_id}"),
+        ]
         for run, output in zip(runs, record.outputs):
             if output.key:
-                items.append(ImageSource(output.key, run.run.folder.pair_file(record.pair_id, layout.OUTPUT_PNG),
-                                         f"output of {run.label} for pair {record.pair_id}"))
+                items.append(
+                    ImageSource(
+                        output.key,
+                        run.run.folder.pair_file(record.pair_id, layout.OUTPUT_PNG),
+                        f"output of {run.label} for pair {record.pair_id}",
+                    )
+                )
         sources.append(items)
     return sources
 
@@ -118,8 +143,11 @@ def extremes(records: list[PairRecord], methods: list[str], metrics: list[str], 
         lower = describe(metric).better == "lower"
         rows = []
         for index, method in enumerate(methods):
-            values = [(r.pair_id, r.outputs[index].values[metric]) for r in records
-                      if metric in r.outputs[index].values and math.isfinite(r.outputs[index].values[metric])]
+            values = [
+                (r.pair_id, r.outputs[index].values[metric])
+                for r in records
+                if metric in r.outputs[index].values and math.isfinite(r.outputs[index].values[metric])
+            ]
             if not values:
                 continue
             ranked = sorted(values, key=lambda item: item[1], reverse=not lower)  # best first
@@ -159,10 +187,20 @@ def attach_loss_curves(records: list[PairRecord], losses: dict[tuple[str, str], 
                 continue
             if len(frame) > LOSS_POINTS:
                 frame = frame.iloc[np.unique(np.linspace(0, len(frame) - 1, LOSS_POINTS).round().astype(int))]
-            lines = [{"label": term, "x": frame["step"], "y": frame[term], "color": svg.color(i), "width": 1.5}
-                     for i, term in enumerate(LOSS_TERMS) if term in frame]
-            output.losses_svg = svg.line_plot(f"{output.method}: losses of pair {record.pair_id}", lines, log_y=True,
-                                              width=460, height=190, legend_width=120, y_label="loss (log scale)")
+            lines = [
+                {"label": term, "x": frame["step"], "y": frame[term], "color": svg.color(i), "width": 1.5}
+                for i, term in enumerate(LOSS_TERMS)
+                if term in frame
+            ]
+            output.losses_svg = svg.line_plot(
+                f"{output.method}: losses of pair {record.pair_id}",
+                lines,
+                log_y=True,
+                width=460,
+                height=190,
+                legend_width=120,
+                y_label="loss (log scale)",
+            )
 
 
 def _present(value) -> bool:

@@ -15,29 +15,34 @@ Which pairs a comparison is over (`pairs`):
 - 'all': each method's mean over its own pairs; in win rates a pair one method failed on (not a pending one)
   counts as a loss for it.
 """
+
 from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass, field
-
 import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from pipeline.runs.run_folder import PairStatus, status_words
-
 from evaluation.registry import describe, metric_columns
+from pipeline.runs.run_folder import PairStatus, status_words
 
 ARROWS = {"lower": "↓", "higher": "↑"}
 TEX_ARROWS = {"lower": r"$\downarrow$", "higher": r"$\uparrow$"}
-WIN_RATE_NOTE = ("win rate: share of the pairs where the method is better than the reference; ties count half; a pair "
-                 "that one of the two failed on counts as a loss for it")
-WIN_RATE_NOTE_COMMON = ("win rate: share of the pairs where the method is better than the reference, over the pairs every "
-                        "method has; ties count half")
-DIFFERENCE_NOTE = ("difference: mean of (method - reference) over the pairs both have, with a 95% paired BCa bootstrap "
-                   "interval; an interval that excludes 0 is a difference the pairs support")
+WIN_RATE_NOTE = (
+    "win rate: share of the pairs where the method is better than the reference; ties count half; a pair "
+    "that one of the two failed on counts as a loss for it"
+)
+WIN_RATE_NOTE_COMMON = (
+    "win rate: share of the pairs where the method is better than the reference, over the pairs every "
+    "method has; ties count half"
+)
+DIFFERENCE_NOTE = (
+    "difference: mean of (method - reference) over the pairs both have, with a 95% paired BCa bootstrap "
+    "interval; an interval that excludes 0 is a difference the pairs support"
+)
 PAIRS_MODES = ("common", "all")
 DONE = PairStatus.DONE.value  # evaluated: its metrics are computed
 PENDING_STATUSES = (PairStatus.PENDING.value,)  # never run, not finished or not evaluated yet: not a failure
@@ -87,7 +92,9 @@ class GroupTable:
     win_rates: dict[str, dict[str, WinRate]]  # method -> metric -> against the reference
     differences: dict[str, dict[str, Cell | None]] = field(default_factory=dict)  # method -> metric -> vs reference
     common: int | None = None  # pairs every method has (status ok); None in 'all' mode
-    lacking: dict[str, dict[str, int]] = field(default_factory=dict)  # method -> {'pending': n, 'failed': n, 'missing': n}
+    lacking: dict[str, dict[str, int]] = field(
+        default_factory=dict
+    )  # method -> {'pending': n, 'failed': n, 'missing': n}
 
     @property
     def title(self) -> str:
@@ -108,14 +115,26 @@ class Tables:
     def warnings(self) -> list[str]:
         texts = list(self.notes)
         if self.pairs_differ:
-            texts.append(f"the methods were run on different pairs ({self.pairs_differ[0]} of {self.pairs_differ[1]} in "
-                         f"common): their means are over different pairs")
-        return texts + [f"{metric} was computed with different models across the runs ({', '.join(ids)}): its values are not "
-                f"comparable; re-run `splice evaluate` with the same --metric-backbone" for metric, ids in self.mixed_models.items()]
+            texts.append(
+                f"the methods were run on different pairs ({self.pairs_differ[0]} of {self.pairs_differ[1]} in "
+                f"common): their means are over different pairs"
+            )
+        return texts + [
+            f"{metric} was computed with different models across the runs ({', '.join(ids)}): its values are not "
+            f"comparable; re-run `splice evaluate` with the same --metric-backbone"
+            for metric, ids in self.mixed_models.items()
+        ]
 
 
-def build_tables(frame: pd.DataFrame, metrics: list[str] | None = None, group_by: list[str] | None = None,
-                 reference: str | None = None, n_boot: int = 2000, seed: int = 0, pairs: str = "common") -> Tables:
+def build_tables(
+    frame: pd.DataFrame,
+    metrics: list[str] | None = None,
+    group_by: list[str] | None = None,
+    reference: str | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    pairs: str = "common",
+) -> Tables:
     if pairs not in PAIRS_MODES:
         raise ValueError(f"--pairs {pairs!r}: use common (the pairs every method has) or all")
     frame = frame.assign(status=status_words(frame["status"]))
@@ -157,8 +176,16 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0, level: f
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():  # scipy warns (and returns nan) where BCa is undefined: fall back quietly
             warnings.simplefilter("ignore")
-            result = stats.bootstrap((values,), np.mean, n_resamples=n_boot, confidence_level=level, method=method,
-                                     vectorized=True, batch=256, random_state=np.random.default_rng(seed))
+            result = stats.bootstrap(
+                (values,),
+                np.mean,
+                n_resamples=n_boot,
+                confidence_level=level,
+                method=method,
+                vectorized=True,
+                batch=256,
+                random_state=np.random.default_rng(seed),
+            )
         interval = result.confidence_interval
         if np.isfinite(interval.low) and np.isfinite(interval.high):
             break
@@ -166,7 +193,9 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0, level: f
 
 
 def _group(key, frame, methods, metrics, reference, n_boot, seed, pairs) -> GroupTable:
-    by_method = {method: frame[frame["method"] == method].drop_duplicates("pair_id").set_index("pair_id") for method in methods}
+    by_method = {
+        method: frame[frame["method"] == method].drop_duplicates("pair_id").set_index("pair_id") for method in methods
+    }
     # per metric, the pairs every method has a value for (only these count in 'common' mode)
     shared: dict[str, set | None] = {m: None for m in metrics}
     lacking, common = {}, None
@@ -181,8 +210,10 @@ def _group(key, frame, methods, metrics, reference, n_boot, seed, pairs) -> Grou
             absent = int((statuses == PairStatus.MISSING.value).sum())
             lacking[method] = {"pending": pending, "failed": len(missing) - pending - absent, "missing": absent}
         for metric in metrics:
-            have = [set(part.index[(part["status"] == DONE) & part[metric].notna()]) if metric in part else set()
-                    for part in by_method.values()]
+            have = [
+                set(part.index[(part["status"] == DONE) & part[metric].notna()]) if metric in part else set()
+                for part in by_method.values()
+            ]
             shared[metric] = set.intersection(*have) if have else set()
     rows = [_method_row(method, by_method[method], metrics, n_boot, seed, shared) for method in methods]
     win_rates, differences = {}, {}
@@ -196,8 +227,9 @@ def _group(key, frame, methods, metrics, reference, n_boot, seed, pairs) -> Grou
     return GroupTable(key, rows, win_rates, differences, common, lacking)
 
 
-def _difference(other: pd.DataFrame, ref: pd.DataFrame, metric: str, shared: set | None, n_boot: int,
-                seed: int) -> Cell | None:
+def _difference(
+    other: pd.DataFrame, ref: pd.DataFrame, metric: str, shared: set | None, n_boot: int, seed: int
+) -> Cell | None:
     """Mean of (method - reference) per pair over the pairs both have, with a paired bootstrap interval."""
     if metric not in other or metric not in ref:
         return None
@@ -232,10 +264,18 @@ def _method_row(method, part, metrics, n_boot, seed, shared=None) -> MethodRow:
     seconds = _column(part, "train_seconds").dropna()
     devices = _column(part, "train_device").dropna()
     memory = _column(part, "train_peak_memory_bytes").dropna()
-    return MethodRow(method, cells, len(part), int(ok.sum()), int((~ok & ~pending).sum()),
-                     float(seconds.astype(float).mean()) if len(seconds) else None,
-                     str(devices.mode().iloc[0]) if len(devices) else None,
-                     float(memory.astype(float).max()) if len(memory) else None, random, int(pending.sum()))
+    return MethodRow(
+        method,
+        cells,
+        len(part),
+        int(ok.sum()),
+        int((~ok & ~pending).sum()),
+        float(seconds.astype(float).mean()) if len(seconds) else None,
+        str(devices.mode().iloc[0]) if len(devices) else None,
+        float(memory.astype(float).max()) if len(memory) else None,
+        random,
+        int(pending.sum()),
+    )
 
 
 def _win_rate(other: pd.DataFrame, ref: pd.DataFrame, metric: str, shared: set | None = None) -> WinRate:
@@ -283,6 +323,7 @@ def _column(frame: pd.DataFrame, name: str) -> pd.Series:
 
 # --- rendering -----------------------------------------------------------------------------------------------
 
+
 def fmt(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -312,10 +353,15 @@ def coverage_text(tables: Tables, group: GroupTable) -> str | None:
     """'Means ... over the 2 pairs every method has; splice lacks 48 (48 pending), ...' ('common' mode only)."""
     if group.common is None:
         return None
-    lacks = [f"{method} lacks {sum(n.values())} ({', '.join(f'{v} {k}' for k, v in n.items() if v)})"
-             for method, n in group.lacking.items() if sum(n.values())]
-    text = (f"Means, intervals and win rates are over the {group.common} pair(s) every method has (--pairs common; "
-            f"--pairs all uses each method's own pairs)")
+    lacks = [
+        f"{method} lacks {sum(n.values())} ({', '.join(f'{v} {k}' for k, v in n.items() if v)})"
+        for method, n in group.lacking.items()
+        if sum(n.values())
+    ]
+    text = (
+        f"Means, intervals and win rates are over the {group.common} pair(s) every method has (--pairs common; "
+        f"--pairs all uses each method's own pairs)"
+    )
     return text + ("; " + "; ".join(lacks) if lacks else "; no method lacks a pair") + "."
 
 
@@ -344,9 +390,14 @@ def header(metric: str) -> str:
 
 def to_markdown(tables: Tables) -> str:
     over = "the pairs every method has" if tables.pairs == "common" else "each method's evaluated pairs"
-    out = ["# Benchmark", "", f"Cells: mean [95% BCa bootstrap CI] over {over} (n shown where it differs from n "
-           "evaluated); ↓ lower is better, ↑ higher is better; best mean in bold; † computed with random weights (smoke "
-           "test, not comparable). n pending: never run or not evaluated yet; n failed: failed, missing, damaged or error.", ""]
+    out = [
+        "# Benchmark",
+        "",
+        f"Cells: mean [95% BCa bootstrap CI] over {over} (n shown where it differs from n "
+        "evaluated); ↓ lower is better, ↑ higher is better; best mean in bold; † computed with random weights (smoke "
+        "test, not comparable). n pending: never run or not evaluated yet; n failed: failed, missing, damaged or error.",
+        "",
+    ]
     out += [f"**Warning:** {text}" for text in tables.warnings()] + ([""] if tables.warnings() else [])
     for group in tables.groups:
         out += [f"## {group.title}", ""]
@@ -355,10 +406,15 @@ def to_markdown(tables: Tables) -> str:
         head = ["method", *map(header, tables.metrics), "n evaluated", "n failed", "n pending", *COST_HEADERS]
         out += [_md_row(head), _md_row(["---"] * len(head))]
         for row in group.rows:
-            cells = [f"**{cell_text(row, m)}**" if row.method in best_methods(group, m) else cell_text(row, m)
-                     for m in tables.metrics]
-            out.append(_md_row([row.method, *cells, str(row.n_evaluated), str(row.n_failed), str(row.n_pending),
-                                *cost_texts(row)]))
+            cells = [
+                f"**{cell_text(row, m)}**" if row.method in best_methods(group, m) else cell_text(row, m)
+                for m in tables.metrics
+            ]
+            out.append(
+                _md_row(
+                    [row.method, *cells, str(row.n_evaluated), str(row.n_failed), str(row.n_pending), *cost_texts(row)]
+                )
+            )
         if group.win_rates:
             out += ["", f"Win rate against **{tables.reference}** ({win_rate_note(tables)}):", ""]
             out += [_md_row(["method", *map(header, tables.metrics)]), _md_row(["---"] * (1 + len(tables.metrics)))]
@@ -384,24 +440,50 @@ def to_csv(tables: Tables) -> str:
     records = []
     for group in tables.groups:
         for row in group.rows:
-            record = {"group": group.title, **{c: group.key.get(c, "(all)") for c in tables.group_by},
-                      "method": row.method, "n_pairs": row.n_pairs, "n_evaluated": row.n_evaluated,
-                      "n_failed": row.n_failed, "n_pending": row.n_pending, "pairs": tables.pairs,
-                      "n_common": group.common}
+            record = {
+                "group": group.title,
+                **{c: group.key.get(c, "(all)") for c in tables.group_by},
+                "method": row.method,
+                "n_pairs": row.n_pairs,
+                "n_evaluated": row.n_evaluated,
+                "n_failed": row.n_failed,
+                "n_pending": row.n_pending,
+                "pairs": tables.pairs,
+                "n_common": group.common,
+            }
             for metric in tables.metrics:
                 cell = row.cells.get(metric)
-                record.update({f"{metric}_mean": cell and cell.mean, f"{metric}_ci_low": cell and cell.low,
-                               f"{metric}_ci_high": cell and cell.high, f"{metric}_n": cell.n if cell else 0,
-                               f"{metric}_better": describe(metric).better})
+                record.update(
+                    {
+                        f"{metric}_mean": cell and cell.mean,
+                        f"{metric}_ci_low": cell and cell.low,
+                        f"{metric}_ci_high": cell and cell.high,
+                        f"{metric}_n": cell.n if cell else 0,
+                        f"{metric}_better": describe(metric).better,
+                    }
+                )
                 rate = group.win_rates.get(row.method, {}).get(metric)
-                record.update({f"{metric}_win_rate": rate.rate if rate and rate.n else None,
-                               f"{metric}_win_n": rate.n if rate else None})
+                record.update(
+                    {
+                        f"{metric}_win_rate": rate.rate if rate and rate.n else None,
+                        f"{metric}_win_n": rate.n if rate else None,
+                    }
+                )
                 delta = group.differences.get(row.method, {}).get(metric)
-                record.update({f"{metric}_diff": delta and delta.mean, f"{metric}_diff_ci_low": delta and delta.low,
-                               f"{metric}_diff_ci_high": delta and delta.high, f"{metric}_diff_n": delta.n if delta else None})
-            record.update(train_seconds_mean=row.train_seconds, train_device=row.train_device,
-                          train_peak_memory_bytes_max=row.train_peak_memory_bytes,
-                          random_weights=",".join(row.random_metrics))
+                record.update(
+                    {
+                        f"{metric}_diff": delta and delta.mean,
+                        f"{metric}_diff_ci_low": delta and delta.low,
+                        f"{metric}_diff_ci_high": delta and delta.high,
+                        f"{metric}_diff_n": delta.n if delta else None,
+                    }
+                )
+            record.update(
+                train_seconds_mean=row.train_seconds,
+                train_device=row.train_device,
+                train_peak_memory_bytes_max=row.train_peak_memory_bytes,
+                random_weights=",".join(row.random_metrics),
+            )
             records.append(record)
     buffer = io.StringIO()
     pd.DataFrame(records).to_csv(buffer, index=False)
@@ -409,14 +491,26 @@ def to_csv(tables: Tables) -> str:
 
 
 def to_latex(tables: Tables) -> str:
-    out = ["% Benchmark tables (needs \\usepackage{booktabs}). Cells: mean [95% BCa bootstrap CI];",
-           "% best mean in bold; \\dag: random weights (smoke test).", *(f"% WARNING: {t}" for t in tables.warnings())]
+    out = [
+        "% Benchmark tables (needs \\usepackage{booktabs}). Cells: mean [95% BCa bootstrap CI];",
+        "% best mean in bold; \\dag: random weights (smoke test).",
+        *(f"% WARNING: {t}" for t in tables.warnings()),
+    ]
     for group in tables.groups:
         columns = len(tables.metrics)
         coverage = coverage_text(tables, group)
-        out += ["", f"% {group.title}", *([f"% {coverage}"] if coverage else []), "\\begin{tabular}{l" + "c" * columns + "rr}", "\\toprule",
-                " & ".join(["Method", *(f"{_tex(m)} {TEX_ARROWS[describe(m).better]}" for m in tables.metrics),
-                            "$n$", "failed"]) + " \\\\", "\\midrule"]
+        out += [
+            "",
+            f"% {group.title}",
+            *([f"% {coverage}"] if coverage else []),
+            "\\begin{tabular}{l" + "c" * columns + "rr}",
+            "\\toprule",
+            " & ".join(
+                ["Method", *(f"{_tex(m)} {TEX_ARROWS[describe(m).better]}" for m in tables.metrics), "$n$", "failed"]
+            )
+            + " \\\\",
+            "\\midrule",
+        ]
         for row in group.rows:
             cells = []
             for metric in tables.metrics:
@@ -431,18 +525,33 @@ def to_latex(tables: Tables) -> str:
             out.append(" & ".join([_tex(row.method), *cells, str(row.n_evaluated), str(row.n_failed)]) + " \\\\")
         out += ["\\bottomrule", "\\end{tabular}"]
         if group.win_rates:
-            out += [f"% win rate against {tables.reference} ({win_rate_note(tables)})",
-                    "\\begin{tabular}{l" + "c" * columns + "}", "\\toprule",
-                    " & ".join(["Method", *(f"{_tex(m)} {TEX_ARROWS[describe(m).better]}" for m in tables.metrics)]) + " \\\\",
-                    "\\midrule"]
+            out += [
+                f"% win rate against {tables.reference} ({win_rate_note(tables)})",
+                "\\begin{tabular}{l" + "c" * columns + "}",
+                "\\toprule",
+                " & ".join(["Method", *(f"{_tex(m)} {TEX_ARROWS[describe(m).better]}" for m in tables.metrics)])
+                + " \\\\",
+                "\\midrule",
+            ]
             for method, rates in group.win_rates.items():
                 out.append(" & ".join([_tex(method), *(_tex(rate_text(rates[m])) for m in tables.metrics)]) + " \\\\")
             out += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(out) + "\n"
 
 
-TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-               "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "–": "--"}
+TEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "–": "--",
+}
 
 
 def _tex(text: str) -> str:

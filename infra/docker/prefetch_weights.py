@@ -8,6 +8,7 @@ optional dino_i_s16). The project's
 own loaders do the fetching, so the files land exactly where training and evaluation look for them; any weights
 that cannot be had fail the build, so an image never ships that would download at run time.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -8,6 +8,7 @@
 - Progress bars show only where stderr is a terminal unless forced with `--progress` / `--no-progress`; log lines
   go through tqdm.write so that they never tear a bar.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,8 +76,12 @@ def configure_logging(verbosity: int = 0, stream=None) -> logging.Handler:
 
 def add_progress_argument(parser: argparse.ArgumentParser) -> None:
     """--progress / --no-progress, shared by every command that shows a bar (default: only on a terminal)."""
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="show progress bars (default: only when stderr is a terminal)")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress bars (default: only when stderr is a terminal)",
+    )
 
 
 def progress_enabled(asked: bool | None, stream=None) -> bool:

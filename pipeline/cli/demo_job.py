@@ -3,6 +3,7 @@
 Structure images are neutral-coloured scenes with distinct shapes (the layout to keep); appearance images are
 colourful gradients and patterns (the look to take). Everything is drawn procedurally from a seed.
 """
+
 from __future__ import annotations
 
 import io
@@ -17,8 +18,8 @@ from pipeline.cli.demo import DEMO_PAIRS, DEMO_SIZE
 from pipeline.runs import layout
 from pipeline.storage import Storage
 
-
 # --- drawing -------------------------------------------------------------------------------------------------
+
 
 def _canvas(size: int, top, bottom) -> Image.Image:
     """A vertical gradient from colour `top` to colour `bottom`."""
@@ -43,7 +44,9 @@ def structure_rings(size: int, rng: random.Random) -> Image.Image:
     centre = (size * rng.uniform(0.4, 0.6), size * rng.uniform(0.4, 0.6))
     for index, radius in enumerate(np.linspace(0.45 * size, 0.06 * size, 6)):
         shade = 40 if index % 2 == 0 else 220
-        draw.ellipse([centre[0] - radius, centre[1] - radius, centre[0] + radius, centre[1] + radius], fill=(shade,) * 3)
+        draw.ellipse(
+            [centre[0] - radius, centre[1] - radius, centre[0] + radius, centre[1] + radius], fill=(shade,) * 3
+        )
     return image
 
 
@@ -64,7 +67,10 @@ def structure_stripes(size: int, rng: random.Random) -> Image.Image:
     draw = ImageDraw.Draw(image)
     width = max(2, size // 10)
     for offset in range(-size, 2 * size, 2 * width):
-        draw.polygon([(offset, 0), (offset + width, 0), (offset + width + size, size), (offset + size, size)], fill=(110, 110, 110))
+        draw.polygon(
+            [(offset, 0), (offset + width, 0), (offset + width + size, size), (offset + size, size)],
+            fill=(110, 110, 110),
+        )
     radius = 0.2 * size
     draw.ellipse([size / 2 - radius, size / 2 - radius, size / 2 + radius, size / 2 + radius], fill=(25, 25, 25))
     return image
@@ -94,7 +100,9 @@ def appearance_forest(size: int, rng: random.Random) -> Image.Image:
     draw = ImageDraw.Draw(image)
     for _ in range(12):
         x, y, r = size * rng.random(), size * rng.uniform(0.3, 1.0), size * rng.uniform(0.05, 0.15)
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=(rng.randint(10, 60), rng.randint(90, 150), rng.randint(20, 60)))
+        draw.ellipse(
+            [x - r, y - r, x + r, y + r], fill=(rng.randint(10, 60), rng.randint(90, 150), rng.randint(20, 60))
+        )
     return image
 
 
@@ -106,14 +114,26 @@ def appearance_candy(size: int, rng: random.Random) -> Image.Image:
     return Image.fromarray(array.round().astype(np.uint8), mode="RGB")
 
 
-STRUCTURES = {"shapes": structure_shapes, "rings": structure_rings, "house": structure_house, "stripes": structure_stripes}
-APPEARANCES = {"sunset": appearance_sunset, "ocean": appearance_ocean, "forest": appearance_forest, "candy": appearance_candy}
+STRUCTURES = {
+    "shapes": structure_shapes,
+    "rings": structure_rings,
+    "house": structure_house,
+    "stripes": structure_stripes,
+}
+APPEARANCES = {
+    "sunset": appearance_sunset,
+    "ocean": appearance_ocean,
+    "forest": appearance_forest,
+    "candy": appearance_candy,
+}
 
 
 # --- the demo ------------------------------------------------------------------------------------------------
 
-def write_demo_inputs(folder: str, pairs: int = DEMO_PAIRS, size: int = DEMO_SIZE, seed: int = 0,
-                      storage: Storage | None = None) -> list[str]:
+
+def write_demo_inputs(
+    folder: str, pairs: int = DEMO_PAIRS, size: int = DEMO_SIZE, seed: int = 0, storage: Storage | None = None
+) -> list[str]:
     """Draw `pairs` pairs as `folder/<pair_id>/{structure,appearance}.png` (the pairs-dir layout); returns ids."""
     storage = storage or Storage()
     rng = random.Random(seed)
@@ -133,9 +153,9 @@ def write_demo_inputs(folder: str, pairs: int = DEMO_PAIRS, size: int = DEMO_SIZ
 
 def run_demo(out: str, settings_for_run, *, pairs: int = DEMO_PAIRS, size: int = DEMO_SIZE):
     """Draw the inputs under `out/inputs`, build `out/inputs/manifest.parquet`, run into `out/run`."""
-    from pipeline.runs.fanout import run_manifest
-    from manifests.schema import validate_frame, write_manifest
     from manifests.builders import build_pairs_dir
+    from manifests.schema import validate_frame, write_manifest
+    from pipeline.runs.fanout import run_manifest
 
     # 1. inputs and their manifest
     storage = Storage(settings_for_run.storage_options)
@@ -160,9 +180,7 @@ def compare_and_report(out: str, settings_for_run, manifest_url: str, *, progres
     import dataclasses
 
     from evaluation.evaluate import evaluate_run
-    from evaluation.models import EvalSettings
     from evaluation.report.build import build_report
-
     from pipeline.runs.fanout import run_manifest
 
     storage = Storage(settings_for_run.storage_options)
@@ -192,7 +210,6 @@ def demo_eval_settings(backbone: str):
     from evaluation.models import DINO_ROLES, EvalSettings
     from evaluation.segmenter import DEFAULT_SEGMENTER
     from evaluation.weights import can_have
-
     from pipeline.method.weights import announce_fallback, resolve_backbone
 
     if backbone.startswith("random:"):
@@ -203,17 +220,24 @@ def demo_eval_settings(backbone: str):
         for _, fallback in resolved.values():
             if fallback:
                 announce_fallback(f"metric backbone {fallback}")
-        metric_backbone = (",".join(f"{spec}={used}" for spec, (used, _) in resolved.items())
-                           if any(fallback for _, fallback in resolved.values()) else None)
+        metric_backbone = (
+            ",".join(f"{spec}={used}" for spec, (used, _) in resolved.items())
+            if any(fallback for _, fallback in resolved.values())
+            else None
+        )
     lpips_weights, segmenter = "pretrained", DEFAULT_SEGMENTER
     if not can_have(AlexNet_Weights.IMAGENET1K_V1.url):
         lpips_weights = "random"
-        announce_fallback("metric lpips_structure: the AlexNet weights are not in SPLICE_WEIGHTS_DIR nor the torch "
-                          "cache and cannot be downloaded: using RANDOM weights (labelled in the tables)")
+        announce_fallback(
+            "metric lpips_structure: the AlexNet weights are not in SPLICE_WEIGHTS_DIR nor the torch "
+            "cache and cannot be downloaded: using RANDOM weights (labelled in the tables)"
+        )
     if not can_have(get_model_weights(DEFAULT_SEGMENTER).DEFAULT.url):
         segmenter = f"random:{DEFAULT_SEGMENTER}"
-        announce_fallback(f"metric layout_miou: the {DEFAULT_SEGMENTER} weights are not in SPLICE_WEIGHTS_DIR nor the "
-                          f"torch cache and cannot be downloaded: using RANDOM weights (labelled in the tables)")
+        announce_fallback(
+            f"metric layout_miou: the {DEFAULT_SEGMENTER} weights are not in SPLICE_WEIGHTS_DIR nor the "
+            f"torch cache and cannot be downloaded: using RANDOM weights (labelled in the tables)"
+        )
     return EvalSettings(metric_backbone=metric_backbone, lpips_weights=lpips_weights, segmenter=segmenter)
 
 

@@ -6,6 +6,7 @@ command's handler imports torch, Ray, pandas and fsspec when it runs. This lazin
 ~1.7 s (idle machine) to ~10 s (loaded) when building the parser imports torch, as it did before.
 tests/test_cli_options.py checks that building the parser imports no heavy library.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Semantic appearance transfer (Splice) over whole datasets: train, run, evaluate, report.",
     )
     parser.add_argument("--version", action="version", version=f"splice {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="-v: this project's debug messages (and tracebacks of failed pairs); -vv: also other "
-                             "libraries' info messages")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="-v: this project's debug messages (and tracebacks of failed pairs); -vv: also other "
+        "libraries' info messages",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
@@ -64,9 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from pipeline.storage import redact_text  # after parsing: `--help` needs no fsspec
+
     configure_logging(args.verbose)
     _terminated.clear()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
+    previous = (
+        signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
         return int(args.handler(args) or 0)
     except SpliceError as exc:
@@ -75,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # storage trouble that reached here: one line, no traceback
         reason = exc.strerror or str(exc) or type(exc).__name__
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        print(redact_text(f"error: {reason}{where}: check the location, its permissions and free space"),
-              file=sys.stderr)
+        print(
+            redact_text(f"error: {reason}{where}: check the location, its permissions and free space"), file=sys.stderr
+        )
         return 2
     except KeyboardInterrupt:
         if _terminated.is_set():

@@ -1,15 +1,19 @@
 """`splice status RUN_URL`: how far a run has got, read from its storage alone."""
+
 from __future__ import annotations
 
 from pipeline.cli.options import add_storage_arguments
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("status", help="done / failed / pending / damaged pairs of a run folder",
-                                   description="Count a run's done, failed, pending and damaged pairs from its folder "
-                                               "alone, and show the step each pair in flight last reported. A pair is "
-                                               "done when its files match its _SUCCESS marker (sizes; sha256 with "
-                                               "--verify); damaged pairs are redone by `splice run`.")
+    parser = subparsers.add_parser(
+        "status",
+        help="done / failed / pending / damaged pairs of a run folder",
+        description="Count a run's done, failed, pending and damaged pairs from its folder "
+        "alone, and show the step each pair in flight last reported. A pair is "
+        "done when its files match its _SUCCESS marker (sizes; sha256 with "
+        "--verify); damaged pairs are redone by `splice run`.",
+    )
     parser.add_argument("run", help="run folder (local path or fsspec URL)")
     parser.add_argument("--failed", action="store_true", help="list every failed and damaged pair with its error")
     parser.add_argument("--verify", action="store_true", help="also check every done pair's files by sha256")
@@ -33,8 +37,11 @@ def run_status(run: str, storage, verify: bool = False) -> dict:
     record = folder.record()
     found = folder.scan(verify=verify)
     results = folder.results()  # unreadable or missing: the markers say all there is
-    recorded = {} if results is None else {r["pair_id"]: (r["status"], r.get("error") or "")
-                                           for r in results.to_dict("records")}
+    recorded = (
+        {}
+        if results is None
+        else {r["pair_id"]: (r["status"], r.get("error") or "") for r in results.to_dict("records")}
+    )
     statuses, failures, damaged = {}, [], []
     for pair_id in pair_ids:
         word, error = recorded.get(pair_id, (PairStatus.PENDING, ""))
@@ -52,11 +59,22 @@ def run_status(run: str, storage, verify: bool = False) -> dict:
     for word in statuses.values():
         counts[word.value] += 1
     finished = {p for p, s in statuses.items() if s in (PairStatus.DONE, PairStatus.FAILED, PairStatus.MISSING)}
-    in_flight = [{"pair_id": p, "step": r.get("step"), "steps": r.get("steps"), "age_s": age_seconds(r), "host": r.get("host")}
-                 for p, r in sorted(read_progress(storage, run).items()) if p not in finished]
-    return {"method": (record or {}).get("method"), "format": (record or {}).get("format", 1),
-            "total": len(pair_ids), "counts": counts, **counts, "failures": failures, "damaged_pairs": damaged,
-            "lock": folder.lock_holder(), "in_flight": in_flight}
+    in_flight = [
+        {"pair_id": p, "step": r.get("step"), "steps": r.get("steps"), "age_s": age_seconds(r), "host": r.get("host")}
+        for p, r in sorted(read_progress(storage, run).items())
+        if p not in finished
+    ]
+    return {
+        "method": (record or {}).get("method"),
+        "format": (record or {}).get("format", 1),
+        "total": len(pair_ids),
+        "counts": counts,
+        **counts,
+        "failures": failures,
+        "damaged_pairs": damaged,
+        "lock": folder.lock_holder(),
+        "in_flight": in_flight,
+    }
 
 
 def status(args) -> int:
@@ -66,17 +84,28 @@ def status(args) -> int:
 
     report = run_status(args.run, Storage(parse_storage_options(args.storage_option)), verify=args.verify)
     if args.json:
-        print(json.dumps({"run": redact_url(args.run), **report, "lock": redact(report["lock"]),
-                          "failures": [{"pair_id": p, "error": e} for p, e in report["failures"]],
-                          "damaged_pairs": [{"pair_id": p, "what": w} for p, w in report["damaged_pairs"]]},
-                         indent=2, default=str))
+        print(
+            json.dumps(
+                {
+                    "run": redact_url(args.run),
+                    **report,
+                    "lock": redact(report["lock"]),
+                    "failures": [{"pair_id": p, "error": e} for p, e in report["failures"]],
+                    "damaged_pairs": [{"pair_id": p, "what": w} for p, w in report["damaged_pairs"]],
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return 0
     in_flight = report["in_flight"]
-    print(f"run {redact_url(args.run)} (method {report['method']}): {report['total']} pair(s): {report['done']} done, "
-          f"{report['failed']} failed, {report['pending']} pending"
-          + (f", {report['missing']} missing (no output imported)" if report["missing"] else "")
-          + (f", {report['damaged']} damaged (`splice run` redoes them)" if report["damaged"] else "")
-          + (f" ({len(in_flight)} in flight)" if in_flight else ""))
+    print(
+        f"run {redact_url(args.run)} (method {report['method']}): {report['total']} pair(s): {report['done']} done, "
+        f"{report['failed']} failed, {report['pending']} pending"
+        + (f", {report['missing']} missing (no output imported)" if report["missing"] else "")
+        + (f", {report['damaged']} damaged (`splice run` redoes them)" if report["damaged"] else "")
+        + (f" ({len(in_flight)} in flight)" if in_flight else "")
+    )
     for item in in_flight[:20]:
         age = f"{item['age_s']:.0f} s ago" if item["age_s"] is not None else "at an unknown time"
         print(f"  {item['pair_id']}: step {item['step']}/{item['steps']}, reported {age} by {item['host']}")
@@ -84,9 +113,11 @@ def status(args) -> int:
         print(f"  ... and {len(in_flight) - 20} more in flight (--json lists them all)")
     if report["lock"]:
         lock = report["lock"]
-        print(f"a `{lock.get('command', 'splice run')}` is in progress (lock held by host {lock.get('host')}, "
-              f"pid {lock.get('pid')}, since {lock.get('since')})")
-    for pair_id, what in (report["damaged_pairs"] if args.failed else report["damaged_pairs"][:5]):
+        print(
+            f"a `{lock.get('command', 'splice run')}` is in progress (lock held by host {lock.get('host')}, "
+            f"pid {lock.get('pid')}, since {lock.get('since')})"
+        )
+    for pair_id, what in report["damaged_pairs"] if args.failed else report["damaged_pairs"][:5]:
         print(f"  pair {pair_id!r} is damaged: {what}")
     shown = report["failures"] if args.failed else report["failures"][:5]
     for _, error in shown:

@@ -1,4 +1,5 @@
 """`splice train`: train Splice on one pair of local images and write the result to a local folder."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,12 +11,19 @@ from pipeline.cli.options import add_out_argument
 from pipeline.method.config import PRESETS, TrainConfig
 
 
-def training_options(default_preset: str = "paper", command_defaults: dict | None = None,
-                     help_notes: dict | None = None) -> ConfigOptions:
+def training_options(
+    default_preset: str = "paper", command_defaults: dict | None = None, help_notes: dict | None = None
+) -> ConfigOptions:
     """The TrainConfig options shared by every command that trains (train, run, demo): one flag per field.
     `command_defaults`: this command's values over the preset's; `help_notes`: field -> sentence added to its help."""
-    return ConfigOptions(TrainConfig, PRESETS, default_preset, command_defaults or {}, title="training options",
-                         help_notes=help_notes or {})
+    return ConfigOptions(
+        TrainConfig,
+        PRESETS,
+        default_preset,
+        command_defaults or {},
+        title="training options",
+        help_notes=help_notes or {},
+    )
 
 
 def preset_help(default: str) -> str:
@@ -30,19 +38,26 @@ def preset_help(default: str) -> str:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "train", help="train Splice on one (structure, appearance) pair",
+        "train",
+        help="train Splice on one (structure, appearance) pair",
         description="Train a Splice generator so the structure image takes on the appearance of the appearance "
-                    "image. Writes OUT_DIR/output.png, meta.json, losses.parquet (and checkpoint.pt while training); "
-                    "re-running with the same OUT_DIR resumes from the last checkpoint.",
+        "image. Writes OUT_DIR/output.png, meta.json, losses.parquet (and checkpoint.pt while training); "
+        "re-running with the same OUT_DIR resumes from the last checkpoint.",
     )
     parser.add_argument("structure", metavar="STRUCTURE_IMAGE", help="image whose structure (layout, shapes) is kept")
-    parser.add_argument("appearance", metavar="APPEARANCE_IMAGE", help="image whose appearance (colours, textures) is transferred")
+    parser.add_argument(
+        "appearance", metavar="APPEARANCE_IMAGE", help="image whose appearance (colours, textures) is transferred"
+    )
     add_out_argument(parser, metavar="OUT_DIR", help="folder for the outputs (created)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available; default) | cpu | cuda | cuda:N")
     parser.add_argument("--force", action="store_true", help="retrain even if OUT_DIR already holds a finished result")
-    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                        help="torch.compile the backbone's 224x224 passes: auto (on CUDA only; falls back to eager "
-                             "where compiling fails; default) | on | off")
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="torch.compile the backbone's 224x224 passes: auto (on CUDA only; falls back to eager "
+        "where compiling fails; default) | on | off",
+    )
     add_progress_argument(parser)
     notes = {"checkpoint_every": "(splice train: unless set, every steps/4 steps, at most 500, so that it resumes)"}
     training_options(help_notes=notes).add_to(parser, preset_help("paper"))
@@ -80,8 +95,14 @@ def run_train(args: argparse.Namespace) -> int:
 
     # 3. train (resuming from OUT_DIR/checkpoint.pt when there is one)
     result = train_pair(
-        structure, appearance, config, backbone, device, checkpoint=pair.load_checkpoint(),
-        save_checkpoint=pair.save_checkpoint, progress=progress_enabled(args.progress),
+        structure,
+        appearance,
+        config,
+        backbone,
+        device,
+        checkpoint=pair.load_checkpoint(),
+        save_checkpoint=pair.save_checkpoint,
+        progress=progress_enabled(args.progress),
         options=TrainOptions(compile=args.compile),
     )
 
@@ -89,7 +110,8 @@ def run_train(args: argparse.Namespace) -> int:
     inputs = {"structure_uri": os.path.abspath(args.structure), "appearance_uri": os.path.abspath(args.appearance)}
     pair.write_result(result, extra_meta=inputs)
     final = result.meta["final_losses"]
-    print(f"wrote {layout.join(out, layout.OUTPUT_PNG)} ({result.meta['seconds']:.1f} s, "
-          f"{result.meta['seconds_per_step']:.3f} s/step on {result.meta['device']}, final loss {final.get('total', float('nan')):.4g})")
+    print(
+        f"wrote {layout.join(out, layout.OUTPUT_PNG)} ({result.meta['seconds']:.1f} s, "
+        f"{result.meta['seconds_per_step']:.3f} s/step on {result.meta['device']}, final loss {final.get('total', float('nan')):.4g})"
+    )
     return 0
-

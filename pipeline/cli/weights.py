@@ -5,6 +5,7 @@ hub), `splice weights export DIR` copies what is cached into DIR (layout in pipe
 weights.json listing each file's source and sha256); copy DIR to the cluster and set SPLICE_WEIGHTS_DIR=DIR there
 (or bake it into the image). `splice weights status` says, per file, where it is found or that it is missing.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,28 +56,46 @@ class WeightsFile:
 
 def catalogue() -> list[WeightsFile]:
     """Every weight file a command of this tool can load."""
-    from pipeline.method.backbone import DINO_BACKBONES
     from torchvision.models import AlexNet_Weights, get_model_weights
 
     from evaluation.segmenter import DEFAULT_SEGMENTER
+    from pipeline.method.backbone import DINO_BACKBONES
 
-    dino_roles = {"dino_vitb8": "training (paper preset); metrics selfsim, dino_i, cls_mse",
-                  "dino_vits16": "training (preview preset, demo); metric dino_i_s16 (on request)"}
-    files = [WeightsFile(spec, dino_roles.get(spec, "training (--backbone)"), "hf", dino_hub_id(timm_name))
-             for spec, timm_name in DINO_BACKBONES.items()]
-    files.append(WeightsFile("lpips-alexnet", "metric lpips_structure (LPIPS's AlexNet trunk)", "torch",
-                             AlexNet_Weights.IMAGENET1K_V1.url))
-    files.append(WeightsFile(f"segmenter-{DEFAULT_SEGMENTER}", "metric layout_miou (default segmenter)", "torch",
-                             get_model_weights(DEFAULT_SEGMENTER).DEFAULT.url))
+    dino_roles = {
+        "dino_vitb8": "training (paper preset); metrics selfsim, dino_i, cls_mse",
+        "dino_vits16": "training (preview preset, demo); metric dino_i_s16 (on request)",
+    }
+    files = [
+        WeightsFile(spec, dino_roles.get(spec, "training (--backbone)"), "hf", dino_hub_id(timm_name))
+        for spec, timm_name in DINO_BACKBONES.items()
+    ]
+    files.append(
+        WeightsFile(
+            "lpips-alexnet",
+            "metric lpips_structure (LPIPS's AlexNet trunk)",
+            "torch",
+            AlexNet_Weights.IMAGENET1K_V1.url,
+        )
+    )
+    files.append(
+        WeightsFile(
+            f"segmenter-{DEFAULT_SEGMENTER}",
+            "metric layout_miou (default segmenter)",
+            "torch",
+            get_model_weights(DEFAULT_SEGMENTER).DEFAULT.url,
+        )
+    )
     return files
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "weights", help="fetch, list or export every pretrained weight file (air-gapped clusters)",
+        "weights",
+        help="fetch, list or export every pretrained weight file (air-gapped clusters)",
         description="fetch: download the weights into the Hugging Face / torch caches (needs network); status: where "
-                    "each file is found; export DIR: copy every cached file into DIR, then copy DIR to the "
-                    f"cluster and set {WEIGHTS_DIR_ENV}=DIR there.")
+        "each file is found; export DIR: copy every cached file into DIR, then copy DIR to the "
+        f"cluster and set {WEIGHTS_DIR_ENV}=DIR there.",
+    )
     commands = parser.add_subparsers(dest="weights_command", metavar="fetch|status|export", required=True)
     fetch = commands.add_parser("fetch", help="download weights into the caches (default: all)")
     fetch.add_argument("names", nargs="*", metavar="NAME", help="some of them only (see `splice weights status`)")
@@ -93,8 +112,15 @@ def run_status(args) -> int:
     rows = []
     for entry in catalogue():
         path, where = entry.location()
-        rows.append({"name": entry.name, "used_by": entry.used_by, "found": where, "path": path,
-                     "megabytes": round(os.path.getsize(path) / 2**20, 1) if path else None})
+        rows.append(
+            {
+                "name": entry.name,
+                "used_by": entry.used_by,
+                "found": where,
+                "path": path,
+                "megabytes": round(os.path.getsize(path) / 2**20, 1) if path else None,
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -103,10 +129,16 @@ def run_status(args) -> int:
         size = f"{row['megabytes']:.0f} MB" if row["megabytes"] is not None else ""
         print(f"{row['name']:<{width}}  {row['found']:<19} {size:>7}  {row['used_by']}")
     missing = sum(1 for r in rows if r["path"] is None)
-    print(f"{len(rows) - missing} of {len(rows)} found" + (f"; {WEIGHTS_DIR_ENV}={os.environ[WEIGHTS_DIR_ENV]}"
-                                                          if os.environ.get(WEIGHTS_DIR_ENV) else "")
-          + ("; get the missing ones with `splice weights fetch` (network) or from a folder made by "
-             "`splice weights export`" if missing else ""))
+    print(
+        f"{len(rows) - missing} of {len(rows)} found"
+        + (f"; {WEIGHTS_DIR_ENV}={os.environ[WEIGHTS_DIR_ENV]}" if os.environ.get(WEIGHTS_DIR_ENV) else "")
+        + (
+            "; get the missing ones with `splice weights fetch` (network) or from a folder made by "
+            "`splice weights export`"
+            if missing
+            else ""
+        )
+    )
     return 0
 
 
@@ -140,9 +172,11 @@ def run_fetch(args) -> int:
             continue
         print(f"{entry.name}: {entry.location()[0]}")
     if failed:
-        raise SpliceError(f"could not fetch {len(failed)} weight file(s): {'; '.join(failed)}. On an offline machine: "
-                          f"run `splice weights fetch` and `splice weights export DIR` on one with network access, "
-                          f"copy DIR here and set {WEIGHTS_DIR_ENV}=DIR (or copy the files into the HF / torch caches)")
+        raise SpliceError(
+            f"could not fetch {len(failed)} weight file(s): {'; '.join(failed)}. On an offline machine: "
+            f"run `splice weights fetch` and `splice weights export DIR` on one with network access, "
+            f"copy DIR here and set {WEIGHTS_DIR_ENV}=DIR (or copy the files into the HF / torch caches)"
+        )
     return 0
 
 
@@ -158,15 +192,26 @@ def run_export(args) -> int:
         os.makedirs(os.path.dirname(destination), exist_ok=True)
         if os.path.abspath(path) != destination:
             shutil.copyfile(path, destination)
-        exported.append({"name": entry.name, "file": entry.export_path, "source": entry.source,
-                         "used_by": entry.used_by, "sha256": file_sha256(destination)})
+        exported.append(
+            {
+                "name": entry.name,
+                "file": entry.export_path,
+                "source": entry.source,
+                "used_by": entry.used_by,
+                "sha256": file_sha256(destination),
+            }
+        )
     if not exported:
-        raise SpliceError(f"no weight file is cached here to export (missing: {', '.join(missing)}); run `splice "
-                          f"weights fetch` first, on a machine with network access")
+        raise SpliceError(
+            f"no weight file is cached here to export (missing: {', '.join(missing)}); run `splice "
+            f"weights fetch` first, on a machine with network access"
+        )
     with open(os.path.join(target, "weights.json"), "w") as handle:
         json.dump({"files": exported, "missing": missing}, handle, indent=2)
-    print(f"exported {len(exported)} weight file(s) to {target}" + (f" (not cached here, so not exported: "
-                                                                    f"{', '.join(missing)})" if missing else ""))
+    print(
+        f"exported {len(exported)} weight file(s) to {target}"
+        + (f" (not cached here, so not exported: {', '.join(missing)})" if missing else "")
+    )
     print(f"copy {target} to the cluster and set {WEIGHTS_DIR_ENV}={target} there (or bake it into the image)")
     return 0
 

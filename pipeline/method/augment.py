@@ -3,6 +3,7 @@
 Every random parameter is drawn on the host from a seeded `random.Random`, so augmenting never synchronises
 with the device and a run is reproducible (and resumable: the generator's state goes into checkpoints).
 """
+
 from __future__ import annotations
 
 import random
@@ -27,7 +28,7 @@ def square_crop(rng: random.Random, image: torch.Tensor, min_fraction: float) ->
     side = min(int(round(rng.uniform(min_fraction * height, height))), width)
     top = rng.randint(0, height - side)
     left = rng.randint(0, width - side)
-    return image[..., top:top + side, left:left + side]
+    return image[..., top : top + side, left : left + side]
 
 
 def maybe_flip(rng: random.Random, image: torch.Tensor, p: float) -> torch.Tensor:
@@ -67,8 +68,9 @@ def augment_appearance(rng: random.Random, image: torch.Tensor, config: TrainCon
     return maybe_flip(rng, square_crop(rng, image, config.crop_min_fraction), config.flip_p)
 
 
-def sample_batch(rng: random.Random, structure: torch.Tensor, appearance: torch.Tensor, config: TrainConfig,
-                 include_full: bool) -> StepBatch:
+def sample_batch(
+    rng: random.Random, structure: torch.Tensor, appearance: torch.Tensor, config: TrainConfig, include_full: bool
+) -> StepBatch:
     """One step's inputs from the whole images (each (1, 3, H, W) in [0, 1], already on the device)."""
     return StepBatch(
         structure_crop=augment_structure(rng, structure, config),

@@ -13,6 +13,7 @@ Backbone specs (the name is the spec):
   random:TIMM_ARCH                                      randomly initialised ViT, e.g. random:vit_tiny_patch16_224
                                                         (random:vit_base_patch8_224.dino: DINO's shape and input norm)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +29,8 @@ from torch import nn
 from torchvision.transforms.v2.functional._geometry import _compute_resized_output_size as _torchvision_resized_size
 
 from pipeline.errors import SpliceError
-from pipeline.network import reachable
 from pipeline.method.weights import RANDOM_WEIGHTS_ID, weights_dir_file
+from pipeline.network import reachable
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class DinoBackbone(nn.Module):
     def is_random(self) -> bool:
         return self.weights_id == RANDOM_WEIGHTS_ID
 
-    def train(self, mode: bool = True) -> "DinoBackbone":
+    def train(self, mode: bool = True) -> DinoBackbone:
         # the backbone is frozen: it stays in eval mode whatever its parent does
         return super().train(False)
 
@@ -139,7 +140,7 @@ class DinoBackbone(nn.Module):
         grid = (height // patch, width // patch)
         if grid[0] == 0 or grid[1] == 0:
             raise ValueError(f"backbone input {height}x{width} is smaller than one {patch}px patch")
-        x = vit.patch_embed(pixels[..., :grid[0] * patch, :grid[1] * patch])  # (B, h, w, D) or (B, h * w, D)
+        x = vit.patch_embed(pixels[..., : grid[0] * patch, : grid[1] * patch])  # (B, h, w, D) or (B, h * w, D)
         x = x.reshape(x.shape[0], grid[0] * grid[1], x.shape[-1])  # (B, h * w, D), row-major
         x = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N, D): [CLS] first
         x = vit.pos_drop(x + dino_position_embedding(vit.pos_embed, grid, (height, width)))
@@ -169,10 +170,17 @@ def _check_dino_layout(vit: nn.Module, spec: str) -> None:
     that covers [CLS] and a square grid of patches."""
     pos_embed = getattr(vit, "pos_embed", None)
     patches = pos_embed.shape[1] - 1 if pos_embed is not None and pos_embed.dim() == 3 else -1
-    if (getattr(vit, "cls_token", None) is None or getattr(vit, "num_reg_tokens", 0) or getattr(vit, "no_embed_class", False)
-            or patches < 1 or int(math.sqrt(patches)) ** 2 != patches):
-        raise BackboneUnavailable(f"backbone {spec}: not a DINO-style ViT (needs one [CLS] token, no register tokens and "
-                                  f"a position embedding over [CLS] and a square patch grid)")
+    if (
+        getattr(vit, "cls_token", None) is None
+        or getattr(vit, "num_reg_tokens", 0)
+        or getattr(vit, "no_embed_class", False)
+        or patches < 1
+        or int(math.sqrt(patches)) ** 2 != patches
+    ):
+        raise BackboneUnavailable(
+            f"backbone {spec}: not a DINO-style ViT (needs one [CLS] token, no register tokens and "
+            f"a position embedding over [CLS] and a square patch grid)"
+        )
 
 
 def load_backbone(spec: str, device: torch.device | str = "cpu") -> DinoBackbone:
@@ -182,7 +190,9 @@ def load_backbone(spec: str, device: torch.device | str = "cpu") -> DinoBackbone
     if spec.startswith("random:"):
         arch = spec.split(":", 1)[1]
         if not timm.is_model(arch):  # a tag (e.g. vit_small_patch16_224.dino) brings that tag's mean/std
-            raise BackboneUnavailable(f"backbone {spec}: '{arch}' is not a timm architecture (see timm.list_models('vit_*'))")
+            raise BackboneUnavailable(
+                f"backbone {spec}: '{arch}' is not a timm architecture (see timm.list_models('vit_*'))"
+            )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # the same random network in every process: runs resume and workers agree
             vit = timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True)
@@ -232,8 +242,10 @@ def _vit_from_timm_cache(spec: str, timm_name: str) -> nn.Module:
     try:
         return timm.create_model(timm_name, pretrained=True, num_classes=0, dynamic_img_size=True)
     except Exception as exc:  # network or hub errors: say what to do
-        raise BackboneUnavailable(f"backbone {spec} (timm {timm_name}): downloading weights failed ({exc}); "
-                                  f"pass --backbone file:PATH with a local copy") from exc
+        raise BackboneUnavailable(
+            f"backbone {spec} (timm {timm_name}): downloading weights failed ({exc}); "
+            f"pass --backbone file:PATH with a local copy"
+        ) from exc
 
 
 def _cached_hub_file(hub_id: str) -> str | None:
@@ -253,7 +265,9 @@ def _vit_from_file(path: str) -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
     if not os.path.isfile(path):
-        raise BackboneUnavailable(f"backbone file:{path}: no such file; give the path to a .pth or .safetensors state dict")
+        raise BackboneUnavailable(
+            f"backbone file:{path}: no such file; give the path to a .pth or .safetensors state dict"
+        )
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -268,26 +282,35 @@ def _vit_from_file(path: str) -> nn.Module:
             state = state[wrapper]
     state = {_strip_prefix(k): v for k, v in state.items() if torch.is_tensor(v)}
     if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
-        raise BackboneUnavailable(f"backbone file:{path}: not a ViT state dict (no patch_embed.proj.weight / pos_embed)")
+        raise BackboneUnavailable(
+            f"backbone file:{path}: not a ViT state dict (no patch_embed.proj.weight / pos_embed)"
+        )
     embed_dim, _, patch, _ = state["patch_embed.proj.weight"].shape
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     grid = int(round((state["pos_embed"].shape[1] - 1) ** 0.5))
     vit = VisionTransformer(
-        img_size=grid * patch, patch_size=patch, embed_dim=embed_dim, depth=depth,
+        img_size=grid * patch,
+        patch_size=patch,
+        embed_dim=embed_dim,
+        depth=depth,
         num_heads=embed_dim // 64,  # every DINO ViT uses 64-dim heads
-        num_classes=0, qkv_bias="blocks.0.attn.qkv.bias" in state, dynamic_img_size=True,
+        num_classes=0,
+        qkv_bias="blocks.0.attn.qkv.bias" in state,
+        dynamic_img_size=True,
     )
     missing, unexpected = vit.load_state_dict(state, strict=False)
     unexpected = [k for k in unexpected if not k.startswith("head")]
     if missing or unexpected:
-        raise BackboneUnavailable(f"backbone file:{path}: weights do not fit a ViT (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise BackboneUnavailable(
+            f"backbone file:{path}: weights do not fit a ViT (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     return vit
 
 
 def _strip_prefix(key: str) -> str:
     for prefix in ("module.", "backbone."):
         if key.startswith(prefix):
-            key = key[len(prefix):]
+            key = key[len(prefix) :]
     return key
 
 

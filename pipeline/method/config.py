@@ -1,4 +1,5 @@
 """Configuration of the per-pair Splice trainer: one frozen dataclass, three presets."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,26 +18,32 @@ def setting(default, help: str, **metadata):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    backbone: str = setting("dino_vitb8", "DINO backbone: dino_vitb8 | dino_vits8 | dino_vitb16 | dino_vits16 (timm "
-                                          "weights, cached on first use), file:PATH (local weights) or "
-                                          "random:TIMM_ARCH (random weights, tests only)")
+    backbone: str = setting(
+        "dino_vitb8",
+        "DINO backbone: dino_vitb8 | dino_vits8 | dino_vitb16 | dino_vits16 (timm "
+        "weights, cached on first use), file:PATH (local weights) or "
+        "random:TIMM_ARCH (random weights, tests only)",
+    )
     steps: int = setting(2000, "optimisation steps (paper: 2000; authors' code: 10000)")
     lr: float = setting(2e-3, "Adam learning rate, constant")
     betas: tuple[float, float] = setting((0.0, 0.99), "Adam betas")
     appearance_weight: float = setting(10.0, "weight of the [CLS] appearance term")
     structure_weight: float = setting(1.0, "weight of the key self-similarity structure term")
     identity_weight: float = setting(1.0, "weight of the keys identity term on G(appearance crop)")
-    full_image_every: int = setting(75, "every N steps (step 0 included) the whole structure image also goes "
-                                        "through G")
-    crop_min_fraction: float = setting(0.95, "square crop side drawn uniformly in [fraction * h, h], capped at "
-                                             "the width")
+    full_image_every: int = setting(75, "every N steps (step 0 included) the whole structure image also goes through G")
+    crop_min_fraction: float = setting(
+        0.95, "square crop side drawn uniformly in [fraction * h, h], capped at the width"
+    )
     flip_p: float = setting(0.5, "horizontal flip probability (both crops)")
     jitter_p: float = setting(0.5, "colour jitter probability (structure crop)")
-    jitter: tuple[float, float, float, float] = setting((0.4, 0.4, 0.2, 0.1), "colour jitter strengths: brightness, "
-                                                                              "contrast, saturation, hue")
+    jitter: tuple[float, float, float, float] = setting(
+        (0.4, 0.4, 0.2, 0.1), "colour jitter strengths: brightness, contrast, saturation, hue"
+    )
     blur_p: float = setting(0.2, "3x3 Gaussian blur probability (structure crop)")
-    antialias: bool = setting(True, "antialiased resize to the backbone's input (modern torchvision); off: as the "
-                                    "authors' pinned torchvision 0.10")
+    antialias: bool = setting(
+        True,
+        "antialiased resize to the backbone's input (modern torchvision); off: as the authors' pinned torchvision 0.10",
+    )
     max_side: int | None = setting(None, "downscale inputs so the long side is at most this (none: full resolution)")
     max_pixels: int = setting(DEFAULT_MAX_PIXELS, "refuse inputs above this many pixels (decompression-bomb guard)")
     seed: int = setting(0, "seeds generator init and augmentation")
@@ -72,7 +79,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -83,7 +90,7 @@ class TrainConfig:
                 values[name] = tuple(values[name])
         return cls(**values)
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         changes = {k: v for k, v in changes.items() if v is not None}
         return dataclasses.replace(self, **changes) if changes else self
 

@@ -1,6 +1,7 @@
 """Devices: which one computes (chosen once, at the entry point), what it is called, and the peak memory a
 computation took there. The trainer, the reference methods, the fan-out and the evaluation all use these, so that
 every pair's meta.json describes its device the same way."""
+
 from __future__ import annotations
 
 import platform
@@ -52,5 +53,7 @@ def peak_memory(device: torch.device) -> dict:
     if device.type == "cuda":
         return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)), "peak_memory_kind": "cuda_allocated"}
     # Linux reports ru_maxrss in KiB
-    return {"peak_memory_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
-            "peak_memory_kind": "process_rss"}
+    return {
+        "peak_memory_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
+        "peak_memory_kind": "process_rss",
+    }

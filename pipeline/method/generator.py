@@ -5,10 +5,10 @@ five scales (down/up channels 16, 32, 64, 128, 128; 4 skip channels each), 3x3 c
 (`skip()`'s default `pad='zero'`), stride-2 downsampling, bilinear upsampling, BatchNorm, LeakyReLU(0.2), a 1x1 convolution after each up
 block, a final 1x1 convolution and a sigmoid. Fully convolutional: any input size gives an output of that size.
 """
+
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 DOWN_CHANNELS = (16, 32, 64, 128, 128)
@@ -21,13 +21,15 @@ def _conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> 
 
 
 def _conv_bn_act(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(_conv(in_channels, out_channels, kernel, stride), nn.BatchNorm2d(out_channels), nn.LeakyReLU(0.2))
+    return nn.Sequential(
+        _conv(in_channels, out_channels, kernel, stride), nn.BatchNorm2d(out_channels), nn.LeakyReLU(0.2)
+    )
 
 
 def _center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     top = (x.shape[-2] - height) // 2
     left = (x.shape[-1] - width) // 2
-    return x[..., top:top + height, left:left + width]
+    return x[..., top : top + height, left : left + width]
 
 
 class _Scale(nn.Module):

@@ -4,6 +4,7 @@ Every input goes through `decode_image`: EXIF orientation applied, any mode (gra
 converted to 8-bit RGB, and a pixel-count guard checked from the header before any pixel is decoded, so a
 decompression bomb never reaches memory.
 """
+
 from __future__ import annotations
 
 import io
@@ -13,10 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.method.config import DEFAULT_MAX_PIXELS
 from pipeline.errors import SpliceError
-
-
+from pipeline.method.config import DEFAULT_MAX_PIXELS
 
 BYTES_PER_PIXEL_CAP = 8  # 16-bit RGBA stored uncompressed: the most bytes per pixel a sane image file holds
 HEADER_ALLOWANCE = 1 << 20  # metadata (EXIF, ICC profiles, thumbnails) on top
@@ -41,7 +40,9 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ImageError(f"image {name} is not a readable image ({_reason(exc)}): use a JPEG, PNG or WebP file") from exc
+        raise ImageError(
+            f"image {name} is not a readable image ({_reason(exc)}): use a JPEG, PNG or WebP file"
+        ) from exc
     # 2. guard the pixel count before decoding
     width, height = image.size
     if width * height > max_pixels:
@@ -86,7 +87,9 @@ def downscale_to(image: torch.Tensor, max_side: int | None) -> torch.Tensor:
     height, width = image.shape[-2:]
     scale = max_side / max(height, width)
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    resized = torch.nn.functional.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+    resized = torch.nn.functional.interpolate(
+        image[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False
+    )
     return resized[0].round().clamp(0, 255).to(torch.uint8)
 
 

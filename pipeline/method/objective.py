@@ -20,11 +20,12 @@ Conditioned training (`conditioned_losses`, SpliceNet): B pairs, ONE generator G
 once on the B structure crops and once on the B appearance crops; the same two backbone passes (`crop_targets`,
 `crop_predictions`) and the same crop terms, averaged over the pairs.
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -62,8 +63,9 @@ def loss_weights(step: int, config: TrainConfig) -> LossWeights:
     )
 
 
-def full_structure_target(backbone: DinoBackbone, structure: torch.Tensor, precision: torch.dtype | None,
-                          antialias: bool = True) -> torch.Tensor:
+def full_structure_target(
+    backbone: DinoBackbone, structure: torch.Tensor, precision: torch.dtype | None, antialias: bool = True
+) -> torch.Tensor:
     """Self-similarity of the whole, un-augmented structure image (1, N, N): constant over training."""
     with torch.no_grad(), autocast(structure.device, precision):
         return self_similarity(backbone.last_block(backbone.prepare(structure, antialias)).keys)
@@ -74,6 +76,7 @@ Features = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # pixels
 
 def last_block_reader(backbone: DinoBackbone) -> Features:
     """Prepared pixels (B, 3, h, w) -> the last block's [CLS] (B, D) and keys (B, N, D): what the objective reads."""
+
     def read(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = backbone.last_block(pixels)
         return features.cls_token, features.keys
@@ -84,14 +87,20 @@ def last_block_reader(backbone: DinoBackbone) -> Features:
 @dataclass(frozen=True)
 class CropTargets:
     """What the crops' no-grad backbone pass gives the objective."""
+
     cls_token: torch.Tensor  # (K, D) [CLS] of the appearance crops (float32)
     keys: torch.Tensor  # (K, N, D) keys of the appearance crops (float32)
     self_similarity: torch.Tensor  # (K, N, N) key self-similarity of the structure crops
 
 
-def crop_targets(backbone: DinoBackbone, structure_crops: list[torch.Tensor], appearance_crops: list[torch.Tensor],
-                 crop_features: Features | None = None, precision: torch.dtype | None = None,
-                 antialias: bool = True) -> CropTargets:
+def crop_targets(
+    backbone: DinoBackbone,
+    structure_crops: list[torch.Tensor],
+    appearance_crops: list[torch.Tensor],
+    crop_features: Features | None = None,
+    precision: torch.dtype | None = None,
+    antialias: bool = True,
+) -> CropTargets:
     """Targets of K crop pairs from ONE no-grad backbone pass. Each list item is a (n, 3, s, s) batch of square crops
     (a pack gives one crop per item, each its own size; SpliceNet one item of n crops at the training resolution)."""
     crop_features = crop_features or last_block_reader(backbone)
@@ -103,23 +112,36 @@ def crop_targets(backbone: DinoBackbone, structure_crops: list[torch.Tensor], ap
             pieces.append(backbone.prepare(crop, antialias))
     with torch.no_grad(), autocast(pieces[0].device, precision):
         cls_token, keys = crop_features(torch.cat(pieces))  # (2K, D), (2K, N, D)
-        return CropTargets(cls_token=cls_token[appearance_rows].float(), keys=keys[appearance_rows].float(),
-                           self_similarity=self_similarity(keys[structure_rows]))
+        return CropTargets(
+            cls_token=cls_token[appearance_rows].float(),
+            keys=keys[appearance_rows].float(),
+            self_similarity=self_similarity(keys[structure_rows]),
+        )
 
 
-def crop_predictions(backbone: DinoBackbone, outputs: list[torch.Tensor], crop_features: Features | None = None,
-                     precision: torch.dtype | None = None,
-                     antialias: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def crop_predictions(
+    backbone: DinoBackbone,
+    outputs: list[torch.Tensor],
+    crop_features: Features | None = None,
+    precision: torch.dtype | None = None,
+    antialias: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """[CLS] (R, D) and keys (R, N, D) of generator outputs (square, any sizes), in ONE backbone pass with grad."""
     crop_features = crop_features or last_block_reader(backbone)
     with autocast(outputs[0].device, precision):
         return crop_features(torch.cat([backbone.prepare(output, antialias) for output in outputs]))
 
 
-def conditioned_losses(generator: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], backbone: DinoBackbone,
-                       structure: torch.Tensor, appearance: torch.Tensor, weights: LossWeights,
-                       precision: torch.dtype | None = None, crop_features: Features | None = None,
-                       antialias: bool = True) -> dict[str, torch.Tensor]:
+def conditioned_losses(
+    generator: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    backbone: DinoBackbone,
+    structure: torch.Tensor,
+    appearance: torch.Tensor,
+    weights: LossWeights,
+    precision: torch.dtype | None = None,
+    crop_features: Features | None = None,
+    antialias: bool = True,
+) -> dict[str, torch.Tensor]:
     """The crop terms for B pairs through ONE generator conditioned on the appearance [CLS] (SpliceNet).
 
     structure, appearance: (B, 3, s, s) augmented square crops. x = G(structure, [CLS](appearance)) and
@@ -146,16 +168,29 @@ def conditioned_losses(generator: Callable[[torch.Tensor, torch.Tensor], torch.T
     return terms
 
 
-def splice_losses(generator: torch.nn.Module, backbone: DinoBackbone, batch: StepBatch, weights: LossWeights,
-                  full_target: torch.Tensor | None, precision: torch.dtype | None = None,
-                  antialias: bool = True) -> dict[str, torch.Tensor]:
+def splice_losses(
+    generator: torch.nn.Module,
+    backbone: DinoBackbone,
+    batch: StepBatch,
+    weights: LossWeights,
+    full_target: torch.Tensor | None,
+    precision: torch.dtype | None = None,
+    antialias: bool = True,
+) -> dict[str, torch.Tensor]:
     """Loss terms of one step of one pair (unweighted) and their weighted sum under 'total': a pack of one."""
     return pack_losses([generator], backbone, [batch], [weights], [full_target], precision, antialias=antialias)[0]
 
 
-def pack_losses(generators: list[torch.nn.Module], backbone: DinoBackbone, batches: list[StepBatch],
-                weights: list[LossWeights], full_targets: list[torch.Tensor | None], precision: torch.dtype | None = None,
-                crop_features: Features | None = None, antialias: bool = True) -> list[dict[str, torch.Tensor]]:
+def pack_losses(
+    generators: list[torch.nn.Module],
+    backbone: DinoBackbone,
+    batches: list[StepBatch],
+    weights: list[LossWeights],
+    full_targets: list[torch.Tensor | None],
+    precision: torch.dtype | None = None,
+    crop_features: Features | None = None,
+    antialias: bool = True,
+) -> list[dict[str, torch.Tensor]]:
     """Loss terms of one step for K pairs trained together, one dict per pair (as `splice_losses` returns).
 
     Pairs share only the backbone passes, in which every image is its own batch row, so a pair's terms do not
@@ -167,8 +202,14 @@ def pack_losses(generators: list[torch.nn.Module], backbone: DinoBackbone, batch
     crop_features = crop_features or last_block_reader(backbone)
     count = len(generators)
     # 1. targets: one no-grad backbone pass over every pair's [structure crop, appearance crop]: (2K, 3, 224, 224)
-    targets = crop_targets(backbone, [b.structure_crop for b in batches], [b.appearance_crop for b in batches],
-                           crop_features, precision, antialias)
+    targets = crop_targets(
+        backbone,
+        [b.structure_crop for b in batches],
+        [b.appearance_crop for b in batches],
+        crop_features,
+        precision,
+        antialias,
+    )
     target_cls, target_keys, target_selfsim = targets.cls_token, targets.keys, targets.self_similarity
 
     # 2. generators: one call per crop, so BatchNorm sees each crop alone; x for every pair, then y where needed
@@ -204,8 +245,8 @@ def pack_losses(generators: list[torch.nn.Module], backbone: DinoBackbone, batch
         with autocast(device, precision):
             features = backbone.last_block(torch.cat([backbone.prepare(wholes[i], antialias) for i in members]))
         for row, i in enumerate(members):
-            terms[i]["full_structure"] = F.mse_loss(self_similarity(features.keys[row:row + 1]), full_targets[i])
-            terms[i]["full_appearance"] = F.mse_loss(features.cls_token[row:row + 1].float(), target_cls[i:i + 1])
+            terms[i]["full_structure"] = F.mse_loss(self_similarity(features.keys[row : row + 1]), full_targets[i])
+            terms[i]["full_appearance"] = F.mse_loss(features.cls_token[row : row + 1].float(), target_cls[i : i + 1])
 
     for pair, w in zip(terms, weights):
         pair["total"] = sum(getattr(w, name) * value for name, value in pair.items())

@@ -5,19 +5,20 @@ other pairs are in the pack, so a pair's result is the same alone or in any pack
 A checkpoint is per pair and has the same format whether the pair trained alone or in a pack: its generator, the
 Adam state of its own parameters (as `torch.optim.Adam(generator.parameters())` would save it), its RNG, its losses.
 """
+
 from __future__ import annotations
 
 import hashlib
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
+from pipeline.errors import SpliceError
 from pipeline.method.backbone import DinoBackbone
 from pipeline.method.config import TrainConfig
-from pipeline.errors import SpliceError
 from pipeline.method.generator import SkipGenerator
 from pipeline.method.images import downscale_to, from_unit_float, to_unit_float
 from pipeline.method.objective import TERMS, full_structure_target
@@ -37,6 +38,7 @@ class TrainingError(SpliceError):
 @dataclass
 class PairInput:
     """What one pair brings to a training run."""
+
     pair_id: str
     structure: torch.Tensor  # (3, H, W) uint8
     appearance: torch.Tensor  # (3, H', W') uint8
@@ -102,8 +104,10 @@ class PairRun:
         row = {"step": step, "total": values["total"]}
         row.update({name: values.get(name, float("nan")) for name in TERMS})
         if not all(_finite(values[name]) for name in values):  # terms that were off are NaN by design
-            raise TrainingError(f"loss became non-finite at step {step} ({_format(row)}); nothing was written. "
-                                f"Try --precision fp32, or check the input images")
+            raise TrainingError(
+                f"loss became non-finite at step {step} ({_format(row)}); nothing was written. "
+                f"Try --precision fp32, or check the input images"
+            )
         self.losses.append(row)
 
     def checkpoint_state(self, optimizer_state: dict) -> dict:
@@ -129,6 +133,7 @@ class PairRun:
 
 
 # --- the pair's Adam state, in and out of the trainer's shared optimiser -------------------------------------------
+
 
 def pair_optimizer_state(optimizer: torch.optim.Optimizer, run: PairRun) -> dict:
     """The state dict `torch.optim.Adam(generator.parameters())` would save for this pair alone."""
@@ -158,12 +163,14 @@ def restore_optimizer_state(optimizer: torch.optim.Optimizer, run: PairRun) -> N
 
 # --- helpers ----------------------------------------------------------------------------------------------------
 
+
 def _check_size(role: str, image: torch.Tensor) -> None:
     height, width = image.shape[-2:]
     if min(height, width) < MIN_SIDE:
         raise TrainingError(
             f"the {role} image is {width}x{height} px, below the {MIN_SIDE} px per side that Splice needs (its "
-            f"generator halves a crop of it five times): use a larger image (or a larger --max-side)")
+            f"generator halves a crop of it five times): use a larger image (or a larger --max-side)"
+        )
 
 
 def _finite(value: float) -> bool:
@@ -193,8 +200,12 @@ def _checkpoint_fits(checkpoint: dict, config: TrainConfig, fingerprint: str, pa
         log.warning("pair %s: checkpoint was made with other inputs or settings: starting from scratch", pair_id)
         return False
     if int(checkpoint["step"]) >= config.steps:
-        log.warning("pair %s: checkpoint is at step %s, past the %d steps asked for: starting from scratch",
-                    pair_id, checkpoint["step"], config.steps)
+        log.warning(
+            "pair %s: checkpoint is at step %s, past the %d steps asked for: starting from scratch",
+            pair_id,
+            checkpoint["step"],
+            config.steps,
+        )
         return False
     return True
 

@@ -18,6 +18,7 @@ Plug-ins (pipeline/plugins.py), without editing this file: `--method py:MODULE:F
 a .py file) or an entry point in group `splice.methods`. FN may be decorated with `register_method` to declare its
 facts; a plain function is a method that uses no backbone and may return just the output image, (3, H, W) uint8.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,12 +65,11 @@ class Method:
         return dataclasses.replace(self, settings=lambda config: {**base(config), **options})
 
 
-
-
 @dataclass(frozen=True)
 class Batched:
     """How the fan-out drives a method that applies whole packs of pairs at once. Every pack goes through `apply`
     (through fanout.run_pack's rendezvous), a pack of one included."""
+
     prepare: Callable  # driver, before any work: (config, options, read_bytes) -> (config, resolved options)
     apply: Callable  # worker, per pack: (pairs, backbone, device, *, on_result, options, read_bytes)
     pack_size: Callable[[int, int, float], int]  # pairs per task for --pack auto: (pairs to do, task slots, GPUs/task)
@@ -83,6 +83,7 @@ _BY_SPEC: dict[str, Method] = {}  # plug-in spec -> its method, resolved once pe
 def register_method(name: str, **facts) -> Callable[[Callable], Callable]:
     """Decorator: registers the function as method `name`, with `facts` (the fields of Method: uses_backbone,
     resumable, packs, settings, summary, version, batched), and returns it unchanged."""
+
     def decorate(fn: Callable) -> Callable:
         method = Method(name, fn, **{"summary": _first_line(fn), **facts}, spec=name)
         known = METHODS.get(name)
@@ -91,12 +92,22 @@ def register_method(name: str, **facts) -> Callable[[Callable], Callable]:
         METHODS[name] = method
         fn.splice_method = method
         return fn
+
     return decorate
 
 
-def run_method(name: str, structure: torch.Tensor, appearance: torch.Tensor, config: TrainConfig, *,
-               backbone=None, device: torch.device | None = None, checkpoint: dict | None = None,
-               save_checkpoint: Callable[[dict], None] | None = None, train: Callable | None = None):
+def run_method(
+    name: str,
+    structure: torch.Tensor,
+    appearance: torch.Tensor,
+    config: TrainConfig,
+    *,
+    backbone=None,
+    device: torch.device | None = None,
+    checkpoint: dict | None = None,
+    save_checkpoint: Callable[[dict], None] | None = None,
+    train: Callable | None = None,
+):
     """Apply method `name` (a name or plug-in spec) to one pair. Methods that use the backbone get `backbone` and
     `device`, resumable ones the checkpoint hooks, those that train in packs `train`; the others get the images and
     the config only.
@@ -126,20 +137,25 @@ def get_method(spec: str) -> Method:
     else:
         fn = plugins.load_entry_point(ENTRY_POINT_GROUP, spec, "method")
         if fn is None:
-            raise SpliceError(f"unknown method {spec!r}: use one of {', '.join(available())}; or a plug-in: "
-                              f"py:MODULE:FN (MODULE importable or a path to a .py file), or an entry point in group "
-                              f"{ENTRY_POINT_GROUP} (README: plug-in methods)")
+            raise SpliceError(
+                f"unknown method {spec!r}: use one of {', '.join(available())}; or a plug-in: "
+                f"py:MODULE:FN (MODULE importable or a path to a .py file), or an entry point in group "
+                f"{ENTRY_POINT_GROUP} (README: plug-in methods)"
+            )
     if not callable(fn):
-        raise SpliceError(f"method {spec!r} is a {type(fn).__name__}, not a function of (structure, appearance, "
-                          f"config)")
+        raise SpliceError(
+            f"method {spec!r} is a {type(fn).__name__}, not a function of (structure, appearance, config)"
+        )
     method = getattr(fn, "splice_method", None)
     if method is None:  # a plain function: no backbone, no checkpoints, named after the function
         method = Method(fn.__name__.replace("_", "-"), fn, summary=_first_line(fn))
     method = replace(method, spec=spec)
     known = METHODS.get(method.name)
     if known is not None and known.run is not fn:
-        raise SpliceError(f"method {spec!r} is named {method.name!r}, which is already a method ({known.summary}): "
-                          f"give the plug-in another name (@register_method(NAME))")
+        raise SpliceError(
+            f"method {spec!r} is named {method.name!r}, which is already a method ({known.summary}): "
+            f"give the plug-in another name (@register_method(NAME))"
+        )
     _BY_SPEC[spec] = method
     return method
 
@@ -154,13 +170,18 @@ def _checked(method: Method, result, structure, appearance, started: float) -> M
     if isinstance(result, torch.Tensor):
         result = _result(method.name, result, structure, appearance, started)
     if not all(hasattr(result, name) for name in ("output", "losses", "meta")):  # MethodResult, TrainResult
-        raise SpliceError(f"method {method.spec or method.name!r} returned a {type(result).__name__}: return a "
-                          f"MethodResult or the output image, a (3, H, W) uint8 tensor")
+        raise SpliceError(
+            f"method {method.spec or method.name!r} returned a {type(result).__name__}: return a "
+            f"MethodResult or the output image, a (3, H, W) uint8 tensor"
+        )
     output = result.output
-    if not (isinstance(output, torch.Tensor) and output.dtype == torch.uint8 and output.dim() == 3 and output.shape[0] == 3):
+    if not (
+        isinstance(output, torch.Tensor) and output.dtype == torch.uint8 and output.dim() == 3 and output.shape[0] == 3
+    ):
         what = f"{tuple(output.shape)} {output.dtype}" if isinstance(output, torch.Tensor) else type(output).__name__
-        raise SpliceError(f"method {method.spec or method.name!r} gave an output of {what}: it must be a (3, H, W) "
-                          f"uint8 tensor")
+        raise SpliceError(
+            f"method {method.spec or method.name!r} gave an output of {what}: it must be a (3, H, W) uint8 tensor"
+        )
     result.meta.setdefault("method", method.name)
     if method.version is not None:
         result.meta.setdefault("method_version", method.version)
@@ -173,38 +194,56 @@ def _first_line(fn: Callable) -> str:
 
 # --- splice --------------------------------------------------------------------------------------------------
 
-@register_method("splice", uses_backbone=True, resumable=True, packs=True, settings=lambda config: config.to_dict(),
-                 summary="Splice: a generator trained per pair")
-def splice(structure, appearance, config: TrainConfig, *, backbone, device, checkpoint=None, save_checkpoint=None,
-           train=None):
+
+@register_method(
+    "splice",
+    uses_backbone=True,
+    resumable=True,
+    packs=True,
+    settings=lambda config: config.to_dict(),
+    summary="Splice: a generator trained per pair",
+)
+def splice(
+    structure, appearance, config: TrainConfig, *, backbone, device, checkpoint=None, save_checkpoint=None, train=None
+):
     from pipeline.method.trainer import train_pair
 
-    result = (train or train_pair)(structure, appearance, config, backbone, device, checkpoint=checkpoint,
-                                   save_checkpoint=save_checkpoint)
+    result = (train or train_pair)(
+        structure, appearance, config, backbone, device, checkpoint=checkpoint, save_checkpoint=save_checkpoint
+    )
     result.meta.setdefault("method", "splice")
     return result
 
 
 # --- splicenet ----------------------------------------------------------------------------------------------
 
+
 def splicenet_settings(config: TrainConfig) -> dict:
     """The run settings that change a SpliceNet output, beside its options (checkpoint and its hash, strength)."""
     return {"max_side": config.max_side, "precision": config.precision, "antialias": config.antialias}
 
 
-@register_method("splicenet", uses_backbone=True, settings=splicenet_settings,
-                 summary="SpliceNet: one feed-forward network per domain (--checkpoint), batched",
-                 batched=Batched(prepare=splicenet_apply.prepare, apply=splicenet_apply.apply_pack,
-                                 pack_size=splicenet_apply.pack_size))
+@register_method(
+    "splicenet",
+    uses_backbone=True,
+    settings=splicenet_settings,
+    summary="SpliceNet: one feed-forward network per domain (--checkpoint), batched",
+    batched=Batched(
+        prepare=splicenet_apply.prepare, apply=splicenet_apply.apply_pack, pack_size=splicenet_apply.pack_size
+    ),
+)
 def splicenet(structure, appearance, config: TrainConfig, *, backbone, device, train=None, **_) -> MethodResult:
     """One pair of a pack: `train` is the pack's rendezvous member, which applies the net to the whole pack."""
     if train is None:
-        raise SpliceError("method splicenet applies packs of pairs: run it with `splice run --method splicenet "
-                          "--checkpoint URL` (pipeline.fanout.run_pack)")
+        raise SpliceError(
+            "method splicenet applies packs of pairs: run it with `splice run --method splicenet "
+            "--checkpoint URL` (pipeline.fanout.run_pack)"
+        )
     return train(structure, appearance, config, backbone, device)
 
 
 # --- reference methods ---------------------------------------------------------------------------------------
+
 
 @register_method("structure-copy", summary="the structure image unchanged")
 def structure_copy(structure: torch.Tensor, appearance: torch.Tensor, config: TrainConfig) -> MethodResult:
@@ -213,8 +252,11 @@ def structure_copy(structure: torch.Tensor, appearance: torch.Tensor, config: Tr
     return _result("structure-copy", structure.clone(), structure, appearance, started)
 
 
-@register_method("appearance-copy", settings=lambda config: {"max_side": config.max_side, "fit": "cover, centre crop"},
-                 summary="the appearance image, cropped to the structure's size")
+@register_method(
+    "appearance-copy",
+    settings=lambda config: {"max_side": config.max_side, "fit": "cover, centre crop"},
+    summary="the appearance image, cropped to the structure's size",
+)
 def appearance_copy(structure: torch.Tensor, appearance: torch.Tensor, config: TrainConfig) -> MethodResult:
     started = time.perf_counter()
     structure = downscale_to(structure, config.max_side)
@@ -222,9 +264,15 @@ def appearance_copy(structure: torch.Tensor, appearance: torch.Tensor, config: T
     return _result("appearance-copy", output, structure, appearance, started)
 
 
-@register_method("color-transfer", settings=lambda config: {
-    "max_side": config.max_side, "color_space": "CIELAB (D65)",
-    "statistics": "per-channel mean and std (Reinhard et al. 2001)"}, summary="mean/std colour statistics transfer in CIELAB")
+@register_method(
+    "color-transfer",
+    settings=lambda config: {
+        "max_side": config.max_side,
+        "color_space": "CIELAB (D65)",
+        "statistics": "per-channel mean and std (Reinhard et al. 2001)",
+    },
+    summary="mean/std colour statistics transfer in CIELAB",
+)
 def color_transfer(structure: torch.Tensor, appearance: torch.Tensor, config: TrainConfig) -> MethodResult:
     started = time.perf_counter()
     structure = downscale_to(structure, config.max_side)
@@ -245,10 +293,12 @@ def _cover(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     scaled = (max(size[0], round(height * scale)), max(size[1], round(width * scale)))
     resized = F.interpolate(image[None].float(), size=scaled, mode="bilinear", antialias=True, align_corners=False)[0]
     top, left = (scaled[0] - size[0]) // 2, (scaled[1] - size[1]) // 2
-    return resized[:, top:top + size[0], left:left + size[1]].round().clamp(0, 255).to(torch.uint8)
+    return resized[:, top : top + size[0], left : left + size[1]].round().clamp(0, 255).to(torch.uint8)
 
 
-def _result(name: str, output: torch.Tensor, structure: torch.Tensor, appearance: torch.Tensor, started: float) -> MethodResult:
+def _result(
+    name: str, output: torch.Tensor, structure: torch.Tensor, appearance: torch.Tensor, started: float
+) -> MethodResult:
     seconds = time.perf_counter() - started
     cpu = torch.device("cpu")
     meta = {
@@ -267,9 +317,9 @@ def _result(name: str, output: torch.Tensor, structure: torch.Tensor, appearance
 
 # --- CIELAB (D65) --------------------------------------------------------------------------------------------
 
-_RGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
-                        [0.2126729, 0.7151522, 0.0721750],
-                        [0.0193339, 0.1191920, 0.9503041]])
+_RGB_TO_XYZ = np.array(
+    [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
+)
 _XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ)
 _WHITE = np.array([0.95047, 1.0, 1.08883])
 _EPSILON, _KAPPA = 216 / 24389, 24389 / 27
@@ -288,7 +338,7 @@ def lab_to_srgb(lab: np.ndarray) -> np.ndarray:
     """(..., 3) CIELAB -> (..., 3) uint8 sRGB (out-of-gamut colours clipped)."""
     fy = (lab[..., 0] + 16) / 116
     f = np.stack([fy + lab[..., 1] / 500, fy, fy - lab[..., 2] / 200], axis=-1)
-    xyz = np.where(f ** 3 > _EPSILON, f ** 3, (116 * f - 16) / _KAPPA) * _WHITE
+    xyz = np.where(f**3 > _EPSILON, f**3, (116 * f - 16) / _KAPPA) * _WHITE
     linear = np.clip(xyz @ _XYZ_TO_RGB.T, 0, 1)
     c = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
     return np.clip(np.round(c * 255), 0, 255).astype(np.uint8)

@@ -1,5 +1,6 @@
 """What a method returns for one pair (Splice's trainer and the reference methods alike), so that one writer
 (pipeline/runs/pair_folder.py) stores every method's outputs in the same layout."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -11,26 +11,44 @@ its own seed, augmentation RNG, step counter, checkpoints and result: a pair tra
 the same losses and output. A pair whose loss goes non-finite (seen on a log step) or whose output is
 non-finite fails alone; the others go on. A pair that finishes leaves the pack at once, through `on_result`.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from pipeline.method.augment import sample_batch
 from pipeline.method.backbone import DinoBackbone
-from pipeline.method.objective import Features, last_block_reader, loss_weights, pack_losses
 from pipeline.method.devices import device_name, peak_memory, reset_peak_memory, resolve_device
-from pipeline.method.pair_run import (MIN_SIDE, RESUMABLE_CHANGES, PairInput, PairRun, TrainingError,
-                                      pair_optimizer_state, restore_optimizer_state)
+from pipeline.method.objective import Features, last_block_reader, loss_weights, pack_losses
+from pipeline.method.pair_run import (
+    MIN_SIDE,
+    RESUMABLE_CHANGES,
+    PairInput,
+    PairRun,
+    TrainingError,
+    pair_optimizer_state,
+    restore_optimizer_state,
+)
 from pipeline.method.result import MethodResult
 
 log = logging.getLogger(__name__)
-__all__ = ["MIN_SIDE", "RESUMABLE_CHANGES", "MethodResult", "PairInput", "TrainOptions", "TrainingError",
-           "resolve_device", "resolve_precision", "train_pack", "train_pair"]
+__all__ = [
+    "MIN_SIDE",
+    "RESUMABLE_CHANGES",
+    "MethodResult",
+    "PairInput",
+    "TrainOptions",
+    "TrainingError",
+    "resolve_device",
+    "resolve_precision",
+    "train_pack",
+    "train_pair",
+]
 # settings that every pair of a pack must share (the rest, e.g. seed and steps, may differ per pair)
 PACK_SHARED = ("backbone", "precision", "lr", "betas", "antialias")
 
@@ -38,6 +56,7 @@ PACK_SHARED = ("backbone", "precision", "lr", "betas", "antialias")
 @dataclass(frozen=True)
 class TrainOptions:
     """How to run the step, not what it computes: results agree with the defaults up to rounding."""
+
     compile: str = "auto"  # torch.compile the 224x224 backbone passes: auto (on for CUDA, off for CPU) | on | off
     compile_backend: str | Callable = "inductor"  # torch.compile backend: a name, or a backend function
     compile_mode: str | None = None  # torch.compile mode (None: default; "reduce-overhead" adds CUDA graphs)
@@ -53,10 +72,19 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
 
 
-def train_pair(structure: torch.Tensor, appearance: torch.Tensor, config, backbone: DinoBackbone,
-               device: torch.device, *, checkpoint: dict | None = None,
-               save_checkpoint: Callable[[dict], None] | None = None, progress: bool = False,
-               options: TrainOptions = TrainOptions(), on_step: Callable[[int], None] | None = None) -> MethodResult:
+def train_pair(
+    structure: torch.Tensor,
+    appearance: torch.Tensor,
+    config,
+    backbone: DinoBackbone,
+    device: torch.device,
+    *,
+    checkpoint: dict | None = None,
+    save_checkpoint: Callable[[dict], None] | None = None,
+    progress: bool = False,
+    options: TrainOptions = TrainOptions(),
+    on_step: Callable[[int], None] | None = None,
+) -> MethodResult:
     """Train G on (structure, appearance), each a (3, H, W) uint8 tensor, and return G(structure).
     on_step(steps_done) after each step (e.g. a live progress record)."""
     pair = PairInput("pair", structure, appearance, config, checkpoint, save_checkpoint)
@@ -67,10 +95,16 @@ def train_pair(structure: torch.Tensor, appearance: torch.Tensor, config, backbo
     return result
 
 
-def train_pack(pairs: list[PairInput], backbone: DinoBackbone, device: torch.device, *,
-               options: TrainOptions = TrainOptions(), on_step: Callable[[str, int], None] | None = None,
-               on_result: Callable[[str, MethodResult | TrainingError], None] | None = None,
-               progress: bool = False) -> dict[str, MethodResult | TrainingError]:
+def train_pack(
+    pairs: list[PairInput],
+    backbone: DinoBackbone,
+    device: torch.device,
+    *,
+    options: TrainOptions = TrainOptions(),
+    on_step: Callable[[str, int], None] | None = None,
+    on_result: Callable[[str, MethodResult | TrainingError], None] | None = None,
+    progress: bool = False,
+) -> dict[str, MethodResult | TrainingError]:
     """Train every pair's generator, packed; returns {pair_id: MethodResult, or the TrainingError it failed with}.
 
     on_step(pair_id, steps_done) is called after each step of each pair (no device sync); on_result(pair_id,
@@ -104,10 +138,20 @@ def train_pack(pairs: list[PairInput], backbone: DinoBackbone, device: torch.dev
     bar = _progress_bar(progress, active)
     while active:
         weights = [loss_weights(run.step, run.config) for run in active]
-        batches = [sample_batch(run.rng, run.structure, run.appearance, run.config, include_full=w.full_image)
-                   for run, w in zip(active, weights)]
-        terms = pack_losses([run.generator for run in active], backbone, batches, weights,
-                            [run.full_target for run in active], precision, crop_features, pairs[0].config.antialias)
+        batches = [
+            sample_batch(run.rng, run.structure, run.appearance, run.config, include_full=w.full_image)
+            for run, w in zip(active, weights)
+        ]
+        terms = pack_losses(
+            [run.generator for run in active],
+            backbone,
+            batches,
+            weights,
+            [run.full_target for run in active],
+            precision,
+            crop_features,
+            pairs[0].config.antialias,
+        )
         torch.stack([pair_terms["total"] for pair_terms in terms]).sum().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -141,17 +185,19 @@ def train_pack(pairs: list[PairInput], backbone: DinoBackbone, device: torch.dev
 
 # --- the step's parts -------------------------------------------------------------------------------------------
 
+
 def _log_step(active: list[PairRun], terms: list[dict], finish, bar) -> list[PairRun]:
     """Record the losses of pairs on a log step (one device sync for the whole pack); returns the pairs that failed."""
     logging_runs = [(run, pair_terms) for run, pair_terms in zip(active, terms) if run.is_log_step()]
     if not logging_runs:
         return []
     names = [list(pair_terms) for _, pair_terms in logging_runs]
-    values = torch.stack([pair_terms[name].detach().float() for _, pair_terms in logging_runs
-                          for name in pair_terms]).tolist()
+    values = torch.stack(
+        [pair_terms[name].detach().float() for _, pair_terms in logging_runs for name in pair_terms]
+    ).tolist()
     failed = []
     for (run, _), pair_names in zip(logging_runs, names):
-        row, values = dict(zip(pair_names, values)), values[len(pair_names):]
+        row, values = dict(zip(pair_names, values)), values[len(pair_names) :]
         try:
             run.log(run.step, row)
         except TrainingError as exc:
@@ -219,14 +265,17 @@ def _check_shared_settings(pairs: list[PairInput]) -> None:
     for pair in pairs[1:]:
         differ = [name for name in PACK_SHARED if getattr(pair.config, name) != getattr(first, name)]
         if differ:
-            raise ValueError(f"pairs {pairs[0].pair_id!r} and {pair.pair_id!r} differ in {', '.join(differ)}: "
-                             f"pairs trained in one pack must share {', '.join(PACK_SHARED)}")
+            raise ValueError(
+                f"pairs {pairs[0].pair_id!r} and {pair.pair_id!r} differ in {', '.join(differ)}: "
+                f"pairs trained in one pack must share {', '.join(PACK_SHARED)}"
+            )
     ids = [pair.pair_id for pair in pairs]
     if len(set(ids)) != len(ids):
         raise ValueError("pair ids in a pack must be unique")
 
 
 # --- results ----------------------------------------------------------------------------------------------------
+
 
 def _result(run: PairRun, facts: dict, started: float) -> MethodResult | TrainingError:
     try:

@@ -12,6 +12,7 @@ Where the user did not name a backbone (the preset's default) and its weights ca
 a randomly initialised network of the same architecture, say so once in large letters, and record it (run.json,
 the report); a backbone the user named is never replaced: it fails fast and says how to provide it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -92,9 +93,11 @@ def resolve_backbone(spec: str, *, explicit: bool) -> tuple[str, str | None]:
     if where:
         return spec, None
     twin = random_twin(spec)
-    return twin, (f"{why}: using {twin} (RANDOM weights) instead. Outputs and metrics mean nothing. To use real "
-                  f"weights: `splice weights fetch` with network access, or copy a folder made by `splice weights "
-                  f"export` and set {WEIGHTS_DIR_ENV}")
+    return twin, (
+        f"{why}: using {twin} (RANDOM weights) instead. Outputs and metrics mean nothing. To use real "
+        f"weights: `splice weights fetch` with network access, or copy a folder made by `splice weights "
+        f"export` and set {WEIGHTS_DIR_ENV}"
+    )
 
 
 def announce_fallback(reason: str, stream=None) -> None:

@@ -17,6 +17,7 @@ together) and sends one task per pack (`_pack_task` -> `run_pack`); the task run
 in a thread of its own, and the pairs that reach training train together. Everything else stays per pair:
 `_SUCCESS`, attempts, checkpoints, a failure, the results row; a retried pack skips its pairs already done.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,16 +38,16 @@ from datetime import datetime, timezone
 
 import ray
 
-from pipeline.runs import hooks, layout, rerun
-from pipeline.method.config import TrainConfig
-from pipeline.errors import SpliceError
-from pipeline.method.devices import best_device
-from pipeline.method.images import ImageError, decode_image, max_input_bytes
 from manifests.schema import Manifest, ManifestError, PairSpec, read_manifest
 from pipeline import plugins
+from pipeline.errors import SpliceError
+from pipeline.method.config import TrainConfig
+from pipeline.method.devices import best_device
+from pipeline.method.images import ImageError, decode_image, max_input_bytes
 from pipeline.method.registry import get_method, run_method
-from pipeline.runs.progress import ProgressRecorder, RunProgress
+from pipeline.runs import hooks, layout, rerun
 from pipeline.runs.packs import PackRendezvous, auto_pack_size, image_size, plan_packs
+from pipeline.runs.progress import ProgressRecorder, RunProgress
 from pipeline.runs.run_folder import PairStatus, ResultsTable, RunFolder, row_from_meta
 from pipeline.runs.run_lock import LockLost
 from pipeline.storage import Storage, StorageError, absolute, is_local, redact, redact_text, redact_url
@@ -74,7 +75,9 @@ class RunSettings:
     storage_options: dict = field(default_factory=dict)  # for non-local filesystems; never logged
     progress: bool = True  # show a progress bar
     pack: int | None = None  # pairs trained together per task (None: auto: 1 on CPUs, on GPUs as many as fit)
-    gpus_per_task: float | None = None  # GPUs per task (0.5: two tasks per GPU); None: 1 if the cluster has GPUs, else 0
+    gpus_per_task: float | None = (
+        None  # GPUs per task (0.5: two tasks per GPU); None: 1 if the cluster has GPUs, else 0
+    )
     compile: str = "auto"  # torch.compile the backbone's crop passes: auto (on CUDA) | on | off
     backbone_fallback: str | None = None  # why the default backbone was replaced by random weights (run.json)
     method_options: dict = field(default_factory=dict)  # a batched method's own (splicenet: checkpoint, strength)
@@ -83,6 +86,7 @@ class RunSettings:
 @dataclass(frozen=True)
 class PairJob:
     """Everything a worker needs for one pair (sent to Ray; holds credentials, so never logged)."""
+
     pair_id: str
     structure_uri: str
     appearance_uri: str
@@ -117,6 +121,7 @@ class RunSummary:
 
 # --- driver --------------------------------------------------------------------------------------------------
 
+
 def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
     started = time.perf_counter()
     settings = dataclasses.replace(settings, out=absolute(settings.out))  # workers have other working folders
@@ -135,13 +140,18 @@ def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
     run_lock = folder.lock("splice run", break_lock=settings.break_lock, break_stale=settings.break_stale_lock)
     with run_lock:
         # 3. compare with what the folder was made from, record the run, find what is left to do
-        plan = rerun.plan_rerun(folder, manifest, {job.pair_id for job in jobs}, force=settings.force,
-                                verify=settings.verify,
-                                settings_check=lambda existing: rerun.settings_mismatch(existing, settings.out, method,
-                                                                                        settings.config))
+        plan = rerun.plan_rerun(
+            folder,
+            manifest,
+            {job.pair_id for job in jobs},
+            force=settings.force,
+            verify=settings.verify,
+            settings_check=lambda existing: rerun.settings_mismatch(existing, settings.out, method, settings.config),
+        )
         try:
-            record = folder.write_record(rerun.run_record(settings, method, manifest, existing=plan.existing,
-                                                          inputs=plan.inputs))
+            record = folder.write_record(
+                rerun.run_record(settings, method, manifest, existing=plan.existing, inputs=plan.inputs)
+            )
             folder.write_manifest(plan.manifest_frame)
             folder.unmark(plan.unmark)  # first, so an interrupted run never leaves them marked done
         except OSError as exc:
@@ -150,11 +160,19 @@ def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
         jobs = [dataclasses.replace(job, lock_token=run_lock.token) for job in jobs]
         todo = [job for job in jobs if job.pair_id not in plan.found.done]
         skipped = len(jobs) - len(todo)
-        log.info("%d pair(s) selected: %d already done, %d to run with method %s -> %s",
-                 len(jobs), skipped, len(todo), method.name, redact_url(settings.out))
+        log.info(
+            "%d pair(s) selected: %d already done, %d to run with method %s -> %s",
+            len(jobs),
+            skipped,
+            len(todo),
+            method.name,
+            redact_url(settings.out),
+        )
         for spec in sorted({job.config.backbone for job in todo if method.uses_backbone}):
             if spec.startswith("random:"):  # said here once, not by every worker that loads it
-                log.warning("backbone %s has RANDOM weights: outputs are for testing only and are labelled 'random'", spec)
+                log.warning(
+                    "backbone %s has RANDOM weights: outputs are for testing only and are labelled 'random'", spec
+                )
 
         # 4. fan out and collect
         storage_error = None
@@ -169,9 +187,18 @@ def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
         if run_lock.lost is not None:
             run_lock.check()  # raises LockLost
     done, failed = counts[PairStatus.DONE], counts[PairStatus.FAILED]
-    return RunSummary(out=settings.out, total=len(results.rows), done=done, skipped=skipped, failed=failed,
-                      pending=len(results.rows) - done - failed, seconds=time.perf_counter() - started,
-                      failures=results.failures(), damaged=len(plan.found.damaged), storage_error=storage_error)
+    return RunSummary(
+        out=settings.out,
+        total=len(results.rows),
+        done=done,
+        skipped=skipped,
+        failed=failed,
+        pending=len(results.rows) - done - failed,
+        seconds=time.perf_counter() - started,
+        failures=results.failures(),
+        damaged=len(plan.found.damaged),
+        storage_error=storage_error,
+    )
 
 
 def _prepare_method(settings: RunSettings, method, storage: Storage):
@@ -179,7 +206,9 @@ def _prepare_method(settings: RunSettings, method, storage: Storage):
     its resolved options become part of the run's settings, so other options make another run."""
     if method.batched is None:
         if settings.method_options:
-            raise SpliceError(f"method {method.name} takes no options such as {', '.join(sorted(settings.method_options))}")
+            raise SpliceError(
+                f"method {method.name} takes no options such as {', '.join(sorted(settings.method_options))}"
+            )
         return settings, method
     config, options = method.batched.prepare(settings.config, settings.method_options, storage.read_bytes)
     settings = dataclasses.replace(settings, config=config, method_options=options)
@@ -192,8 +221,10 @@ def _write_final(folder: RunFolder, record: dict, results: ResultsTable, counts:
         results.write()
         folder.write_record(rerun.finished_record(record, counts, results.weights_ids()))
     except OSError as exc:
-        reason = (f"cannot write {layout.RESULTS} / {layout.RUN_JSON} in {redact_url(folder.url)}: {_os_reason(exc)}; "
-                  f"`splice status` rebuilds the counts from the pair folders")
+        reason = (
+            f"cannot write {layout.RESULTS} / {layout.RUN_JSON} in {redact_url(folder.url)}: {_os_reason(exc)}; "
+            f"`splice status` rebuilds the counts from the pair folders"
+        )
         log.error("%s", reason)
         return reason
     return None
@@ -210,7 +241,9 @@ def select_pairs(manifest: Manifest, only: tuple[str, ...] = (), limit: int | No
     if only:
         unknown = sorted(set(only) - set(manifest.pair_ids))
         if unknown:
-            raise ManifestError(f"--only names pair(s) not in manifest {redact_url(manifest.url)}: {', '.join(unknown[:10])}")
+            raise ManifestError(
+                f"--only names pair(s) not in manifest {redact_url(manifest.url)}: {', '.join(unknown[:10])}"
+            )
         pairs = [pair for pair in pairs if pair.pair_id in set(only)]
     if limit is not None:
         if limit < 1:
@@ -224,29 +257,46 @@ def _job(pair: PairSpec, settings: RunSettings) -> PairJob:
         config = settings.config.replace(seed=pair.seed, steps=pair.steps, backbone=pair.backbone)
     except ValueError as exc:
         raise ManifestError(f"pair {pair.pair_id!r}: {exc}; fix its row in the manifest") from exc
-    return PairJob(pair_id=pair.pair_id, structure_uri=pair.structure_uri, appearance_uri=pair.appearance_uri,
-                   pair_dir=layout.pair_dir(settings.out, pair.pair_id), run_url=settings.out, method=settings.method,
-                   config=config, storage_options=settings.storage_options, force=settings.force,
-                   method_options=settings.method_options,
-                   max_input_bytes=settings.max_input_bytes or max_input_bytes(config.max_pixels))
+    return PairJob(
+        pair_id=pair.pair_id,
+        structure_uri=pair.structure_uri,
+        appearance_uri=pair.appearance_uri,
+        pair_dir=layout.pair_dir(settings.out, pair.pair_id),
+        run_url=settings.out,
+        method=settings.method,
+        config=config,
+        storage_options=settings.storage_options,
+        force=settings.force,
+        method_options=settings.method_options,
+        max_input_bytes=settings.max_input_bytes or max_input_bytes(config.max_pixels),
+    )
 
 
 def _fan_out(todo: list[PairJob], settings: RunSettings, results: ResultsTable, skipped: int, run_lock) -> None:
     # a plug-in method's file or package goes to the workers with the job (Ray's runtime_env py_modules)
     started_ray = _ensure_ray(settings.address, plugins.runtime_env([get_method(settings.method).run]))
     if _address(settings.address) and is_local(settings.out):
-        log.warning("--out %s is a local path but pairs run on a Ray cluster: each node writes to its own disk unless "
-                    "the path is shared storage; prefer s3://, gs://, ...", settings.out)
+        log.warning(
+            "--out %s is a local path but pairs run on a Ray cluster: each node writes to its own disk unless "
+            "the path is shared storage; prefer s3://, gs://, ...",
+            settings.out,
+        )
     try:
         gpus = _gpus_per_pair(settings.gpus_per_task, started_embedded=started_ray and not _address(settings.address))
         packs = _plan(todo, settings, gpus)
-        task = _pack_task.options(num_cpus=settings.cpus_per_pair, num_gpus=gpus, max_retries=settings.max_retries,
-                                  retry_exceptions=False, runtime_env=hooks.runtime_env())
+        task = _pack_task.options(
+            num_cpus=settings.cpus_per_pair,
+            num_gpus=gpus,
+            max_retries=settings.max_retries,
+            retry_exceptions=False,
+            runtime_env=hooks.runtime_env(),
+        )
         window = max(8, 2 * _slots(settings.cpus_per_pair, gpus))
         queue, pending = deque(packs), {}
         steps = {job.pair_id: job.config.steps if get_method(job.method).uses_backbone else 0 for job in todo}
-        bar = RunProgress(Storage(settings.storage_options), settings.out, steps, enabled=settings.progress,
-                          skipped=skipped)
+        bar = RunProgress(
+            Storage(settings.storage_options), settings.out, steps, enabled=settings.progress, skipped=skipped
+        )
         try:
             while queue or pending:
                 if run_lock.lost is not None:  # taken over (--break-lock elsewhere): stop, write nothing more
@@ -298,8 +348,13 @@ def _collect(ref, job: PairJob, max_retries: int) -> dict:
         error = f"pair {job.pair_id!r}: its worker process died {max_retries + 1} time(s) (out of memory?); run again to retry it"
     except ray.exceptions.RayError as exc:
         error = f"pair {job.pair_id!r}: {type(exc).__name__}: {redact_text((str(exc).splitlines() or [''])[0])[:300]}"
-    return {"pair_id": job.pair_id, "status": PairStatus.FAILED.value, "error": error, "method": get_method(job.method).name,
-            "attempts": max_retries + 1}
+    return {
+        "pair_id": job.pair_id,
+        "status": PairStatus.FAILED.value,
+        "error": error,
+        "method": get_method(job.method).name,
+        "attempts": max_retries + 1,
+    }
 
 
 def _gpus_per_pair(asked: float | None, started_embedded: bool) -> float:
@@ -331,8 +386,11 @@ def connect_ray(address: str | None, runtime_env: dict | None = None, **options)
     """
     if ray.is_initialized():
         if runtime_env:
-            log.info("Ray was initialised before: plug-ins %s are not shipped to its workers (they import them from "
-                     "their own path)", ", ".join(runtime_env.get("py_modules", [])))
+            log.info(
+                "Ray was initialised before: plug-ins %s are not shipped to its workers (they import them from "
+                "their own path)",
+                ", ".join(runtime_env.get("py_modules", [])),
+            )
         return False
     if runtime_env:
         options["runtime_env"] = runtime_env
@@ -365,7 +423,8 @@ def _connect_ray(address: str | None, **options) -> bool:
         raise SpliceError(
             f"cannot connect to the Ray cluster at {address} ({reason}). Check the address (`ray status` on the head "
             f"node); if the cluster uses token authentication, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or "
-            f"RAY_AUTH_TOKEN_PATH) here as on the head") from exc
+            f"RAY_AUTH_TOKEN_PATH) here as on the head"
+        ) from exc
     return True
 
 
@@ -380,9 +439,11 @@ def _check_listening(address: str, timeout: float = 5.0) -> None:
         with socket.create_connection((host, port), timeout=timeout):
             return
     except OSError as exc:
-        raise SpliceError(f"no Ray cluster answers at {address} ({exc.strerror or exc}): check the address (the head "
-                          f"node prints it at `ray start --head`; `ray status` there shows it) and that its port is "
-                          f"reachable from here") from exc
+        raise SpliceError(
+            f"no Ray cluster answers at {address} ({exc.strerror or exc}): check the address (the head "
+            f"node prints it at `ray start --head`; `ray status` there shows it) and that its port is "
+            f"reachable from here"
+        ) from exc
 
 
 def _slots(cpus_per_pair: float, gpus_per_pair: float) -> int:
@@ -393,6 +454,7 @@ def _slots(cpus_per_pair: float, gpus_per_pair: float) -> int:
 
 
 # --- packs ---------------------------------------------------------------------------------------------------
+
 
 def resolve_task_settings(settings: RunSettings) -> RunSettings:
     """Check --pack / --gpus-per-task and translate the deprecated --gpus-per-pair (a pack of one per task)."""
@@ -405,10 +467,16 @@ def resolve_task_settings(settings: RunSettings) -> RunSettings:
     if settings.gpus_per_pair is None:
         return settings
     if settings.gpus_per_task is not None or (settings.pack or 1) > 1:
-        raise SpliceError("--gpus-per-pair is replaced by --gpus-per-task (GPUs per task, a task training a pack of "
-                          "--pack pairs): pass --gpus-per-task alone")
-    log.warning("--gpus-per-pair %s means --gpus-per-task %s --pack 1 (one pair per task); use --gpus-per-task to "
-                "train several pairs per task", settings.gpus_per_pair, settings.gpus_per_pair)
+        raise SpliceError(
+            "--gpus-per-pair is replaced by --gpus-per-task (GPUs per task, a task training a pack of "
+            "--pack pairs): pass --gpus-per-task alone"
+        )
+    log.warning(
+        "--gpus-per-pair %s means --gpus-per-task %s --pack 1 (one pair per task); use --gpus-per-task to "
+        "train several pairs per task",
+        settings.gpus_per_pair,
+        settings.gpus_per_pair,
+    )
     return dataclasses.replace(settings, gpus_per_task=settings.gpus_per_pair, pack=1)
 
 
@@ -454,10 +522,13 @@ def _auto_pack_size(todo: list[PairJob], sizes: dict, settings: RunSettings, gpu
         log.warning("--pack auto: the GPU probe failed (%s): one pair per task", str(exc).splitlines()[0][:200])
         return 1
     memory = int(device["memory_bytes"] * min(1.0, gpus)) if device["memory_bytes"] else None
-    scaled = [(downscaled(s, todo[0].config.max_side), downscaled(a, todo[0].config.max_side)) for s, a in sizes.values()]
+    scaled = [
+        (downscaled(s, todo[0].config.max_side), downscaled(a, todo[0].config.max_side)) for s, a in sizes.values()
+    ]
     pack = auto_pack_size(memory, scaled, device.get("patch_size") or 8, fp32=todo[0].config.precision == "fp32")
-    log.info("--pack auto: %s with %.1f GiB for each task: %d pair(s) per pack", device["name"],
-             (memory or 0) / 2**30, pack)
+    log.info(
+        "--pack auto: %s with %.1f GiB for each task: %d pair(s) per pack", device["name"], (memory or 0) / 2**30, pack
+    )
     return pack
 
 
@@ -495,6 +566,7 @@ def _device_probe(backbone_spec: str) -> dict:
 
 # --- worker --------------------------------------------------------------------------------------------------
 
+
 @ray.remote(max_calls=0)  # keep workers (and their cached backbone) alive across packs, GPU tasks included
 def _pack_task(jobs: list[PairJob], compile_backbone: str = "auto") -> list[dict]:
     recorder = ProgressRecorder(Storage(jobs[0].storage_options))  # pairs/<id>/progress.json while they train
@@ -530,13 +602,16 @@ def run_pack(jobs: list[PairJob], compile_backbone: str = "auto", on_step=None) 
 
     cached_backbone(jobs[0].config.backbone, str(best_device()))  # load once, before the threads ask for it
     if method.batched is not None:  # the pack's pairs go through the method together (splicenet: batched passes)
-        rendezvous = PackRendezvous([job.pair_id for job in jobs], method.batched.apply,
-                                    options=jobs[0].method_options,
-                                    read_bytes=Storage(jobs[0].storage_options).read_bytes)
+        rendezvous = PackRendezvous(
+            [job.pair_id for job in jobs],
+            method.batched.apply,
+            options=jobs[0].method_options,
+            read_bytes=Storage(jobs[0].storage_options).read_bytes,
+        )
     else:
-        rendezvous = PackRendezvous([job.pair_id for job in jobs], train_pack,
-                                    options=TrainOptions(compile=compile_backbone),
-                                    on_step=on_step)
+        rendezvous = PackRendezvous(
+            [job.pair_id for job in jobs], train_pack, options=TrainOptions(compile=compile_backbone), on_step=on_step
+        )
 
     def one(job: PairJob) -> dict:
         try:
@@ -548,7 +623,6 @@ def run_pack(jobs: list[PairJob], compile_backbone: str = "auto", on_step=None) 
         rows = [pool.submit(one, job) for job in jobs]
         rendezvous.run()
         return [row.result() for row in rows]
-
 
 
 def run_pair(job: PairJob, train=None, on_step=None) -> dict:
@@ -588,19 +662,40 @@ def run_pair(job: PairJob, train=None, on_step=None) -> dict:
             from pipeline.method.trainer import train_pair
 
             train = functools.partial(train_pair, on_step=functools.partial(on_step, job.pair_id))
-        result = run_method(job.method, structure, appearance, job.config, backbone=backbone, device=device,
-                            checkpoint=checkpoint, save_checkpoint=save, train=train)
+        result = run_method(
+            job.method,
+            structure,
+            appearance,
+            job.config,
+            backbone=backbone,
+            device=device,
+            checkpoint=checkpoint,
+            save_checkpoint=save,
+            train=train,
+        )
         # 3. outputs, _SUCCESS last
         finished_at = _now()
-        extra = {"pair_id": job.pair_id, "method": method.name, "attempt": attempt,
-                 "structure_uri": redact_url(job.structure_uri), "appearance_uri": redact_url(job.appearance_uri),
-                 "started_at": started_at, "finished_at": finished_at,
-                 "worker": {"host": socket.gethostname(), "pid": os.getpid(), "backbone_loaded": loaded}}
+        extra = {
+            "pair_id": job.pair_id,
+            "method": method.name,
+            "attempt": attempt,
+            "structure_uri": redact_url(job.structure_uri),
+            "appearance_uri": redact_url(job.appearance_uri),
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "worker": {"host": socket.gethostname(), "pid": os.getpid(), "backbone_loaded": loaded},
+        }
         meta = result.meta
-        done = {**row, "status": PairStatus.DONE.value, "error": None, "seconds": float(meta.get("seconds", 0.0)),
-                "device": meta.get("device_name") or meta.get("device"),
-                "peak_memory_bytes": meta.get("peak_memory_bytes"), "weights_id": meta.get("weights_id"),
-                "finished_at": finished_at}
+        done = {
+            **row,
+            "status": PairStatus.DONE.value,
+            "error": None,
+            "seconds": float(meta.get("seconds", 0.0)),
+            "device": meta.get("device_name") or meta.get("device"),
+            "peak_memory_bytes": meta.get("peak_memory_bytes"),
+            "weights_id": meta.get("weights_id"),
+            "finished_at": finished_at,
+        }
         pair.write_result(result, extra, row=done, fence=lambda: folder.fence(job.lock_token))
         pair.clear_error()
         hooks.point("pair.written", pair_id=job.pair_id, attempt=attempt)
@@ -610,8 +705,15 @@ def run_pair(job: PairJob, train=None, on_step=None) -> dict:
         lock_lost = isinstance(exc, LockLost)
         if not lock_lost:  # fenced: a pair whose run lost its lock writes nothing
             pair.write_error(error, trace)
-        return {**row, "status": PairStatus.FAILED.value, "error": error, "finished_at": _now(),
-                "wall_seconds": time.perf_counter() - clock, "traceback": trace, "lock_lost": lock_lost}
+        return {
+            **row,
+            "status": PairStatus.FAILED.value,
+            "error": error,
+            "finished_at": _now(),
+            "wall_seconds": time.perf_counter() - clock,
+            "traceback": trace,
+            "lock_lost": lock_lost,
+        }
     finally:
         _release_device_memory()
 
@@ -639,8 +741,9 @@ def _read_image(storage: Storage, job: PairJob, role: str, uri: str):
         raise SpliceError(f"{role} image {exc}") from None
     except Exception as exc:  # OSError, HTTP errors: never with the URL's credentials
         reason = redact_text(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
-        raise SpliceError(f"{role} image {redact_url(uri)} cannot be read ({reason}): check it and the storage "
-                          f"options") from None
+        raise SpliceError(
+            f"{role} image {redact_url(uri)} cannot be read ({reason}): check it and the storage options"
+        ) from None
     try:
         return decode_image(data, redact_url(uri), job.config.max_pixels)
     except ImageError as exc:  # "image X is not ..." -> "structure image X is not ..."
@@ -652,13 +755,18 @@ def _describe(job: PairJob, exc: Exception) -> str:
         return redact_text(f"pair {job.pair_id!r}: {exc}")
     if isinstance(exc, OSError):  # storage trouble, not a bug: say what to do
         if exc.errno == errno.ENOSPC:
-            return (f"pair {job.pair_id!r}: no space left on the device writing {redact_url(job.pair_dir)}: free some "
-                    f"space (or write elsewhere) and run again")
-        return redact_text(f"pair {job.pair_id!r}: storage error writing {job.pair_dir} ({type(exc).__name__}: "
-                           f"{exc}): check the storage and run again")[:600]
+            return (
+                f"pair {job.pair_id!r}: no space left on the device writing {redact_url(job.pair_dir)}: free some "
+                f"space (or write elsewhere) and run again"
+            )
+        return redact_text(
+            f"pair {job.pair_id!r}: storage error writing {job.pair_dir} ({type(exc).__name__}: "
+            f"{exc}): check the storage and run again"
+        )[:600]
     where = redact_url(layout.join(job.pair_dir, layout.ERROR_TXT))
-    return redact_text(f"pair {job.pair_id!r}: {type(exc).__name__}: {str(exc)[:500]} (a bug? traceback in {where}, "
-                       f"and with -v)")
+    return redact_text(
+        f"pair {job.pair_id!r}: {type(exc).__name__}: {str(exc)[:500]} (a bug? traceback in {where}, and with -v)"
+    )
 
 
 def _release_device_memory() -> None:

@@ -17,6 +17,7 @@ attempt; pair.inputs_read [pair_id]; pair.written [pair_id, attempt] once the pa
 evaluate.chunk [pairs] before an evaluation chunk on Ray; evaluate.before_save; report.before_publish;
 train_net.checkpoint [step] once rank 0 of `splice train-net` has written a checkpoint.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -1,5 +1,6 @@
 """Where a run's files live (see DESIGN.md, "Storage layout of a run"; docs/run-layout.md). Paths are fsspec URLs
 joined with '/'. Only RunFolder and PairFolder (run_folder.py, pair_folder.py) build paths into a run folder."""
+
 from __future__ import annotations
 
 FORMAT = 3  # the run folder's format, recorded in run.json (formats 1 and 2 still read: see run_folder.py)
@@ -16,7 +17,9 @@ META_JSON = "meta.json"  # config, seed, timings, device, peak memory, final los
 LOSSES = "losses.parquet"  # loss terms per logged step
 CHECKPOINT = "checkpoint.pt"  # optional, for resuming a pair
 SUCCESS = "_SUCCESS"  # written last: a pair with it is done
-PROGRESS_JSON = "progress.json"  # while a pair trains: its last reported step (pipeline/runs/progress.py); removed at the end
+PROGRESS_JSON = (
+    "progress.json"  # while a pair trains: its last reported step (pipeline/runs/progress.py); removed at the end
+)
 ERROR_TXT = "error.txt"  # a failed pair's error and traceback
 ATTEMPTS = "attempts.json"  # one entry per time a worker started the pair
 

@@ -11,13 +11,14 @@ Where that path would train the pair alone, the pair joins the rendezvous instea
 joined or dropped out (done already, unreadable image), they train together (`trainer.train_pack`), and each
 thread gets its pair's result the moment that pair is done, so it writes the pair's outputs while the rest train.
 """
+
 from __future__ import annotations
 
 import io
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from PIL import Image
 
@@ -38,8 +39,9 @@ BACKBONE_BYTES_PER_IMAGE = {8: 340 * 2**20, 16: 120 * 2**20}  # by patch size, b
 RESERVED_BYTES = 3 * 2**30  # backbone weights, CUDA context, workspace
 
 
-def auto_pack_size(device_memory_bytes: int | None, sizes: list[tuple] | None, backbone_patch: int = 8,
-                   fp32: bool = False) -> int:
+def auto_pack_size(
+    device_memory_bytes: int | None, sizes: list[tuple] | None, backbone_patch: int = 8, fp32: bool = False
+) -> int:
     """K for `--pack auto`: 1 without a GPU; on a GPU, as many pairs as fit its memory, at most MAX_PACK.
 
     per pair = GENERATOR_BYTES_PER_PIXEL x (structure crop + appearance crop + whole structure image, in pixels)
@@ -57,16 +59,23 @@ def auto_pack_size(device_memory_bytes: int | None, sizes: list[tuple] | None, b
     return int(max(1, min(MAX_PACK, (device_memory_bytes - RESERVED_BYTES) // largest)))
 
 
-def pair_bytes(structure: tuple[int, int], appearance: tuple[int, int], backbone_patch: int = 8,
-               fp32: bool = False) -> int:
+def pair_bytes(
+    structure: tuple[int, int], appearance: tuple[int, int], backbone_patch: int = 8, fp32: bool = False
+) -> int:
     """The auto rule's estimate of one pair's training memory (see auto_pack_size)."""
-    pixels = min(structure) ** 2 + min(appearance) ** 2 + structure[0] * structure[1]  # square crops up to the short side
+    pixels = (
+        min(structure) ** 2 + min(appearance) ** 2 + structure[0] * structure[1]
+    )  # square crops up to the short side
     backbone = BACKBONE_BYTES_PER_IMAGE.get(backbone_patch, BACKBONE_BYTES_PER_IMAGE[8]) * (2 if fp32 else 1)
     return GENERATOR_BYTES_PER_PIXEL * pixels + 2 * backbone
 
 
-def plan_packs(items: list, pack_size: int, key: Callable[[object], tuple],
-               size: Callable[[object], tuple | None] = lambda item: None) -> list[list]:
+def plan_packs(
+    items: list,
+    pack_size: int,
+    key: Callable[[object], tuple],
+    size: Callable[[object], tuple | None] = lambda item: None,
+) -> list[list]:
     """Split `items` into packs of at most `pack_size`: items with equal key() only (e.g. the backbone), those of
     equal size() next to each other; otherwise in their given order."""
     if pack_size < 1:
@@ -81,7 +90,7 @@ def plan_packs(items: list, pack_size: int, key: Callable[[object], tuple],
         for item in members:
             by_size.setdefault(size(item), []).append(item)
         ordered = [item for same in by_size.values() for item in same]
-        packs += [ordered[i:i + pack_size] for i in range(0, len(ordered), pack_size)]
+        packs += [ordered[i : i + pack_size] for i in range(0, len(ordered), pack_size)]
     return sorted(packs, key=lambda pack: order[id(pack[0])])
 
 
@@ -97,6 +106,7 @@ def image_size(read_range: Callable[[int], bytes]) -> tuple[int, int] | None:
 
 
 # --- worker side ------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class _Arrival:
@@ -121,10 +131,12 @@ class PackRendezvous:
 
     def member(self, pair_id: str) -> Callable:
         """A stand-in for `trainer.train_pair` (same signature) that trains this pair within the pack."""
+
         def train(structure, appearance, config, backbone, device, *, checkpoint=None, save_checkpoint=None, **_):
             with self._changed:
-                self._joined[pair_id] = _Arrival(structure, appearance, config, backbone, device, checkpoint,
-                                                 save_checkpoint)
+                self._joined[pair_id] = _Arrival(
+                    structure, appearance, config, backbone, device, checkpoint, save_checkpoint
+                )
                 self._expected.discard(pair_id)
                 self._changed.notify_all()
                 self._changed.wait_for(lambda: pair_id in self._outcomes)
@@ -149,8 +161,10 @@ class PackRendezvous:
         if not joined:
             return
         first = next(iter(joined.values()))
-        pairs = [PairInput(pair_id, a.structure, a.appearance, a.config, a.checkpoint, a.save_checkpoint)
-                 for pair_id, a in joined.items()]
+        pairs = [
+            PairInput(pair_id, a.structure, a.appearance, a.config, a.checkpoint, a.save_checkpoint)
+            for pair_id, a in joined.items()
+        ]
         try:
             self._train_pack(pairs, first.backbone, first.device, on_result=self._deliver, **self._train_options)
         except BaseException as exc:  # the pack as a whole failed (e.g. out of memory): every waiting pair hears it

@@ -12,6 +12,7 @@ fails a pair, and the record is removed when the pair ends (its meta.json, error
 `RunProgress` is the driver side: a bar in steps (finished pairs count all their steps, pairs in flight the steps
 they reported), so its rate and ETA come from step rates and it moves during the first wave of long pairs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,6 +35,7 @@ READ_THREADS = 8
 
 # --- worker side -----------------------------------------------------------------------------------------------
 
+
 class ProgressRecorder:
     """Writes `pairs/<id>/progress.json` for the pairs it tracks; call it as on_step(pair_id, step)."""
 
@@ -55,9 +57,16 @@ class ProgressRecorder:
         if last is not None and now - last < self.interval_s and step < steps:
             return
         self._last[pair_id] = now
-        record = {"version": PROGRESS_VERSION, "pair_id": pair_id, "step": int(step), "steps": steps, "time": now,
-                  "updated_at": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
-                  "host": socket.gethostname(), "pid": os.getpid()}
+        record = {
+            "version": PROGRESS_VERSION,
+            "pair_id": pair_id,
+            "step": int(step),
+            "steps": steps,
+            "time": now,
+            "updated_at": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
         try:
             self.storage.write_json(layout.join(pair_dir, layout.PROGRESS_JSON), record)
         except Exception as exc:  # progress is a courtesy: it never fails a pair
@@ -76,6 +85,7 @@ class ProgressRecorder:
 
 
 # --- readers ---------------------------------------------------------------------------------------------------
+
 
 def read_progress(storage: Storage, run: str, pair_ids=None) -> dict[str, dict]:
     """pair_id -> its progress record: of `pair_ids` (one read each), or of every pair that has one (one listing)."""
@@ -110,6 +120,7 @@ def age_seconds(record: dict, now: float | None = None) -> float | None:
 
 # --- driver side -----------------------------------------------------------------------------------------------
 
+
 class RunProgress:
     """The `splice run` bar: pairs done plus the steps of pairs in flight, with an ETA from step rates.
 
@@ -117,8 +128,17 @@ class RunProgress:
     pair (done or failed) counts all its steps; a pair in flight counts the steps its record reports.
     """
 
-    def __init__(self, storage: Storage, run: str, steps: dict[str, int], *, enabled: bool, skipped: int = 0,
-                 poll_s: float = POLL_S, clock=time.monotonic):
+    def __init__(
+        self,
+        storage: Storage,
+        run: str,
+        steps: dict[str, int],
+        *,
+        enabled: bool,
+        skipped: int = 0,
+        poll_s: float = POLL_S,
+        clock=time.monotonic,
+    ):
         from tqdm import tqdm
 
         self.storage, self.run, self.enabled, self.skipped = storage, run, enabled, skipped
@@ -129,10 +149,15 @@ class RunProgress:
         self.running = 0
         self._last_poll = -float("inf")
         trains = any(s > 1 for s in self.weights.values())
-        self.bar = tqdm(total=sum(self.weights.values()), unit="step" if trains else "pair", desc="splice run",
-                        dynamic_ncols=True, disable=not enabled,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {unit}s{postfix} "
-                             "[{elapsed}<{remaining}, {rate_fmt}]")
+        self.bar = tqdm(
+            total=sum(self.weights.values()),
+            unit="step" if trains else "pair",
+            desc="splice run",
+            dynamic_ncols=True,
+            disable=not enabled,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {unit}s{postfix} "
+            "[{elapsed}<{remaining}, {rate_fmt}]",
+        )
         self._refresh()
 
     def poll(self, in_flight: list[str]) -> None:

@@ -3,6 +3,7 @@
 Created exclusively (O_EXCL locally, a conditional put on S3), renewed by a heartbeat, and a fence: a holder whose
 lock was taken over notices and stops writing. `--break-lock` never takes the lock of a holder alive on this host.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from pipeline.runs import layout
 from pipeline.errors import SpliceError
+from pipeline.runs import layout
 from pipeline.storage import Storage, ensure_folder, redact_text, redact_url, with_retries
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,17 @@ class RunLock:
     (`lost`), and `check()` before a final write raises `LockLost`, so an ousted command stops writing.
     """
 
-    def __init__(self, storage: Storage, run_url: str, *, break_lock: bool = False, break_stale: bool = False,
-                 command: str = "splice run", name: str | None = None, wait: float = 0.0):
+    def __init__(
+        self,
+        storage: Storage,
+        run_url: str,
+        *,
+        break_lock: bool = False,
+        break_stale: bool = False,
+        command: str = "splice run",
+        name: str | None = None,
+        wait: float = 0.0,
+    ):
         self.storage = storage
         self.url = layout.join(run_url, name or layout.LOCK)
         self.folder = run_url
@@ -56,7 +66,7 @@ class RunLock:
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         deadline = time.monotonic() + self.wait
         while True:
             try:
@@ -66,7 +76,7 @@ class RunLock:
                     raise
                 time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
-    def _acquire_once(self) -> "RunLock":
+    def _acquire_once(self) -> RunLock:
         if (self.break_lock or self.break_stale) and self.storage.exists(self.url):
             holder = self._read()
             stale = stale_reason(holder)
@@ -74,10 +84,15 @@ class RunLock:
                 raise RunLocked(
                     f"run folder {redact_url(self.folder)} is locked by a `{holder.get('command', 'splice run')}` that is "
                     f"still running on this host ({self._describe(holder)}): --break-lock only takes over the lock of a "
-                    f"command that died. Wait for it, or stop it first")
+                    f"command that died. Wait for it, or stop it first"
+                )
             if self.break_lock or stale:
-                log.warning("breaking the lock %s (held by %s%s)", redact_url(self.url), self._describe(holder),
-                            f"; {stale}" if stale else "")
+                log.warning(
+                    "breaking the lock %s (held by %s%s)",
+                    redact_url(self.url),
+                    self._describe(holder),
+                    f"; {stale}" if stale else "",
+                )
                 self.storage.remove(self.url)
         fs, path = self.storage.fs(self.url)
         try:
@@ -108,13 +123,22 @@ class RunLock:
             if (holder or {}).get("token") != self.token:
                 self.lost = holder or {}
         if self.lost is not None:
-            raise LockLost(f"the lock of {redact_url(self.folder)} was taken over by another command "
-                           f"({self._describe(self.lost)}): this `{self.command}` stopped writing there")
+            raise LockLost(
+                f"the lock of {redact_url(self.folder)} was taken over by another command "
+                f"({self._describe(self.lost)}): this `{self.command}` stopped writing there"
+            )
 
     def _body(self) -> bytes:
-        return json.dumps({"token": self.token, "command": self.command, "host": socket.gethostname(),
-                           "pid": os.getpid(), "since": self.since,
-                           "heartbeat": datetime.now(timezone.utc).isoformat(timespec="seconds")}).encode()
+        return json.dumps(
+            {
+                "token": self.token,
+                "command": self.command,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "since": self.since,
+                "heartbeat": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+        ).encode()
 
     def _renew(self) -> None:
         """Rewrite the lock every LOCK_HEARTBEAT_S while held, so a lock that stops being renewed shows a dead run."""
@@ -123,14 +147,18 @@ class RunLock:
                 holder = self._read()
                 if (holder or {}).get("token") != self.token:
                     self.lost = holder or {}
-                    log.warning("the lock %s was taken over by another command (%s): this `%s` stops writing",
-                                redact_url(self.url), self._describe(holder), self.command)
+                    log.warning(
+                        "the lock %s was taken over by another command (%s): this `%s` stops writing",
+                        redact_url(self.url),
+                        self._describe(holder),
+                        self.command,
+                    )
                     return
                 self.storage.write_bytes(self.url, self._body())
             except Exception as exc:  # a missed heartbeat must not stop the run; the next one may succeed
                 log.warning("could not renew the lock %s (%s)", redact_url(self.url), redact_text(exc))
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -190,7 +218,9 @@ def stale_reason(holder: dict | None, now: datetime | None = None) -> str | None
         return None
     age = ((now or datetime.now(timezone.utc)) - beat).total_seconds()
     if age > LOCK_STALE_S:
-        return f"it has not been renewed for {age:.0f} s (a running `splice run` renews it every {LOCK_HEARTBEAT_S:.0f} s)"
+        return (
+            f"it has not been renewed for {age:.0f} s (a running `splice run` renews it every {LOCK_HEARTBEAT_S:.0f} s)"
+        )
     return None
 
 

@@ -5,6 +5,7 @@ which is what a Kubernetes API server checks a RayCluster / RayJob against. Refr
 
     python infra/k8s/crds/vendor.py PATH/TO/kuberay/ray-operator/config/crd/bases   (or ../shared/k8s-crds)
 """
+
 from __future__ import annotations
 
 import json
