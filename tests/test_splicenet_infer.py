@@ -62,23 +62,14 @@ def first_run(inputs, ray_session):
     """One `splice run --method splicenet` (pack auto) shared by the tests that read a finished run."""
     manifest, checkpoint, root = inputs
     out = root / "run"
-    assert (
-        main(
-            [
-                "run",
-                str(manifest),
-                "--out",
-                str(out),
-                "--method",
-                "splicenet",
-                "--checkpoint",
-                str(checkpoint),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert run_splicenet(manifest, out, checkpoint) == 0
     return out
+
+
+def run_splicenet(manifest, out, checkpoint, *extra: str) -> int:
+    """`splice run MANIFEST --out OUT --method splicenet --checkpoint CHECKPOINT [extra]` -> its exit code."""
+    args = ["run", str(manifest), "--out", str(out), "--method", "splicenet", "--checkpoint", str(checkpoint)]
+    return main([*args, *extra, "--no-progress"])
 
 
 def outputs(run: Path) -> dict[str, np.ndarray]:
@@ -128,40 +119,8 @@ def test_run_writes_the_standard_layout_that_status_and_evaluate_read(first_run,
 def test_outputs_are_deterministic_and_do_not_depend_on_the_batch(first_run, inputs, tmp_path):
     manifest, checkpoint, _ = inputs
     again, alone = tmp_path / "again", tmp_path / "alone"
-    assert (
-        main(
-            [
-                "run",
-                str(manifest),
-                "--out",
-                str(again),
-                "--method",
-                "splicenet",
-                "--checkpoint",
-                str(checkpoint / "net.pt"),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "run",
-                str(manifest),
-                "--out",
-                str(alone),
-                "--method",
-                "splicenet",
-                "--checkpoint",
-                str(checkpoint),
-                "--pack",
-                "1",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert run_splicenet(manifest, again, checkpoint / "net.pt") == 0
+    assert run_splicenet(manifest, alone, checkpoint, "--pack", "1") == 0
     first, second, single = outputs(first_run), outputs(again), outputs(alone)
     for pair_id in SIZES:
         assert np.array_equal(first[pair_id], second[pair_id]), pair_id  # same settings: the same bytes
@@ -175,59 +134,12 @@ def test_a_rerun_skips_done_pairs_and_another_checkpoint_or_strength_is_another_
 ):
     manifest, checkpoint, _ = inputs
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "run",
-                str(manifest),
-                "--out",
-                str(first_run),
-                "--method",
-                "splicenet",
-                "--checkpoint",
-                str(checkpoint),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert run_splicenet(manifest, first_run, checkpoint) == 0
     assert f"{len(SIZES)} done ({len(SIZES)} skipped as already done)" in capsys.readouterr().out
     other = write_checkpoint(tmp_path / "other", seed=1)
-    assert (
-        main(
-            [
-                "run",
-                str(manifest),
-                "--out",
-                str(first_run),
-                "--method",
-                "splicenet",
-                "--checkpoint",
-                str(other),
-                "--no-progress",
-            ]
-        )
-        == 2
-    )
+    assert run_splicenet(manifest, first_run, other) == 2
     assert "checkpoint_sha256" in capsys.readouterr().err  # not silently mixed into the finished run
-    assert (
-        main(
-            [
-                "run",
-                str(manifest),
-                "--out",
-                str(first_run),
-                "--method",
-                "splicenet",
-                "--checkpoint",
-                str(checkpoint),
-                "--appearance-strength",
-                "0.5",
-                "--no-progress",
-            ]
-        )
-        == 2
-    )
+    assert run_splicenet(manifest, first_run, checkpoint, "--appearance-strength", "0.5") == 2
     assert "appearance_strength" in capsys.readouterr().err
 
 
@@ -236,23 +148,7 @@ def test_a_checkpoint_in_object_storage_is_read_through_the_storage_options(firs
     s3_bucket.fs().put_file(str(checkpoint / "net.pt"), f"{s3_bucket.bucket}/nets/cat/net.pt")
     options = [flag for key, value in s3_bucket.options.items() for flag in ("--storage-option", f"{key}={value}")]
     out = tmp_path / "from-s3"
-    assert (
-        main(
-            [
-                "run",
-                str(manifest),
-                "--out",
-                str(out),
-                "--method",
-                "splicenet",
-                "--checkpoint",
-                s3_bucket.url("nets", "cat"),
-                *options,
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert run_splicenet(manifest, out, s3_bucket.url("nets", "cat"), *options) == 0
     assert all(np.array_equal(a, b) for a, b in zip(outputs(first_run).values(), outputs(out).values()))
     record = (out / "run.json").read_text()
     assert s3_bucket.url("nets", "cat", "net.pt") in record and s3_bucket.options["secret"] not in record
