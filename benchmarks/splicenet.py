@@ -37,11 +37,12 @@ from datetime import datetime, timezone
 
 import torch
 
-from pipeline.method.augment import sample_batch
+from pipeline.method.augment import sample_group
 from pipeline.method.backbone import load_backbone
 from pipeline.method.config import TrainConfig
 from pipeline.method.generator import SkipGenerator
-from pipeline.method.objective import conditioned_losses, loss_weights, pack_losses
+from pipeline.method.grouped_generator import GroupedGenerator
+from pipeline.method.objective import GroupStep, conditioned_losses, loss_weights, pack_losses
 from pipeline.method.splicenet import SpliceNet, SpliceNetConfig
 from pipeline.method.splicenet_apply import appearance_codes, transfer
 from pipeline.method.splicenet_train import (
@@ -98,21 +99,20 @@ def splicenet_step(backbone, device, config: NetTrainConfig, precision):
 
 
 def per_pair_step(backbone, device, batch: int, side: int, precision):
-    """B per-pair Splice generators, one packed step (crop terms on; the every-75-steps full-image pass left out)."""
+    """B per-pair Splice generators, one packed step as the trainer runs same-size pairs: one grouped generator
+    (crop terms on; the every-75-steps full-image pass left out)."""
     config = TrainConfig()
-    generators = [SkipGenerator().to(device) for _ in range(batch)]
-    optimizer = torch.optim.Adam([p for g in generators for p in g.parameters()], lr=config.lr, betas=config.betas)
-    structures = [smooth_image(2 * i, side).to(device).float().div(255)[None] for i in range(batch)]
-    appearances = [smooth_image(2 * i + 1, side).to(device).float().div(255)[None] for i in range(batch)]
+    generator = GroupedGenerator.from_generators([SkipGenerator() for _ in range(batch)]).to(device).train()
+    optimizer = torch.optim.Adam(generator.slot_parameters(), lr=config.lr, betas=config.betas)
+    structures = torch.cat([smooth_image(2 * i, side).to(device).float().div(255)[None] for i in range(batch)])
+    appearances = torch.cat([smooth_image(2 * i + 1, side).to(device).float().div(255)[None] for i in range(batch)])
     rngs = [random.Random(i) for i in range(batch)]
     weights = loss_weights(1, config)
 
     def step(i: int) -> None:
-        batches = [
-            sample_batch(rng, s, a, config, include_full=False) for rng, s, a in zip(rngs, structures, appearances)
-        ]
-        terms = pack_losses(generators, backbone, batches, [weights] * batch, [None] * batch, precision)
-        sum(t["total"] for t in terms).backward()
+        group_batch = sample_group(rngs, structures, appearances, [config] * batch, i + 1, include_full=False)
+        (terms,) = pack_losses([GroupStep(generator, group_batch, [weights] * batch)], backbone, precision)
+        terms.total.sum().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

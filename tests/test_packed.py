@@ -4,15 +4,15 @@ Tiny random backbone, tiny images, a few steps; fp32 on the CPU, where the issue
 of losses and outputs between a pair trained alone and the same pair in any pack.
 """
 
+import dataclasses
 import logging
 
 import pytest
 import torch
 
-from pipeline.method import pair_run
+from pipeline.method import pair_stack
 from pipeline.method.backbone import load_backbone
 from pipeline.method.config import TrainConfig
-from pipeline.method.generator import SkipGenerator
 from pipeline.method.trainer import PairInput, TrainingError, TrainOptions, train_pack, train_pair
 from pipeline.runs.packs import auto_pack_size, plan_packs
 from test_trainer import make_pair
@@ -98,32 +98,30 @@ def test_a_packed_run_resumes_per_pair_even_in_another_pack(backbone, alone, pac
         assert_same_result(resumed[pair_id], alone[pair_id][0])
 
 
-class _TurnsNaN(SkipGenerator):
-    """A generator whose output becomes NaN from its `after`-th call on (a pair whose training diverges)."""
-
-    def __init__(self, after):
-        super().__init__()
-        self.after, self.calls = after, 0
-
-    def forward(self, x):
-        self.calls += 1
-        out = super().forward(x)
-        return out * float("nan") if self.calls > self.after else out
-
-
 def test_a_failing_pair_fails_alone_and_its_pack_mates_are_unchanged(backbone, alone, monkeypatch):
-    make = pair_run.new_generator
+    """A pair that diverges mid-training inside a grouped generator call (its stack-mate 'a' has the same sizes)
+    leaves the pack at once, by a slice; 'a' and 'c' get exactly what they get alone."""
+    step_inputs = pair_stack.PairStack.step_inputs
 
-    def new_generator(config, device):  # test seam: the pair seeded 7 diverges at its second step
-        if config.seed != 7:
-            return make(config, device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            return _TurnsNaN(after=2).to(device).train()  # step 0 calls G twice (crop, full image)
+    def diverging_from_step_2(stack):  # test seam: the pair 'diverging' outputs NaN from its third step on
+        group = step_inputs(stack)
+        ids = [run.pair_id for run in stack.runs]
+        if "diverging" not in ids or stack.runs[0].step < 2:
+            return group
+        slot, generator = ids.index("diverging"), group.generator
 
-    monkeypatch.setattr(pair_run, "new_generator", new_generator)
+        def poisoned(images):
+            outputs = generator(images)
+            mask = torch.ones_like(outputs)
+            mask[slot] = float("nan")
+            return outputs * mask
+
+        return dataclasses.replace(group, generator=poisoned)
+
+    monkeypatch.setattr(pair_stack.PairStack, "step_inputs", diverging_from_step_2)
     config = CONFIG.replace(log_every=2)  # losses are only read (a device sync) on log steps: 0, 2 and the last
-    diverging = PairInput("diverging", *make_pair(9, (40, 40), (40, 40)), config.replace(seed=7))
+    _, structure_size, appearance_size = SPECS["a"]
+    diverging = PairInput("diverging", *make_pair(9, structure_size, appearance_size), config.replace(seed=7))
     small = PairInput("small", *make_pair(3, (30, 30), (40, 40)), config)  # below the generator's minimum
     finished = []
     results = train_pack(

@@ -9,6 +9,7 @@ DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels: inputs above this are refused 
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
+CROP_SCHEDULES = (1, 2)  # see pipeline.method.augment: 1 per pair (before 2026-12), 2 shared by same-size pairs
 
 
 def setting(default, help: str, **metadata):
@@ -50,6 +51,13 @@ class TrainConfig:
     precision: str = setting("auto", "auto: bf16 backbone on CUDA, fp32 on CPU", choices=PRECISIONS)
     log_every: int = setting(10, "record loss terms (and sync with the device) every N steps")
     checkpoint_every: int = setting(0, "write a resumable checkpoint every N steps (0: never)")
+    crop_schedule: int = setting(
+        2,
+        "crop-side schedule: 2 draws the side at step t from (schedule seed, t, image size), so same-size pairs "
+        "share crop shapes and train as one grouped generator call; 1: from each pair's RNG (runs made before it)",
+        choices=(1, 2),
+    )
+    crop_schedule_seed: int = setting(0, "seed of the shared crop-side schedule (crop_schedule 2)")
 
     def __post_init__(self):
         if self.steps < 1:
@@ -72,6 +80,8 @@ class TrainConfig:
         for name in ("flip_p", "jitter_p", "blur_p"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        if self.crop_schedule not in CROP_SCHEDULES:
+            raise ValueError(f"crop_schedule must be 1 or 2, got {self.crop_schedule!r}")
         if self.max_pixels < 1 or (self.max_side is not None and self.max_side < 1):
             raise ValueError(f"max_pixels and max_side must be >= 1, got {self.max_pixels} and {self.max_side}")
 

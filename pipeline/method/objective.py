@@ -14,7 +14,8 @@ and is computed once by the trainer. `antialias` is the resize's antialiasing (T
 
 Packed training (`pack_losses`): K pairs share those two passes (2K crops, then K x's and the y's) and the
 full-image pass of pairs whose structure images have one size; every image is its own batch row, so each pair's
-terms are what it would get alone.
+terms are what it would get alone. Pairs of one image size at one step form a group (`GroupStep`) whose generators
+run as one call (`pipeline.method.grouped_generator`); the terms come back as one (G, T) tensor per group.
 
 Conditioned training (`conditioned_losses`, SpliceNet): B pairs, ONE generator G(image, appearance [CLS]) called
 once on the B structure crops and once on the B appearance crops; the same two backbone passes (`crop_targets`,
@@ -28,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from pipeline.method.augment import StepBatch
 from pipeline.method.backbone import DinoBackbone, self_similarity
@@ -168,6 +168,34 @@ def conditioned_losses(
     return terms
 
 
+@dataclass(frozen=True)
+class GroupStep:
+    """One step of G pairs whose generators run as one call (a `GroupedGenerator`, or one `SkipGenerator` for G=1).
+
+    The pairs share their crop shapes and whether the identity and full-image terms are on at this step; their
+    term weights may differ."""
+
+    generator: Callable[[torch.Tensor], torch.Tensor]  # (G, 3, h, w) -> (G, 3, h, w), image k through generator k
+    batch: StepBatch  # G pairs' crops (and whole structure images on full-image steps)
+    weights: list[LossWeights]  # per pair
+    full_target: torch.Tensor | None = None  # (G, N, N) whole-structure self-similarities, on full-image steps
+
+
+@dataclass(frozen=True)
+class GroupTerms:
+    """A group's loss terms: `values[k, j]` is pair k's term `names[j]` (unweighted), `total[k]` its weighted sum."""
+
+    names: tuple[str, ...]
+    values: torch.Tensor  # (G, T)
+    total: torch.Tensor  # (G,)
+
+    def pair(self, k: int, weights: LossWeights) -> dict[str, torch.Tensor]:
+        """Pair k's terms as a dict (terms it weighs 0 left out) with 'total': what `splice_losses` returns."""
+        terms = {name: self.values[k, j] for j, name in enumerate(self.names) if getattr(weights, name) > 0}
+        terms["total"] = self.total[k]
+        return terms
+
+
 def splice_losses(
     generator: torch.nn.Module,
     backbone: DinoBackbone,
@@ -177,80 +205,104 @@ def splice_losses(
     precision: torch.dtype | None = None,
     antialias: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Loss terms of one step of one pair (unweighted) and their weighted sum under 'total': a pack of one."""
-    return pack_losses([generator], backbone, [batch], [weights], [full_target], precision, antialias=antialias)[0]
+    """Loss terms of one step of one pair (unweighted) and their weighted sum under 'total': a group of one."""
+    group = GroupStep(generator, batch, [weights], full_target)
+    return pack_losses([group], backbone, precision, antialias=antialias)[0].pair(0, weights)
 
 
 def pack_losses(
-    generators: list[torch.nn.Module],
+    groups: list[GroupStep],
     backbone: DinoBackbone,
-    batches: list[StepBatch],
-    weights: list[LossWeights],
-    full_targets: list[torch.Tensor | None],
     precision: torch.dtype | None = None,
     crop_features: Features | None = None,
     antialias: bool = True,
-) -> list[dict[str, torch.Tensor]]:
-    """Loss terms of one step for K pairs trained together, one dict per pair (as `splice_losses` returns).
+) -> list[GroupTerms]:
+    """Loss terms of one step for every pair of a pack, one `GroupTerms` per group.
 
-    Pairs share only the backbone passes, in which every image is its own batch row, so a pair's terms do not
-    depend on its pack-mates; each generator sees each of its crops in its own call (BatchNorm statistics per
-    crop). `crop_features` reads the 224x224 crop passes (e.g. a compiled reader); default: the eager backbone.
-    Terms weighted 0 are left out of a pair's dict.
+    The pack shares the backbone passes, in which every image is its own batch row; each group's generators run as
+    one call per kind of input (structure crops, appearance crops, whole images), in which each pair's image goes
+    through its own generator only, BatchNorm statistics per image. So a pair's terms do not depend on its group or
+    pack. `crop_features` reads the 224x224 crop passes (e.g. a compiled reader); default: the eager backbone.
     """
-    device = batches[0].structure_crop.device
     crop_features = crop_features or last_block_reader(backbone)
-    count = len(generators)
-    # 1. targets: one no-grad backbone pass over every pair's [structure crop, appearance crop]: (2K, 3, 224, 224)
+    for group in groups:
+        _check_group(group)
+    sizes = [len(group.weights) for group in groups]
+    offsets = [sum(sizes[:n]) for n in range(len(groups))]
+    count = sum(sizes)
+    weights = [w for group in groups for w in group.weights]  # per pair, in pack order
+    # 1. targets: one no-grad backbone pass over every group's [structure crops, appearance crops]: (2P, 3, 224, 224)
     targets = crop_targets(
         backbone,
-        [b.structure_crop for b in batches],
-        [b.appearance_crop for b in batches],
+        [group.batch.structure_crop for group in groups],
+        [group.batch.appearance_crop for group in groups],
         crop_features,
         precision,
         antialias,
     )
-    target_cls, target_keys, target_selfsim = targets.cls_token, targets.keys, targets.self_similarity
 
-    # 2. generators: one call per crop, so BatchNorm sees each crop alone; x for every pair, then y where needed
-    outputs = [generator(batch.structure_crop) for generator, batch in zip(generators, batches)]  # x
-    with_identity = [i for i, w in enumerate(weights) if w.identity > 0]
-    outputs += [generators[i](batches[i].appearance_crop) for i in with_identity]  # y
+    # 2. generators: one call per group for its structure crops (x), one for its appearance crops (y) where the
+    # identity term is on
+    outputs = [group.generator(group.batch.structure_crop) for group in groups]  # x: (G, 3, s, s) each
+    with_identity = [n for n, group in enumerate(groups) if group.weights[0].identity > 0]
+    outputs += [groups[n].generator(groups[n].batch.appearance_crop) for n in with_identity]  # y
 
-    # 3. predictions: one backbone pass over [x_1 .. x_K, y_i ...]; per-pair terms as (K,) vectors
+    # 3. predictions: one backbone pass over [x of every group, y of the groups with identity]; terms as (P,) vectors
     cls_token, keys = crop_predictions(backbone, outputs, crop_features, precision, antialias)
-    appearance = _mse_per_row(cls_token[:count].float(), target_cls)  # (K,)
-    structure = identity = None
+    columns = {"appearance": _mse_per_row(cls_token[:count].float(), targets.cls_token)}  # (P,)
     if any(w.structure > 0 for w in weights):
-        structure = _mse_per_row(self_similarity(keys[:count]), target_selfsim)  # (K,)
+        columns["structure"] = _mse_per_row(self_similarity(keys[:count]), targets.self_similarity)
     if with_identity:
-        targets = target_keys if len(with_identity) == count else torch.stack([target_keys[i] for i in with_identity])
-        identity = dict(zip(with_identity, _mse_per_row(keys[count:].float(), targets)))
-    terms = []
-    for i, w in enumerate(weights):
-        pair = {"appearance": appearance[i]}
-        if w.structure > 0:
-            pair["structure"] = structure[i]
-        if w.identity > 0:
-            pair["identity"] = identity[i]
-        terms.append(pair)
+        rows = [offsets[n] + k for n in with_identity for k in range(sizes[n])]
+        target_keys = targets.keys if len(rows) == count else targets.keys[rows]
+        identity = torch.full((count,), float("nan"), device=cls_token.device)
+        columns["identity"] = identity.index_put(
+            (_rows(rows, identity),), _mse_per_row(keys[count:].float(), target_keys)
+        )
 
-    # 4. the whole structure image through G at its full resolution; one backbone pass per image size
-    full = [i for i, w in enumerate(weights) if w.full_image]
-    for i in full:
-        if batches[i].structure_full is None or full_targets[i] is None:
-            raise ValueError("a full-image step needs batch.structure_full and full_target")
-    wholes = {i: generators[i](batches[i].structure_full) for i in full}
-    for members in _by_size(wholes).values():
-        with autocast(device, precision):
-            features = backbone.last_block(torch.cat([backbone.prepare(wholes[i], antialias) for i in members]))
-        for row, i in enumerate(members):
-            terms[i]["full_structure"] = F.mse_loss(self_similarity(features.keys[row : row + 1]), full_targets[i])
-            terms[i]["full_appearance"] = F.mse_loss(features.cls_token[row : row + 1].float(), target_cls[i : i + 1])
+    # 4. the whole structure images through their groups' generators; one backbone pass per image size
+    full = [n for n, group in enumerate(groups) if group.weights[0].full_image]
+    wholes = {n: groups[n].generator(groups[n].batch.structure_full) for n in full}  # (G, 3, H, W) each
+    if full:
+        full_structure = torch.full((count,), float("nan"), device=cls_token.device)
+        full_appearance = torch.full((count,), float("nan"), device=cls_token.device)
+        for members in _by_size(wholes).values():
+            rows = [offsets[n] + k for n in members for k in range(sizes[n])]
+            with autocast(cls_token.device, precision):
+                features = backbone.last_block(torch.cat([backbone.prepare(wholes[n], antialias) for n in members]))
+            target = torch.cat([groups[n].full_target for n in members])
+            index = (_rows(rows, full_structure),)
+            full_structure = full_structure.index_put(index, _mse_per_row(self_similarity(features.keys), target))
+            appearance_target = targets.cls_token[rows]
+            full_appearance = full_appearance.index_put(
+                index, _mse_per_row(features.cls_token.float(), appearance_target)
+            )
+        columns["full_structure"] = full_structure
+        columns["full_appearance"] = full_appearance
 
-    for pair, w in zip(terms, weights):
-        pair["total"] = sum(getattr(w, name) * value for name, value in pair.items())
-    return terms
+    # 5. per group: its rows of every term, and the weighted total
+    names = tuple(name for name in TERMS if name in columns)
+    values = torch.stack([columns[name] for name in names], dim=1)  # (P, T)
+    weight_table = torch.tensor([[getattr(w, name) for name in names] for w in weights], dtype=values.dtype)
+    totals = (values.nan_to_num() * weight_table.to(values.device, non_blocking=True)).sum(dim=1)  # (P,)
+    return [
+        GroupTerms(names, values[offset : offset + size], totals[offset : offset + size])
+        for offset, size in zip(offsets, sizes)
+    ]
+
+
+def _check_group(group: GroupStep) -> None:
+    if len(group.weights) != len(group.batch.structure_crop):
+        raise ValueError(f"a group of {len(group.weights)} weights got {len(group.batch.structure_crop)} crops")
+    first = group.weights[0]
+    if any((w.identity > 0) != (first.identity > 0) or w.full_image != first.full_image for w in group.weights):
+        raise ValueError("pairs of one group must agree on whether the identity and full-image terms are on")
+    if first.full_image and (group.batch.structure_full is None or group.full_target is None):
+        raise ValueError("a full-image step needs batch.structure_full and full_target")
+
+
+def _rows(rows: list[int], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.long).to(like.device, non_blocking=True)
 
 
 def _mse_per_row(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -259,6 +311,7 @@ def _mse_per_row(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def _by_size(images: dict[int, torch.Tensor]) -> dict[tuple, list[int]]:
+    """Keys of `images` grouped by the images' (height, width)."""
     groups: dict[tuple, list[int]] = {}
     for i, image in images.items():
         groups.setdefault(tuple(image.shape[-2:]), []).append(i)

@@ -1,9 +1,11 @@
-"""One pair's share of a training run: its images, generator, augmentation RNG, step counter, loss log and
-checkpoints. The trainer (`pipeline.method.trainer`) steps any number of these together; nothing here depends on which
-other pairs are in the pack, so a pair's result is the same alone or in any pack.
+"""One pair's share of a training run: its images, initial generator, augmentation RNG, step counter, loss log and
+checkpoints. The trainer (`pipeline.method.trainer`) steps any number of these together, their generators' live
+parameters held by stacks (`pipeline.method.pair_stack`); nothing here depends on which other pairs are in the
+pack, so a pair's result is the same alone or in any pack.
 
 A checkpoint is per pair and has the same format whether the pair trained alone or in a pack: its generator, the
 Adam state of its own parameters (as `torch.optim.Adam(generator.parameters())` would save it), its RNG, its losses.
+Checkpoints made before the shared crop schedule (their config has no `crop_schedule`) are schedule 1's.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from pipeline.method.objective import TERMS, full_structure_target
 log = logging.getLogger(__name__)
 # options that may change between an interrupted run and its resumption without invalidating the checkpoint
 RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "steps")
+# settings added since checkpoints were first written, with the value a checkpoint without them was made with
+ADDED_SETTINGS = {"crop_schedule": 1, "crop_schedule_seed": 0}
 # the smallest image side that trains: a 0.95 crop of it, halved five times, must keep more than one pixel per channel
 # for the deepest BatchNorm
 MIN_SIDE = 36
@@ -68,8 +72,8 @@ class PairRun:
         self.structure = to_unit_float(structure, device)  # (1, 3, H, W)
         self.appearance = to_unit_float(appearance, device)  # (1, 3, H', W')
         self.fingerprint = _fingerprint(self.structure, self.appearance)
-        # 2. generator and augmentation RNG from the seed; Adam state is held by the trainer's shared optimiser
-        self.generator = new_generator(config, device)
+        # 2. generator and augmentation RNG from the seed; the live parameters and their Adam state are the stack's
+        self.generator: SkipGenerator | None = new_generator(config, device)
         self.rng = random.Random(config.seed)
         self.start_step, self.step, self.losses = 0, 0, []
         self.optimizer_state: dict | None = None  # the checkpoint's Adam state, until the trainer takes it
@@ -84,8 +88,22 @@ class PairRun:
         self.full_target = full_structure_target(backbone, self.structure, precision, config.antialias)  # (1, N, N)
 
     @property
-    def parameters(self) -> list[torch.nn.Parameter]:
-        return list(self.generator.parameters())
+    def optimizer_steps(self) -> int:
+        """Adam steps already taken, as the checkpoint's optimiser state records them (0 when starting)."""
+        entries = (self.optimizer_state or {}).get("state") or {}
+        return int(float(next(iter(entries.values()))["step"])) if entries else 0
+
+    def initial_generator_state(self) -> dict:
+        """The generator to start from (seeded, or the checkpoint's), once: the stack holds it from then on."""
+        if self.generator is None:
+            raise RuntimeError(f"pair {self.pair_id}: its generator was handed to a stack already")
+        state, self.generator = self.generator.state_dict(), None
+        return state
+
+    def take_optimizer_state(self) -> dict | None:
+        """The checkpoint's Adam state (per-pair format), once."""
+        state, self.optimizer_state = self.optimizer_state, None
+        return state
 
     @property
     def done(self) -> bool:
@@ -110,11 +128,11 @@ class PairRun:
             )
         self.losses.append(row)
 
-    def checkpoint_state(self, optimizer_state: dict) -> dict:
-        # a snapshot on the host: state_dict() returns live tensors that the next optimiser step would overwrite
+    def checkpoint_state(self, generator_state: dict, optimizer_state: dict) -> dict:
+        # a snapshot on the host: the states hold live tensors that the next optimiser step would overwrite
         return {
             "step": self.step,
-            "generator": _to_host(self.generator.state_dict()),
+            "generator": _to_host(generator_state),
             "optimizer": _to_host(optimizer_state),
             "rng_state": _rng_state_to_lists(self.rng.getstate()),
             "losses": list(self.losses),
@@ -122,43 +140,14 @@ class PairRun:
             "inputs": self.fingerprint,
         }
 
-    def output(self) -> torch.Tensor:
-        """G(structure) at full resolution, (3, H, W) uint8 on the CPU. Train-mode BatchNorm (batch statistics),
-        as in the full-image loss terms the generator was optimised under."""
+    def output(self, generator: SkipGenerator) -> torch.Tensor:
+        """G(structure) at full resolution, (3, H, W) uint8 on the CPU, G being this pair's trained generator.
+        Train-mode BatchNorm (batch statistics), as in the full-image loss terms the generator was optimised under."""
         with torch.no_grad():
-            output = self.generator(self.structure)
+            output = generator.train()(self.structure)
         if not bool(torch.isfinite(output).all()):
             raise TrainingError("the generator's output is non-finite; nothing was written. Try --precision fp32")
         return from_unit_float(output)
-
-
-# --- the pair's Adam state, in and out of the trainer's shared optimiser -------------------------------------------
-
-
-def pair_optimizer_state(optimizer: torch.optim.Optimizer, run: PairRun) -> dict:
-    """The state dict `torch.optim.Adam(generator.parameters())` would save for this pair alone."""
-    view = torch.optim.Adam(run.parameters, lr=run.config.lr, betas=run.config.betas)
-    for parameter in run.parameters:
-        if parameter in optimizer.state:
-            view.state[parameter] = optimizer.state[parameter]
-    return view.state_dict()
-
-
-def restore_optimizer_state(optimizer: torch.optim.Optimizer, run: PairRun) -> None:
-    """Move the pair's checkpointed Adam state into the shared optimiser (its step count where that one keeps it)."""
-    if run.optimizer_state is None:
-        return
-    view = torch.optim.Adam(run.parameters, lr=run.config.lr, betas=run.config.betas)
-    view.load_state_dict(run.optimizer_state)
-    group = optimizer.param_groups[0]
-    on_device = bool(group.get("fused") or group.get("capturable"))
-    for parameter in run.parameters:
-        if parameter in view.state:
-            state = dict(view.state[parameter])
-            step = state["step"]
-            state["step"] = step.to(parameter.device, torch.float32) if on_device else step.to("cpu", torch.float32)
-            optimizer.state[parameter] = state
-    run.optimizer_state = None
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
@@ -190,7 +179,7 @@ def _fingerprint(*images: torch.Tensor) -> str:
 
 
 def _checkpoint_fits(checkpoint: dict, config: TrainConfig, fingerprint: str, pair_id: str) -> bool:
-    saved = dict(checkpoint.get("config", {}))
+    saved = {**ADDED_SETTINGS, **checkpoint.get("config", {})}
     current = config.to_dict()
     for name in RESUMABLE_CHANGES:
         saved.pop(name, None)

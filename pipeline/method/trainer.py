@@ -6,14 +6,17 @@ periodic checkpoints. Images are decoded once and live on the device as tensors 
 
 A pack shares what does not mix pairs: one no-grad backbone pass over all pairs' crops, one backbone pass over all
 generators' outputs, one backward of the sum of the pairs' totals (parameters are disjoint, so gradients do not
-mix), one Adam over all generators' parameters (elementwise, so the same as one Adam per pair). Each pair keeps
-its own seed, augmentation RNG, step counter, checkpoints and result: a pair trained alone or in any pack gives
-the same losses and output. A pair whose loss goes non-finite (seen on a log step) or whose output is
+mix), one Adam over all generators' parameters (elementwise, so the same as one Adam per pair). Pairs of one image
+size at one step form a stack (`pipeline.method.pair_stack`) whose generators run as ONE grouped call and whose
+augmentation is batched, so the launches of a step hardly grow with the pack. Each pair keeps its own seed,
+augmentation RNG, step counter, checkpoints and result: a pair trained alone or in any pack gives the same losses
+and output. A pair whose loss goes non-finite (seen on a log step) or whose output is
 non-finite fails alone; the others go on. A pair that finishes leaves the pack at once, through `on_result`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -21,19 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.method.augment import sample_batch
 from pipeline.method.backbone import DinoBackbone
 from pipeline.method.devices import device_name, peak_memory, reset_peak_memory, resolve_device
-from pipeline.method.objective import Features, last_block_reader, loss_weights, pack_losses
-from pipeline.method.pair_run import (
-    MIN_SIDE,
-    RESUMABLE_CHANGES,
-    PairInput,
-    PairRun,
-    TrainingError,
-    pair_optimizer_state,
-    restore_optimizer_state,
-)
+from pipeline.method.objective import Features, GroupStep, GroupTerms, last_block_reader, pack_losses
+from pipeline.method.pair_run import MIN_SIDE, RESUMABLE_CHANGES, PairInput, PairRun, TrainingError
+from pipeline.method.pair_stack import PairStack, form_stacks
 from pipeline.method.result import MethodResult
 
 log = logging.getLogger(__name__)
@@ -57,7 +52,10 @@ PACK_SHARED = ("backbone", "precision", "lr", "betas", "antialias")
 class TrainOptions:
     """How to run the step, not what it computes: results agree with the defaults up to rounding."""
 
-    compile: str = "auto"  # torch.compile the 224x224 backbone passes: auto (on for CUDA, off for CPU) | on | off
+    # torch.compile the 224x224 backbone passes and the grouped generator calls: auto (on for CUDA, off for CPU) |
+    # on | off. The shared crop schedule gives a pack a small fixed set of shapes (~27 per image size at 512 px),
+    # each compiled once (with mode "reduce-overhead": captured as a CUDA graph once)
+    compile: str = "auto"
     compile_backend: str | Callable = "inductor"  # torch.compile backend: a name, or a backend function
     compile_mode: str | None = None  # torch.compile mode (None: default; "reduce-overhead" adds CUDA graphs)
 
@@ -124,107 +122,176 @@ def train_pack(
             on_result(run_id, outcome)
 
     # 1. set up every pair (inputs on the device, generator, RNG, checkpoint); one that cannot start fails alone
-    active: list[PairRun] = []
+    runs: list[PairRun] = []
     for pair in pairs:
         try:
-            active.append(PairRun(pair, backbone, device, precision))
+            runs.append(PairRun(pair, backbone, device, precision))
         except TrainingError as exc:
             finish(pair.pair_id, exc)
-    facts = _run_facts(backbone, device, precision, [run.pair_id for run in active])
-    optimizer = _optimizer(active, device)
+    facts = _run_facts(backbone, device, precision, [run.pair_id for run in runs])
+    # 2. stacks: pairs of one size at one step share one grouped generator; one Adam over every stack
+    with _slot_invariant_convolutions(device):
+        _train(runs, backbone, device, precision, options, facts, started, finish, on_step, progress)
+    return outcomes
+
+
+def _train(runs, backbone, device, precision, options, facts, started, finish, on_step, progress) -> None:
+    stacks = form_stacks(runs, device)
+    generator_call = _compiled_generators(device, options)
+    for stack in stacks:
+        stack.call = generator_call(stack.generator)
+    optimizer = _optimizer(stacks, device)
     crop_features = _crop_features(backbone, device, options)
 
-    # 2. train: one joint step per iteration; a pair leaves the pack when it is done or has failed
-    bar = _progress_bar(progress, active)
-    while active:
-        weights = [loss_weights(run.step, run.config) for run in active]
-        batches = [
-            sample_batch(run.rng, run.structure, run.appearance, run.config, include_full=w.full_image)
-            for run, w in zip(active, weights)
-        ]
-        terms = pack_losses(
-            [run.generator for run in active],
-            backbone,
-            batches,
-            weights,
-            [run.full_target for run in active],
-            precision,
-            crop_features,
-            pairs[0].config.antialias,
-        )
-        torch.stack([pair_terms["total"] for pair_terms in terms]).sum().backward()
+    # 3. train: one joint step per iteration; a pair leaves the pack when it is done or has failed
+    bar = _progress_bar(progress, runs)
+    while stacks:
+        groups = [stack.step_inputs() for stack in stacks]
+        terms = pack_losses(groups, backbone, precision, crop_features, runs[0].config.antialias)
+        torch.cat([group_terms.total for group_terms in terms]).sum().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-        leaving = _log_step(active, terms, finish, bar)  # the only host-device sync in the loop
-        for run in active:
-            if run in leaving:
-                continue
-            run.step += 1
-            if on_step is not None:
-                on_step(run.pair_id, run.step)
-            if run.is_checkpoint_step():
-                try:
-                    run.save(run.checkpoint_state(pair_optimizer_state(optimizer, run)))
-                except Exception as exc:  # e.g. storage gone for good: this pair fails, its pack-mates go on
-                    leaving.append(run)
-                    finish(run.pair_id, exc)
+        leaving = _log_step(stacks, groups, terms, finish, bar)  # the only host-device sync in the loop
+        for stack in stacks:
+            for slot, run in enumerate(stack.runs):
+                if run in leaving:
+                    continue
+                run.step += 1
+                if on_step is not None:
+                    on_step(run.pair_id, run.step)
+                if run.is_checkpoint_step():
+                    try:
+                        state = run.checkpoint_state(
+                            stack.generator_state(slot), stack.optimizer_state(optimizer, slot)
+                        )
+                        run.save(state)
+                    except Exception as exc:  # e.g. storage gone for good: this pair fails, its pack-mates go on
+                        leaving.add(run)
+                        finish(run.pair_id, exc)
         if bar is not None:
-            bar.update(len(active))
-        for run in active:
-            if run.done and run not in leaving:
-                leaving.append(run)
-                finish(run.pair_id, _result(run, facts, started))
+            bar.update(sum(len(stack.runs) for stack in stacks))
+        for stack in stacks:
+            for slot, run in enumerate(stack.runs):
+                if run.done and run not in leaving:
+                    leaving.add(run)
+                    finish(run.pair_id, _result(run, stack.generator.generator(slot), facts, started))
         if leaving:
-            active = [run for run in active if run not in leaving]
-            optimizer = _optimizer(active, device, previous=optimizer)
+            stacks = _without(stacks, leaving, optimizer, generator_call)
+            optimizer = _optimizer(stacks, device, previous=optimizer)
     if bar is not None:
         bar.close()
-    return outcomes
+
+
+def _slot_invariant_convolutions(device: torch.device):
+    """On CPUs, convolutions without oneDNN for the whole step (forward and backward): its grouped kernels round
+    differently from its plain ones, so a slot's result would depend on how many slots its stack has (a 1e-5 change
+    in a step, which the fp32 gradients of a BatchNorm generator amplify to 1% within two steps); the native kernels
+    run each group as its own convolution, so a pair's arithmetic is the same, bit for bit, alone or in any pack.
+    On CUDA nothing changes (cuDNN; results agree up to rounding)."""
+    if device.type != "cpu":
+        return contextlib.nullcontext()
+    return _onednn_off()
+
+
+@contextlib.contextmanager
+def _onednn_off():
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
 
 
 # --- the step's parts -------------------------------------------------------------------------------------------
 
 
-def _log_step(active: list[PairRun], terms: list[dict], finish, bar) -> list[PairRun]:
+def _log_step(stacks: list[PairStack], groups: list[GroupStep], terms: list[GroupTerms], finish, bar) -> set[PairRun]:
     """Record the losses of pairs on a log step (one device sync for the whole pack); returns the pairs that failed."""
-    logging_runs = [(run, pair_terms) for run, pair_terms in zip(active, terms) if run.is_log_step()]
-    if not logging_runs:
-        return []
-    names = [list(pair_terms) for _, pair_terms in logging_runs]
-    values = torch.stack(
-        [pair_terms[name].detach().float() for _, pair_terms in logging_runs for name in pair_terms]
+    logging = [
+        (run, group_terms, slot, group.weights[slot])
+        for stack, group, group_terms in zip(stacks, groups, terms)
+        for slot, run in enumerate(stack.runs)
+        if run.is_log_step()
+    ]
+    if not logging:
+        return set()
+    rows = torch.stack(
+        [torch.cat([t.values[slot], t.total[slot : slot + 1]]).detach().float() for _, t, slot, _ in logging]
     ).tolist()
-    failed = []
-    for (run, _), pair_names in zip(logging_runs, names):
-        row, values = dict(zip(pair_names, values)), values[len(pair_names) :]
+    failed = set()
+    for (run, group_terms, _, weights), values in zip(logging, rows):
+        row = {name: value for name, value in zip(group_terms.names, values) if getattr(weights, name) > 0}
+        row["total"] = values[-1]
         try:
             run.log(run.step, row)
         except TrainingError as exc:
-            failed.append(run)
+            failed.add(run)
             finish(run.pair_id, exc)
             continue
-        if bar is not None and run is active[0]:
+        if bar is not None and run is stacks[0].runs[0]:
             bar.set_postfix_str(f"loss {row['total']:.4g}", refresh=False)
     return failed
 
 
-def _optimizer(active: list[PairRun], device: torch.device, previous: torch.optim.Optimizer | None = None):
-    """One Adam over every active pair's parameters: fused on CUDA, foreach elsewhere. Adam is elementwise, so
-    each parameter's update is the one it would get from an Adam of its own pair alone."""
-    if not active:
+def _without(stacks: list[PairStack], leaving: set[PairRun], optimizer, generator_call) -> list[PairStack]:
+    """The stacks less the pairs leaving (sliced, their Adam state moved along); empty stacks are gone."""
+    remaining = []
+    for stack in stacks:
+        kept = stack.without(leaving, optimizer)
+        if kept is not None and kept is not stack:
+            kept.call = generator_call(kept.generator)
+        if kept is not None:
+            remaining.append(kept)
+    return remaining
+
+
+def _optimizer(stacks: list[PairStack], device: torch.device, previous: torch.optim.Optimizer | None = None):
+    """One Adam over every stack's parameters, fused (a few multi-tensor launches per step; CPUs have it too since
+    torch 2.4). Adam is elementwise, so each parameter's update is the one it would get from an Adam of its own pair
+    alone; Adam's step count is per stacked tensor, which is why a stack's pairs have taken equal steps."""
+    if not stacks:
         return None
-    config = active[0].config
-    parameters = [p for run in active for p in run.parameters]
-    flags = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    optimizer = torch.optim.Adam(parameters, lr=config.lr, betas=config.betas, **flags)
-    for run in active:
+    config = stacks[0].runs[0].config
+    parameters = [p for stack in stacks for p in stack.parameters]
+    optimizer = torch.optim.Adam(parameters, lr=config.lr, betas=tuple(map(float, config.betas)), fused=True)
+    for stack in stacks:
         if previous is not None:  # the pack shrank: carry every remaining parameter's state over
-            for parameter in run.parameters:
+            for parameter in stack.parameters:
                 if parameter in previous.state:
                     optimizer.state[parameter] = previous.state[parameter]
-        restore_optimizer_state(optimizer, run)  # from a checkpoint, the first time only
+        else:
+            stack.restore_optimizer(optimizer)  # from the pairs' checkpoints
     return optimizer
+
+
+def _compiled_generators(device: torch.device, options: TrainOptions) -> Callable:
+    """stack generator -> what the step calls: itself, or where compiling is asked for (default: on CUDA), its
+    compiled form (one graph per crop shape; the shared schedule keeps their number small), falling back to it."""
+    wanted = options.compile == "on" or (options.compile == "auto" and device.type == "cuda")
+    if not wanted:
+        return lambda generator: generator
+
+    def compiled(generator):
+        try:
+            graph = torch.compile(generator, backend=options.compile_backend, mode=options.compile_mode, dynamic=False)
+        except Exception as exc:
+            log.warning("torch.compile is not available here (%s): the generators run eagerly", _first_line(exc))
+            return generator
+        return _Fallback(graph, generator, "generator")
+
+    _allow_shapes()
+    return compiled
+
+
+def _allow_shapes(count: int = 256) -> None:
+    """Let torch.compile keep a graph per crop shape (~27 per image size, two kinds of crop, whole images) instead of
+    giving up after its default of 8 recompilations."""
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, name) and getattr(config, name) < count:
+            setattr(config, name, count)
 
 
 def _crop_features(backbone: DinoBackbone, device: torch.device, options: TrainOptions) -> Features:
@@ -238,24 +305,24 @@ def _crop_features(backbone: DinoBackbone, device: torch.device, options: TrainO
     except Exception as exc:  # e.g. a backend this torch does not have
         log.warning("torch.compile is not available here (%s): the backbone runs eagerly", _first_line(exc))
         return eager
-    return _FallbackFeatures(compiled, eager)
+    return _Fallback(compiled, eager, "backbone")
 
 
-class _FallbackFeatures:
-    """A compiled reader that turns into the eager one, for good, the first time compiling or running it fails
+class _Fallback:
+    """A compiled function that turns into the eager one, for good, the first time compiling or running it fails
     (no compiler, an unsupported op): the run goes on, a little slower, with the same results."""
 
-    def __init__(self, compiled: Features, eager: Features):
-        self.compiled, self.eager = compiled, eager
+    def __init__(self, compiled: Callable, eager: Callable, what: str):
+        self.compiled, self.eager, self.what = compiled, eager, what
 
-    def __call__(self, pixels: torch.Tensor):
+    def __call__(self, inputs: torch.Tensor):
         if self.compiled is not None:
             try:
-                return self.compiled(pixels)
+                return self.compiled(inputs)
             except Exception as exc:  # compilation errors surface on the first call with a new shape
-                log.warning("compiled backbone failed (%s): running it eagerly from now on", _first_line(exc))
+                log.warning("compiled %s failed (%s): running it eagerly from now on", self.what, _first_line(exc))
                 self.compiled = None
-        return self.eager(pixels)
+        return self.eager(inputs)
 
 
 def _check_shared_settings(pairs: list[PairInput]) -> None:
@@ -277,9 +344,9 @@ def _check_shared_settings(pairs: list[PairInput]) -> None:
 # --- results ----------------------------------------------------------------------------------------------------
 
 
-def _result(run: PairRun, facts: dict, started: float) -> MethodResult | TrainingError:
+def _result(run: PairRun, generator, facts: dict, started: float) -> MethodResult | TrainingError:
     try:
-        output = run.output()
+        output = run.output(generator)
     except TrainingError as exc:
         return exc
     seconds = time.perf_counter() - started
@@ -319,6 +386,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _progress_bar(enabled: bool, active: list[PairRun]):
+    """A bar over every pair's steps, or None."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
