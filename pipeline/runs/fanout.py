@@ -46,7 +46,7 @@ from pipeline.method.devices import best_device
 from pipeline.method.images import ImageError, decode_image, max_input_bytes
 from pipeline.method.registry import get_method, run_method
 from pipeline.runs import hooks, layout, rerun
-from pipeline.runs.packs import PackRendezvous, auto_pack_size, image_size, plan_packs
+from pipeline.runs.packs import PackRendezvous, auto_pack_size, image_size, packing_record, plan_packs
 from pipeline.runs.progress import ProgressRecorder, RunProgress
 from pipeline.runs.run_folder import PairStatus, ResultsTable, RunFolder, row_from_meta
 from pipeline.runs.run_lock import LockLost
@@ -131,10 +131,12 @@ def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
     settings, method = _prepare_method(settings, method, storage)
     settings = dataclasses.replace(settings, method=method.spec)  # how workers name it (a plug-in: its absolute path)
     manifest = read_manifest(manifest_url, storage)
-    jobs = [_job(pair, settings) for pair in select_pairs(manifest, settings.only, settings.limit)]
+    selected = select_pairs(manifest, settings.only, settings.limit)
     settings = resolve_task_settings(settings)
     folder = RunFolder(storage, settings.out)
     folder.check_target()
+    settings = rerun.keep_crop_schedule(folder, method, settings)  # a run made before the shared crop sides
+    jobs = [_job(pair, settings) for pair in selected]
 
     # 2. one writer per run folder
     run_lock = folder.lock("splice run", break_lock=settings.break_lock, break_stale=settings.break_stale_lock)
@@ -175,15 +177,15 @@ def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
                 )
 
         # 4. fan out and collect
-        storage_error = None
+        storage_error, packing = None, {}
         try:
             if todo:
-                _fan_out(todo, settings, results, skipped, run_lock)
+                _fan_out(todo, settings, results, skipped, run_lock, packing)
         finally:
             if run_lock.lost is None:  # fenced: a run whose lock was taken over writes nothing more
                 results.mark_done(folder.scan())  # storage is the truth
                 counts = results.counts()
-                storage_error = _write_final(folder, record, results, counts)
+                storage_error = _write_final(folder, {**record, **packing}, results, counts)
         if run_lock.lost is not None:
             run_lock.check()  # raises LockLost
     done, failed = counts[PairStatus.DONE], counts[PairStatus.FAILED]
@@ -272,7 +274,11 @@ def _job(pair: PairSpec, settings: RunSettings) -> PairJob:
     )
 
 
-def _fan_out(todo: list[PairJob], settings: RunSettings, results: ResultsTable, skipped: int, run_lock) -> None:
+def _fan_out(
+    todo: list[PairJob], settings: RunSettings, results: ResultsTable, skipped: int, run_lock, packing: dict
+) -> None:
+    """Run `todo` as Ray tasks of packs, collecting each pair's row into `results`; `packing` gets how the pairs
+    were grouped."""
     # a plug-in method's file or package goes to the workers with the job (Ray's runtime_env py_modules)
     started_ray = _ensure_ray(settings.address, plugins.runtime_env([get_method(settings.method).run]))
     if _address(settings.address) and is_local(settings.out):
@@ -283,7 +289,7 @@ def _fan_out(todo: list[PairJob], settings: RunSettings, results: ResultsTable, 
         )
     try:
         gpus = _gpus_per_pair(settings.gpus_per_task, started_embedded=started_ray and not _address(settings.address))
-        packs = _plan(todo, settings, gpus)
+        packs, packing["packing"] = _plan(todo, settings, gpus)
         task = _pack_task.options(
             num_cpus=settings.cpus_per_pair,
             num_gpus=gpus,
@@ -480,20 +486,38 @@ def resolve_task_settings(settings: RunSettings) -> RunSettings:
     return dataclasses.replace(settings, gpus_per_task=settings.gpus_per_pair, pack=1)
 
 
-def _plan(todo: list[PairJob], settings: RunSettings, gpus: float) -> list[list[PairJob]]:
-    """Packs of pairs: of one backbone each, equal image sizes together; K from --pack or the auto rule."""
+def _plan(todo: list[PairJob], settings: RunSettings, gpus: float) -> tuple[list[list[PairJob]], dict]:
+    """Packs of pairs: of one backbone each, same-size pairs first; K from --pack or the auto rule. Also returns
+    how they were grouped (run.json's `packing`)."""
     method = get_method(settings.method)
     size = settings.pack if method.packs or method.batched is not None else 1
+    rule = f"--pack {size}" if size is not None else "auto"
     if size is None and method.batched is not None:  # inference in batches: the method says how many per task
         size = method.batched.pack_size(len(todo), _slots(settings.cpus_per_pair, gpus), gpus)
     if size == 1 or len(todo) == 1 or (size is None and not gpus):
-        return [[job] for job in todo]
+        packs = [[job] for job in todo]
+        why = "one pair per task" + ("" if method.packs or method.batched else f" (method {method.name} does not pack)")
+        return packs, packing_record(packs, f"{rule}: {why}", 1, lambda job: None)
     sizes = _probe_sizes(todo, Storage(settings.storage_options))
     if size is None:
         size = _auto_pack_size(todo, sizes, settings, gpus)
+        rule = "auto: same-size pairs first, K from the GPU's memory (pipeline/runs/packs.py)"
     packs = plan_packs(todo, size, key=lambda job: (job.config.backbone,), size=lambda job: sizes.get(job.pair_id))
-    log.info("%d pair(s) in %d pack(s) of up to %d, %s GPU(s) per pack", len(todo), len(packs), size, gpus)
-    return packs
+    record = packing_record(packs, rule, size, lambda job: sizes.get(job.pair_id))
+    log.info(
+        "%d pair(s) in %d pack(s) of up to %d (%d of one image size), %s GPU(s) per pack",
+        len(todo),
+        len(packs),
+        size,
+        record["same_size_packs"],
+        gpus,
+    )
+    if method.packs and record["mixed_size_packs"] > record["same_size_packs"] and gpus:
+        log.info(
+            "most packs mix image sizes, whose generators cannot share calls: several packs per GPU overlap their "
+            "launches (e.g. --gpus-per-task 0.25, with NVIDIA MPS on the nodes; docs/performance.md)"
+        )
+    return packs, record
 
 
 def _probe_sizes(jobs: list[PairJob], storage: Storage) -> dict[str, tuple]:

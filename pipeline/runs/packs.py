@@ -1,8 +1,9 @@
 """Packs for `splice run --pack K`: which pairs train together, how many fit a GPU, and the worker-side rendezvous.
 
 Driver side:
-- `plan_packs`: pairs that share a backbone go into packs of up to K, pairs of equal image sizes next to each
-  other (their full-image backbone passes batch, their memory is alike); the manifest order is kept otherwise.
+- `plan_packs`: pairs that share a backbone go into packs of up to K, same-size pairs first (their generators run
+  as one grouped call per step, their memory is alike), then the remainders of every size together; the manifest
+  order is kept otherwise. `packing_record` says in run.json how the pairs were grouped.
 - `auto_pack_size`: K from the device's memory and the images' sizes (the rule is in its docstring).
 
 Worker side (`PackRendezvous`): each pair of a pack runs the ordinary per-pair path (`fanout.run_pair`: skip if
@@ -89,9 +90,35 @@ def plan_packs(
         by_size: dict = {}
         for item in members:
             by_size.setdefault(size(item), []).append(item)
-        ordered = [item for same in by_size.values() for item in same]
-        packs += [ordered[i : i + pack_size] for i in range(0, len(ordered), pack_size)]
+        # same-size packs first (their generators run as one grouped call), then the remainders of every size
+        leftovers = []
+        for same in by_size.values():
+            whole = len(same) - len(same) % pack_size
+            packs += [same[i : i + pack_size] for i in range(0, whole, pack_size)]
+            leftovers += same[whole:]
+        packs += [leftovers[i : i + pack_size] for i in range(0, len(leftovers), pack_size)]
     return sorted(packs, key=lambda pack: order[id(pack[0])])
+
+
+def packing_record(packs: list[list], rule: str, pack_size: int, size: Callable[[object], tuple | None]) -> dict:
+    """How a run's pairs were grouped, for run.json: the rule, the number of packs, how many hold pairs of one
+    image size (one grouped generator call per step) and how many mix sizes, the grouped calls per step they make
+    (one per image size in a pack), and a histogram of pack sizes."""
+    sizes_per_pack = [{size(item) for item in pack} for pack in packs]
+    same = sum(1 for sizes in sizes_per_pack if len(sizes) == 1 and None not in sizes)
+    histogram: dict[str, int] = {}
+    for pack in packs:
+        histogram[str(len(pack))] = histogram.get(str(len(pack)), 0) + 1
+    return {
+        "rule": rule,
+        "pack_size": pack_size,
+        "pairs": sum(len(pack) for pack in packs),
+        "packs": len(packs),
+        "same_size_packs": same,
+        "mixed_size_packs": len(packs) - same,
+        "generator_groups": sum(len(sizes) for sizes in sizes_per_pack),
+        "pack_sizes": dict(sorted(histogram.items(), key=lambda item: int(item[0]))),
+    }
 
 
 def image_size(read_range: Callable[[int], bytes]) -> tuple[int, int] | None:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ import pandas as pd
 
 from pipeline import __version__
 from pipeline.errors import SpliceError
+from pipeline.method.pair_run import ADDED_SETTINGS
 from pipeline.runs.run_folder import RunFolder, RunFolderError, Scan
 from pipeline.storage import Storage, is_local, redact, redact_url
 
@@ -254,6 +256,7 @@ def settings_mismatch(existing: dict | None, run: str, method, config) -> str | 
     new = json.loads(
         json.dumps({k: v for k, v in method.settings(config).items() if k not in CHANGEABLE_SETTINGS}, default=str)
     )
+    old.update({k: legacy for k, legacy in ADDED_SETTINGS.items() if k in new and k not in old})  # made before them
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
@@ -262,6 +265,24 @@ def settings_mismatch(existing: dict | None, run: str, method, config) -> str | 
             f"comparable. Write to another --out, or pass --force to redo every pair"
         )
     return None
+
+
+def keep_crop_schedule(folder: RunFolder, method, settings):
+    """`settings` for continuing `folder`: a run whose settings were recorded before the shared crop-side schedule
+    (no `crop_schedule` in run.json) goes on with its pairs' own crop sides (schedule 1), so the pairs it resumes and
+    the pairs it adds are made as its finished ones were. --force (redo everything) uses the settings as given."""
+    if settings.force or "crop_schedule" not in method.settings(settings.config):
+        return settings
+    existing = folder.record()
+    recorded = (existing or {}).get("settings")
+    if not existing or existing.get("method") != method.name or not recorded or "crop_schedule" in recorded:
+        return settings
+    log.info(
+        "run %s was made before the shared crop-side schedule: it goes on with per-pair crop sides (crop_schedule 1)",
+        redact_url(folder.url),
+    )
+    legacy = {k: v for k, v in ADDED_SETTINGS.items() if k not in recorded}
+    return dataclasses.replace(settings, config=settings.config.replace(**legacy))
 
 
 def run_record(settings, method, manifest, *, existing: dict | None, inputs: dict | None) -> dict:
@@ -302,6 +323,7 @@ def run_record(settings, method, manifest, *, existing: dict | None, inputs: dic
             },
         ],
         "inputs": inputs if inputs is not None else (existing or {}).get("inputs", {}),
+        "packing": (existing or {}).get("packing"),  # how the pairs were grouped, as the last invocation says
         "updated_at": now,
     }
 
