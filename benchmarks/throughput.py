@@ -5,7 +5,8 @@
 
 For each image size (512x512 pairs; the HD pair: structure 1200x900, appearance 1280x982) and each pack size K:
   packed     trainer.train_pack over K pairs (distinct seeds), timed over steady-state steps (device synced at
-             both ends of the window only), compile per --compile
+             both ends of the window only), compile per --compile, in the torch.compile mode --compile-mode
+             (reduce-overhead: CUDA graphs; on a CPU it falls back to the default mode, with a message)
   baseline   today's single-pair step, as the trainer ran it before packing: splice_losses + backward + a default
              torch.optim.Adam over one generator, one pair at a time, eager
   authors    the structure of the authors' loop (benchmarks/train_step.py), where --authors is given
@@ -36,6 +37,7 @@ from pipeline.method.objective import full_structure_target, loss_weights, splic
 from pipeline.method.trainer import PairInput, TrainOptions, resolve_device, resolve_precision, train_pack
 
 HD = ((900, 1200), (982, 1280))
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SQUARE_512 = ((512, 512), (512, 512))
 
 
@@ -133,6 +135,12 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"))
+    parser.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=COMPILE_MODES,
+        help="torch.compile mode where compiling (reduce-overhead: CUDA graphs, CUDA only; elsewhere the default mode)",
+    )
     parser.add_argument("--packs", default="1,2,4,8,16", help="pack sizes K, comma-separated")
     parser.add_argument("--sizes", default="512,hd", help="512 (512x512 pairs), hd (1200x900 / 1280x982), or N (NxN)")
     parser.add_argument("--warmup", type=int, default=5, help="steps before the timed window (compiling happens here)")
@@ -153,7 +161,8 @@ def main(argv=None) -> list[dict]:
     device = resolve_device(args.device)
     backbone = load_backbone(args.backbone, device)
     config = TrainConfig(backbone=args.backbone, precision=args.precision, log_every=10**6)
-    options = TrainOptions(compile=args.compile)
+    compile_mode = _compile_mode(args.compile_mode, args.compile, device)
+    options = TrainOptions(compile=args.compile, compile_mode=compile_mode)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     context = {
         "device": str(device),
@@ -162,6 +171,7 @@ def main(argv=None) -> list[dict]:
         "backbone": args.backbone,
         "precision": str(resolve_precision(args.precision, device)),
         "compile": args.compile,
+        "compile_mode": compile_mode or "default",
         "torch": torch.__version__,
         "pair_steps": args.pair_steps,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -182,6 +192,7 @@ def main(argv=None) -> list[dict]:
             if args.time_budget and time.perf_counter() - started > args.time_budget:
                 print(f"time budget spent: skipping {size_name} {loop} K={pack}", flush=True)
                 rows.append({**context, "size": size_name, "loop": loop, "pack": pack, "skipped": "time budget"})
+                _write(args.json, context, rows, started)
                 continue
             measure = {"baseline": baseline, "authors": authors}.get(loop)
             try:
@@ -192,7 +203,14 @@ def main(argv=None) -> list[dict]:
             except torch.cuda.OutOfMemoryError as exc:
                 print(f"{size_name} {loop} K={pack}: out of memory ({str(exc).splitlines()[0][:120]})", flush=True)
                 rows.append({**context, "size": size_name, "loop": loop, "pack": pack, "skipped": "out of memory"})
+                _write(args.json, context, rows, started)
                 torch.cuda.empty_cache()
+                continue
+            except Exception as exc:  # e.g. a compile mode that fails on this machine: the other rows still run
+                reason = f"failed: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}"
+                print(f"{size_name} {loop} K={pack}: {reason}", flush=True)
+                rows.append({**context, "size": size_name, "loop": loop, "pack": pack, "skipped": reason})
+                _write(args.json, context, rows, started)
                 continue
             pair_step = figures["s_per_step"] / pack
             per_pair = args.pair_steps * pair_step + figures["finish_seconds"] / pack
@@ -217,13 +235,18 @@ def main(argv=None) -> list[dict]:
                 f"{row['pairs_per_hour']:.1f} pairs/h ({row['vs_baseline']:.2f}x baseline)",
                 flush=True,
             )
+            _write(args.json, context, rows, started)  # after every row: a run cut off by a timeout keeps its rows
 
     print()
     print(table(rows))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"context": context, "rows": rows, "seconds": time.perf_counter() - started}, handle, indent=2)
+    _write(args.json, context, rows, started)
     return rows
+
+
+def _write(path: str | None, context: dict, rows: list[dict], started: float) -> None:
+    if path:
+        with open(path, "w") as handle:
+            json.dump({"context": context, "rows": rows, "seconds": time.perf_counter() - started}, handle, indent=2)
 
 
 def table(rows: list[dict]) -> str:
@@ -243,6 +266,34 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def graphs_table(eager: list[dict], graphs: list[dict]) -> str:
+    """Packed rows of an eager run and of a CUDA-graphs run (--compile-mode reduce-overhead), side by side."""
+    lines = [
+        "| pair | K | eager s/step | graphs s/step | graphs / eager | eager pairs/hour | graphs pairs/hour "
+        "| eager peak GiB | graphs peak GiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    by_key = {(row["size"], row["pack"]): row for row in graphs if row["loop"] == "packed"}
+    for first in (row for row in eager if row["loop"] == "packed"):
+        pair = (first, by_key.get((first["size"], first["pack"])))
+        done = [row if row is not None and not row.get("skipped") else None for row in pair]
+        times = [f"{row['s_per_step']:.4f}" if row else _why(given) for row, given in zip(done, pair)]
+        ratio = f"{done[1]['s_per_step'] / done[0]['s_per_step']:.2f}" if all(done) else "n/a"
+        hours = [f"{row['pairs_per_hour']:.1f}" if row else "n/a" for row in done]
+        peaks = [
+            f"{row['peak_memory_gib']:.2f}" if row and row["peak_memory_gib"] is not None else "n/a" for row in done
+        ]
+        lines.append(
+            f"| {first['size']} | {first['pack']} | {times[0]} | {times[1]} | {ratio} | {hours[0]} | {hours[1]} | "
+            f"{peaks[0]} | {peaks[1]} |"
+        )
+    return "\n".join(lines)
+
+
+def _why(row: dict | None) -> str:
+    return "not run" if row is None else f"skipped: {row.get('skipped')}"
+
+
 def _sizes(name: str):
     if name == "512":
         return SQUARE_512
@@ -253,6 +304,22 @@ def _sizes(name: str):
         return tuple((round(h * scale), round(w * scale)) for h, w in HD)
     side = int(name)
     return (side, side), (side, side)
+
+
+def _compile_mode(mode: str, compile: str, device: torch.device) -> str | None:
+    """The torch.compile mode to pass on (None: torch's default). CUDA graphs need a CUDA device: elsewhere
+    reduce-overhead is dropped, with a message, and the run goes on as --compile says."""
+    if mode == "default":
+        return None
+    if mode == "reduce-overhead" and device.type != "cuda":
+        compiled = compile == "on"  # auto compiles on CUDA only
+        print(
+            f"--compile-mode {mode} captures CUDA graphs, which need a CUDA device: on {device.type} it is ignored "
+            f"and the pack runs {'compiled in the default mode' if compiled else 'eagerly'} (--compile {compile})",
+            flush=True,
+        )
+        return None
+    return mode
 
 
 def _peak(device: torch.device):
