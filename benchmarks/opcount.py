@@ -17,9 +17,14 @@ What is counted
   CPU's per-group loop of a grouped convolution) is not seen.
   torch.profiler records every `aten::` call at every level, so its count is larger (about 4.7x at K=1) and grows
   with whatever the CPU's kernels do inside; the issue's table (10,587 ops per step at K=1) is in that unit, and the
-  last two columns give it (`--profiler`: for same-size packs by default) so the two can be compared.
+  last columns give it (`--profiler`: for same-size packs by default) so the two can be compared. A CPU runs a
+  grouped convolution group by group inside one `convolution` call (a narrow, slice and `_slow_conv2d` per group),
+  where a GPU launches one kernel; the last column leaves out the events nested in convolution calls (in both codes).
 
 Set-up
+  The working tree's stacks convolve grouped (`TrainOptions(generator_convolutions="grouped")`: one convolution
+  call per layer for a stack's pairs, what a GPU runs); the CPU's default, per slot (one call per pair and layer:
+  faster there, and bit for bit each pair's own arithmetic), dispatches more: `--convolutions per-slot` counts it.
   Random ViT-Ti/16 (`load_backbone("random:vit_tiny_patch16_224")`, seeded: every process builds the same network),
   fp32, CPU, 1 torch thread, no compile. K pairs with distinct seeds, all of one size (same-size: structure 64x80,
   appearance 72x64, HxW) or each of its own (mixed-size: pair i has structure (64+4i)x(80-2i), appearance
@@ -230,6 +235,23 @@ def _pairs(pack: int, same_size: bool, steps: int, backbone_spec: str) -> list:
     ]
 
 
+CONVOLUTIONS = "grouped"  # how stacks convolve while counting (TrainOptions.generator_convolutions); --convolutions
+
+
+def set_convolutions(mode: str) -> None:
+    global CONVOLUTIONS
+    CONVOLUTIONS = mode
+
+
+def train_options(options_class):
+    """Eager, and the generator convolutions a GPU runs (grouped: one call per layer per stack) unless --convolutions
+    says otherwise; code without that option (the baseline) runs as it always did."""
+    fields = getattr(options_class, "__dataclass_fields__", {})
+    if "generator_convolutions" in fields:
+        return options_class(compile="off", generator_convolutions=CONVOLUTIONS)
+    return options_class(compile="off")
+
+
 def count_run(pack: int, same_size: bool, steps: int, backbone) -> dict:
     """Count the ops of steps 1..steps-1 of one `train_pack` call of `steps` steps: from the first pair's
     `on_step(pair0, 1)` to its `on_step(pair0, steps)`, so the set-up, step 0 and the finished pairs' outputs are
@@ -254,7 +276,7 @@ def count_run(pack: int, same_size: bool, steps: int, backbone) -> dict:
     try:
         with counter:
             results = train_pack(
-                pairs, backbone, torch.device("cpu"), options=TrainOptions(compile="off"), on_step=on_step
+                pairs, backbone, torch.device("cpu"), options=train_options(TrainOptions), on_step=on_step
             )
     finally:
         handle.remove()
@@ -353,8 +375,12 @@ def count_ops_per_step(
     }
     if profiler:
         events = profile_run(pack, same_size, first, last, backbone)
-        row["profiler_events_per_step"] = sum(events.values()) / span
+        kernel_level = sum(n for name, n in events.items() if name.startswith(KERNEL_LEVEL))
+        row["profiler_events_per_step"] = (sum(events.values()) - kernel_level) / span
         row["profiler_events_per_pair_step"] = row["profiler_events_per_step"] / pack
+        # the same events with each convolution call counted as one (as a GPU runs it), not its CPU internals
+        row["profiler_events_conv_as_one_per_step"] = kernel_level / span
+        row["profiler_events_conv_as_one_per_pair_step"] = kernel_level / span / pack
         row["profiler_agreement"] = {
             name: {"mode": by_op.get(name, 0.0), "profiler": events[f"aten::{name}"] / span} for name in CHECKED_OPS
         }
@@ -383,10 +409,31 @@ def profile_run(pack: int, same_size: bool, first: int, last: int, backbone) -> 
             (prof.start if done == first else prof.stop)()
             window.append(done)
 
-    train_pack(pairs, backbone, torch.device("cpu"), options=TrainOptions(compile="off"), on_step=on_step)
+    train_pack(pairs, backbone, torch.device("cpu"), options=train_options(TrainOptions), on_step=on_step)
     if window != [first, last]:
         raise RuntimeError(f"train_pack called on_step for {window} of steps {first} and {last}: cannot mark steps")
-    return collections.Counter(event.name for event in prof.events() if event.name.startswith("aten::"))
+    counted = collections.Counter()
+    for event in prof.events():
+        if event.name.startswith("aten::"):
+            counted[event.name] += 1
+            if not _inside_convolution(event):
+                counted[KERNEL_LEVEL + event.name] += 1
+    return counted
+
+
+KERNEL_LEVEL = "kernel-level/"  # profile_run's key prefix for events not nested inside a convolution call
+CONVOLUTIONS_CALLS = ("aten::convolution", "aten::convolution_backward")
+
+
+def _inside_convolution(event) -> bool:
+    """Whether a profiler event runs inside a convolution (or its backward) call: on a CPU a grouped convolution
+    loops over its groups there (narrow, slice, a _slow_conv2d per group...), where a GPU launches one kernel."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name in CONVOLUTIONS_CALLS:
+            return True
+        parent = parent.cpu_parent
+    return False
 
 
 # --- a slim copy of the backbone: the same ops, a fraction of the arithmetic ---------------------------------------
@@ -473,7 +520,7 @@ def run_worker(label: str, root: str, args) -> dict:
     """Run this script's worker mode with `pipeline` imported from `root` (PYTHONPATH); returns its JSON."""
     env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS=str(args.threads))
     command = [sys.executable, os.path.abspath(__file__), "--worker", "--label", label, "--expect-root", root]
-    for option in ("packs", "kinds", "steps", "backbone", "threads", "profiler"):
+    for option in ("packs", "kinds", "steps", "backbone", "threads", "profiler", "convolutions"):
         command += [f"--{option}", str(getattr(args, option))]
     if not args.slim:
         command.append("--full-width")
@@ -518,12 +565,16 @@ def _label(row: dict) -> str:
 def table(rows: list[dict]) -> str:
     lines = [
         "| code | pack | K | aten ops per step | per pair-step | GPU launches per pair-step (est.) "
-        "| torch.profiler aten events per step | per pair-step |",
-        "|---|---|---|---|---|---|---|---|",
+        "| torch.profiler aten events per step | per pair-step | per pair-step, convolution internals out |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         events = row.get("profiler_events_per_step")
-        profiled = f"{events:,.0f} | {events / row['pack']:,.0f}" if events is not None else "- | -"
+        profiled = (
+            f"{events:,.0f} | {events / row['pack']:,.0f} | {row['profiler_events_conv_as_one_per_pair_step']:,.0f}"
+            if events is not None
+            else "- | - | -"
+        )
         lines.append(
             f"{_label(row)} {row['ops_per_step']:,.0f} | {row['ops_per_pair_step']:,.0f} | "
             f"{row['gpu_launches_per_pair_step']:,.0f} | {profiled} |"
@@ -579,6 +630,13 @@ def main(argv=None) -> list[dict]:
         help="count with the backbone itself, not its slim copy (16-wide heads: the same ops, checked at the start "
         "of each worker, about a tenth of the time)",
     )
+    parser.add_argument(
+        "--convolutions",
+        default=CONVOLUTIONS,
+        choices=("grouped", "per-slot", "auto"),
+        help="the tree's generator convolutions while counting: grouped (what a GPU runs, default), per-slot (the "
+        "CPU's default: one call per pair and layer), auto",
+    )
     parser.add_argument("--quick", action="store_true", help="K = 1, 4 and steps 2,4: about two minutes")
     parser.add_argument("--json", help="write every figure here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -588,6 +646,7 @@ def main(argv=None) -> list[dict]:
     if args.quick and not args.worker:
         args.packs, args.steps = "1,4", "2,4"
     args.step_pair = tuple(int(n) for n in args.steps.split(","))
+    set_convolutions(args.convolutions)
     if args.worker:
         worker(args)
         return []
@@ -599,6 +658,7 @@ def main(argv=None) -> list[dict]:
         "python": platform.python_version(),
         "machine": f"{platform.machine()} {platform.processor()} ({os.cpu_count()} CPUs)".replace("  ", " "),
         "threads": args.threads,
+        "convolutions": args.convolutions,
         "backbone": args.backbone,
         "steps": list(args.step_pair),
         "baseline_ref": None if args.no_baseline else args.baseline,

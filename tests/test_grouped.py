@@ -109,21 +109,22 @@ def test_grouped_generator_computes_what_separate_generators_compute(size):
             torch.testing.assert_close(state[name], value, rtol=1e-12, atol=1e-12)
 
 
-def test_grouped_generator_in_fp32_is_slot_invariant_without_onednn():
-    """The trainer's CPU setting: each slot's arithmetic is its own, bit for bit, whatever the number of slots."""
+def test_per_slot_convolutions_compute_each_slot_bit_for_bit_as_alone():
+    """The trainer's CPU setting: each slot's arithmetic is its own SkipGenerator's, whatever the number of slots
+    (forward and gradients), so in fp32 a pair's result does not depend on its pack."""
     generators = perturbed_generators(4)
-    images = torch.rand(4, 3, 40, 48)
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        four = GroupedGenerator.from_generators(generators).train()(images)
-        for slot, generator in enumerate(generators):
-            assert torch.equal(
-                GroupedGenerator.from_generators([generator]).train()(images[slot : slot + 1])[0], four[slot]
-            )
-            assert torch.equal(generator(images[slot : slot + 1])[0], four[slot])
-    finally:
-        torch.backends.mkldnn.enabled = previous
+    images = torch.rand(4, 3, 39, 45)
+    grouped = GroupedGenerator.from_generators(generators).train()
+    grouped.per_slot_convolutions = True
+    outputs = grouped(images)
+    outputs.square().sum().backward()
+    for slot, generator in enumerate(generators):
+        alone = generator(images[slot : slot + 1])
+        assert torch.equal(alone[0], outputs[slot])
+        alone.square().sum().backward()
+    for index, (name, _) in enumerate(generators[0].named_parameters()):
+        stacked = torch.cat([dict(g.named_parameters())[name].grad for g in generators])
+        assert torch.equal(grouped.slot_parameters()[index].grad, stacked), name
 
 
 def test_a_slot_leaves_by_a_slice():

@@ -171,7 +171,7 @@ def blur_group(images: torch.Tensor, draws: Sequence[CropDraw]) -> torch.Tensor:
     blurred = [i for i, draw in enumerate(draws) if draw.blur_sigma is not None]
     if not blurred:
         return images
-    kernels = torch.stack([_gaussian_kernel(draws[i].blur_sigma) for i in blurred])  # (B, 3, 3), on the host
+    kernels = torch.tensor([_gaussian_kernel(draws[i].blur_sigma) for i in blurred])  # (B, 3, 3), from the host
     subset = images if len(blurred) == len(draws) else images[blurred]
     count, channels, height, width = subset.shape
     weight = kernels.to(subset.device, subset.dtype).repeat_interleave(channels, dim=0).unsqueeze(1)  # (3B, 1, 3, 3)
@@ -184,12 +184,13 @@ def blur_group(images: torch.Tensor, draws: Sequence[CropDraw]) -> torch.Tensor:
     return images
 
 
-def _gaussian_kernel(sigma: float) -> torch.Tensor:
-    """torchvision's 3x3 Gaussian kernel for `sigma` (float32, computed as it computes it)."""
+def _gaussian_kernel(sigma: float) -> list[list[float]]:
+    """torchvision's 3x3 Gaussian kernel for `sigma` (softmax of -(x / sigma)^2 at x = -lim, 0, lim, outer product),
+    computed on the host in Python: no device op per image."""
     lim = (3 - 1) / (2.0 * math.sqrt(2.0))
-    x = torch.linspace(-lim, lim, steps=3, dtype=torch.float32)
-    kernel1d = torch.softmax(x.div(sigma).pow(2).neg(), dim=0)
-    return kernel1d.unsqueeze(-1) * kernel1d
+    edge = math.exp(-((lim / sigma) ** 2))
+    weights = [edge / (1 + 2 * edge), 1 / (1 + 2 * edge), edge / (1 + 2 * edge)]
+    return [[row * col for col in weights] for row in weights]
 
 
 def _per_image(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,10 @@ checkpoint does not depend on its pack; a pair leaves the pack by a slice of eve
 
 Calling convention: images (K, 3, H, W) in [0, 1], image k for slot k -> (K, 3, H, W), like a `SkipGenerator` called
 on a batch, but without mixing the batch's images in BatchNorm.
+
+Convolutions run grouped (one call per layer: what a GPU wants) or, with `per_slot_convolutions`, each slot's as its
+own call (what a CPU wants: oneDNN's plain kernels are faster than its grouped ones there, and give each slot exactly
+what its SkipGenerator computes; every other op of the module is the same arithmetic per slot in either form).
 """
 
 from __future__ import annotations
@@ -32,11 +36,17 @@ BN_MOMENTUM = 0.1
 LEAKY_SLOPE = 0.2
 
 
+def _blank_generator() -> SkipGenerator:
+    """A SkipGenerator to fill from a state dict, made without touching the global RNG (its initialisation draws)."""
+    with torch.random.fork_rng(devices=[]):
+        return SkipGenerator()
+
+
 @cache
 def _layout() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """SkipGenerator's parameter names (in `parameters()` order), running-statistics buffer names, and the names of
     its BatchNorm layers' `num_batches_tracked` counters."""
-    reference = SkipGenerator()
+    reference = _blank_generator()
     parameters = tuple(name for name, _ in reference.named_parameters())
     buffers = tuple(name for name, _ in reference.named_buffers() if not name.endswith("num_batches_tracked"))
     counters = tuple(name for name, _ in reference.named_buffers() if name.endswith("num_batches_tracked"))
@@ -60,6 +70,10 @@ class GroupedGenerator(nn.Module):
             raise ValueError("a grouped generator needs at least one slot")
         parameters, buffers, counters = _layout()
         self.slots = len(state_dicts)
+        # False: one convolution with groups=K per layer (one launch for the stack: GPUs). True: each slot's
+        # convolution as its own call, which on a CPU is faster (oneDNN's plain kernels) and computes each slot bit
+        # for bit as a SkipGenerator would (a grouped kernel rounds differently from a plain one)
+        self.per_slot_convolutions = False
         for name in parameters:
             stacked = torch.cat([state[name].detach() for state in state_dicts])
             self.register_parameter(_attr(name), nn.Parameter(stacked.clone()))
@@ -109,9 +123,12 @@ class GroupedGenerator(nn.Module):
         return self._conv_bn_act(up, f"{prefix}.up.1")
 
     def _conv(self, x: torch.Tensor, prefix: str, stride: int = 1) -> torch.Tensor:
-        weight = self._p(f"{prefix}.weight")
+        weight, bias = self._p(f"{prefix}.weight"), self._p(f"{prefix}.bias")
         padding = (weight.shape[-1] - 1) // 2
-        return F.conv2d(x, weight, self._p(f"{prefix}.bias"), stride=stride, padding=padding, groups=self.slots)
+        if self.per_slot_convolutions and self.slots > 1:
+            pieces = zip(x.chunk(self.slots, dim=1), weight.chunk(self.slots), bias.chunk(self.slots))
+            return torch.cat([F.conv2d(xs, ws, bs, stride=stride, padding=padding) for xs, ws, bs in pieces], dim=1)
+        return F.conv2d(x, weight, bias, stride=stride, padding=padding, groups=self.slots)
 
     def _batch_norm(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
         return F.batch_norm(
@@ -145,7 +162,7 @@ class GroupedGenerator(nn.Module):
 
     def generator(self, slot: int) -> SkipGenerator:
         """Slot `slot` as a standalone SkipGenerator on this module's device (a copy)."""
-        generator = SkipGenerator().to(self._any_tensor().device)
+        generator = _blank_generator().to(self._any_tensor().device)
         generator.load_state_dict(self.state_dict_of(slot))
         return generator.train(self.training)
 
@@ -155,6 +172,7 @@ class GroupedGenerator(nn.Module):
         kept = GroupedGenerator.__new__(GroupedGenerator)
         nn.Module.__init__(kept)
         kept.slots = len(slots)
+        kept.per_slot_convolutions = self.per_slot_convolutions
         parameters, buffers, _ = _layout()
         for name in parameters:
             kept.register_parameter(_attr(name), nn.Parameter(self.slice_rows(self._p(name).detach(), index)))
@@ -171,7 +189,7 @@ class GroupedGenerator(nn.Module):
 @cache
 def _state_order() -> tuple[str, ...]:
     """The key order of `SkipGenerator().state_dict()`."""
-    return tuple(SkipGenerator().state_dict().keys())
+    return tuple(_blank_generator().state_dict().keys())
 
 
 def stack_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor:

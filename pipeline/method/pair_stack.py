@@ -38,20 +38,29 @@ def stack_key(run: PairRun) -> tuple:
     )
 
 
-def form_stacks(runs: list[PairRun], device: torch.device) -> list[PairStack]:
+def form_stacks(runs: list[PairRun], device: torch.device, per_slot: bool = False) -> list[PairStack]:
+    """The runs' stacks (in the runs' order); `per_slot`: their generators convolve per slot (see
+    `GroupedGenerator.per_slot_convolutions`)."""
     groups: dict[tuple, list[PairRun]] = {}
     for run in runs:
         groups.setdefault(stack_key(run), []).append(run)
-    return [PairStack(members, device) for members in groups.values()]
+    return [PairStack(members, device, per_slot=per_slot) for members in groups.values()]
 
 
 class PairStack:
     """G pairs trained as one grouped generator; slot k is `runs[k]`."""
 
-    def __init__(self, runs: list[PairRun], device: torch.device, generator: GroupedGenerator | None = None):
+    def __init__(
+        self,
+        runs: list[PairRun],
+        device: torch.device,
+        generator: GroupedGenerator | None = None,
+        per_slot: bool = False,
+    ):
         self.runs = runs
         if generator is None:
             generator = GroupedGenerator([run.initial_generator_state() for run in runs]).to(device).train()
+            generator.per_slot_convolutions = per_slot
         self.generator = generator
         self.call = generator  # what the step calls: the module, or a compiled form of it (see trainer)
         self.structures = torch.cat([run.structure for run in runs])  # (G, 3, H, W)

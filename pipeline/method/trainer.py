@@ -16,7 +16,6 @@ non-finite fails alone; the others go on. A pair that finishes leaves the pack a
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -58,10 +57,17 @@ class TrainOptions:
     compile: str = "auto"
     compile_backend: str | Callable = "inductor"  # torch.compile backend: a name, or a backend function
     compile_mode: str | None = None  # torch.compile mode (None: default; "reduce-overhead" adds CUDA graphs)
+    # how a stack's generators convolve: auto (per slot on CPUs, grouped elsewhere) | grouped | per-slot. Grouped:
+    # one convolution with groups=K per layer, one launch for the whole stack (GPUs, where launches are the cost).
+    # Per slot: each pair's convolution as its own call (CPUs: oneDNN's plain kernels are faster there than its
+    # grouped ones, and compute each pair bit for bit as it computes it alone; grouped kernels round differently)
+    generator_convolutions: str = "auto"
 
     def __post_init__(self):
         if self.compile not in ("auto", "on", "off"):
             raise ValueError(f"compile must be auto, on or off, got {self.compile!r}")
+        if self.generator_convolutions not in ("auto", "grouped", "per-slot"):
+            raise ValueError(f"generator_convolutions must be auto, grouped or per-slot, got {self.generator_convolutions!r}")
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
@@ -130,13 +136,12 @@ def train_pack(
             finish(pair.pair_id, exc)
     facts = _run_facts(backbone, device, precision, [run.pair_id for run in runs])
     # 2. stacks: pairs of one size at one step share one grouped generator; one Adam over every stack
-    with _slot_invariant_convolutions(device):
-        _train(runs, backbone, device, precision, options, facts, started, finish, on_step, progress)
+    _train(runs, backbone, device, precision, options, facts, started, finish, on_step, progress)
     return outcomes
 
 
 def _train(runs, backbone, device, precision, options, facts, started, finish, on_step, progress) -> None:
-    stacks = form_stacks(runs, device)
+    stacks = form_stacks(runs, device, per_slot=_per_slot_convolutions(device, options))
     generator_call = _compiled_generators(device, options)
     for stack in stacks:
         stack.call = generator_call(stack.generator)
@@ -181,30 +186,6 @@ def _train(runs, backbone, device, precision, options, facts, started, finish, o
             optimizer = _optimizer(stacks, device, previous=optimizer)
     if bar is not None:
         bar.close()
-
-
-def _slot_invariant_convolutions(device: torch.device):
-    """On CPUs, convolutions without oneDNN for the whole step (forward and backward): its grouped kernels round
-    differently from its plain ones, so a slot's result would depend on how many slots its stack has (a 1e-5 change
-    in a step, which the fp32 gradients of a BatchNorm generator amplify to 1% within two steps); the native kernels
-    run each group as its own convolution, so a pair's arithmetic is the same, bit for bit, alone or in any pack.
-    On CUDA nothing changes (cuDNN; results agree up to rounding)."""
-    if device.type != "cpu":
-        return contextlib.nullcontext()
-    return _onednn_off()
-
-
-@contextlib.contextmanager
-def _onednn_off():
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = previous
-
-
-# --- the step's parts -------------------------------------------------------------------------------------------
 
 
 def _log_step(stacks: list[PairStack], groups: list[GroupStep], terms: list[GroupTerms], finish, bar) -> set[PairRun]:
@@ -264,6 +245,12 @@ def _optimizer(stacks: list[PairStack], device: torch.device, previous: torch.op
         else:
             stack.restore_optimizer(optimizer)  # from the pairs' checkpoints
     return optimizer
+
+
+def _per_slot_convolutions(device: torch.device, options: TrainOptions) -> bool:
+    if options.generator_convolutions == "auto":
+        return device.type == "cpu"
+    return options.generator_convolutions == "per-slot"
 
 
 def _compiled_generators(device: torch.device, options: TrainOptions) -> Callable:
