@@ -67,7 +67,9 @@ class TrainOptions:
         if self.compile not in ("auto", "on", "off"):
             raise ValueError(f"compile must be auto, on or off, got {self.compile!r}")
         if self.generator_convolutions not in ("auto", "grouped", "per-slot"):
-            raise ValueError(f"generator_convolutions must be auto, grouped or per-slot, got {self.generator_convolutions!r}")
+            raise ValueError(
+                f"generator_convolutions must be auto, grouped or per-slot, got {self.generator_convolutions!r}"
+            )
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
