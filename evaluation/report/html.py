@@ -95,9 +95,15 @@ def render(
     )
 
 
+JSON_IN_SCRIPT = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+
+
 def _json(value) -> str:
-    """JSON safe inside <script>: no '</' can close the element early."""
-    return json.dumps(value, separators=(",", ":")).replace("</", "<\\/")
+    """JSON safe inside <script>: no <, > or & at all, so neither '</script>' nor '<!--' (which makes the HTML
+    parser look for a '-->' and so swallow the page's own script) can appear; the same JSON to JSON.parse."""
+    return json.dumps(value, separators=(",", ":")).translate(JSON_IN_SCRIPT)
 
 
 def _warnings(warnings) -> str:

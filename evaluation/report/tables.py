@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -398,11 +399,11 @@ def to_markdown(tables: Tables) -> str:
         "test, not comparable). n pending: never run or not evaluated yet; n failed: failed, missing, damaged or error.",
         "",
     ]
-    out += [f"**Warning:** {text}" for text in tables.warnings()] + ([""] if tables.warnings() else [])
+    out += [f"**Warning:** {_md(text)}" for text in tables.warnings()] + ([""] if tables.warnings() else [])
     for group in tables.groups:
-        out += [f"## {group.title}", ""]
+        out += [f"## {_md(group.title)}", ""]
         coverage = coverage_text(tables, group)
-        out += [coverage, ""] if coverage else []
+        out += [_md(coverage), ""] if coverage else []
         head = ["method", *map(header, tables.metrics), "n evaluated", "n failed", "n pending", *COST_HEADERS]
         out += [_md_row(head), _md_row(["---"] * len(head))]
         for row in group.rows:
@@ -416,11 +417,11 @@ def to_markdown(tables: Tables) -> str:
                 )
             )
         if group.win_rates:
-            out += ["", f"Win rate against **{tables.reference}** ({win_rate_note(tables)}):", ""]
+            out += ["", f"Win rate against **{_md(tables.reference)}** ({win_rate_note(tables)}):", ""]
             out += [_md_row(["method", *map(header, tables.metrics)]), _md_row(["---"] * (1 + len(tables.metrics)))]
             for method, rates in group.win_rates.items():
                 out.append(_md_row([method, *(rate_text(rates[m]) for m in tables.metrics)]))
-            out += ["", f"Difference to **{tables.reference}** ({DIFFERENCE_NOTE}):", ""]
+            out += ["", f"Difference to **{_md(tables.reference)}** ({DIFFERENCE_NOTE}):", ""]
             out += [_md_row(["method", *map(header, tables.metrics)]), _md_row(["---"] * (1 + len(tables.metrics)))]
             for method, deltas in group.differences.items():
                 out.append(_md_row([method, *(difference_text(deltas.get(m)) for m in tables.metrics)]))
@@ -433,7 +434,12 @@ def rate_text(rate: WinRate) -> str:
 
 
 def _md_row(cells: list[str]) -> str:
-    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+    return "| " + " | ".join(_md(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def _md(text: str) -> str:
+    """`text` for Markdown: on one line, and no HTML (a Markdown viewer would render a label's tags)."""
+    return _one_line(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def to_csv(tables: Tables) -> str:
@@ -486,7 +492,10 @@ def to_csv(tables: Tables) -> str:
             )
             records.append(record)
     buffer = io.StringIO()
-    pd.DataFrame(records).to_csv(buffer, index=False)
+    frame = pd.DataFrame(records)
+    frame.columns = [_spreadsheet_safe(c) for c in frame.columns]
+    safe = pd.DataFrame({c: frame[c].map(_spreadsheet_safe) for c in frame.columns})
+    safe.to_csv(buffer, index=False, lineterminator="\r\n")  # RFC 4180: a cell holding a lone CR is quoted too
     return buffer.getvalue()
 
 
@@ -494,15 +503,15 @@ def to_latex(tables: Tables) -> str:
     out = [
         "% Benchmark tables (needs \\usepackage{booktabs}). Cells: mean [95% BCa bootstrap CI];",
         "% best mean in bold; \\dag: random weights (smoke test).",
-        *(f"% WARNING: {t}" for t in tables.warnings()),
+        *(f"% WARNING: {_tex(t)}" for t in tables.warnings()),
     ]
     for group in tables.groups:
         columns = len(tables.metrics)
         coverage = coverage_text(tables, group)
         out += [
             "",
-            f"% {group.title}",
-            *([f"% {coverage}"] if coverage else []),
+            f"% {_tex(group.title)}",
+            *([f"% {_tex(coverage)}"] if coverage else []),
             "\\begin{tabular}{l" + "c" * columns + "rr}",
             "\\toprule",
             " & ".join(
@@ -526,7 +535,7 @@ def to_latex(tables: Tables) -> str:
         out += ["\\bottomrule", "\\end{tabular}"]
         if group.win_rates:
             out += [
-                f"% win rate against {tables.reference} ({win_rate_note(tables)})",
+                f"% win rate against {_tex(str(tables.reference))} ({win_rate_note(tables)})",
                 "\\begin{tabular}{l" + "c" * columns + "}",
                 "\\toprule",
                 " & ".join(["Method", *(f"{_tex(m)} {TEX_ARROWS[describe(m).better]}" for m in tables.metrics)])
@@ -555,4 +564,25 @@ TEX_ESCAPES = {
 
 
 def _tex(text: str) -> str:
-    return "".join(TEX_ESCAPES.get(char, char) for char in text)
+    """`text` as LaTeX source that prints it: special characters escaped, on one line."""
+    return "".join(TEX_ESCAPES.get(char, char) for char in _one_line(text))
+
+
+LINE_BREAKS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")  # control characters, and every line break
+
+
+def _one_line(text: str) -> str:
+    """`text` without line breaks or control characters: a label can neither end a `%` comment of tables.tex nor
+    start a new row of tables.md."""
+    return LINE_BREAKS.sub(" ", str(text))
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as the start of a formula
+
+
+def _spreadsheet_safe(value):
+    """A text cell that a spreadsheet shows as text, never runs as a formula (OWASP "CSV injection": a leading
+    ' on cells starting with = + - @ tab or CR); numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
