@@ -86,6 +86,13 @@ def one_line_error(code: int, err: str) -> str:
     return lines[0]
 
 
+def as_format_1(out) -> None:
+    """Make `out` a run folder of format 1 (run.json without `format`), whose pairs' markers are empty."""
+    record = json.loads((Path(out) / "run.json").read_text())
+    record.pop("format", None)
+    (Path(out) / "run.json").write_text(json.dumps(record))
+
+
 def results(out) -> pd.DataFrame:
     return pd.read_parquet(Path(out) / "results.parquet").set_index("pair_id")
 
@@ -645,6 +652,7 @@ def test_9_damaged_pairs_are_reported_and_redone(ray_session, tmp_path, capsys):
     assert "4 done, 0 failed, 0 pending" in cli(capsys, "status", out, "--verify")[1]
 
     # an older run's empty marker still reads: done if its output exists, damaged if not
+    as_format_1(out)
     (out / "pairs" / "d3" / "_SUCCESS").write_bytes(b"")
     assert "4 done" in cli(capsys, "status", out)[1]
     (out / "pairs" / "d3" / "output.png").unlink()
@@ -736,6 +744,7 @@ def test_11_garbage_meta_and_truncated_results_are_rebuilt_from_markers(ray_sess
     assert results(out)["status"].tolist() == ["done", "done"]
     assert json.loads((out / "pairs" / "g0" / "meta.json").read_text())["status"] == "done"
     # an older run (empty markers) with garbage meta.json: still read, the row rebuilt from what is there
+    as_format_1(out)
     for pair_id in ("g0", "g1"):
         (out / "pairs" / pair_id / "_SUCCESS").write_bytes(b"")
     (out / "pairs" / "g1" / "meta.json").write_text("[1, 2]")

@@ -95,6 +95,13 @@ class PairStatus(str, Enum):
 OLDER_WORDS = {"ok": "done", "not evaluated": "pending", "none": "pending", "": "pending"}  # formats 1 and 2
 
 
+FORMAT_1_MARKERS = "format_1_markers"  # run.json of a folder begun in format 1: its empty _SUCCESS markers read
+
+
+def _has_format_1_markers(record: dict | None) -> bool:
+    return record is not None and (record.get("format", 1) == 1 or bool(record.get(FORMAT_1_MARKERS)))
+
+
 def status_words(statuses) -> list[str]:
     """Stored status words (any format) as words of `PairStatus`."""
     return [PairStatus.of(s).value for s in statuses]
@@ -203,7 +210,11 @@ class RunFolder:
         return record
 
     def write_record(self, record: dict) -> dict:
+        """Write run.json in this format; a folder of format 1 keeps saying that its older pairs' markers are empty
+        (FORMAT_1_MARKERS), so rewriting run.json never turns them into damaged pairs."""
         record = {"format": FORMAT, **{k: v for k, v in record.items() if k != "format"}}
+        if FORMAT_1_MARKERS not in record and _has_format_1_markers(self.record()):
+            record[FORMAT_1_MARKERS] = True
         self.storage.write_json(self.path(layout.RUN_JSON), record)
         return record
 
@@ -354,8 +365,9 @@ class RunFolder:
         """Check every `_SUCCESS` against its pair's files: sizes from one listing, sha256 too with verify=True."""
         listing = self.list_pairs()
         marked = sorted(p for p, files in listing.items() if layout.SUCCESS in files)
+        legacy = self._marker_format() == 1  # format 1 wrote empty markers; later ones, sizes and hashes
         with ThreadPoolExecutor(LISTING_THREADS) as pool:
-            verdicts = list(pool.map(lambda p: self.pair(p).check(listing[p], verify), marked))
+            verdicts = list(pool.map(lambda p: self.pair(p).check(listing[p], verify, legacy), marked))
         result = Scan()
         for pair_id, (marker, problem) in zip(marked, verdicts):
             result.markers[pair_id] = marker
@@ -364,6 +376,13 @@ class RunFolder:
             else:
                 result.done.add(pair_id)
         return result
+
+    def _marker_format(self) -> int:
+        """The oldest format the folder's markers may be written in: 1 where run.json names none (format 1), where a
+        format-1 folder was rewritten (FORMAT_1_MARKERS) or where there is no run.json to tell; else run.json's."""
+        if not self.storage.exists(self.path(layout.RUN_JSON)):
+            return 1
+        return 1 if _has_format_1_markers(self.record()) else FORMAT
 
     def unmark(self, pair_ids: set[str]) -> None:
         """Remove the `_SUCCESS` of pairs to redo (before any work, so an interrupted run never leaves them done)."""
