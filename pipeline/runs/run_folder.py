@@ -34,13 +34,14 @@ from enum import Enum
 
 import pandas as pd
 
-from manifests.schema import REQUIRED, resolve_uris
+from manifests.schema import REQUIRED, ManifestError, read_manifest, resolve_uris
+from pipeline.redaction import is_masked
 from pipeline.runs import layout
 from pipeline.runs.layout import FORMAT
 from pipeline.runs.pair_folder import PairFolder, RunFolderError, read_parquet
 from pipeline.runs.run_lock import LockLost, RunLock
 from pipeline.runs.target import check_target
-from pipeline.storage import Storage, redact_url, with_retries
+from pipeline.storage import Storage, redact_text, redact_url, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +222,13 @@ class RunFolder:
     # --- manifest.parquet -------------------------------------------------------------------------------------
 
     def write_manifest(self, frame: pd.DataFrame) -> None:
-        """The manifest as run: a frame the creating command has validated (manifests.schema.read_manifest)."""
-        self._write_parquet(self.path(layout.MANIFEST), frame.reset_index(drop=True))
+        """The manifest as run: a frame the creating command has validated (manifests.schema.read_manifest), its
+        image URIs with credentials masked (they stay in the manifest the run was made from, see `read`)."""
+        frame = frame.reset_index(drop=True)
+        for column in ("structure_uri", "appearance_uri"):
+            if column in frame.columns:
+                frame[column] = [redact_url(str(uri)) for uri in frame[column]]
+        self._write_parquet(self.path(layout.MANIFEST), frame)
 
     def has_manifest(self) -> bool:
         return self.storage.exists(self.path(layout.MANIFEST))
@@ -260,7 +266,37 @@ class RunFolder:
         method = info.get("method") or self.url.rstrip("/").rsplit("/", 1)[-1]
         if "method" not in info:
             log.warning("%s: run.json names no method; calling it %r", redact_url(self.url), method)
+        manifest = self._with_credentials(manifest, info.get("manifest"))
         return Run(self, str(method), info, manifest, self.results(list(manifest["pair_id"])))
+
+    def _with_credentials(self, manifest: pd.DataFrame, source: str | None) -> pd.DataFrame:
+        """The run's manifest with each masked image URI (its credentials were not stored) taken back, in memory only,
+        from the manifest the run was made from (run.json `manifest`), where that still names the same image."""
+        columns = [c for c in ("structure_uri", "appearance_uri") if c in manifest.columns]
+        masked = manifest[columns].map(lambda uri: is_masked(str(uri))).to_numpy().any() if columns else False
+        if not masked:
+            return manifest
+        try:
+            if not source or is_masked(source):
+                raise ManifestError("its URL is not recorded in run.json")
+            original = read_manifest(source, self.storage).frame.set_index("pair_id")
+        except (ManifestError, OSError) as exc:
+            log.warning(
+                "%s: some input URLs carry credentials, which the run folder does not store; reading them needs the "
+                "manifest the run was made from (%s), which cannot be read (%s): those inputs will not be read",
+                redact_url(self.url),
+                redact_url(source or "unknown"),
+                redact_text(exc),
+            )
+            return manifest
+        frame = manifest.copy()
+        for column in columns:
+            clear = frame["pair_id"].map(original[column]) if column in original.columns else None
+            if clear is None:
+                continue
+            same = [isinstance(c, str) and redact_url(c) == s for c, s in zip(clear, frame[column])]
+            frame[column] = [c if ok else s for c, s, ok in zip(clear, frame[column], same)]
+        return frame
 
     # --- results.parquet --------------------------------------------------------------------------------------
 
