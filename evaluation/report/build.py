@@ -210,8 +210,8 @@ def _per_pair(run: Run, stored: pd.DataFrame, label: str) -> pd.DataFrame:
 
 def _distribution(frame: pd.DataFrame, metric: str, runs: list[RunData]) -> dict:
     info = describe(metric)
-    ok = frame[frame["status"] == PairStatus.DONE]
-    series = {r.label: ok.loc[ok["method"] == r.label, metric].dropna().to_numpy() for r in runs}
+    ok = frame[tables.metric_done(frame, metric)]
+    series = {r.label: ok.loc[ok["method"] == r.label, metric].to_numpy() for r in runs}
     note = f"{info.better} is better"
     return {
         "metric": metric,

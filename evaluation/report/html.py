@@ -179,9 +179,11 @@ def _cell(row: T.MethodRow, metric: str) -> str:
     """Mean on the first line, the 95% CI (and n where it differs) below it."""
     cell = row.cells.get(metric)
     if cell is None:
-        return "–"
+        counts = T.counts_text(row, metric)
+        return "–" + (f"<br><small>{escape(counts)}</small>" if counts else "")
     dagger = ' <span class="random">†</span>' if metric in row.random_metrics else ""
-    n = f" n={cell.n}" if cell.n != row.n_evaluated else ""
+    counts = T.counts_text(row, metric)
+    n = f" {escape(counts)}" if counts else ""
     return f"{T.fmt(cell.mean)}{dagger}<br><small>[{T.fmt(cell.low)}, {T.fmt(cell.high)}]{n}</small>"
 
 

@@ -49,6 +49,31 @@ DONE = PairStatus.DONE.value  # evaluated: its metrics are computed
 PENDING_STATUSES = (PairStatus.PENDING.value,)  # never run, not finished or not evaluated yet: not a failure
 
 
+def metric_done(frame: pd.DataFrame, metric: str) -> pd.Series:
+    """Which pairs have a value of `metric` that counts: its own status done (metrics.parquet records one per metric),
+    or, in an older metrics.parquet without it, the pair's status done. A pair where another metric failed keeps
+    this one's value."""
+    if metric not in frame:
+        return pd.Series(False, index=frame.index)
+    own = frame.get(f"{metric}__status")
+    done = frame["status"] == DONE
+    if own is not None:
+        done = own.eq(DONE).where(own.notna(), done)
+    return done.astype(bool) & frame[metric].notna()
+
+
+def metric_counts(frame: pd.DataFrame, metric: str) -> Counts:
+    """n evaluated / failed / pending of one metric: pending where the pair is, or where this metric was never
+    computed on an evaluated pair; failed where the pair failed or this metric failed on it."""
+    done = metric_done(frame, metric)
+    own = frame.get(f"{metric}__status")
+    never = pd.Series(False, index=frame.index) if own is None else own.isna() & frame["status"].eq(DONE)
+    if metric not in frame:
+        never = frame["status"].eq(DONE)
+    pending = frame["status"].isin(PENDING_STATUSES) | (never & ~done)
+    return Counts(int(done.sum()), int((~done & ~pending).sum()), int(pending.sum()))
+
+
 @dataclass(frozen=True)
 class Cell:
     mean: float
@@ -84,6 +109,16 @@ class MethodRow:
     train_peak_memory_bytes: float | None  # the largest
     random_metrics: list[str] = field(default_factory=list)  # metrics computed with random weights (smoke tests)
     n_pending: int = 0  # never run ('pending') or not evaluated yet
+    counts: dict[str, Counts] = field(default_factory=dict)  # metric -> its own n evaluated / failed / pending
+
+
+@dataclass(frozen=True)
+class Counts:
+    """One metric's count over a method's pairs: with a value, failed (the pair, or this metric on it), pending."""
+
+    evaluated: int
+    failed: int
+    pending: int
 
 
 @dataclass
@@ -211,10 +246,7 @@ def _group(key, frame, methods, metrics, reference, n_boot, seed, pairs) -> Grou
             absent = int((statuses == PairStatus.MISSING.value).sum())
             lacking[method] = {"pending": pending, "failed": len(missing) - pending - absent, "missing": absent}
         for metric in metrics:
-            have = [
-                set(part.index[(part["status"] == DONE) & part[metric].notna()]) if metric in part else set()
-                for part in by_method.values()
-            ]
+            have = [set(part.index[metric_done(part, metric)]) for part in by_method.values()]
             shared[metric] = set.intersection(*have) if have else set()
     rows = [_method_row(method, by_method[method], metrics, n_boot, seed, shared) for method in methods]
     win_rates, differences = {}, {}
@@ -237,7 +269,7 @@ def _difference(
     both = [p for p in other.index.intersection(ref.index) if shared is None or p in shared]
     a = other.loc[both]
     b = ref.loc[both]
-    usable = (a["status"] == DONE) & (b["status"] == DONE) & a[metric].notna() & b[metric].notna()
+    usable = metric_done(a, metric) & metric_done(b, metric)
     deltas = (a.loc[usable, metric].astype(float) - b.loc[usable, metric].astype(float)).to_numpy()
     if not len(deltas):
         return None
@@ -249,8 +281,10 @@ def _method_row(method, part, metrics, n_boot, seed, shared=None) -> MethodRow:
     ok = part["status"] == DONE
     pending = part["status"].isin(PENDING_STATUSES)
     cells, random = {}, []
+    counts = {}
     for metric in metrics:
-        values = part.loc[ok, metric].dropna() if metric in part else pd.Series([], dtype=float)
+        counts[metric] = metric_counts(part, metric)
+        values = part.loc[metric_done(part, metric), metric] if metric in part else pd.Series([], dtype=float)
         if shared is not None and shared.get(metric) is not None:
             values = values[values.index.isin(shared[metric])]
         values = values.to_numpy(dtype=np.float64)
@@ -276,6 +310,7 @@ def _method_row(method, part, metrics, n_boot, seed, shared=None) -> MethodRow:
         float(memory.astype(float).max()) if len(memory) else None,
         random,
         int(pending.sum()),
+        counts,
     )
 
 
@@ -312,10 +347,11 @@ def _outcome(frame: pd.DataFrame, pair_id: str, metric: str) -> tuple[float | No
     if pair_id not in frame.index:
         return None, True
     row = frame.loc[pair_id]
-    if row["status"] != DONE:
-        return None, True
-    value = row.get(metric)
-    return (None, False) if value is None or pd.isna(value) else (float(value), False)
+    if metric_done(frame.loc[[pair_id]], metric).iloc[0]:
+        return float(row[metric]), False
+    own = row.get(f"{metric}__status")
+    failed = row["status"] != DONE if own is None or pd.isna(own) else own != DONE
+    return None, bool(failed)
 
 
 def _column(frame: pd.DataFrame, name: str) -> pd.Series:
@@ -342,12 +378,24 @@ def best_methods(group: GroupTable, metric: str) -> set[str]:
 
 def cell_text(row: MethodRow, metric: str) -> str:
     cell = row.cells.get(metric)
+    counts = counts_text(row, metric)
     if cell is None:
-        return "–"
+        return "–" + (f" ({counts})" if counts else "")
     text = f"{fmt(cell.mean)} [{fmt(cell.low)}, {fmt(cell.high)}]"
-    if cell.n != row.n_evaluated:
-        text += f" (n={cell.n})"
+    if counts:
+        text += f" ({counts})"
     return text + (" †" if metric in row.random_metrics else "")
+
+
+def counts_text(row: MethodRow, metric: str) -> str:
+    """This metric's own n / failed / pending where they differ from the pairs' (e.g. another metric failed on pairs
+    where this one has values), or ''."""
+    cell, counts = row.cells.get(metric), row.counts.get(metric)
+    n = cell.n if cell else 0
+    parts = [f"n={n}"] if n != row.n_evaluated and cell else []
+    if counts and (counts.failed, counts.pending) != (row.n_failed, row.n_pending):
+        parts += [f"{counts.failed} failed", f"{counts.pending} pending"]
+    return ", ".join(parts)
 
 
 def coverage_text(tables: Tables, group: GroupTable) -> str | None:
@@ -394,8 +442,8 @@ def to_markdown(tables: Tables) -> str:
     out = [
         "# Benchmark",
         "",
-        f"Cells: mean [95% BCa bootstrap CI] over {over} (n shown where it differs from n "
-        "evaluated); ↓ lower is better, ↑ higher is better; best mean in bold; † computed with random weights (smoke "
+        f"Cells: mean [95% BCa bootstrap CI] over {over} (the metric's own n, failed and pending shown where they "
+        "differ from the pairs'); ↓ lower is better, ↑ higher is better; best mean in bold; † computed with random weights (smoke "
         "test, not comparable). n pending: never run or not evaluated yet; n failed: failed, missing, damaged or error.",
         "",
     ]
@@ -465,6 +513,8 @@ def to_csv(tables: Tables) -> str:
                         f"{metric}_ci_low": cell and cell.low,
                         f"{metric}_ci_high": cell and cell.high,
                         f"{metric}_n": cell.n if cell else 0,
+                        f"{metric}_n_failed": row.counts[metric].failed if metric in row.counts else None,
+                        f"{metric}_n_pending": row.counts[metric].pending if metric in row.counts else None,
                         f"{metric}_better": describe(metric).better,
                     }
                 )
