@@ -191,6 +191,7 @@ def _import(
     # 4. the run's manifest, results and run.json
     folder.write_manifest(manifest)
     folder.write_results(rows)
+    folder.write_inputs(inputs)
     folder.write_record(
         {
             "method": method,
@@ -200,7 +201,6 @@ def _import(
             "manifest": redact_url(manifest_url),
             "started_at": started,
             "pairs": int(len(manifest)),
-            "inputs": inputs,
         }
     )
     counts = pd.Series([row["status"] for row in rows]).value_counts()

@@ -93,6 +93,13 @@ def as_format_1(out) -> None:
     (Path(out) / "run.json").write_text(json.dumps(record))
 
 
+def recorded_inputs(out) -> dict:
+    """What the run folder records of each pair's inputs (its owner reads them)."""
+    from pipeline.runs.run_folder import RunFolder
+
+    return RunFolder(Storage(), str(out)).inputs()
+
+
 def results(out) -> pd.DataFrame:
     return pd.read_parquet(Path(out) / "results.parquet").set_index("pair_id")
 
@@ -162,8 +169,9 @@ def test_1_changed_inputs_or_pair_settings_are_refused_and_force_redoes_exactly_
     out = tmp_path / "run"
     assert run_cli(capsys, first, out)[0] == 0
     record = json.loads((out / "run.json").read_text())
-    assert record["format"] == 3 and set(record["inputs"]) == {"p0", "p1", "p2"}
-    assert record["inputs"]["p0"]["structure"]["size"] > 0 and record["inputs"]["p2"]["settings"]["steps"] == 3
+    recorded = recorded_inputs(out)  # beside run.json, in inputs.parquet
+    assert record["format"] == 3 and "inputs" not in record and set(recorded) == {"p0", "p1", "p2"}
+    assert recorded["p0"]["structure"]["size"] > 0 and recorded["p2"]["settings"]["steps"] == 3
     kept_manifest = (out / "manifest.parquet").read_bytes()
     marks = {p: (out / "pairs" / p / "_SUCCESS").stat().st_mtime_ns for p in ("p0", "p1", "p2")}
 
@@ -191,7 +199,7 @@ def test_1_changed_inputs_or_pair_settings_are_refused_and_force_redoes_exactly_
     assert (out / "pairs" / "p1" / "output.png").read_bytes() == _png_of(other["p1"][0])
     copied = pd.read_parquet(out / "manifest.parquet").set_index("pair_id")
     assert copied.loc["p1", "structure_uri"] == str(other["p1"][0]) and copied.loc["p2", "steps"] == 4
-    assert json.loads((out / "run.json").read_text())["inputs"]["p2"]["settings"]["steps"] == 4
+    assert recorded_inputs(out)["p2"]["settings"]["steps"] == 4
     assert run_cli(capsys, changed, out)[0] == 0  # and now it agrees
 
 

@@ -305,7 +305,7 @@ def _input_warnings(runs: list[RunData]) -> list[str]:
     first: dict[str, tuple[str, tuple, dict]] = {}
     differing: dict[str, str] = {}
     for data in runs:
-        recorded = (data.run.info.get("inputs") or {}) if isinstance(data.run.info, dict) else {}
+        recorded = data.run.folder.inputs(data.run.info if isinstance(data.run.info, dict) else {})
         for record in data.run.manifest[["pair_id", "structure_uri", "appearance_uri"]].to_dict("records"):
             pair_id = str(record["pair_id"])
             fingerprints = recorded.get(pair_id) or {}

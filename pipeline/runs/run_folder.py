@@ -25,6 +25,7 @@ their peak memory is taken from meta.json once.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import time
@@ -94,6 +95,14 @@ class PairStatus(str, Enum):
 
 
 OLDER_WORDS = {"ok": "done", "not evaluated": "pending", "none": "pending", "": "pending"}  # formats 1 and 2
+
+
+INPUT_URIS = ("structure_uri", "appearance_uri")  # columns of inputs.parquet: text
+INPUT_RECORDS = ("structure", "appearance", "settings")  # columns of inputs.parquet: JSON text (fingerprints, settings)
+
+
+def _masked(uri) -> str | None:
+    return redact_url(str(uri)) if isinstance(uri, str) else None
 
 
 FORMAT_1_MARKERS = "format_1_markers"  # run.json of a folder begun in format 1: its empty _SUCCESS markers read
@@ -211,13 +220,49 @@ class RunFolder:
         return record
 
     def write_record(self, record: dict) -> dict:
-        """Write run.json in this format; a folder of format 1 keeps saying that its older pairs' markers are empty
+        """Write run.json in this format, small whatever the number of pairs: the pairs' inputs go to inputs.parquet
+        (`write_inputs`), never here. A folder of format 1 keeps saying that its older pairs' markers are empty
         (FORMAT_1_MARKERS), so rewriting run.json never turns them into damaged pairs."""
-        record = {"format": FORMAT, **{k: v for k, v in record.items() if k != "format"}}
+        record = {"format": FORMAT, **{k: v for k, v in record.items() if k not in ("format", "inputs")}}
         if FORMAT_1_MARKERS not in record and _has_format_1_markers(self.record()):
             record[FORMAT_1_MARKERS] = True
         self.storage.write_json(self.path(layout.RUN_JSON), record)
         return record
+
+    # --- inputs.parquet ---------------------------------------------------------------------------------------
+
+    def write_inputs(self, inputs: dict[str, dict]) -> None:
+        """What each pair was made from (rerun.pair_inputs): pair_id -> {structure_uri, appearance_uri (masked),
+        structure, appearance (fingerprints), settings}, one row per pair; nested values as JSON text."""
+        rows = [
+            {
+                "pair_id": pair_id,
+                **{k: _masked((value or {}).get(k)) for k in INPUT_URIS},
+                **{k: json.dumps((value or {}).get(k), sort_keys=True, default=str) for k in INPUT_RECORDS},
+            }
+            for pair_id, value in inputs.items()
+        ]
+        frame = pd.DataFrame(rows, columns=["pair_id", *INPUT_URIS, *INPUT_RECORDS])
+        self._write_parquet(self.path(layout.INPUTS), frame.astype(object).where(frame.notna(), None))
+
+    def inputs(self, record: dict | None = None) -> dict[str, dict]:
+        """What each pair was made from, as `write_inputs` took it: from inputs.parquet, or from run.json (`record`,
+        read if not given) where an older run kept it there; {} where neither records any."""
+        try:
+            frame = self._read_parquet(self.path(layout.INPUTS))
+        except FileNotFoundError:
+            record = self.record() if record is None else record
+            return dict((record or {}).get("inputs") or {})
+        return {
+            str(row["pair_id"]): {
+                **{k: row.get(k) for k in INPUT_URIS},
+                **{k: json.loads(row[k]) if isinstance(row.get(k), str) else None for k in INPUT_RECORDS},
+            }
+            for row in frame.to_dict("records")
+        }
+
+    def has_inputs(self, record: dict | None) -> bool:
+        return self.storage.exists(self.path(layout.INPUTS)) or "inputs" in (record or {})
 
     # --- manifest.parquet -------------------------------------------------------------------------------------
 
