@@ -5,7 +5,8 @@ when its metrics are computed; 'pending' (never run or not finished), 'failed', 
 says; 'error' when its files cannot be read or a metric fails), error, the output's content hash, training cost
 from results.parquet (train_seconds, train_device, train_peak_memory_bytes), and per metric its value with
 provenance columns `<metric>__version` and `<metric>__model` (backbone spec and weights id; random weights end in
-'@random'). Labels (dataset, domain) stay in the run's manifest.parquet; the report joins them from there.
+'@random') and its own outcome, `<metric>__status` (done / error) and `<metric>__error`: a metric that fails never
+hides another's value, and its failure stays until it succeeds; the pair is 'error' while any of its metrics failed. Labels (dataset, domain) stay in the run's manifest.parquet; the report joins them from there.
 
 Everything is read and written through the run folder (pipeline/runs/run_folder.py). metrics.parquet is read,
 merged and written under the lock of eval/ (`RunFolder.eval_lock`): two evaluations of one run at once, e.g. with
