@@ -5,7 +5,8 @@ when its metrics are computed; 'pending' (never run or not finished), 'failed', 
 says; 'error' when its files cannot be read or a metric fails), error, the output's content hash, training cost
 from results.parquet (train_seconds, train_device, train_peak_memory_bytes), and per metric its value with
 provenance columns `<metric>__version` and `<metric>__model` (backbone spec and weights id; random weights end in
-'@random'). Labels (dataset, domain) stay in the run's manifest.parquet; the report joins them from there.
+'@random') and its own outcome, `<metric>__status` (done / error) and `<metric>__error`: a metric that fails never
+hides another's value, and its failure stays until it succeeds; the pair is 'error' while any of its metrics failed. Labels (dataset, domain) stay in the run's manifest.parquet; the report joins them from there.
 
 Everything is read and written through the run folder (pipeline/runs/run_folder.py). metrics.parquet is read,
 merged and written under the lock of eval/ (`RunFolder.eval_lock`): two evaluations of one run at once, e.g. with
@@ -278,19 +279,53 @@ def _is_fresh(old: dict, metric: str, model_id: str) -> bool:
 
 
 def _merge(row: dict, update: PairUpdate, ids: dict[str, str]) -> None:
+    """An evaluation's result for one pair into its row: each metric's value and status (done, or error with its
+    reason) on its own, so a failing metric never hides another's value and its failure stays until it succeeds."""
     row["evaluated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if update.changed:
         _clear_metrics(row)  # values of another output are no longer this pair's
     if update.output_sha256:
         row["output_sha256"] = update.output_sha256
     for metric, value in update.values.items():
-        row.update({metric: value, f"{metric}__version": describe(metric).version, f"{metric}__model": ids[metric]})
-    if update.image_error:
-        row.update(status=PairStatus.ERROR.value, error=update.image_error)
-    elif update.errors:
-        row.update(status=PairStatus.ERROR.value, error="; ".join(f"{m}: {e}" for m, e in update.errors.items()))
-    else:
-        row.update(status=PairStatus.DONE.value, error=None)
+        row.update({metric: value, **_provenance(metric, ids), _status(metric): DONE, _error(metric): None})
+    failed = {m: update.image_error for m in ids} if update.image_error else update.errors
+    for metric, error in failed.items():
+        row.update({metric: None, **_provenance(metric, ids), _status(metric): ERROR, _error(metric): error})
+    row.update(status=DONE, error=None)  # evaluated: what its metrics' statuses say, next
+    row.update(pair_status(row))
+
+
+DONE, ERROR = PairStatus.DONE.value, PairStatus.ERROR.value
+
+
+def _status(metric: str) -> str:
+    return f"{metric}__status"
+
+
+def _error(metric: str) -> str:
+    return f"{metric}__error"
+
+
+def _provenance(metric: str, ids: dict[str, str]) -> dict:
+    return {f"{metric}__version": describe(metric).version, f"{metric}__model": ids[metric]}
+
+
+def pair_status(row: dict) -> dict:
+    """{'status', 'error'} of an evaluated pair from its metrics' own statuses: 'error' (with each failed metric's
+    reason) while any metric failed, else 'done'. Rows of older evaluations (no per-metric status) and pairs
+    without an output (pending, failed, missing, damaged) keep theirs."""
+    if row.get("status") not in (DONE, ERROR):
+        return {}
+    statuses = {m: row.get(_status(m)) for m in metric_columns(row)}
+    if not any(isinstance(s, str) for s in statuses.values()):
+        return {}
+    errors = {m: _text(row.get(_error(m))) or "failed" for m, s in statuses.items() if s == ERROR}
+    if not errors:
+        return {"status": DONE, "error": None}
+    reasons = list(dict.fromkeys(errors.values()))
+    if len(reasons) == 1 and len(errors) > 1:
+        return {"status": ERROR, "error": f"{', '.join(errors)}: {reasons[0]}"}
+    return {"status": ERROR, "error": "; ".join(f"{m}: {e}" for m, e in errors.items())}
 
 
 def _cost(result: dict | None) -> dict:
@@ -312,7 +347,7 @@ def _failure(pair_id: str, result: dict | None) -> dict:
 
 def _clear_metrics(row: dict) -> None:
     for metric in metric_columns(row):
-        for key in (metric, f"{metric}__version", f"{metric}__model"):
+        for key in (metric, f"{metric}__version", f"{metric}__model", _status(metric), _error(metric)):
             row.pop(key, None)
 
 
@@ -324,7 +359,17 @@ def _stored_rows(folder: RunFolder) -> dict[str, dict]:
         return {}
     if frame is None:
         return {}
-    return {str(r["pair_id"]): {k: v for k, v in r.items() if not _isnan(v)} for r in frame.to_dict("records")}
+    metrics = metric_columns(frame.columns)
+    return {
+        str(r["pair_id"]): {k: v for k, v in r.items() if not _isnan(v) or _kept_nan(k, r, metrics)}
+        for r in frame.to_dict("records")
+    }
+
+
+def _kept_nan(column: str, row: dict, metrics: list[str]) -> bool:
+    """A NaN that is a result: the value of a metric that was computed (its version recorded), e.g. NaN for a
+    pair where it is undefined. Dropping it would drop the metric's column once no pair has a number."""
+    return column in metrics and isinstance(row.get(f"{column}__version"), str)
 
 
 def _save(folder: RunFolder, rows: dict, ids: dict, skipped: dict, classes: list | None) -> None:
@@ -334,6 +379,8 @@ def _save(folder: RunFolder, rows: dict, ids: dict, skipped: dict, classes: list
     with folder.eval_lock(wait=SAVE_LOCK_WAIT_S, break_stale=True):
         stored = _stored_rows(folder)
         merged = {pair_id: _merge_stored(stored.get(pair_id), row, ids) for pair_id, row in rows.items()}
+        for row in merged.values():
+            row.update(pair_status(row))  # another evaluation's failed metric keeps the pair 'error
         merged.update({pair_id: row for pair_id, row in stored.items() if pair_id not in merged})
         try:
             others = folder.evaluation().get("metrics") or {}
@@ -367,9 +414,12 @@ def _write(folder: RunFolder, rows: dict, ids: dict, skipped: dict, classes: lis
     ]
     frame = pd.DataFrame(list(rows.values()))
     metrics = metric_columns(frame.columns)
-    frame = frame.reindex(columns=front + [c for m in metrics for c in (m, f"{m}__version", f"{m}__model")])
+    per_metric = (lambda m: f"{m}__version", lambda m: f"{m}__model", _status, _error)
+    frame = frame.reindex(columns=front + [c for m in metrics for c in (m, *(name(m) for name in per_metric))])
     for metric in metrics:
         frame[metric] = frame[metric].astype("float64")
+        for column in (_status(metric), _error(metric)):
+            frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
     frame["status"] = [PairStatus.of(s).value for s in frame["status"]]
     folder.write_metrics(frame)
     described = {

@@ -4,8 +4,11 @@
 Where the outputs are, in one of three ways:
 - a flat folder ROOT of images named by pair_id: <pair_id>.png | .jpg | .jpeg | .webp (any case);
 - `pattern`: a template under ROOT with `{pair_id}` and glob wildcards, e.g. '{pair_id}/ours/*' (the Splice
-  authors' layout, outputs beside the inputs) or 'strotss/{pair_id}.*' (Wild-Pairs' sibling folders); exactly
-  one image must match per pair;
+  authors' layout, outputs beside the inputs) or 'strotss/{pair_id}.*' (Wild-Pairs' sibling folders); {pair_id}
+  stands for each manifest pair_id in turn (so 'wct2/{pair_id}_*' finds WCT2's '0_cat5_decoder_encoder_skip..jpg'
+  for pair 0_cat5); exactly one image must match per pair;
+Outputs stay under ROOT: a pattern with '..' or an absolute one is refused, and so is a symbolic link that leads out
+of ROOT (unless `follow_symlinks`, `--follow-symlinks`).
 - `csv`: a CSV of pair_id,output_uri (relative paths resolve against the CSV's folder).
 Every image is decoded (any mode: RGBA over white, 16-bit scaled, any size; an unreadable one is caught here, not
 later) and stored as pairs/<pair_id>/output.png with a meta.json and _SUCCESS. A pair with no image, or with
@@ -20,6 +23,7 @@ method, a run made by `splice run`, or over outputs already there, unless `force
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -28,7 +32,7 @@ import posixpath
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -40,7 +44,7 @@ from pipeline.method.images import DEFAULT_MAX_PIXELS, ImageError, decode_image,
 from pipeline.runs import layout
 from pipeline.runs.rerun import pair_inputs
 from pipeline.runs.run_folder import PairStatus, RunFolder
-from pipeline.storage import Storage, redact_text, redact_url
+from pipeline.storage import Storage, is_local, redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +71,18 @@ class ImportSummary:
     missing: int  # no output matched (ambiguous ones included)
     failed: int  # an output matched but cannot be read as an image
     ambiguous: int = 0  # several outputs matched
+    unmatched: dict[str, list[str]] = field(default_factory=dict)  # 'missing' / 'ambiguous' -> their pair_ids
 
     def line(self) -> str:
+        named = "".join(
+            f"; {kind}: {', '.join(ids[:10])}{f' and {len(ids) - 10} more' if len(ids) > 10 else ''}"
+            for kind, ids in self.unmatched.items()
+            if ids
+        )
         return (
             f"imported {self.imported} output(s) of {self.method} into {redact_url(self.run)}: {self.imported} "
             f"matched, {self.missing - self.ambiguous} missing, {self.ambiguous} ambiguous, {self.failed} unreadable"
-            f" (each in {redact_url(layout.join(self.run, layout.RESULTS))}); next: splice evaluate "
+            f"{named} (each in {redact_url(layout.join(self.run, layout.RESULTS))}); next: splice evaluate "
             f"{redact_url(self.run)}"
         )
 
@@ -88,6 +98,7 @@ def import_outputs(
     pattern: str | None = None,
     csv: str | None = None,
     force: bool = False,
+    follow_symlinks: bool = False,
 ) -> ImportSummary:
     storage = storage or Storage()
     if (outputs_dir is None) == (csv is None) or (pattern and csv):
@@ -108,7 +119,7 @@ def import_outputs(
     with folder.lock("splice import"):  # one writer at a time, `splice run` included
         # 2. never into another method's run, a trained run, or over existing outputs (unless force)
         _check_existing(folder, method, set(manifest["pair_id"]), force)
-        found, problems = _match(storage, manifest, outputs_dir, pattern, csv)
+        found, problems = _match(storage, manifest, outputs_dir, pattern, csv, follow_symlinks)
         inputs = pair_inputs(storage, parsed.pairs())
         return _import(
             folder, method, outputs_dir, manifest_url, manifest, found, problems, inputs, max_pixels, pattern, csv
@@ -139,10 +150,19 @@ def _check_existing(folder: RunFolder, method: str, pair_ids: set[str], force: b
         )
 
 
-def _match(storage: Storage, manifest, outputs_dir: str, pattern: str | None, csv: str | None):
+def _match(storage: Storage, manifest, outputs_dir: str, pattern: str | None, csv: str | None, follow_symlinks: bool):
     """Match the files in OUTPUTS_DIR (or the pattern's or CSV's) to pair ids: (found, problems)."""
     if pattern or csv:
-        matched = dict(match_outputs(storage, list(manifest["pair_id"]), root=outputs_dir, pattern=pattern, csv=csv))
+        matched = dict(
+            match_outputs(
+                storage,
+                list(manifest["pair_id"]),
+                root=outputs_dir,
+                pattern=pattern,
+                csv=csv,
+                follow_symlinks=follow_symlinks,
+            )
+        )
         found = {p: m for p, m in matched.items() if isinstance(m, str)}
         problems = {p: m for p, m in matched.items() if isinstance(m, NoOutput)}
         if not found:
@@ -152,7 +172,7 @@ def _match(storage: Storage, manifest, outputs_dir: str, pattern: str | None, cs
                 f"the CSV against the manifest's pair_ids (e.g. {manifest['pair_id'].iloc[0]})"
             )
         return found, problems
-    return _outputs_by_pair(storage, outputs_dir, set(manifest["pair_id"])), {}
+    return _outputs_by_pair(storage, outputs_dir, set(manifest["pair_id"]), follow_symlinks)
 
 
 def _import(
@@ -171,6 +191,7 @@ def _import(
     # 4. the run's manifest, results and run.json
     folder.write_manifest(manifest)
     folder.write_results(rows)
+    folder.write_inputs(inputs)
     folder.write_record(
         {
             "method": method,
@@ -180,33 +201,52 @@ def _import(
             "manifest": redact_url(manifest_url),
             "started_at": started,
             "pairs": int(len(manifest)),
-            "inputs": inputs,
         }
     )
     counts = pd.Series([row["status"] for row in rows]).value_counts()
+    ambiguous = {p for p, problem in problems.items() if problem.kind == "ambiguous"}
     summary = ImportSummary(
         folder.url,
         method,
         int(counts.get(PairStatus.DONE.value, 0)),
         int(counts.get(PairStatus.MISSING.value, 0)),
         int(counts.get(PairStatus.FAILED.value, 0)),
-        sum(p.kind == "ambiguous" for p in problems.values()),
+        len(ambiguous),
+        {
+            "missing": [
+                row["pair_id"]
+                for row in rows
+                if row["status"] == PairStatus.MISSING.value and row["pair_id"] not in ambiguous
+            ],
+            "ambiguous": sorted(ambiguous),
+        },
     )
     log.info(summary.line())
     return summary
 
 
-def _outputs_by_pair(storage: Storage, outputs_dir: str, pair_ids: set[str]) -> dict[str, str]:
+def _outputs_by_pair(
+    storage: Storage, outputs_dir: str, pair_ids: set[str], follow_symlinks: bool
+) -> tuple[dict[str, str], dict[str, NoOutput]]:
     fs, root = storage.fs(outputs_dir)
     try:
         names = sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False))
     except FileNotFoundError as exc:
         raise ImportRefused(f"outputs folder {redact_url(outputs_dir)} does not exist") from exc
     found: dict[str, str] = {}
+    problems: dict[str, NoOutput] = {}
     unmatched = []
+    inside = _inside(storage, outputs_dir, follow_symlinks)
     for name in sorted(names, key=lambda n: _preference(n)):
         stem, ext = os.path.splitext(name)
         if ext.lower() not in EXTENSIONS:
+            continue
+        if stem in pair_ids and stem not in found and not inside(layout.join(root, name)):
+            problems[stem] = NoOutput(
+                "missing",
+                f"the output of pair '{stem}' ({redact_url(layout.join(outputs_dir, name))}) is a symbolic link to "
+                f"outside ROOT: not read; pass --follow-symlinks if it is meant",
+            )
             continue
         if stem not in pair_ids:
             unmatched.append(name)
@@ -227,7 +267,7 @@ def _outputs_by_pair(storage: Storage, outputs_dir: str, pair_ids: set[str]) -> 
             f"no file in {redact_url(outputs_dir)} is named after a pair_id of the manifest "
             f"(expected e.g. {sorted(pair_ids)[0]}.png): check the folder and the manifest"
         )
-    return found
+    return found, {p: problem for p, problem in problems.items() if p not in found}
 
 
 def match_outputs(
@@ -237,38 +277,43 @@ def match_outputs(
     root: str | None = None,
     pattern: str | None = None,
     csv: str | None = None,
+    follow_symlinks: bool = False,
 ) -> Iterator[tuple[str, str | NoOutput]]:
     """(pair_id, output URL) for every pair with exactly one output, (pair_id, NoOutput) for the others.
 
-    `pattern` is a template under `root` with `{pair_id}` and glob wildcards (*, ?, [..], **); it is listed once,
-    whatever the number of pairs. `csv` is a file of pair_id,output_uri. Images only (by extension, hidden files
+    `pattern` is a template under `root` with `{pair_id}` and glob wildcards (*, ?, [..], **), resolved per pair:
+    `{pair_id}` stands for each manifest pair_id, glob-escaped (from one listing, whatever the number of pairs). It
+    stays under `root`: no '..', and no symbolic link out of it unless `follow_symlinks`. `csv` is a file of pair_id,output_uri. Images only (by extension, hidden files
     skipped); files that name no pair of the manifest are logged.
     """
     wanted = set(pair_ids)
     candidates: dict[str, list[str]] = {}
+    refused: dict[str, list[str]] = {}  # pair_id -> matches that lie outside ROOT (through a symlink)
     if csv:
         where = f"CSV {redact_url(csv)}"
         for pair_id, uri in _csv_rows(storage, csv):
             candidates.setdefault(pair_id, []).append(uri)
     else:
-        if not pattern or "{pair_id}" not in pattern:
-            raise ImportRefused(
-                f"--pattern {pattern!r} must contain {{pair_id}}, e.g. '{{pair_id}}/ours/*' or 'strotss/{{pair_id}}.*'"
-            )
+        _check_pattern(pattern)
         where = f"{redact_url(layout.join(root, pattern))}"
         fs, base = storage.fs(root)
         if not fs.isdir(base):
             raise ImportRefused(f"outputs folder {redact_url(root)} does not exist")
         base = base.rstrip("/")
-        regex = _pattern_regex(pattern)
         fs.invalidate_cache()
-        for path in fs.glob(f"{base}/{pattern.replace('{pair_id}', '*')}"):
+        inside = _inside(storage, root, follow_symlinks)
+        listed = fs.glob(f"{base}/{pattern.replace('{pair_id}', '*')}")  # one listing, whatever the number of pairs
+        for path in listed:
             name = posixpath.basename(path)
             if name.startswith(".") or posixpath.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
                 continue
-            match = regex.fullmatch(path[len(base) + 1 :])
-            if match:
-                candidates.setdefault(match.group("pair_id"), []).append(storage.url(fs, path))
+            relative = path[len(base) + 1 :]
+            ids = _pair_ids_in(relative, pattern, wanted)
+            if not ids:
+                candidates.setdefault(relative, [])  # names no pair of the manifest: logged below
+            for pair_id in ids:
+                url = storage.url(fs, path)
+                (candidates if inside(path) else refused).setdefault(pair_id, []).append(url)
     strangers = sorted(set(candidates) - wanted)
     if strangers:
         log.warning(
@@ -281,6 +326,16 @@ def match_outputs(
         found = sorted(set(candidates.get(pair_id, [])))
         if len(found) == 1:
             yield pair_id, found[0]
+        elif not found and pair_id in refused:
+            outside = ", ".join(redact_url(f) for f in sorted(refused[pair_id])[:3])
+            yield (
+                pair_id,
+                NoOutput(
+                    "missing",
+                    f"the output of pair '{pair_id}' matched by {where} ({outside}) is a symbolic link to outside "
+                    f"ROOT: not read; pass --follow-symlinks if it is meant",
+                ),
+            )
         elif not found:
             yield pair_id, NoOutput("missing", f"no output of pair '{pair_id}' in {where}")
         else:
@@ -295,15 +350,60 @@ def match_outputs(
             )
 
 
-def _pattern_regex(pattern: str) -> re.Pattern:
-    """'{pair_id}/ours/*' -> a regex over paths relative to ROOT, capturing pair_id (glob rules: * and ? stay
-    within one folder, ** crosses folders)."""
-    out, seen = [], False
-    for token in re.findall(r"\{pair_id\}|\*\*/?|\*|\?|\[[^\]]*\]|.", pattern, flags=re.S):
-        if token == "{pair_id}":
-            out.append("(?P=pair_id)" if seen else "(?P<pair_id>[^/]+)")
-            seen = True
-        elif token.startswith("**"):
+def _check_pattern(pattern: str | None) -> None:
+    """One line for a pattern that names no pair or leaves ROOT."""
+    if not pattern or "{pair_id}" not in pattern:
+        raise ImportRefused(
+            f"--pattern {pattern!r} must contain {{pair_id}}, e.g. '{{pair_id}}/ours/*' or 'strotss/{{pair_id}}.*'"
+        )
+    if (
+        pattern.startswith(("/", "\\"))
+        or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", pattern)
+        or ".." in re.split(r"[/\\]", pattern)
+    ):
+        raise ImportRefused(
+            f"--pattern {pattern!r} leaves ROOT: it must be a path under ROOT (no '..', not absolute); give the "
+            f"folder the outputs are in as ROOT instead"
+        )
+
+
+def _pair_ids_in(relative: str, pattern: str, wanted: set[str]) -> list[str]:
+    """The manifest pair_ids p for which `relative` (a path under ROOT) matches `pattern` with {pair_id} replaced by
+    p, glob-escaped: the same as globbing the pattern once per pair, from one listing. A pair_id is never guessed
+    by a greedy wildcard: 'wct2/{pair_id}_*' finds pair 0_cat5 in 'wct2/0_cat5_decoder_encoder_skip..jpg'."""
+    head, _, tail = pattern.partition("{pair_id}")
+    if not any(c in head for c in "*?["):
+        starts = [len(head)] if relative.startswith(head) else []
+    else:
+        head_regex = _glob_regex(head)
+        starts = [i for i in range(len(relative) + 1) if head_regex.fullmatch(relative[:i])]
+    found = []
+    for start in starts:
+        stop = relative.find("/", start)
+        stop = len(relative) if stop < 0 else stop
+        for end in range(start + 1, min(stop, start + PAIR_ID_MAX) + 1):
+            pair_id = relative[start:end]
+            if pair_id in wanted and _tail_regex(tail, pair_id).fullmatch(relative[end:]):
+                found.append(pair_id)
+    return sorted(set(found))
+
+
+PAIR_ID_MAX = 128  # manifests.schema.PAIR_ID: at most 128 characters
+
+
+@functools.lru_cache(maxsize=4096)
+def _tail_regex(tail: str, pair_id: str) -> re.Pattern:
+    """The pattern after its first {pair_id}, any later {pair_id} being `pair_id` itself."""
+    return re.compile(re.escape(pair_id).join(_glob_regex(part).pattern for part in tail.split("{pair_id}")))
+
+
+@functools.lru_cache(maxsize=256)
+def _glob_regex(pattern: str) -> re.Pattern:
+    """A glob over paths relative to ROOT as a regex (glob rules: * and ? stay within one folder, ** crosses
+    folders)."""
+    out = []
+    for token in re.findall(r"\*\*/?|\*|\?|\[[^\]]*\]|.", pattern, flags=re.S):
+        if token.startswith("**"):
             out.append("(?:.*/)?" if token.endswith("/") else ".*")
         elif token == "*":
             out.append("[^/]*")
@@ -314,6 +414,20 @@ def _pattern_regex(pattern: str) -> re.Pattern:
         else:
             out.append(re.escape(token))
     return re.compile("".join(out))
+
+
+def _inside(storage: Storage, root: str, follow_symlinks: bool):
+    """A test of whether a listed path of ROOT's filesystem really lies under ROOT: on a local disk, where its
+    symbolic links lead (object stores have none); always true with `follow_symlinks`."""
+    if follow_symlinks or not is_local(root):
+        return lambda path: True
+    real_root = os.path.realpath(storage.fs(root)[1])
+
+    def inside(path: str) -> bool:
+        real = os.path.realpath(path)
+        return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+    return inside
 
 
 def _csv_rows(storage: Storage, url: str) -> list[tuple[str, str]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.metadata
 import importlib.util
 import os
@@ -117,7 +118,9 @@ def _import_file(path: Path, spec: str, what: str):
     name = f"splice_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
     if name in sys.modules:
         return sys.modules[name]
-    module_spec = importlib.util.spec_from_file_location(name, path)
+    # an explicit source loader: a plug-in file need not end in .py (spec_from_file_location finds no loader then)
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    module_spec = importlib.util.spec_from_file_location(name, path, loader=loader)
     module = importlib.util.module_from_spec(module_spec)
     module.__splice_plugin_file__ = str(path)
     sys.modules[name] = module  # before running it: dataclasses and pickling look the module up by name

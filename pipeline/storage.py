@@ -13,7 +13,8 @@ multiply, and a store that does not answer at all is reported as `StoreUnreachab
 
 Protocols: local paths and file://, s3:// (s3fs), gs:// (gcsfs), az:// and abfs:// (adlfs), and whatever else
 fsspec knows; storage options go to the filesystem as they are.
-Credentials never leave this module in readable form: `redact` is applied to whatever is logged or recorded.
+Credentials never leave this module in readable form: `redact` (pipeline.redaction, the one redaction) is applied to
+whatever is logged or recorded, and a URL of an object store that carries credentials itself is refused.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import socket
 import stat
 import threading
 import time
-import urllib.parse
 import uuid
 from collections.abc import Callable
 from typing import TypeVar
@@ -37,28 +37,20 @@ import fsspec
 
 from pipeline.errors import SpliceError
 from pipeline.filesystems import library_options, open_filesystem
+from pipeline.redaction import (  # noqa: F401  (re-exported: callers redact through storage)
+    REDACTED,
+    has_userinfo,
+    redact,
+    redact_text,
+    redact_url,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LOCAL_PROTOCOLS = ("file", "local")
 HTTP_PROTOCOLS = ("http", "https")
-SECRET_WORDS = (
-    "key",
-    "secret",
-    "token",
-    "password",
-    "passwd",
-    "credential",
-    "session",
-    "auth",
-    "signature",
-    "connection_string",
-)
-SECRET_PARAMS = ("sig", "signature", "token", "key", "password", "passwd", "secret", "credential", "code")  # exact
-SECRET_PARAM_PREFIXES = ("x-amz-", "x-goog-", "x-ms-")  # every header-like signing parameter of S3, GCS, Azure
-REDACTED = "***"
-URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
+USERINFO_PROTOCOLS = (*HTTP_PROTOCOLS, "ftp", "sftp", "ssh", "smb", "webdav")  # user:password@ in the URL is theirs
 READ_TIMEOUT_S = 120.0  # one read of one input (image, manifest) may take at most this long
 READ_CHUNK = 1 << 20
 PERMANENT_ERRORS = (
@@ -132,50 +124,6 @@ def _parse_value(raw: str):
     return raw
 
 
-def redact(options):
-    """A copy of `options` with every credential-like value replaced by '***' (nested dicts too)."""
-    if isinstance(options, dict):
-        return {k: REDACTED if _is_secret(k) and v not in (None, "") else redact(v) for k, v in options.items()}
-    if isinstance(options, list):
-        return [redact(v) for v in options]
-    if isinstance(options, str):
-        return redact_url(options)
-    return options
-
-
-def redact_url(url: str) -> str:
-    """Drop user:password@ and credential-like query parameters from a URL."""
-    if "://" not in url:
-        return url
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1] if "@" in parts.netloc else parts.netloc
-    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    secret = any(_is_secret_param(k) for k, _ in pairs)
-    if netloc == parts.netloc and not secret:
-        return url
-    query = (
-        urllib.parse.urlencode([(k, REDACTED if _is_secret_param(k) else v) for k, v in pairs])
-        if secret
-        else parts.query
-    )
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def redact_text(text) -> str:
-    """Any text (an error message, a traceback, a log line) with every URL in it redacted as by `redact_url`."""
-    return URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), str(text))
-
-
-def _is_secret_param(name: str) -> bool:
-    lowered = name.lower()
-    return lowered in SECRET_PARAMS or lowered.startswith(SECRET_PARAM_PREFIXES) or _is_secret(lowered)
-
-
-def _is_secret(name) -> bool:
-    lowered = str(name).lower()
-    return any(word in lowered for word in SECRET_WORDS) and lowered not in ("key_prefix",)
-
-
 # --- filesystems ---------------------------------------------------------------------------------------------
 
 
@@ -204,6 +152,12 @@ class Storage:
 
     def fs(self, url: str) -> tuple[fsspec.AbstractFileSystem, str]:
         protocol = protocol_of(url)
+        if protocol not in USERINFO_PROTOCOLS and has_userinfo(url):
+            raise StorageError(
+                f"{redact_url(url)} was given with credentials inside the URL (KEY:SECRET@), which are masked and "
+                f"not used: give them as --storage-option key=... secret=..., or in the environment "
+                f"(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*)"
+            )
         if protocol not in self._filesystems:
             try:
                 self._filesystems[protocol] = open_filesystem(protocol, self._options_for(protocol))

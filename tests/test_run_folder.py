@@ -86,6 +86,20 @@ def one_line_error(code: int, err: str) -> str:
     return lines[0]
 
 
+def as_format_1(out) -> None:
+    """Make `out` a run folder of format 1 (run.json without `format`), whose pairs' markers are empty."""
+    record = json.loads((Path(out) / "run.json").read_text())
+    record.pop("format", None)
+    (Path(out) / "run.json").write_text(json.dumps(record))
+
+
+def recorded_inputs(out) -> dict:
+    """What the run folder records of each pair's inputs (its owner reads them)."""
+    from pipeline.runs.run_folder import RunFolder
+
+    return RunFolder(Storage(), str(out)).inputs()
+
+
 def results(out) -> pd.DataFrame:
     return pd.read_parquet(Path(out) / "results.parquet").set_index("pair_id")
 
@@ -155,8 +169,9 @@ def test_1_changed_inputs_or_pair_settings_are_refused_and_force_redoes_exactly_
     out = tmp_path / "run"
     assert run_cli(capsys, first, out)[0] == 0
     record = json.loads((out / "run.json").read_text())
-    assert record["format"] == 3 and set(record["inputs"]) == {"p0", "p1", "p2"}
-    assert record["inputs"]["p0"]["structure"]["size"] > 0 and record["inputs"]["p2"]["settings"]["steps"] == 3
+    recorded = recorded_inputs(out)  # beside run.json, in inputs.parquet
+    assert record["format"] == 3 and "inputs" not in record and set(recorded) == {"p0", "p1", "p2"}
+    assert recorded["p0"]["structure"]["size"] > 0 and recorded["p2"]["settings"]["steps"] == 3
     kept_manifest = (out / "manifest.parquet").read_bytes()
     marks = {p: (out / "pairs" / p / "_SUCCESS").stat().st_mtime_ns for p in ("p0", "p1", "p2")}
 
@@ -184,7 +199,7 @@ def test_1_changed_inputs_or_pair_settings_are_refused_and_force_redoes_exactly_
     assert (out / "pairs" / "p1" / "output.png").read_bytes() == _png_of(other["p1"][0])
     copied = pd.read_parquet(out / "manifest.parquet").set_index("pair_id")
     assert copied.loc["p1", "structure_uri"] == str(other["p1"][0]) and copied.loc["p2", "steps"] == 4
-    assert json.loads((out / "run.json").read_text())["inputs"]["p2"]["settings"]["steps"] == 4
+    assert recorded_inputs(out)["p2"]["settings"]["steps"] == 4
     assert run_cli(capsys, changed, out)[0] == 0  # and now it agrees
 
 
@@ -645,6 +660,7 @@ def test_9_damaged_pairs_are_reported_and_redone(ray_session, tmp_path, capsys):
     assert "4 done, 0 failed, 0 pending" in cli(capsys, "status", out, "--verify")[1]
 
     # an older run's empty marker still reads: done if its output exists, damaged if not
+    as_format_1(out)
     (out / "pairs" / "d3" / "_SUCCESS").write_bytes(b"")
     assert "4 done" in cli(capsys, "status", out)[1]
     (out / "pairs" / "d3" / "output.png").unlink()
@@ -736,6 +752,7 @@ def test_11_garbage_meta_and_truncated_results_are_rebuilt_from_markers(ray_sess
     assert results(out)["status"].tolist() == ["done", "done"]
     assert json.loads((out / "pairs" / "g0" / "meta.json").read_text())["status"] == "done"
     # an older run (empty markers) with garbage meta.json: still read, the row rebuilt from what is there
+    as_format_1(out)
     for pair_id in ("g0", "g1"):
         (out / "pairs" / pair_id / "_SUCCESS").write_bytes(b"")
     (out / "pairs" / "g1" / "meta.json").write_text("[1, 2]")

@@ -210,8 +210,8 @@ def _per_pair(run: Run, stored: pd.DataFrame, label: str) -> pd.DataFrame:
 
 def _distribution(frame: pd.DataFrame, metric: str, runs: list[RunData]) -> dict:
     info = describe(metric)
-    ok = frame[frame["status"] == PairStatus.DONE]
-    series = {r.label: ok.loc[ok["method"] == r.label, metric].dropna().to_numpy() for r in runs}
+    ok = frame[tables.metric_done(frame, metric)]
+    series = {r.label: ok.loc[ok["method"] == r.label, metric].to_numpy() for r in runs}
     note = f"{info.better} is better"
     return {
         "metric": metric,
@@ -305,7 +305,7 @@ def _input_warnings(runs: list[RunData]) -> list[str]:
     first: dict[str, tuple[str, tuple, dict]] = {}
     differing: dict[str, str] = {}
     for data in runs:
-        recorded = (data.run.info.get("inputs") or {}) if isinstance(data.run.info, dict) else {}
+        recorded = data.run.folder.inputs(data.run.info if isinstance(data.run.info, dict) else {})
         for record in data.run.manifest[["pair_id", "structure_uri", "appearance_uri"]].to_dict("records"):
             pair_id = str(record["pair_id"])
             fingerprints = recorded.get(pair_id) or {}

@@ -95,9 +95,15 @@ def render(
     )
 
 
+JSON_IN_SCRIPT = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+
+
 def _json(value) -> str:
-    """JSON safe inside <script>: no '</' can close the element early."""
-    return json.dumps(value, separators=(",", ":")).replace("</", "<\\/")
+    """JSON safe inside <script>: no <, > or & at all, so neither '</script>' nor '<!--' (which makes the HTML
+    parser look for a '-->' and so swallow the page's own script) can appear; the same JSON to JSON.parse."""
+    return json.dumps(value, separators=(",", ":")).translate(JSON_IN_SCRIPT)
 
 
 def _warnings(warnings) -> str:
@@ -173,9 +179,11 @@ def _cell(row: T.MethodRow, metric: str) -> str:
     """Mean on the first line, the 95% CI (and n where it differs) below it."""
     cell = row.cells.get(metric)
     if cell is None:
-        return "–"
+        counts = T.counts_text(row, metric)
+        return "–" + (f"<br><small>{escape(counts)}</small>" if counts else "")
     dagger = ' <span class="random">†</span>' if metric in row.random_metrics else ""
-    n = f" n={cell.n}" if cell.n != row.n_evaluated else ""
+    counts = T.counts_text(row, metric)
+    n = f" {escape(counts)}" if counts else ""
     return f"{T.fmt(cell.mean)}{dagger}<br><small>[{T.fmt(cell.low)}, {T.fmt(cell.high)}]{n}</small>"
 
 

@@ -9,6 +9,7 @@ from html import escape
 from evaluation.report import tables as T
 from evaluation.report.pairs import Extremes, PairRecord
 from pipeline.runs.run_folder import PairStatus
+from pipeline.storage import redact_url
 
 
 def pair_link(pair_id: str, text: str | None = None) -> str:
@@ -173,8 +174,8 @@ def _figure(key, caption: str, alt: str, store, error: str | None = None) -> str
 
 def _meta_table(record: PairRecord, metrics: list[str]) -> str:
     rows = [
-        f'<tr><td>structure image</td><td colspan="6"><code>{escape(record.structure_uri)}</code></td></tr>',
-        f'<tr><td>appearance image</td><td colspan="6"><code>{escape(record.appearance_uri)}</code></td></tr>',
+        f'<tr><td>structure image</td><td colspan="6"><code>{escape(redact_url(record.structure_uri))}</code></td></tr>',
+        f'<tr><td>appearance image</td><td colspan="6"><code>{escape(redact_url(record.appearance_uri))}</code></td></tr>',
     ]
     for output in record.outputs:
         memory = output.cost.get("train_peak_memory_bytes")

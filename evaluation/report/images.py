@@ -32,7 +32,7 @@ from PIL import Image
 
 from pipeline.method.images import decode_image
 from pipeline.runs import layout
-from pipeline.storage import Storage, is_local, redact_url
+from pipeline.storage import Storage, is_local, redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def _add_pair(store: ImageStore, sources, views, images, out_dir: str, full_budg
         store.original[source.key] = redact_url(source.url)
         view = views[source.key]
         if isinstance(view, Exception):
-            store.errors[source.key] = f"{source.what}: {view}"
+            store.errors[source.key] = redact_text(f"{source.what}: {view}")
             continue
         store.view[source.key] = view
         if store.mode == "inline":

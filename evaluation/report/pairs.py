@@ -83,11 +83,7 @@ def pair_records(runs) -> list[PairRecord]:
                     Output(run.label, "not in run", "this run's manifest has no such pair", {}, {}, None)
                 )
                 continue
-            values = {
-                m: float(row[m])
-                for m in metrics
-                if m in row and _present(row[m]) and row.get("status") == PairStatus.DONE
-            }
+            values = {m: float(row[m]) for m in metrics if m in row and _present(row[m]) and _counts(row, m)}
             cost = {c: row[c] for c in COST_COLUMNS if c in row and _present(row[c])}
             error = str(row["error"]) if _present(row.get("error")) else None
             record.outputs.append(
@@ -205,3 +201,9 @@ def attach_loss_curves(records: list[PairRecord], losses: dict[tuple[str, str], 
 
 def _present(value) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value)) and value is not pd.NA
+
+
+def _counts(row: dict, metric: str) -> bool:
+    """A metric's value counts where its own status is done (an older metrics.parquet: where the pair's is)."""
+    own = row.get(f"{metric}__status")
+    return own == PairStatus.DONE if _present(own) else row.get("status") == PairStatus.DONE

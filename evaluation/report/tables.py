@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -46,6 +47,31 @@ DIFFERENCE_NOTE = (
 PAIRS_MODES = ("common", "all")
 DONE = PairStatus.DONE.value  # evaluated: its metrics are computed
 PENDING_STATUSES = (PairStatus.PENDING.value,)  # never run, not finished or not evaluated yet: not a failure
+
+
+def metric_done(frame: pd.DataFrame, metric: str) -> pd.Series:
+    """Which pairs have a value of `metric` that counts: its own status done (metrics.parquet records one per metric),
+    or, in an older metrics.parquet without it, the pair's status done. A pair where another metric failed keeps
+    this one's value."""
+    if metric not in frame:
+        return pd.Series(False, index=frame.index)
+    own = frame.get(f"{metric}__status")
+    done = frame["status"] == DONE
+    if own is not None:
+        done = own.eq(DONE).where(own.notna(), done)
+    return done.astype(bool) & frame[metric].notna()
+
+
+def metric_counts(frame: pd.DataFrame, metric: str) -> Counts:
+    """n evaluated / failed / pending of one metric: pending where the pair is, or where this metric was never
+    computed on an evaluated pair; failed where the pair failed or this metric failed on it."""
+    done = metric_done(frame, metric)
+    own = frame.get(f"{metric}__status")
+    never = pd.Series(False, index=frame.index) if own is None else own.isna() & frame["status"].eq(DONE)
+    if metric not in frame:
+        never = frame["status"].eq(DONE)
+    pending = frame["status"].isin(PENDING_STATUSES) | (never & ~done)
+    return Counts(int(done.sum()), int((~done & ~pending).sum()), int(pending.sum()))
 
 
 @dataclass(frozen=True)
@@ -83,6 +109,16 @@ class MethodRow:
     train_peak_memory_bytes: float | None  # the largest
     random_metrics: list[str] = field(default_factory=list)  # metrics computed with random weights (smoke tests)
     n_pending: int = 0  # never run ('pending') or not evaluated yet
+    counts: dict[str, Counts] = field(default_factory=dict)  # metric -> its own n evaluated / failed / pending
+
+
+@dataclass(frozen=True)
+class Counts:
+    """One metric's count over a method's pairs: with a value, failed (the pair, or this metric on it), pending."""
+
+    evaluated: int
+    failed: int
+    pending: int
 
 
 @dataclass
@@ -210,10 +246,7 @@ def _group(key, frame, methods, metrics, reference, n_boot, seed, pairs) -> Grou
             absent = int((statuses == PairStatus.MISSING.value).sum())
             lacking[method] = {"pending": pending, "failed": len(missing) - pending - absent, "missing": absent}
         for metric in metrics:
-            have = [
-                set(part.index[(part["status"] == DONE) & part[metric].notna()]) if metric in part else set()
-                for part in by_method.values()
-            ]
+            have = [set(part.index[metric_done(part, metric)]) for part in by_method.values()]
             shared[metric] = set.intersection(*have) if have else set()
     rows = [_method_row(method, by_method[method], metrics, n_boot, seed, shared) for method in methods]
     win_rates, differences = {}, {}
@@ -236,7 +269,7 @@ def _difference(
     both = [p for p in other.index.intersection(ref.index) if shared is None or p in shared]
     a = other.loc[both]
     b = ref.loc[both]
-    usable = (a["status"] == DONE) & (b["status"] == DONE) & a[metric].notna() & b[metric].notna()
+    usable = metric_done(a, metric) & metric_done(b, metric)
     deltas = (a.loc[usable, metric].astype(float) - b.loc[usable, metric].astype(float)).to_numpy()
     if not len(deltas):
         return None
@@ -248,8 +281,10 @@ def _method_row(method, part, metrics, n_boot, seed, shared=None) -> MethodRow:
     ok = part["status"] == DONE
     pending = part["status"].isin(PENDING_STATUSES)
     cells, random = {}, []
+    counts = {}
     for metric in metrics:
-        values = part.loc[ok, metric].dropna() if metric in part else pd.Series([], dtype=float)
+        counts[metric] = metric_counts(part, metric)
+        values = part.loc[metric_done(part, metric), metric] if metric in part else pd.Series([], dtype=float)
         if shared is not None and shared.get(metric) is not None:
             values = values[values.index.isin(shared[metric])]
         values = values.to_numpy(dtype=np.float64)
@@ -275,6 +310,7 @@ def _method_row(method, part, metrics, n_boot, seed, shared=None) -> MethodRow:
         float(memory.astype(float).max()) if len(memory) else None,
         random,
         int(pending.sum()),
+        counts,
     )
 
 
@@ -311,10 +347,11 @@ def _outcome(frame: pd.DataFrame, pair_id: str, metric: str) -> tuple[float | No
     if pair_id not in frame.index:
         return None, True
     row = frame.loc[pair_id]
-    if row["status"] != DONE:
-        return None, True
-    value = row.get(metric)
-    return (None, False) if value is None or pd.isna(value) else (float(value), False)
+    if metric_done(frame.loc[[pair_id]], metric).iloc[0]:
+        return float(row[metric]), False
+    own = row.get(f"{metric}__status")
+    failed = row["status"] != DONE if own is None or pd.isna(own) else own != DONE
+    return None, bool(failed)
 
 
 def _column(frame: pd.DataFrame, name: str) -> pd.Series:
@@ -341,12 +378,24 @@ def best_methods(group: GroupTable, metric: str) -> set[str]:
 
 def cell_text(row: MethodRow, metric: str) -> str:
     cell = row.cells.get(metric)
+    counts = counts_text(row, metric)
     if cell is None:
-        return "–"
+        return "–" + (f" ({counts})" if counts else "")
     text = f"{fmt(cell.mean)} [{fmt(cell.low)}, {fmt(cell.high)}]"
-    if cell.n != row.n_evaluated:
-        text += f" (n={cell.n})"
+    if counts:
+        text += f" ({counts})"
     return text + (" †" if metric in row.random_metrics else "")
+
+
+def counts_text(row: MethodRow, metric: str) -> str:
+    """This metric's own n / failed / pending where they differ from the pairs' (e.g. another metric failed on pairs
+    where this one has values), or ''."""
+    cell, counts = row.cells.get(metric), row.counts.get(metric)
+    n = cell.n if cell else 0
+    parts = [f"n={n}"] if n != row.n_evaluated and cell else []
+    if counts and (counts.failed, counts.pending) != (row.n_failed, row.n_pending):
+        parts += [f"{counts.failed} failed", f"{counts.pending} pending"]
+    return ", ".join(parts)
 
 
 def coverage_text(tables: Tables, group: GroupTable) -> str | None:
@@ -393,16 +442,16 @@ def to_markdown(tables: Tables) -> str:
     out = [
         "# Benchmark",
         "",
-        f"Cells: mean [95% BCa bootstrap CI] over {over} (n shown where it differs from n "
-        "evaluated); ↓ lower is better, ↑ higher is better; best mean in bold; † computed with random weights (smoke "
+        f"Cells: mean [95% BCa bootstrap CI] over {over} (the metric's own n, failed and pending shown where they "
+        "differ from the pairs'); ↓ lower is better, ↑ higher is better; best mean in bold; † computed with random weights (smoke "
         "test, not comparable). n pending: never run or not evaluated yet; n failed: failed, missing, damaged or error.",
         "",
     ]
-    out += [f"**Warning:** {text}" for text in tables.warnings()] + ([""] if tables.warnings() else [])
+    out += [f"**Warning:** {_md(text)}" for text in tables.warnings()] + ([""] if tables.warnings() else [])
     for group in tables.groups:
-        out += [f"## {group.title}", ""]
+        out += [f"## {_md(group.title)}", ""]
         coverage = coverage_text(tables, group)
-        out += [coverage, ""] if coverage else []
+        out += [_md(coverage), ""] if coverage else []
         head = ["method", *map(header, tables.metrics), "n evaluated", "n failed", "n pending", *COST_HEADERS]
         out += [_md_row(head), _md_row(["---"] * len(head))]
         for row in group.rows:
@@ -416,11 +465,11 @@ def to_markdown(tables: Tables) -> str:
                 )
             )
         if group.win_rates:
-            out += ["", f"Win rate against **{tables.reference}** ({win_rate_note(tables)}):", ""]
+            out += ["", f"Win rate against **{_md(tables.reference)}** ({win_rate_note(tables)}):", ""]
             out += [_md_row(["method", *map(header, tables.metrics)]), _md_row(["---"] * (1 + len(tables.metrics)))]
             for method, rates in group.win_rates.items():
                 out.append(_md_row([method, *(rate_text(rates[m]) for m in tables.metrics)]))
-            out += ["", f"Difference to **{tables.reference}** ({DIFFERENCE_NOTE}):", ""]
+            out += ["", f"Difference to **{_md(tables.reference)}** ({DIFFERENCE_NOTE}):", ""]
             out += [_md_row(["method", *map(header, tables.metrics)]), _md_row(["---"] * (1 + len(tables.metrics)))]
             for method, deltas in group.differences.items():
                 out.append(_md_row([method, *(difference_text(deltas.get(m)) for m in tables.metrics)]))
@@ -433,7 +482,12 @@ def rate_text(rate: WinRate) -> str:
 
 
 def _md_row(cells: list[str]) -> str:
-    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+    return "| " + " | ".join(_md(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def _md(text: str) -> str:
+    """`text` for Markdown: on one line, and no HTML (a Markdown viewer would render a label's tags)."""
+    return _one_line(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def to_csv(tables: Tables) -> str:
@@ -459,6 +513,8 @@ def to_csv(tables: Tables) -> str:
                         f"{metric}_ci_low": cell and cell.low,
                         f"{metric}_ci_high": cell and cell.high,
                         f"{metric}_n": cell.n if cell else 0,
+                        f"{metric}_n_failed": row.counts[metric].failed if metric in row.counts else None,
+                        f"{metric}_n_pending": row.counts[metric].pending if metric in row.counts else None,
                         f"{metric}_better": describe(metric).better,
                     }
                 )
@@ -486,7 +542,10 @@ def to_csv(tables: Tables) -> str:
             )
             records.append(record)
     buffer = io.StringIO()
-    pd.DataFrame(records).to_csv(buffer, index=False)
+    frame = pd.DataFrame(records)
+    frame.columns = [_spreadsheet_safe(c) for c in frame.columns]
+    safe = pd.DataFrame({c: frame[c].map(_spreadsheet_safe) for c in frame.columns})
+    safe.to_csv(buffer, index=False, lineterminator="\r\n")  # RFC 4180: a cell holding a lone CR is quoted too
     return buffer.getvalue()
 
 
@@ -494,15 +553,15 @@ def to_latex(tables: Tables) -> str:
     out = [
         "% Benchmark tables (needs \\usepackage{booktabs}). Cells: mean [95% BCa bootstrap CI];",
         "% best mean in bold; \\dag: random weights (smoke test).",
-        *(f"% WARNING: {t}" for t in tables.warnings()),
+        *(f"% WARNING: {_tex(t)}" for t in tables.warnings()),
     ]
     for group in tables.groups:
         columns = len(tables.metrics)
         coverage = coverage_text(tables, group)
         out += [
             "",
-            f"% {group.title}",
-            *([f"% {coverage}"] if coverage else []),
+            f"% {_tex(group.title)}",
+            *([f"% {_tex(coverage)}"] if coverage else []),
             "\\begin{tabular}{l" + "c" * columns + "rr}",
             "\\toprule",
             " & ".join(
@@ -526,7 +585,7 @@ def to_latex(tables: Tables) -> str:
         out += ["\\bottomrule", "\\end{tabular}"]
         if group.win_rates:
             out += [
-                f"% win rate against {tables.reference} ({win_rate_note(tables)})",
+                f"% win rate against {_tex(str(tables.reference))} ({win_rate_note(tables)})",
                 "\\begin{tabular}{l" + "c" * columns + "}",
                 "\\toprule",
                 " & ".join(["Method", *(f"{_tex(m)} {TEX_ARROWS[describe(m).better]}" for m in tables.metrics)])
@@ -555,4 +614,25 @@ TEX_ESCAPES = {
 
 
 def _tex(text: str) -> str:
-    return "".join(TEX_ESCAPES.get(char, char) for char in text)
+    """`text` as LaTeX source that prints it: special characters escaped, on one line."""
+    return "".join(TEX_ESCAPES.get(char, char) for char in _one_line(text))
+
+
+LINE_BREAKS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")  # control characters, and every line break
+
+
+def _one_line(text: str) -> str:
+    """`text` without line breaks or control characters: a label can neither end a `%` comment of tables.tex nor
+    start a new row of tables.md."""
+    return LINE_BREAKS.sub(" ", str(text))
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as the start of a formula
+
+
+def _spreadsheet_safe(value):
+    """A text cell that a spreadsheet shows as text, never runs as a formula (OWASP "CSV injection": a leading
+    ' on cells starting with = + - @ tab or CR); numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value

@@ -3,6 +3,7 @@
 - Log lines carry a timestamp, the level and the logger: `2026-11-27 10:25:05 WARNING pipeline.runs.fanout: ...`.
 - `-v` shows this project's debug messages (loggers `pipeline` and `evaluation`), `-vv` also other libraries' INFO;
   other libraries' debug output (botocore, urllib3, fsspec, ray) is never switched on by -v.
+- No credential is printed: every record's text (and traceback) is masked by the one redaction (`RedactFilter`).
 - Each distinct message is printed once per command (`OnceFilter`): the same warning from several runs, models or
   retries of a loop says it once.
 - Progress bars show only where stderr is a terminal unless forced with `--progress` / `--no-progress`; log lines
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+
+from pipeline.redaction import redact_text
 
 PROJECT_LOGGERS = ("pipeline", "evaluation")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -34,6 +37,20 @@ class OnceFilter(logging.Filter):
         if key in self.seen:
             return False
         self.seen.add(key)
+        return True
+
+
+class RedactFilter(logging.Filter):
+    """Masks credentials in every record's text (pipeline.redaction), whichever library logged it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        masked = redact_text(text)
+        if masked != text:
+            record.msg, record.args = masked, ()
+        if record.exc_info and not record.exc_text:  # a logged traceback: formatted now, masked
+            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
         return True
 
 
@@ -66,6 +83,7 @@ def configure_logging(verbosity: int = 0, stream=None) -> logging.Handler:
     handler = TqdmHandler(stream)
     handler.splice_console = True
     handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
+    handler.addFilter(RedactFilter())
     handler.addFilter(OnceFilter())
     root.addHandler(handler)
     root.setLevel(logging.INFO if verbosity >= 2 else logging.WARNING)

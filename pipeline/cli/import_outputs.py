@@ -29,8 +29,13 @@ def register(subparsers) -> None:
     importer.add_argument(
         "--pattern",
         metavar="TEMPLATE",
-        help="where each pair's output is under ROOT: {pair_id} and glob wildcards (* ? [..] **); "
-        "exactly one image must match per pair. Quote it",
+        help="where each pair's output is under ROOT: {pair_id} (each manifest pair_id in turn) and glob "
+        "wildcards (* ? [..] **); exactly one image must match per pair; no '..'. Quote it",
+    )
+    importer.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="read outputs that are symbolic links to files outside ROOT (by default they are refused)",
     )
     importer.add_argument("--csv", metavar="FILE.csv", help="a CSV of pair_id,output_uri instead of ROOT")
     importer.add_argument(
@@ -63,6 +68,7 @@ def run_import(args) -> int:
         pattern=args.pattern,
         csv=args.csv,
         force=args.force,
+        follow_symlinks=args.follow_symlinks,
     )
     print(summary.line())
     return 0

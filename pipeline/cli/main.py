@@ -14,6 +14,7 @@ import importlib
 import signal
 import sys
 import threading
+import traceback
 
 from pipeline import __version__
 from pipeline.cli.console import configure_logging
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             redact_text(f"error: {reason}{where}: check the location, its permissions and free space"), file=sys.stderr
         )
         return 2
+    except Exception:  # a bug, or a library's error nobody caught: its traceback, with credentials masked
+        print(redact_text(traceback.format_exc()).rstrip(), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if _terminated.is_set():
             print("terminated: run the same command again to resume", file=sys.stderr)

@@ -71,14 +71,14 @@ def run_train(args: argparse.Namespace) -> int:
     from pipeline.method.trainer import TrainOptions, resolve_device, train_pair
     from pipeline.runs import layout
     from pipeline.runs.pair_folder import PairFolder
-    from pipeline.storage import Storage
+    from pipeline.storage import Storage, absolute
 
     # 1. validate inputs
     resolved = resolve_config(args)
     config = resolved.config
     if config.checkpoint_every == 0 and "checkpoint_every" not in resolved.explicit:
         config = config.replace(checkpoint_every=max(1, min(500, config.steps // 4)))  # resumable by default
-    out = os.path.abspath(args.out)
+    out = absolute(args.out)  # a local path made absolute; a URL (s3://...) as it is, never a local folder named so
     pair = PairFolder(Storage(), out)
     if pair.is_done() and not args.force:
         print(f"{out} already holds a finished result ({layout.SUCCESS}); use --force to train again")

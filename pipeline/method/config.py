@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels: inputs above this are refused (decompression-bomb guard)
@@ -84,6 +85,19 @@ class TrainConfig:
             raise ValueError(f"crop_schedule must be 1 or 2, got {self.crop_schedule!r}")
         if self.max_pixels < 1 or (self.max_side is not None and self.max_side < 1):
             raise ValueError(f"max_pixels and max_side must be >= 1, got {self.max_pixels} and {self.max_side}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1) (Adam's beta1, beta2), got {self.betas}")
+        if len(self.jitter) != 4 or not all(j >= 0 for j in self.jitter) or not self.jitter[3] <= 0.5:
+            raise ValueError(
+                f"jitter must be four strengths >= 0 (brightness, contrast, saturation, hue; hue at most 0.5), "
+                f"got {self.jitter}"
+            )
+        for name in ("lr", "appearance_weight", "structure_weight", "identity_weight"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.seed < 0 or self.crop_schedule_seed < 0:
+            name = "seed" if self.seed < 0 else "crop_schedule_seed"
+            raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

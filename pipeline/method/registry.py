@@ -182,6 +182,12 @@ def _checked(method: Method, result, structure, appearance, started: float) -> M
         raise SpliceError(
             f"method {method.spec or method.name!r} gave an output of {what}: it must be a (3, H, W) uint8 tensor"
         )
+    if tuple(output.shape[-2:]) != tuple(structure.shape[-2:]):
+        raise SpliceError(
+            f"method {method.spec or method.name!r} gave a {output.shape[-2]}x{output.shape[-1]} output for a "
+            f"{structure.shape[-2]}x{structure.shape[-1]} structure image: the output must have the structure "
+            f"image's size (H, W)"
+        )
     result.meta.setdefault("method", method.name)
     if method.version is not None:
         result.meta.setdefault("method_version", method.version)

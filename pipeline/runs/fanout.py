@@ -151,9 +151,8 @@ def run_manifest(manifest_url: str, settings: RunSettings) -> RunSummary:
             settings_check=lambda existing: rerun.settings_mismatch(existing, settings.out, method, settings.config),
         )
         try:
-            record = folder.write_record(
-                rerun.run_record(settings, method, manifest, existing=plan.existing, inputs=plan.inputs)
-            )
+            folder.write_inputs(plan.inputs)  # first: a run.json without them then always has them beside it
+            record = folder.write_record(rerun.run_record(settings, method, manifest, existing=plan.existing))
             folder.write_manifest(plan.manifest_frame)
             folder.unmark(plan.unmark)  # first, so an interrupted run never leaves them marked done
         except OSError as exc:

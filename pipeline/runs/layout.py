@@ -7,6 +7,7 @@ FORMAT = 3  # the run folder's format, recorded in run.json (formats 1 and 2 sti
 
 RUN_JSON = "run.json"  # resolved config, code version, backbone id and weights hash, start time
 MANIFEST = "manifest.parquet"  # the manifest as run
+INPUTS = "inputs.parquet"  # one row per pair: its input URIs (masked), their fingerprints, per-pair settings
 RESULTS = "results.parquet"  # one row per pair: status, error, seconds, device, attempts
 PAIRS = "pairs"
 EVAL = "eval"

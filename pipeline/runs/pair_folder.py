@@ -53,7 +53,7 @@ def success_marker(pair_id: str, files: dict[str, bytes], row: dict) -> bytes:
 
 
 def parse_marker(body: bytes) -> dict | None:
-    """A `_SUCCESS` body as written since format 2, or None (format 1: empty; or unreadable)."""
+    """A `_SUCCESS` body as written since format 2, or None (empty, or unreadable)."""
     if not body.strip():
         return None
     try:
@@ -89,32 +89,45 @@ class PairFolder:
         for name in (layout.SUCCESS, layout.CHECKPOINT, layout.ATTEMPTS):
             self.storage.remove(self.file(name))
 
-    def check(self, sizes: dict[str, int | None], verify: bool = False) -> tuple[dict | None, str | None]:
+    def check(
+        self, sizes: dict[str, int | None], verify: bool = False, empty_marker_allowed: bool = True
+    ) -> tuple[dict | None, str | None]:
         """(its marker, what is wrong or None) given the sizes of its files from a listing; with verify=True the
-        files' sha256 too."""
+        files' sha256 too. A marker is proof or nothing: one that does not parse, lists no output.png, or lists a
+        file that is missing or of another size means damaged. An empty marker is format 1's, allowed only in a
+        folder of that format (`empty_marker_allowed`); there output.png must exist, and decode with verify=True."""
         try:
             body = self.storage.read_bytes(self.file(layout.SUCCESS))
         except FileNotFoundError:  # removed since the listing: not done
             return None, "its _SUCCESS disappeared while being checked"
-        marker = parse_marker(body)
-        if marker is None:  # an older run's empty marker: sizes unknown, check what can be checked
+        if not body.strip():
+            if not empty_marker_allowed:
+                return None, f"its {layout.SUCCESS} is empty (truncated?): it records no files"
             if not sizes.get(layout.OUTPUT_PNG):
                 return None, f"{layout.OUTPUT_PNG} is missing or empty"
             if verify and not self._decodes(layout.OUTPUT_PNG):
                 return None, f"{layout.OUTPUT_PNG} does not decode"
             return None, None
-        for name, expected in (marker.get("files") or {}).items():
+        marker = parse_marker(body)
+        if marker is None:
+            return None, f"its {layout.SUCCESS} does not parse (truncated?)"
+        files = marker["files"]
+        if layout.OUTPUT_PNG not in files:
+            return marker, f"its {layout.SUCCESS} lists no {layout.OUTPUT_PNG}"
+        for name, expected in files.items():
+            if not isinstance(expected, dict) or not isinstance(expected.get("size"), int):
+                return marker, f"its {layout.SUCCESS} records no size for {name}"
             if name not in sizes:
                 return marker, f"{name} is missing"
-            if sizes[name] is not None and sizes[name] != expected.get("size"):
-                return marker, f"{name} has {sizes[name]} bytes, _SUCCESS recorded {expected.get('size')}"
+            if sizes[name] is not None and sizes[name] != expected["size"]:
+                return marker, f"{name} has {sizes[name]} bytes, {layout.SUCCESS} recorded {expected['size']}"
             if verify:
                 try:
                     data = self.storage.read_bytes(self.file(name))
                 except FileNotFoundError:
                     return marker, f"{name} is missing"
                 if hashlib.sha256(data).hexdigest() != expected.get("sha256"):
-                    return marker, f"{name} differs from what _SUCCESS recorded (sha256)"
+                    return marker, f"{name} differs from what {layout.SUCCESS} recorded (sha256)"
         return marker, None
 
     def _decodes(self, name: str) -> bool:

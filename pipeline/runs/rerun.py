@@ -1,7 +1,7 @@
 """What a `splice run` was made from, and what a re-run of the same folder may do.
 
 - `pair_inputs`: each pair's input URIs (redacted), a cheap content fingerprint and its per-pair settings, recorded
-  in run.json and compared on every re-run (`changed_pairs`);
+  in inputs.parquet beside run.json (run.json in older folders) and compared on every re-run (`changed_pairs`);
 - `plan_rerun`: refuse a re-run whose run-level settings or done pairs' inputs differ (unless --force, which then
   redoes exactly the pairs concerned), and find the pairs done, damaged and to redo;
 - `run_record` / `finished_record`: the content of run.json for `splice run` (written by RunFolder.write_record).
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 HASHED_INPUT_BYTES = 64 << 10  # local inputs up to this size are fingerprinted by content hash, larger by size+mtime
 LISTING_THREADS = 16
+FINGERPRINT_CHUNK = 256  # inputs fingerprinted per thread task
 LISTED_FOLDER_MIN = 32  # remote inputs: a folder holding this many of them is listed once instead of asked per object
 PAIR_SETTINGS = ("seed", "steps", "backbone")  # per-pair overrides a manifest may carry
 # settings that may change between invocations of one run without making its outputs incomparable
@@ -102,8 +103,10 @@ def pair_inputs(storage: Storage, pairs) -> dict[str, dict]:
     pairs = list(pairs)
     uris = sorted({uri for pair in pairs for uri in (pair.structure_uri, pair.appearance_uri)})
     listed = _listings(storage, uris)
-    with ThreadPoolExecutor(LISTING_THREADS) as pool:
-        prints = dict(zip(uris, pool.map(lambda uri: fingerprint(storage, uri, listed), uris)))
+    chunks = [uris[start : start + FINGERPRINT_CHUNK] for start in range(0, len(uris), FINGERPRINT_CHUNK)]
+    with ThreadPoolExecutor(LISTING_THREADS) as pool:  # in chunks: one task per input costs more than its stat
+        found = pool.map(lambda chunk: [fingerprint(storage, uri, listed) for uri in chunk], chunks)
+        prints = dict(zip(uris, (value for chunk in found for value in chunk)))
     return {
         pair.pair_id: {
             "structure_uri": redact_url(pair.structure_uri),
@@ -157,7 +160,7 @@ def describe_changes(changed: dict[str, str], limit: int = 10) -> str:
 @dataclass
 class RerunPlan:
     existing: dict | None  # run.json as found
-    inputs: dict  # what run.json records of each pair's inputs from now on
+    inputs: dict  # what inputs.parquet records of each pair's inputs from now on
     manifest_frame: pd.DataFrame  # the run's manifest.parquet from now on
     found: Scan  # done pairs (those to redo removed) and damaged ones
     unmark: set  # pairs whose _SUCCESS goes before any work: redone
@@ -180,9 +183,12 @@ def plan_rerun(
     existing = folder.record()
     mismatch = settings_check(existing)
     found = folder.scan(verify=verify)
-    inputs = pair_inputs(storage, manifest.pairs())
-    old_inputs = (existing or {}).get("inputs") or {}
-    if existing and "inputs" not in existing:
+    # the pairs whose inputs matter now: those to run, and those with outputs (their inputs must not have changed);
+    # the others are fingerprinted when they run, so `--only 2` of a large manifest costs 2 pairs' fingerprints
+    relevant = selected | found.done | set(found.damaged)
+    inputs = pair_inputs(storage, [pair for pair in manifest.pairs() if pair.pair_id in relevant])
+    old_inputs = folder.inputs(existing or {})
+    if existing and not folder.has_inputs(existing):
         log.info(
             "run.json of %s (format %s) records no pair inputs: they are recorded from now on",
             redact_url(run),
@@ -285,10 +291,9 @@ def keep_crop_schedule(folder: RunFolder, method, settings):
     return dataclasses.replace(settings, config=settings.config.replace(**legacy))
 
 
-def run_record(settings, method, manifest, *, existing: dict | None, inputs: dict | None) -> dict:
-    """run.json at the start of an invocation (after the driver checked an `existing` one agrees).
-
-    `inputs`: each pair's input URIs (redacted), fingerprints and per-pair settings (pair_inputs)."""
+def run_record(settings, method, manifest, *, existing: dict | None) -> dict:
+    """run.json at the start of an invocation (after the driver checked an `existing` one agrees); the pairs'
+    inputs are written beside it (RunFolder.write_inputs), so its size does not grow with the pairs."""
     now = _now()
     return {
         "method": method.name,
@@ -322,7 +327,6 @@ def run_record(settings, method, manifest, *, existing: dict | None, inputs: dic
                 "python": sys.version.split()[0],
             },
         ],
-        "inputs": inputs if inputs is not None else (existing or {}).get("inputs", {}),
         "packing": (existing or {}).get("packing"),  # how the pairs were grouped, as the last invocation says
         "updated_at": now,
     }

@@ -25,6 +25,7 @@ their peak memory is taken from meta.json once.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import time
@@ -34,13 +35,14 @@ from enum import Enum
 
 import pandas as pd
 
-from manifests.schema import REQUIRED, resolve_uris
+from manifests.schema import REQUIRED, ManifestError, read_manifest, resolve_uris
+from pipeline.redaction import is_masked
 from pipeline.runs import layout
 from pipeline.runs.layout import FORMAT
 from pipeline.runs.pair_folder import PairFolder, RunFolderError, read_parquet
 from pipeline.runs.run_lock import LockLost, RunLock
 from pipeline.runs.target import check_target
-from pipeline.storage import Storage, redact_url, with_retries
+from pipeline.storage import Storage, redact_text, redact_url, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,21 @@ class PairStatus(str, Enum):
 
 
 OLDER_WORDS = {"ok": "done", "not evaluated": "pending", "none": "pending", "": "pending"}  # formats 1 and 2
+
+
+INPUT_URIS = ("structure_uri", "appearance_uri")  # columns of inputs.parquet: text
+INPUT_RECORDS = ("structure", "appearance", "settings")  # columns of inputs.parquet: JSON text (fingerprints, settings)
+
+
+def _masked(uri) -> str | None:
+    return redact_url(str(uri)) if isinstance(uri, str) else None
+
+
+FORMAT_1_MARKERS = "format_1_markers"  # run.json of a folder begun in format 1: its empty _SUCCESS markers read
+
+
+def _has_format_1_markers(record: dict | None) -> bool:
+    return record is not None and (record.get("format", 1) == 1 or bool(record.get(FORMAT_1_MARKERS)))
 
 
 def status_words(statuses) -> list[str]:
@@ -203,15 +220,60 @@ class RunFolder:
         return record
 
     def write_record(self, record: dict) -> dict:
-        record = {"format": FORMAT, **{k: v for k, v in record.items() if k != "format"}}
+        """Write run.json in this format, small whatever the number of pairs: the pairs' inputs go to inputs.parquet
+        (`write_inputs`), never here. A folder of format 1 keeps saying that its older pairs' markers are empty
+        (FORMAT_1_MARKERS), so rewriting run.json never turns them into damaged pairs."""
+        record = {"format": FORMAT, **{k: v for k, v in record.items() if k not in ("format", "inputs")}}
+        if FORMAT_1_MARKERS not in record and _has_format_1_markers(self.record()):
+            record[FORMAT_1_MARKERS] = True
         self.storage.write_json(self.path(layout.RUN_JSON), record)
         return record
+
+    # --- inputs.parquet ---------------------------------------------------------------------------------------
+
+    def write_inputs(self, inputs: dict[str, dict]) -> None:
+        """What each pair was made from (rerun.pair_inputs): pair_id -> {structure_uri, appearance_uri (masked),
+        structure, appearance (fingerprints), settings}, one row per pair; nested values as JSON text."""
+        rows = [
+            {
+                "pair_id": pair_id,
+                **{k: _masked((value or {}).get(k)) for k in INPUT_URIS},
+                **{k: json.dumps((value or {}).get(k), sort_keys=True, default=str) for k in INPUT_RECORDS},
+            }
+            for pair_id, value in inputs.items()
+        ]
+        frame = pd.DataFrame(rows, columns=["pair_id", *INPUT_URIS, *INPUT_RECORDS])
+        self._write_parquet(self.path(layout.INPUTS), frame.astype(object).where(frame.notna(), None))
+
+    def inputs(self, record: dict | None = None) -> dict[str, dict]:
+        """What each pair was made from, as `write_inputs` took it: from inputs.parquet, or from run.json (`record`,
+        read if not given) where an older run kept it there; {} where neither records any."""
+        try:
+            frame = self._read_parquet(self.path(layout.INPUTS))
+        except FileNotFoundError:
+            record = self.record() if record is None else record
+            return dict((record or {}).get("inputs") or {})
+        return {
+            str(row["pair_id"]): {
+                **{k: row.get(k) for k in INPUT_URIS},
+                **{k: json.loads(row[k]) if isinstance(row.get(k), str) else None for k in INPUT_RECORDS},
+            }
+            for row in frame.to_dict("records")
+        }
+
+    def has_inputs(self, record: dict | None) -> bool:
+        return self.storage.exists(self.path(layout.INPUTS)) or "inputs" in (record or {})
 
     # --- manifest.parquet -------------------------------------------------------------------------------------
 
     def write_manifest(self, frame: pd.DataFrame) -> None:
-        """The manifest as run: a frame the creating command has validated (manifests.schema.read_manifest)."""
-        self._write_parquet(self.path(layout.MANIFEST), frame.reset_index(drop=True))
+        """The manifest as run: a frame the creating command has validated (manifests.schema.read_manifest), its
+        image URIs with credentials masked (they stay in the manifest the run was made from, see `read`)."""
+        frame = frame.reset_index(drop=True)
+        for column in ("structure_uri", "appearance_uri"):
+            if column in frame.columns:
+                frame[column] = [redact_url(str(uri)) for uri in frame[column]]
+        self._write_parquet(self.path(layout.MANIFEST), frame)
 
     def has_manifest(self) -> bool:
         return self.storage.exists(self.path(layout.MANIFEST))
@@ -249,7 +311,37 @@ class RunFolder:
         method = info.get("method") or self.url.rstrip("/").rsplit("/", 1)[-1]
         if "method" not in info:
             log.warning("%s: run.json names no method; calling it %r", redact_url(self.url), method)
+        manifest = self._with_credentials(manifest, info.get("manifest"))
         return Run(self, str(method), info, manifest, self.results(list(manifest["pair_id"])))
+
+    def _with_credentials(self, manifest: pd.DataFrame, source: str | None) -> pd.DataFrame:
+        """The run's manifest with each masked image URI (its credentials were not stored) taken back, in memory only,
+        from the manifest the run was made from (run.json `manifest`), where that still names the same image."""
+        columns = [c for c in ("structure_uri", "appearance_uri") if c in manifest.columns]
+        masked = manifest[columns].map(lambda uri: is_masked(str(uri))).to_numpy().any() if columns else False
+        if not masked:
+            return manifest
+        try:
+            if not source or is_masked(source):
+                raise ManifestError("its URL is not recorded in run.json")
+            original = read_manifest(source, self.storage).frame.set_index("pair_id")
+        except (ManifestError, OSError) as exc:
+            log.warning(
+                "%s: some input URLs carry credentials, which the run folder does not store; reading them needs the "
+                "manifest the run was made from (%s), which cannot be read (%s): those inputs will not be read",
+                redact_url(self.url),
+                redact_url(source or "unknown"),
+                redact_text(exc),
+            )
+            return manifest
+        frame = manifest.copy()
+        for column in columns:
+            clear = frame["pair_id"].map(original[column]) if column in original.columns else None
+            if clear is None:
+                continue
+            same = [isinstance(c, str) and redact_url(c) == s for c, s in zip(clear, frame[column])]
+            frame[column] = [c if ok else s for c, s, ok in zip(clear, frame[column], same)]
+        return frame
 
     # --- results.parquet --------------------------------------------------------------------------------------
 
@@ -354,8 +446,9 @@ class RunFolder:
         """Check every `_SUCCESS` against its pair's files: sizes from one listing, sha256 too with verify=True."""
         listing = self.list_pairs()
         marked = sorted(p for p, files in listing.items() if layout.SUCCESS in files)
+        legacy = self._marker_format() == 1  # format 1 wrote empty markers; later ones, sizes and hashes
         with ThreadPoolExecutor(LISTING_THREADS) as pool:
-            verdicts = list(pool.map(lambda p: self.pair(p).check(listing[p], verify), marked))
+            verdicts = list(pool.map(lambda p: self.pair(p).check(listing[p], verify, legacy), marked))
         result = Scan()
         for pair_id, (marker, problem) in zip(marked, verdicts):
             result.markers[pair_id] = marker
@@ -364,6 +457,13 @@ class RunFolder:
             else:
                 result.done.add(pair_id)
         return result
+
+    def _marker_format(self) -> int:
+        """The oldest format the folder's markers may be written in: 1 where run.json names none (format 1), where a
+        format-1 folder was rewritten (FORMAT_1_MARKERS) or where there is no run.json to tell; else run.json's."""
+        if not self.storage.exists(self.path(layout.RUN_JSON)):
+            return 1
+        return 1 if _has_format_1_markers(self.record()) else FORMAT
 
     def unmark(self, pair_ids: set[str]) -> None:
         """Remove the `_SUCCESS` of pairs to redo (before any work, so an interrupted run never leaves them done)."""
