@@ -56,16 +56,6 @@ class _Scale(nn.Module):
         return self.up(self.merge_norm(torch.cat([skip, deep], dim=1)))
 
 
-def output_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    """The final sigmoid, the same for an image whatever else shares its tensor (a pack's grouped call stacks K
-    images' channels). A CPU computes `exp` in vector lanes for most elements and with scalar code for the last few of
-    a tensor, which round differently, so an image's last pixels would change with its place; computed in float64
-    and rounded back, the two agree. CUDA computes every element alike."""
-    if x.device.type != "cpu":
-        return torch.sigmoid(x)
-    return torch.sigmoid(x.double()).to(x.dtype)
-
-
 class SkipGenerator(nn.Module):
     """G: (B, 3, H, W) image in [0, 1] -> (B, 3, H, W) image in [0, 1]."""
 
@@ -86,4 +76,4 @@ class SkipGenerator(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return output_sigmoid(self.head(self.body(x)))
+        return torch.sigmoid(self.head(self.body(x)))

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.method.generator import DOWN_CHANNELS, SkipGenerator, output_sigmoid
+from pipeline.method.generator import DOWN_CHANNELS, SkipGenerator
 
 BN_EPS = 1e-5  # nn.BatchNorm2d's defaults, as SkipGenerator uses them
 BN_MOMENTUM = 0.1
@@ -103,7 +103,7 @@ class GroupedGenerator(nn.Module):
         if self.training:
             self.calls.add_(1)
         x = self._scale(x, "body", 0)
-        x = output_sigmoid(self._conv(x, "head"))  # (1, 3K, H, W)
+        x = _sigmoid(self._conv(x, "head"))  # (1, 3K, H, W)
         return x.reshape(count, channels, height, width)
 
     def _scale(self, x: torch.Tensor, prefix: str, level: int) -> torch.Tensor:
@@ -184,6 +184,17 @@ class GroupedGenerator(nn.Module):
     def slice_rows(self, stacked: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """The rows of `stacked` (a K-stacked tensor, e.g. a parameter or its Adam moment) for the slots in `index`."""
         return stacked.unflatten(0, (self.slots, -1)).index_select(0, index).flatten(0, 1).clone()
+
+
+def _sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """The output's sigmoid, the same for a slot whatever its place in the stack. A CPU computes `exp` in vector
+    lanes for most elements and with scalar code for the last few of a tensor, which round differently, so a slot's
+    last pixels would change with the number of slots after it; computed in float64 and rounded back, the two agree
+    (every other op here is exact arithmetic or runs per channel). CUDA computes every element alike. (This differs
+    from SkipGenerator's float32 sigmoid by at most a rounding step; the output image is rounded to uint8 anyway.)"""
+    if x.device.type != "cpu":
+        return torch.sigmoid(x)
+    return torch.sigmoid(x.double()).to(x.dtype)
 
 
 @cache
