@@ -20,7 +20,8 @@ from pipeline.method.backbone import load_backbone
 from pipeline.method.config import TrainConfig
 from pipeline.method.trainer import PairInput, TrainOptions, resolve_device, train_pack, train_pair
 
-SIZES = [((96, 128), (112, 96)), ((128, 128), (128, 128)), ((120, 100), (96, 128))]
+# p1 and p3 have one size: in a pack their generators run as one grouped call (a stack); the others are stacks of one
+SIZES = [((96, 128), (112, 96)), ((128, 128), (128, 128)), ((120, 100), (96, 128)), ((128, 128), (128, 128))]
 
 
 def make_images(seed: int, structure_size, appearance_size):
@@ -68,8 +69,8 @@ def main(argv=None) -> dict:
         p.pair_id: train_pair(p.structure, p.appearance, p.config, backbone, device, options=options) for p in pairs
     }
     packs = {
-        "pack of 3": train_pack(pairs, backbone, device, options=options),
-        "pack of 2, reversed": train_pack(pairs[:2][::-1], backbone, device, options=options),
+        "pack of 4": train_pack(pairs, backbone, device, options=options),
+        "pack of 2 of one size, reversed": train_pack([pairs[3], pairs[1]], backbone, device, options=options),
     }
     report = {
         "device": alone["p0"].meta["device_name"],

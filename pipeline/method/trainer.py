@@ -231,14 +231,17 @@ def _without(stacks: list[PairStack], leaving: set[PairRun], optimizer, generato
 
 
 def _optimizer(stacks: list[PairStack], device: torch.device, previous: torch.optim.Optimizer | None = None):
-    """One Adam over every stack's parameters, fused (a few multi-tensor launches per step; CPUs have it too since
-    torch 2.4). Adam is elementwise, so each parameter's update is the one it would get from an Adam of its own pair
-    alone; Adam's step count is per stacked tensor, which is why a stack's pairs have taken equal steps."""
+    """One Adam over every stack's parameters. Adam is elementwise, so each parameter's update is the one it would
+    get from an Adam of its own pair alone; Adam's step count is per stacked tensor, which is why a stack's pairs
+    have taken equal steps. Fused on CUDA (a few multi-tensor launches per step); foreach on CPUs, whose fused
+    kernel rounds a tensor's last few elements (its scalar tail) differently from the rest, so a pair's update
+    would depend on where its slice of a stacked tensor falls (the foreach path's plain ops round alike)."""
     if not stacks:
         return None
     config = stacks[0].runs[0].config
     parameters = [p for stack in stacks for p in stack.parameters]
-    optimizer = torch.optim.Adam(parameters, lr=config.lr, betas=tuple(map(float, config.betas)), fused=True)
+    flags = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    optimizer = torch.optim.Adam(parameters, lr=config.lr, betas=tuple(map(float, config.betas)), **flags)
     for stack in stacks:
         if previous is not None:  # the pack shrank: carry every remaining parameter's state over
             for parameter in stack.parameters:
