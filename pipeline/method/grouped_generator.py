@@ -99,12 +99,13 @@ class GroupedGenerator(nn.Module):
         count, channels, height, width = images.shape
         if count != self.slots:
             raise ValueError(f"a grouped generator of {self.slots} slots got {count} images")
-        x = images.reshape(1, count * channels, height, width)  # (1, 3K, H, W): slot k's image in channels 3k..3k+2
+        # (1, 3K, H, W): slot k's image in channels 3k..3k+2 (one slot: already so, and no view op to dispatch)
+        x = images if count == 1 else images.reshape(1, count * channels, height, width)
         if self.training:
             self.calls.add_(1)
         x = self._scale(x, "body", 0)
         x = _sigmoid(self._conv(x, "head"))  # (1, 3K, H, W)
-        return x.reshape(count, channels, height, width)
+        return x if count == 1 else x.reshape(count, channels, height, width)
 
     def _scale(self, x: torch.Tensor, prefix: str, level: int) -> torch.Tensor:
         skip = self._conv_bn_act(x, f"{prefix}.skip")  # (1, 4K, H, W)
@@ -117,8 +118,12 @@ class GroupedGenerator(nn.Module):
         left = (deep.shape[-1] - skip.shape[-1]) // 2
         deep = deep[..., top : top + skip.shape[-2], left : left + skip.shape[-1]]  # centre crop, as SkipGenerator
         # per slot [skip, deep]: (1, K, 4, H, W) + (1, K, C, H, W) -> (1, K (4 + C), H, W)
-        merged = torch.cat([skip.unflatten(1, (self.slots, -1)), deep.unflatten(1, (self.slots, -1))], dim=2)
-        merged = self._batch_norm(merged.flatten(1, 2), f"{prefix}.merge_norm")
+        if self.slots == 1:
+            merged = torch.cat([skip, deep], dim=1)
+        else:
+            merged = torch.cat([skip.unflatten(1, (self.slots, -1)), deep.unflatten(1, (self.slots, -1))], dim=2)
+            merged = merged.flatten(1, 2)
+        merged = self._batch_norm(merged, f"{prefix}.merge_norm")
         up = self._conv_bn_act(merged, f"{prefix}.up.0")
         return self._conv_bn_act(up, f"{prefix}.up.1")
 
