@@ -292,6 +292,25 @@ def test_splice_pair_resumes_from_its_checkpoint(ray_session, tmp_path, manifest
     assert not pair_file(out, "c0", "checkpoint.pt").exists()
 
 
+def test_a_run_made_before_the_shared_crop_schedule_goes_on_with_its_own(ray_session, tmp_path, manifest):
+    """A run folder whose run.json predates `crop_schedule` is continued (not refused as other settings) with the
+    per-pair crop sides its pairs were made with (crop_schedule 1); run.json and the new pair's meta say so."""
+    path = manifest(["o0", "o1"])
+    out = tmp_path / "run"
+    config = TrainConfig(backbone=TINY_BACKBONE, steps=1, log_every=1)
+    assert run_manifest(path, settings(out, method="splice", config=config, only=("o0",))).done == 1
+    record_path = out / "run.json"
+    record = json.loads(record_path.read_text())
+    assert record["settings"]["crop_schedule"] == 2 and meta(out, "o0")["config"]["crop_schedule"] == 2
+    for name in ("crop_schedule", "crop_schedule_seed"):  # as a run made before them recorded its settings
+        del record["settings"][name]
+    record_path.write_text(json.dumps(record))
+    summary = run_manifest(path, settings(out, method="splice", config=config, only=("o1",)))
+    assert summary.done == 2 and summary.failed == 0
+    assert meta(out, "o1")["config"]["crop_schedule"] == 1
+    assert json.loads(record_path.read_text())["settings"]["crop_schedule"] == 1
+
+
 # --- object storage ------------------------------------------------------------------------------------------
 
 
