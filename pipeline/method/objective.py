@@ -255,30 +255,23 @@ def pack_losses(
     if with_identity:
         rows = [offsets[n] + k for n in with_identity for k in range(sizes[n])]
         target_keys = targets.keys if len(rows) == count else targets.keys[rows]
-        identity = torch.full((count,), float("nan"), device=cls_token.device)
-        columns["identity"] = identity.index_put(
-            (_rows(rows, identity),), _mse_per_row(keys[count:].float(), target_keys)
-        )
+        columns["identity"] = _in_rows(_mse_per_row(keys[count:].float(), target_keys), rows, count)
 
     # 4. the whole structure images through their groups' generators; one backbone pass per image size
     full = [n for n, group in enumerate(groups) if group.weights[0].full_image]
     wholes = {n: groups[n].generator(groups[n].batch.structure_full) for n in full}  # (G, 3, H, W) each
     if full:
-        full_structure = torch.full((count,), float("nan"), device=cls_token.device)
-        full_appearance = torch.full((count,), float("nan"), device=cls_token.device)
+        structure_parts, appearance_parts, full_rows = [], [], []
         for members in _by_size(wholes).values():
             rows = [offsets[n] + k for n in members for k in range(sizes[n])]
             with autocast(cls_token.device, precision):
                 features = backbone.last_block(torch.cat([backbone.prepare(wholes[n], antialias) for n in members]))
             target = torch.cat([groups[n].full_target for n in members])
-            index = (_rows(rows, full_structure),)
-            full_structure = full_structure.index_put(index, _mse_per_row(self_similarity(features.keys), target))
-            appearance_target = targets.cls_token[rows]
-            full_appearance = full_appearance.index_put(
-                index, _mse_per_row(features.cls_token.float(), appearance_target)
-            )
-        columns["full_structure"] = full_structure
-        columns["full_appearance"] = full_appearance
+            structure_parts.append(_mse_per_row(self_similarity(features.keys), target))
+            appearance_parts.append(_mse_per_row(features.cls_token.float(), targets.cls_token[rows]))
+            full_rows += rows
+        columns["full_structure"] = _in_rows(torch.cat(structure_parts), full_rows, count)
+        columns["full_appearance"] = _in_rows(torch.cat(appearance_parts), full_rows, count)
 
     # 5. per group: its rows of every term, and the weighted total
     names = tuple(name for name in TERMS if name in columns)
@@ -301,8 +294,13 @@ def _check_group(group: GroupStep) -> None:
         raise ValueError("a full-image step needs batch.structure_full and full_target")
 
 
-def _rows(rows: list[int], like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(rows, dtype=torch.long).to(like.device, non_blocking=True)
+def _in_rows(values: torch.Tensor, rows: list[int], count: int) -> torch.Tensor:
+    """A (count,) column holding `values` at `rows` and NaN elsewhere (a term off for those pairs); `values` itself
+    where the rows are all of them, in order (the usual case: no fill, no scatter)."""
+    if rows == list(range(count)):
+        return values
+    index = torch.tensor(rows, dtype=torch.long).to(values.device, non_blocking=True)
+    return torch.full((count,), float("nan"), device=values.device).index_put((index,), values)
 
 
 def _mse_per_row(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -137,12 +137,8 @@ def train_pack(
         except TrainingError as exc:
             finish(pair.pair_id, exc)
     facts = _run_facts(backbone, device, precision, [run.pair_id for run in runs])
+
     # 2. stacks: pairs of one size at one step share one grouped generator; one Adam over every stack
-    _train(runs, backbone, device, precision, options, facts, started, finish, on_step, progress)
-    return outcomes
-
-
-def _train(runs, backbone, device, precision, options, facts, started, finish, on_step, progress) -> None:
     stacks = form_stacks(runs, device, per_slot=_per_slot_convolutions(device, options))
     generator_call = _compiled_generators(device, options)
     for stack in stacks:
@@ -160,22 +156,7 @@ def _train(runs, backbone, device, precision, options, facts, started, finish, o
         optimizer.zero_grad(set_to_none=True)
 
         leaving = _log_step(stacks, groups, terms, finish, bar)  # the only host-device sync in the loop
-        for stack in stacks:
-            for slot, run in enumerate(stack.runs):
-                if run in leaving:
-                    continue
-                run.step += 1
-                if on_step is not None:
-                    on_step(run.pair_id, run.step)
-                if run.is_checkpoint_step():
-                    try:
-                        state = run.checkpoint_state(
-                            stack.generator_state(slot), stack.optimizer_state(optimizer, slot)
-                        )
-                        run.save(state)
-                    except Exception as exc:  # e.g. storage gone for good: this pair fails, its pack-mates go on
-                        leaving.add(run)
-                        finish(run.pair_id, exc)
+        _advance(stacks, leaving, optimizer, finish, on_step)
         if bar is not None:
             bar.update(sum(len(stack.runs) for stack in stacks))
         for stack in stacks:
@@ -188,6 +169,29 @@ def _train(runs, backbone, device, precision, options, facts, started, finish, o
             optimizer = _optimizer(stacks, device, previous=optimizer)
     if bar is not None:
         bar.close()
+    return outcomes
+
+
+# --- the step's parts -------------------------------------------------------------------------------------------
+
+
+def _advance(stacks: list[PairStack], leaving: set[PairRun], optimizer, finish, on_step) -> None:
+    """Count the step for every pair still in, report it, and write the checkpoints that are due; a pair whose
+    checkpoint cannot be written (e.g. storage gone for good) fails and joins `leaving`, its pack-mates go on."""
+    for stack in stacks:
+        for slot, run in enumerate(stack.runs):
+            if run in leaving:
+                continue
+            run.step += 1
+            if on_step is not None:
+                on_step(run.pair_id, run.step)
+            if not run.is_checkpoint_step():
+                continue
+            try:
+                run.save(run.checkpoint_state(stack.generator_state(slot), stack.optimizer_state(optimizer, slot)))
+            except Exception as exc:
+                leaving.add(run)
+                finish(run.pair_id, exc)
 
 
 def _log_step(stacks: list[PairStack], groups: list[GroupStep], terms: list[GroupTerms], finish, bar) -> set[PairRun]:
