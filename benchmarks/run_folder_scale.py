@@ -61,6 +61,12 @@ def timed(repo: Path, *argv: str) -> float:
     return seconds
 
 
+def run_only(repo: Path, manifest: Path, run: Path, pairs: str) -> float:
+    """Seconds of `splice run MANIFEST --out RUN --only PAIRS` with the cheap structure-copy method."""
+    argv = ["run", str(manifest), "--out", str(run), "--method", "structure-copy", "--only", pairs, "--no-progress"]
+    return timed(repo, *argv)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=100_000)
@@ -73,36 +79,8 @@ def main() -> None:
     shutil.rmtree(run, ignore_errors=True)
     repo = args.repo.resolve()
     rows = [
-        (
-            "run --only 2 pairs (new folder)",
-            timed(
-                repo,
-                "run",
-                str(manifest),
-                "--out",
-                str(run),
-                "--method",
-                "structure-copy",
-                "--only",
-                "p000000,p000001",
-                "--no-progress",
-            ),
-        ),
-        (
-            "run --only 2 more pairs (same folder)",
-            timed(
-                repo,
-                "run",
-                str(manifest),
-                "--out",
-                str(run),
-                "--method",
-                "structure-copy",
-                "--only",
-                "p000002,p000003",
-                "--no-progress",
-            ),
-        ),
+        ("run --only 2 pairs (new folder)", run_only(repo, manifest, run, "p000000,p000001")),
+        ("run --only 2 more pairs (same folder)", run_only(repo, manifest, run, "p000002,p000003")),
         ("status", timed(repo, "status", str(run))),
         (
             "evaluate (selfsim, tiny random backbone)",

@@ -8,7 +8,6 @@ import csv
 import json
 import re
 import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 
 from evaluation.report.build import build_report
 from synthetic_runs import make_synthetic_runs
+from test_report import browser, headless
 
 HOSTILE = [
     "cat\n\\input{/etc/hostname}",  # a line break, then a live \input if it ends a % comment
@@ -31,7 +31,7 @@ HOSTILE = [
     "\u202egnp.exe\u200f\u200e",  # right-to-left override and marks
     "x" * 5000,
 ]
-BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+BROWSER = browser()
 ALLOWED_TEX = {
     "begin",
     "end",
@@ -153,23 +153,7 @@ def test_report_html_runs_its_scripts_in_a_headless_browser(hostile_report, tmp_
     html = (hostile_report / "report.html").read_text()
     probed = hostile_report / "probed.html"
     probed.write_text(html.replace("<head>", "<head>" + PROBE, 1))
-    command = [
-        BROWSER,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--enable-logging=stderr",
-        "--v=0",
-        "--virtual-time-budget=10000",
-        "--dump-dom",
-        probed.as_uri(),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    done = headless(probed, tmp_path / "profile", console=True)
     dom, console = done.stdout, done.stderr
     errors = re.search(r'data-errors="([^"]*)"', dom)
     assert errors is None, errors.group(1)

@@ -369,7 +369,9 @@ def browser() -> str | None:
     return next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 
 
-def dump_dom(page, profile, fragment: str = "") -> str:
+def headless(page, profile, fragment: str = "", *, console: bool = False) -> subprocess.CompletedProcess:
+    """Load `page` in the headless browser, let its scripts run, and return the process: the DOM it ends with on
+    stdout, and with `console` the page's console messages on stderr. The flags keep it off the network."""
     command = [
         browser(),
         "--headless",
@@ -380,11 +382,16 @@ def dump_dom(page, profile, fragment: str = "") -> str:
         "--disable-sync",
         "--no-first-run",
         f"--user-data-dir={profile}",
+        *(("--enable-logging=stderr", "--v=0") if console else ()),
         "--virtual-time-budget=10000",
         "--dump-dom",
         page.as_uri() + fragment,
     ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=90, check=True).stdout
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+
+
+def dump_dom(page, profile, fragment: str = "") -> str:
+    return headless(page, profile, fragment).stdout
 
 
 # Added to a copy of the page by the browser test: a Content-Security-Policy that lets the page load nothing but
