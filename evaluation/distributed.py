@@ -61,7 +61,7 @@ class RayBackend:
         import ray
 
         self.ray = ray
-        from pipeline.runs.fanout import connect_ray
+        from pipeline.runs.ray_session import connect_ray
 
         # plug-in metrics' files or packages go with the job to the actors (Ray's runtime_env py_modules)
         self.started = connect_ray(address, runtime_env=settings.runtime_env(), log_to_driver=False)

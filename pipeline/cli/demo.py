@@ -43,7 +43,7 @@ def register(subparsers) -> None:
 def demo(args) -> int:
     from pipeline.cli.demo_job import default_out, run_demo
     from pipeline.cli.run import print_summary, real_or_random
-    from pipeline.runs.fanout import RunSettings
+    from pipeline.runs.jobs import RunSettings
     from pipeline.storage import redact_url
 
     if args.pairs < 1 or args.size < 32:

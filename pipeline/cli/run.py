@@ -132,7 +132,8 @@ def real_or_random(resolved, method: str):
 
 def run(args) -> int:
     from pipeline.cli.splicenet import run_options
-    from pipeline.runs.fanout import RunSettings, run_manifest
+    from pipeline.runs.fanout import run_manifest
+    from pipeline.runs.jobs import RunSettings
     from pipeline.storage import parse_storage_options
 
     resolved = resolve_config(args)
@@ -145,7 +146,7 @@ def run(args) -> int:
         address=args.address,
         backbone_fallback=fallback,
         gpus_per_pair=args.gpus_per_pair,
-        cpus_per_pair=args.cpus_per_pair,
+        cpus_per_task=args.cpus_per_pair,
         max_retries=args.max_retries,
         limit=args.limit,
         only=tuple(args.only),

@@ -68,7 +68,7 @@ class Method:
 @dataclass(frozen=True)
 class Batched:
     """How the fan-out drives a method that applies whole packs of pairs at once. Every pack goes through `apply`
-    (through fanout.run_pack's rendezvous), a pack of one included."""
+    (through worker.run_pack's rendezvous), a pack of one included."""
 
     prepare: Callable  # driver, before any work: (config, options, read_bytes) -> (config, resolved options)
     apply: Callable  # worker, per pack: (pairs, backbone, device, *, on_result, options, read_bytes)
@@ -243,7 +243,7 @@ def splicenet(structure, appearance, config: TrainConfig, *, backbone, device, t
     if train is None:
         raise SpliceError(
             "method splicenet applies packs of pairs: run it with `splice run --method splicenet "
-            "--checkpoint URL` (pipeline.fanout.run_pack)"
+            "--checkpoint URL` (pipeline.runs.worker.run_pack)"
         )
     return train(structure, appearance, config, backbone, device)
 

@@ -1,29 +1,31 @@
-"""Packs for `splice run --pack K`: which pairs train together, how many fit a GPU, and the worker-side rendezvous.
+"""Packs for `splice run --pack K`: which pairs train together, and how many fit a GPU (the pack rule).
 
-Driver side:
+- `plan`: the driver's whole decision for a run's pairs: K from --pack, the method (a batched method says its own
+  batch; methods that do not pack get packs of one) or the auto rule, and `packing_record` for run.json.
 - `plan_packs`: pairs that share a backbone go into packs of up to K, same-size pairs first (their generators run
   as one grouped call per step, their memory is alike), then the remainders of every size together; the manifest
-  order is kept otherwise. `packing_record` says in run.json how the pairs were grouped.
-- `auto_pack_size`: K from the device's memory and the images' sizes (the rule is in its docstring).
+  order is kept otherwise.
+- `auto_pack_size`: K from the device's memory and the images' sizes (the rule is in its docstring); the images'
+  sizes come from their headers (`image_size`), the device's memory from one GPU task (worker.device_probe).
 
-Worker side (`PackRendezvous`): each pair of a pack runs the ordinary per-pair path (`fanout.run_pair`: skip if
-done, record the attempt, read and decode its images, load its checkpoint, write its outputs) in its own thread.
-Where that path would train the pair alone, the pair joins the rendezvous instead; once every pair of the pack has
-joined or dropped out (done already, unreadable image), they train together (`trainer.train_pack`), and each
-thread gets its pair's result the moment that pair is done, so it writes the pair's outputs while the rest train.
+What a pack does on its worker: rendezvous.py.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 
+import ray
 from PIL import Image
 
-from pipeline.method.trainer import PairInput
+from pipeline.method.registry import get_method
+from pipeline.runs import ray_session
+from pipeline.runs.jobs import PairJob, RunSettings
+from pipeline.runs.worker import device_probe
+from pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
 MAX_PACK = 16  # above this the step is compute-bound on an H100 already: more pairs per pack add memory, not speed
@@ -132,80 +134,78 @@ def image_size(read_range: Callable[[int], bytes]) -> tuple[int, int] | None:
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
-# --- worker side ------------------------------------------------------------------------------------------------
+def plan(todo: list[PairJob], settings: RunSettings, gpus: float) -> tuple[list[list[PairJob]], dict]:
+    """Packs of pairs: of one backbone each, same-size pairs first; K from --pack or the auto rule. Also returns
+    how they were grouped (run.json's `packing`)."""
+    method = get_method(settings.method)
+    size = settings.pack if method.packs or method.batched is not None else 1
+    rule = f"--pack {size}" if size is not None else "auto"
+    if size is None and method.batched is not None:  # inference in batches: the method says how many per task
+        size = method.batched.pack_size(len(todo), ray_session.slots(settings.cpus_per_task, gpus), gpus)
+    if size == 1 or len(todo) == 1 or (size is None and not gpus):
+        packs = [[job] for job in todo]
+        why = "one pair per task" + ("" if method.packs or method.batched else f" (method {method.name} does not pack)")
+        return packs, packing_record(packs, f"{rule}: {why}", 1, lambda job: None)
+    sizes = _probe_sizes(todo, Storage(settings.storage_options))
+    if size is None:
+        size = _auto_pack_size(todo, sizes, settings, gpus)
+        rule = "auto: same-size pairs first, K from the GPU's memory (pipeline/runs/packs.py)"
+    packs = plan_packs(todo, size, key=lambda job: (job.config.backbone,), size=lambda job: sizes.get(job.pair_id))
+    record = packing_record(packs, rule, size, lambda job: sizes.get(job.pair_id))
+    log.info(
+        "%d pair(s) in %d pack(s) of up to %d (%d of one image size), %s GPU(s) per pack",
+        len(todo),
+        len(packs),
+        size,
+        record["same_size_packs"],
+        gpus,
+    )
+    if method.packs and record["mixed_size_packs"] > record["same_size_packs"] and gpus:
+        log.info(
+            "most packs mix image sizes, whose generators cannot share calls: several packs per GPU overlap their "
+            "launches (e.g. --gpus-per-task 0.25, with NVIDIA MPS on the nodes; docs/performance.md)"
+        )
+    return packs, record
 
 
-@dataclass
-class _Arrival:
-    structure: object
-    appearance: object
-    config: object
-    backbone: object
-    device: object
-    checkpoint: dict | None
-    save_checkpoint: Callable | None
+def _probe_sizes(jobs: list[PairJob], storage: Storage) -> dict[str, tuple]:
+    """{pair_id: ((structure h, w), (appearance h, w))} from the images' headers, read in parallel."""
+
+    def read_header(uri: str):
+        fs, path = storage.fs(uri)
+        return image_size(lambda count: fs.cat_file(path, start=0, end=count))
+
+    def probe(job: PairJob):
+        return job.pair_id, (read_header(job.structure_uri), read_header(job.appearance_uri))
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return {pair_id: sizes for pair_id, sizes in pool.map(probe, jobs) if all(sizes)}
 
 
-class PackRendezvous:
-    """Gathers a pack's pairs from their threads, trains them together, hands each its own result."""
+def _auto_pack_size(todo: list[PairJob], sizes: dict, settings: RunSettings, gpus: float) -> int:
+    """--pack auto on GPUs: ask one GPU task for the device's memory and the backbone's patch size, then the rule
+    of packs.auto_pack_size over the largest pair."""
+    log.info("--pack auto: asking a GPU worker for its memory (--pack K skips this)")
+    probe = device_probe.options(num_cpus=settings.cpus_per_task, num_gpus=gpus, max_retries=settings.max_retries)
+    try:
+        device = ray.get(probe.remote(todo[0].config.backbone))
+    except ray.exceptions.RayError as exc:
+        log.warning("--pack auto: the GPU probe failed (%s): one pair per task", str(exc).splitlines()[0][:200])
+        return 1
+    memory = int(device["memory_bytes"] * min(1.0, gpus)) if device["memory_bytes"] else None
+    scaled = [
+        (downscaled(s, todo[0].config.max_side), downscaled(a, todo[0].config.max_side)) for s, a in sizes.values()
+    ]
+    pack = auto_pack_size(memory, scaled, device.get("patch_size") or 8, fp32=todo[0].config.precision == "fp32")
+    log.info(
+        "--pack auto: %s with %.1f GiB for each task: %d pair(s) per pack", device["name"], (memory or 0) / 2**30, pack
+    )
+    return pack
 
-    def __init__(self, pair_ids: list[str], train_pack: Callable, **train_options):
-        self._train_pack, self._train_options = train_pack, train_options
-        self._changed = threading.Condition()
-        self._expected = set(pair_ids)  # neither joined nor dropped out yet
-        self._joined: dict[str, _Arrival] = {}
-        self._outcomes: dict[str, object] = {}
 
-    def member(self, pair_id: str) -> Callable:
-        """A stand-in for `trainer.train_pair` (same signature) that trains this pair within the pack."""
-
-        def train(structure, appearance, config, backbone, device, *, checkpoint=None, save_checkpoint=None, **_):
-            with self._changed:
-                self._joined[pair_id] = _Arrival(
-                    structure, appearance, config, backbone, device, checkpoint, save_checkpoint
-                )
-                self._expected.discard(pair_id)
-                self._changed.notify_all()
-                self._changed.wait_for(lambda: pair_id in self._outcomes)
-                outcome = self._outcomes[pair_id]
-            if isinstance(outcome, BaseException):
-                raise outcome
-            return outcome
-
-        return train
-
-    def drop(self, pair_id: str) -> None:
-        """This pair's thread is over (done, failed, or skipped): stop waiting for it."""
-        with self._changed:
-            self._expected.discard(pair_id)
-            self._changed.notify_all()
-
-    def run(self) -> None:
-        """In the pack's own thread: wait for every pair, train those that joined, deliver every outcome."""
-        with self._changed:
-            self._changed.wait_for(lambda: not self._expected)
-            joined = dict(self._joined)
-        if not joined:
-            return
-        first = next(iter(joined.values()))
-        pairs = [
-            PairInput(pair_id, a.structure, a.appearance, a.config, a.checkpoint, a.save_checkpoint)
-            for pair_id, a in joined.items()
-        ]
-        try:
-            self._train_pack(pairs, first.backbone, first.device, on_result=self._deliver, **self._train_options)
-        except BaseException as exc:  # the pack as a whole failed (e.g. out of memory): every waiting pair hears it
-            self._deliver_missing(joined, exc)
-            if not isinstance(exc, Exception):
-                raise
-        self._deliver_missing(joined, RuntimeError("the pack ended without a result for this pair (a bug)"))
-
-    def _deliver_missing(self, joined, outcome) -> None:
-        for pair_id in joined:
-            if pair_id not in self._outcomes:
-                self._deliver(pair_id, outcome)
-
-    def _deliver(self, pair_id: str, outcome) -> None:
-        with self._changed:
-            self._outcomes[pair_id] = outcome
-            self._changed.notify_all()
+def downscaled(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """The size of an image after --max-side (as images.downscale_to)."""
+    if not max_side or max(size) <= max_side:
+        return tuple(size)
+    scale = max_side / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))

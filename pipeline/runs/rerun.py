@@ -308,7 +308,7 @@ def run_record(settings, method, manifest, *, existing: dict | None) -> dict:
         "pairs": len(manifest),
         "resources": {
             "gpus_per_pair": settings.gpus_per_pair,
-            "cpus_per_pair": settings.cpus_per_pair,
+            "cpus_per_task": settings.cpus_per_task,
             "gpus_per_task": getattr(settings, "gpus_per_task", None),
             "pack": getattr(settings, "pack", None),
             "max_retries": settings.max_retries,

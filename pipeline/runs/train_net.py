@@ -96,7 +96,7 @@ def net_url(checkpoint: str) -> str:
 
 def train_net(job: TrainNetJob) -> dict:
     """Train (or resume) a SpliceNet as `job` says; returns the final train.json."""
-    from pipeline.runs.fanout import connect_ray
+    from pipeline.runs.ray_session import connect_ray
 
     # 1. validate inputs before any worker starts: manifest, domains, output folder, worker count
     storage = Storage(job.storage_options)
