@@ -25,7 +25,9 @@ from pipeline.method.splicenet_train import (
     sample_crops,
     worker_slice,
 )
-from pipeline.runs.train_net import TrainNetJob, plan_images, prepare_out, run_training
+from pipeline.runs.net_folder import prepare_out
+from pipeline.runs.net_images import plan_images
+from pipeline.runs.train_net import TrainNetJob, run_training
 from pipeline.storage import Storage
 
 BACKBONE = "random:test_vit"  # timm's 6-block, 64-dim test ViT: the cheapest real ViT

@@ -130,7 +130,8 @@ def job_from_args(args: argparse.Namespace):
 
 def run_train_net(args: argparse.Namespace) -> int:
     from pipeline.runs.layout import join
-    from pipeline.runs.train_net import NET_FILE, train_net
+    from pipeline.runs.net_folder import NET_FILE
+    from pipeline.runs.train_net import train_net
     from pipeline.storage import redact_url
 
     record = train_net(job_from_args(args))

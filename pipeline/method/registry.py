@@ -12,7 +12,7 @@ Ray or storage URLs.
   color-transfer    Reinhard et al. (2001): per-channel mean/std of the structure image matched to the
                     appearance image's, in CIELAB
   splicenet         a trained SpliceNet (--checkpoint), applied to packs of pairs in batched forward passes
-                    (pipeline/method/splicenet_apply.py)
+                    (pipeline/method/splicenet_batched.py)
 
 Plug-ins (pipeline/plugins.py), without editing this file: `--method py:MODULE:FN` (MODULE importable or a path to
 a .py file) or an entry point in group `splice.methods`. FN may be decorated with `register_method` to declare its
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from pipeline import plugins
 from pipeline.errors import SpliceError
-from pipeline.method import splicenet_apply
+from pipeline.method import splicenet_batched
 from pipeline.method.config import TrainConfig
 from pipeline.method.devices import device_name, peak_memory
 from pipeline.method.images import downscale_to
@@ -235,7 +235,7 @@ def splicenet_settings(config: TrainConfig) -> dict:
     settings=splicenet_settings,
     summary="SpliceNet: one feed-forward network per domain (--checkpoint), batched",
     batched=Batched(
-        prepare=splicenet_apply.prepare, apply=splicenet_apply.apply_pack, pack_size=splicenet_apply.pack_size
+        prepare=splicenet_batched.prepare, apply=splicenet_batched.apply_pack, pack_size=splicenet_batched.pack_size
     ),
 )
 def splicenet(structure, appearance, config: TrainConfig, *, backbone, device, train=None, **_) -> MethodResult:

@@ -28,16 +28,20 @@ Choices the paper leaves open (and why):
 - Any input size: the image is padded (replicate) on the bottom and right to a multiple of 32 and the output cropped
   back, so the output has the input's size, odd or even.
 
-Checkpoints: one torch.save file (`save_net` / `load_net`), `{"format": "splicenet/1", "config", "model",
-"backbone", "resolution", "step", "domains", ...}`, loadable with `torch.load(weights_only=True)`.
+Checkpoints: one torch.save file (`save_net` / `load_net`), `{"format": FORMAT, "config", "model", "backbone",
+"resolution", "step", "domains", ...}`, loadable with `torch.load(weights_only=True)`; `splice train-net --out OUT`
+leaves the latest as OUT/NET_FILE. Reading one for inference (`checkpoint_file`, `read_checkpoint`,
+`load_checkpoint_net`) takes a `read_bytes(url)` from the caller: no storage library here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import BinaryIO
 
@@ -47,7 +51,8 @@ from torch import nn
 
 from pipeline.errors import SpliceError
 
-FORMAT = "splicenet/1"
+FORMAT = "splicenet/1"  # a SpliceNet checkpoint file (save_net / load_net); checked in load_net only
+NET_FILE = "net.pt"  # what `splice train-net --out OUT` leaves for inference: OUT/net.pt
 PAD_MULTIPLE = 32  # 5 levels of 2x downsampling
 
 
@@ -273,3 +278,54 @@ def load_net(
         raise SpliceError(f"{name}: SpliceNet checkpoint does not fit its own configuration ({exc})") from exc
     meta = {k: v for k, v in checkpoint.items() if k not in ("model",)}
     return model.to(map_location).eval(), meta
+
+
+# -------------------------------------------------------------------------------------- reading one for inference
+
+
+def checkpoint_file(url: str) -> str:
+    """`--checkpoint OUT` and `--checkpoint OUT/net.pt` both mean OUT/net.pt: a URL whose last part ends in .pt or
+    .pth is the file itself, anything else a training output folder. Local paths become absolute (workers have other
+    working folders)."""
+    stripped = url.rstrip("/") if "://" in url else os.path.abspath(os.path.expanduser(url))
+    if stripped.rsplit("/", 1)[-1].endswith((".pt", ".pth")):
+        return stripped
+    return f"{stripped}/{NET_FILE}"
+
+
+def read_checkpoint(url: str, read_bytes: Callable[[str], bytes]) -> tuple[bytes, str]:
+    """The bytes of the checkpoint `url` names (see `checkpoint_file`) and their sha256; a clear error if absent."""
+    path = checkpoint_file(url)
+    try:
+        data = read_bytes(path)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise SpliceError(
+            f"SpliceNet checkpoint {path} does not exist: pass --checkpoint with a `splice train-net` "
+            f"output folder (it holds {NET_FILE}) or the .pt file itself"
+        ) from None
+    return data, "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def load_checkpoint_net(data: bytes, url: str) -> tuple[SpliceNet, dict]:
+    """(net in eval mode, frozen; its meta) from checkpoint bytes; a clear error naming `url` if it is not one."""
+    try:
+        net, meta = load_net(data, name=url)
+    except SpliceError as exc:  # names the file and what is wrong with it; one line of it (torch.load's run on)
+        if len(str(exc).strip().splitlines()) <= 1:
+            raise
+        cause = type(exc.__cause__).__name__ if exc.__cause__ else "unreadable"
+        raise SpliceError(
+            f"{url}: not a readable SpliceNet checkpoint ({cause}): pass the net.pt that `splice train-net` wrote"
+        ) from None
+    except Exception as exc:  # noqa: BLE001  (whatever else the loader objects to, the user hears which file and why)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise SpliceError(
+            f"{url}: not a SpliceNet checkpoint ({reason}): pass the net.pt that `splice train-net` wrote"
+        ) from None
+    if not meta.get("backbone"):  # load_net has checked the format
+        raise SpliceError(
+            f"{url}: not a SpliceNet checkpoint of format {FORMAT} with a backbone (format "
+            f"{meta.get('format')!r}, backbone {meta.get('backbone')!r}): pass the net.pt that "
+            f"`splice train-net` wrote"
+        )
+    return net.eval().requires_grad_(False), meta

@@ -28,12 +28,8 @@ from pipeline.method.images import (
     encode_png,
     max_input_bytes,
 )
-from pipeline.method.splicenet_apply import (
-    checkpoint_file,
-    cls_codes,
-    load_checkpoint_net,
-    read_checkpoint,
-)
+from pipeline.method.splicenet import checkpoint_file, load_checkpoint_net, read_checkpoint
+from pipeline.method.splicenet_apply import cls_codes
 from pipeline.runs import layout
 from pipeline.storage import Storage, redact_url
 
