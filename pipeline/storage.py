@@ -5,7 +5,7 @@ Every location (manifest, images, run folder) is an fsspec URL: a local path, fi
 (`client_kwargs.region_name=eu-west-1`). For s3://, the endpoint comes from `endpoint_url` or, failing that,
 AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (any S3-compatible store: MinIO, Ceph, R2, ...).
 
-Transient errors (connection resets, timeouts, throttling) are retried with exponential backoff; errors that
+Transient errors (connection resets, timeouts, throttling; pipeline/transient.py) are retried with exponential backoff; errors that
 will not go away by retrying (not found, permission denied, already exists) are raised at once. Retries happen
 here only: s3fs and botocore are set to one attempt each (with short connect / read timeouts), so attempts never
 multiply, and a store that does not answer at all is reported as `StoreUnreachable` within NO_ANSWER_WINDOW_S
@@ -19,23 +19,19 @@ whatever is logged or recorded, and a URL of an object store that carries creden
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
-import random
 import re
-import socket
 import stat
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
 import fsspec
 
-from pipeline.errors import SpliceError
+from pipeline.errors import SpliceError, StorageError
 from pipeline.filesystems import library_options, open_filesystem
 from pipeline.redaction import (  # noqa: F401  (re-exported: callers redact through storage)
     REDACTED,
@@ -44,6 +40,7 @@ from pipeline.redaction import (  # noqa: F401  (re-exported: callers redact thr
     redact_text,
     redact_url,
 )
+from pipeline.transient import with_retries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,39 +50,6 @@ HTTP_PROTOCOLS = ("http", "https")
 USERINFO_PROTOCOLS = (*HTTP_PROTOCOLS, "ftp", "sftp", "ssh", "smb", "webdav")  # user:password@ in the URL is theirs
 READ_TIMEOUT_S = 120.0  # one read of one input (image, manifest) may take at most this long
 READ_CHUNK = 1 << 20
-PERMANENT_ERRORS = (
-    FileNotFoundError,
-    FileExistsError,
-    PermissionError,
-    IsADirectoryError,
-    NotADirectoryError,
-    ConnectionRefusedError,
-)
-PERMANENT_ERRNOS = {
-    errno.EINVAL,
-    errno.EACCES,
-    errno.EPERM,
-    errno.ENOSPC,
-    errno.EROFS,
-    errno.ENOENT,
-    errno.EEXIST,
-    errno.ELOOP,
-    errno.ENAMETOOLONG,
-    errno.EISDIR,
-    errno.ENOTDIR,
-    errno.ECONNREFUSED,
-    errno.EDQUOT,
-    errno.EFBIG,
-}
-NO_ANSWER_WINDOW_S = 15.0  # a store that has not answered for this long (connects refused or timing out) is reported
-
-
-class StorageError(SpliceError, OSError):
-    """A location that cannot be read or written; the message names the URL."""
-
-
-class StoreUnreachable(StorageError, TimeoutError):
-    """The store did not answer (connection refused, timed out) within NO_ANSWER_WINDOW_S; never retried again."""
 
 
 class InputRefused(SpliceError, OSError):
@@ -353,136 +317,3 @@ def write_whole(fs, path: str, data: bytes) -> None:
     except BaseException:  # e.g. disk full: never leave a temporary file behind
         _remove_quietly(temporary)
         raise
-
-
-# --- retries -------------------------------------------------------------------------------------------------
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Worth retrying: network trouble, timeouts, throttling; not a missing file or a refusal."""
-    if isinstance(exc, PERMANENT_ERRORS) or isinstance(exc, (SpliceError, StoreUnreachable)):
-        return False
-    if _refused(exc):  # nothing listens there: an address to fix, not a hiccup
-        return False
-    status = http_status(exc)
-    if status is not None:  # 4xx: the request itself is wrong (denied, not found, bad credentials); 5xx, 429: retry
-        return status >= 500 or status in (408, 429)
-    if getattr(exc, "errno", None) in PERMANENT_ERRNOS:  # e.g. aiohttp's connection refused, an OSError subclass
-        return False
-    if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
-        return True
-    name = type(exc).__name__.lower()
-    if any(
-        word in name
-        for word in (
-            "timeout",
-            "connection",
-            "throttl",
-            "slowdown",
-            "unavailable",
-            "endpoint",
-            "servicerequest",
-            "serviceresponse",
-            "clientconnector",
-        )
-    ):
-        return True
-    if isinstance(exc, OSError):
-        return exc.errno not in PERMANENT_ERRNOS
-    return False
-
-
-def _causes(exc: BaseException, depth: int = 6):
-    while exc is not None and depth:
-        yield exc
-        exc, depth = exc.__cause__ or exc.__context__, depth - 1
-
-
-def http_status(exc: BaseException) -> int | None:
-    """The HTTP status an error carries (aiohttp's `.status`, botocore's response), if any."""
-    for candidate in (exc, exc.__cause__, exc.__context__):
-        if candidate is None:
-            continue
-        status = getattr(candidate, "status", None)
-        if isinstance(status, int) and 100 <= status < 600:
-            return status
-        response = getattr(candidate, "response", None)
-        if isinstance(response, dict):
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if isinstance(status, int):
-                return status
-    return None
-
-
-def with_retries(
-    fn: Callable[[], T],
-    *,
-    what: str,
-    attempts: int = 5,
-    base_delay: float = 0.25,
-    max_delay: float = 8.0,
-    sleep: Callable[[float], None] = time.sleep,
-) -> T:
-    """Call fn(); on a transient error wait base_delay * 2**n (with jitter) and try again, `attempts` times in all.
-
-    A store that does not answer at all (refused or timed-out connections) is given NO_ANSWER_WINDOW_S, then
-    reported as StoreUnreachable naming what was being done and what to check."""
-    started = time.monotonic()
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except Exception as exc:
-            elapsed = time.monotonic() - started
-            if not is_transient(exc):
-                if _refused(exc):  # nothing listens at the address: not retried, but said as a dead store
-                    raise unreachable(what, exc, attempt, elapsed) from exc
-                raise
-            delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
-            if _no_answer(exc) and (attempt == attempts or elapsed + delay > NO_ANSWER_WINDOW_S):
-                raise unreachable(what, exc, attempt, elapsed) from exc
-            if attempt == attempts:
-                raise
-            log.warning(
-                "%s failed (%s: %s); retrying in %.2fs (%d/%d)",
-                what,
-                type(exc).__name__,
-                redact_text(exc),
-                delay,
-                attempt,
-                attempts - 1,
-            )
-            sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def _refused(exc: BaseException) -> bool:
-    """A refused connection somewhere in the chain (s3fs / aiohttp / azure wrap it)."""
-    return any(
-        isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED
-        for cause in _causes(exc)
-    )
-
-
-def _no_answer(exc: BaseException) -> bool:
-    """The store did not answer: refused or timed-out connections, as opposed to an error it answered with."""
-    if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
-        return True
-    seen = exc
-    for _ in range(5):  # s3fs / aiohttp wrap the connection error; look a few causes down
-        name = type(seen).__name__.lower()
-        if any(word in name for word in ("connect", "timeout", "endpoint", "serverdisconnected", "servicerequest")):
-            return True
-        seen = seen.__cause__ or seen.__context__
-        if seen is None:
-            return False
-    return False
-
-
-def unreachable(what: str, exc: BaseException, attempts: int, elapsed: float) -> StoreUnreachable:
-    reason = redact_text((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:300]
-    return StoreUnreachable(
-        f"the store did not answer while {what}: {attempts} attempt(s) in {elapsed:.1f} s ({type(exc).__name__}: "
-        f"{reason}). Check the store's address (s3://: --storage-option endpoint_url=... or AWS_ENDPOINT_URL; gs://: "
-        f"endpoint_url; az://: account_name or connection_string), that the store is up and reachable from this "
-        f"machine (network, proxy, firewall), and the credentials"
-    )

@@ -34,9 +34,11 @@ from evaluation.models import EvalSettings
 from evaluation.report.build import build_report
 from faults import FaultyS3, Rule, fault_env, wait_for
 from pipeline.cli.main import main
+from pipeline.errors import StoreUnreachable
 from pipeline.runs.run_folder import RunFolderError as RunError
 from pipeline.runs.run_lock import RunLock, RunLocked
-from pipeline.storage import Storage, StoreUnreachable, redact_text, redact_url, with_retries
+from pipeline.storage import Storage, redact_text, redact_url
+from pipeline.transient import with_retries
 
 REPO = Path(__file__).resolve().parents[1]
 CHEAP_METRICS = [m for m in METRICS if m not in ("lpips_structure", "layout_miou")][:2]  # DINO-only metrics

@@ -11,7 +11,8 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from pipeline.errors import SpliceError
 from pipeline.runs.run_lock import RunLock, RunLocked
-from pipeline.storage import Storage, is_transient, parse_storage_options, redact, redact_url, with_retries
+from pipeline.storage import Storage, parse_storage_options, redact, redact_url
+from pipeline.transient import is_transient, with_retries
 
 
 def test_storage_options_parse_nested_typed_values():
@@ -93,7 +94,7 @@ class FlakyMemoryFileSystem(MemoryFileSystem):
 
 
 def test_storage_read_survives_transient_errors(monkeypatch):
-    monkeypatch.setattr("pipeline.storage.time.sleep", lambda s: None)
+    monkeypatch.setattr("pipeline.transient.time.sleep", lambda s: None)
     fs = FlakyMemoryFileSystem(skip_instance_cache=True)
     fs.pipe_file("/bucket/a.bin", b"payload")
     storage = Storage()

@@ -14,8 +14,10 @@ import pytest
 
 from faults import free_port
 from pipeline.cli.main import main
+from pipeline.errors import StoreUnreachable
 from pipeline.filesystems import open_filesystem
-from pipeline.storage import NO_ANSWER_WINDOW_S, Storage, StoreUnreachable, redact, redact_text, with_retries
+from pipeline.storage import Storage, redact, redact_text
+from pipeline.transient import NO_ANSWER_WINDOW_S, with_retries
 
 AZURITE_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="  # public dev key
@@ -185,9 +187,9 @@ def test_no_answer_is_given_up_on_after_the_window_and_not_retried_again(monkeyp
         clock["t"] += 20.0  # each attempt times out after 20 s
         raise TimeoutError("Read timeout on endpoint URL: http://store:9000/b/x?X-Amz-Signature=abc")
 
-    import pipeline.storage
+    import pipeline.transient
 
-    monkeypatch.setattr(pipeline.storage.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(pipeline.transient.time, "monotonic", lambda: clock["t"])
     with pytest.raises(StoreUnreachable, match=r"1 attempt\(s\) in 20.0 s") as caught:
         with_retries(hung, what="reading s3://b/x", sleep=lambda s: None)
     monkeypatch.undo()

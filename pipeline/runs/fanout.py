@@ -21,14 +21,14 @@ import ray
 
 from manifests.schema import read_manifest
 from pipeline import plugins
-from pipeline.errors import SpliceError
+from pipeline.errors import SpliceError, StorageError
 from pipeline.method.registry import get_method
 from pipeline.runs import hooks, layout, packs, ray_session, rerun, retries
 from pipeline.runs.jobs import PairJob, RunSettings, RunSummary, make_job, resolve_task_settings, select_pairs
 from pipeline.runs.progress import RunProgress
 from pipeline.runs.run_folder import PairStatus, ResultsTable, RunFolder
 from pipeline.runs.worker import pack_task
-from pipeline.storage import Storage, StorageError, absolute, is_local, redact, redact_text, redact_url
+from pipeline.storage import Storage, absolute, is_local, redact, redact_text, redact_url
 
 __all__ = ["RunSettings", "RunSummary", "resolve_task_settings", "run_manifest"]
 log = logging.getLogger(__name__)

@@ -42,7 +42,8 @@ from pipeline.runs.layout import FORMAT
 from pipeline.runs.pair_folder import PairFolder, RunFolderError, read_parquet
 from pipeline.runs.run_lock import LockLost, RunLock
 from pipeline.runs.target import check_target
-from pipeline.storage import Storage, redact_text, redact_url, with_retries
+from pipeline.storage import Storage, redact_text, redact_url
+from pipeline.transient import with_retries
 
 log = logging.getLogger(__name__)
 

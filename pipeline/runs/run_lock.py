@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 
 from pipeline.errors import SpliceError
 from pipeline.runs import layout
-from pipeline.storage import Storage, ensure_folder, redact_text, redact_url, with_retries
+from pipeline.storage import Storage, ensure_folder, redact_text, redact_url
+from pipeline.transient import with_retries
 
 log = logging.getLogger(__name__)
 LOCK_HEARTBEAT_S = 20.0  # a running `splice run` rewrites its lock this often ...

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 
-from pipeline.storage import Storage, StorageError, http_status, is_local, redact_text, redact_url
+from pipeline.errors import StorageError
+from pipeline.storage import Storage, is_local, redact_text, redact_url
+from pipeline.transient import http_status
 
 
 def check_target(storage: Storage, url: str, *, what: str = "--out", create: bool = True) -> None:
