@@ -81,7 +81,7 @@ def register(subparsers) -> None:
 
 def job_from_args(args: argparse.Namespace):
     from pipeline.method.splicenet_train import NetTrainConfig
-    from pipeline.runs.train_net import TrainNetJob
+    from pipeline.runs.jobs import TrainNetJob
     from pipeline.storage import parse_storage_options
 
     domains = tuple(args.domain)

@@ -1,10 +1,11 @@
-"""What `splice run` is asked to do, and what one task is sent: the types shared by the driver (fanout.py), the pack
-planner (packs.py) and the worker (worker.py).
+"""What the run layer's commands are asked to do: `splice run`'s settings and what one task is sent (the types shared
+by the driver fanout.py, the pack planner packs.py and the worker worker.py), and `splice train-net`'s job.
 
 - `RunSettings`: a run's options, as the command line (or `splice bench`) resolves them; checked by
   `resolve_task_settings` before any work.
 - `PairJob`: everything a worker needs for one pair; `make_job` builds it from a manifest row and the settings.
 - `RunSummary`: what a run did, for the command's summary line and exit code.
+- `TrainNetJob`: what `splice train-net` is asked for (train_net.py runs it, net_folder.py records it).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from manifests.schema import Manifest, ManifestError, PairSpec
 from pipeline.errors import SpliceError
 from pipeline.method.config import TrainConfig
 from pipeline.method.images import max_input_bytes
+from pipeline.method.splicenet_train import NetTrainConfig
 from pipeline.runs import layout
 from pipeline.storage import redact_url
 
@@ -142,3 +144,20 @@ def make_job(pair: PairSpec, settings: RunSettings) -> PairJob:
         method_options=settings.method_options,
         max_input_bytes=settings.max_input_bytes or max_input_bytes(config.max_pixels),
     )
+
+
+@dataclass(frozen=True)
+class TrainNetJob:
+    """What `splice train-net` asks for: the training settings plus where and how to run them."""
+
+    manifest: str  # manifest URL
+    out: str  # output folder URL
+    config: NetTrainConfig = field(default_factory=NetTrainConfig)
+    storage_options: dict = field(default_factory=dict)  # fsspec options for non-local storage
+    workers: int | None = None  # Ray Train workers (None: one per GPU of the cluster, else 1)
+    gpus_per_worker: float | None = None  # None: 1 where the cluster has GPUs, else 0
+    cpus_per_worker: float = 1.0
+    max_failures: int = 0  # Ray Train restarts of the worker group after a worker dies (each resumes)
+    address: str | None = None  # Ray address (None: RAY_ADDRESS, else an embedded Ray)
+    keep_checkpoints: int = 2  # newest checkpoints kept in OUT/checkpoints
+    cache_mb: int = 4096  # pool images each worker keeps in memory

@@ -19,18 +19,15 @@ from __future__ import annotations
 import io
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 
 from pipeline.errors import SpliceError
 from pipeline.method.splicenet import NET_FILE, SpliceNet, save_net
+from pipeline.runs.jobs import TrainNetJob
 from pipeline.runs.layout import join
 from pipeline.storage import Storage, redact_url
-
-if TYPE_CHECKING:
-    from pipeline.runs.train_net import TrainNetJob
 
 log = logging.getLogger(__name__)
 

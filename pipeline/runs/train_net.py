@@ -17,7 +17,6 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -26,31 +25,15 @@ from manifests.schema import read_manifest
 from pipeline.errors import SpliceError
 from pipeline.method.objective import conditioned_losses
 from pipeline.method.splicenet import SpliceNet, SpliceNetConfig
-from pipeline.method.splicenet_train import NetTrainConfig, draw_pairs, sample_crops, worker_slice
+from pipeline.method.splicenet_train import draw_pairs, sample_crops, worker_slice
 from pipeline.runs import hooks, net_folder
+from pipeline.runs.jobs import TrainNetJob
 from pipeline.runs.net_images import ImagePool, domain_pools, plan_images, pool_table
 from pipeline.storage import Storage, redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
 TERMS = ("appearance", "structure", "identity", "total")
-
-
-@dataclass(frozen=True)
-class TrainNetJob:
-    """What `splice train-net` asks for: the training settings plus where and how to run them."""
-
-    manifest: str  # manifest URL
-    out: str  # output folder URL
-    config: NetTrainConfig = field(default_factory=NetTrainConfig)
-    storage_options: dict = field(default_factory=dict)  # fsspec options for non-local storage
-    workers: int | None = None  # Ray Train workers (None: one per GPU of the cluster, else 1)
-    gpus_per_worker: float | None = None  # None: 1 where the cluster has GPUs, else 0
-    cpus_per_worker: float = 1.0
-    max_failures: int = 0  # Ray Train restarts of the worker group after a worker dies (each resumes)
-    address: str | None = None  # Ray address (None: RAY_ADDRESS, else an embedded Ray)
-    keep_checkpoints: int = 2  # newest checkpoints kept in OUT/checkpoints
-    cache_mb: int = 4096  # pool images each worker keeps in memory
 
 
 # ------------------------------------------------------------------------------------------------------ the driver
