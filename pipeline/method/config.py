@@ -1,9 +1,12 @@
-"""Configuration of the per-pair Splice trainer: one frozen dataclass, three presets."""
+"""Configuration of the per-pair Splice trainer: one frozen dataclass, three presets; and `from_dict`, the one strict
+reading of every settings dataclass from a recorded dict (run.json, meta.json, train.json, a checkpoint)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels: inputs above this are refused (decompression-bomb guard)
@@ -16,6 +19,33 @@ CROP_SCHEDULES = (1, 2)  # see pipeline.method.augment: 1 per pair (before 2026-
 def setting(default, help: str, **metadata):
     """A field with its one-line description: the `splice train/run/demo` options are generated from these."""
     return field(default=default, metadata={"help": help, **metadata})
+
+
+def from_dict(cls: type, values: dict, *, what: str, error: type[Exception] = ValueError):
+    """An instance of the dataclass `cls` from a dict of its fields, strictly: an unknown key is an `error` naming it
+    (`what`: e.g. "training option"), JSON's lists become the tuples the fields are annotated with, and integers
+    become floats where a field is a float. Missing fields take their defaults; the dataclass checks the values."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise error(f"unknown {what}(s) {unknown}; known: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    return cls(**{name: _typed(hints[name], value) for name, value in values.items()})
+
+
+def _typed(hint, value):
+    if value is None:
+        return None
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None: X
+        rest = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = rest[0] if len(rest) == 1 else hint
+    if typing.get_origin(hint) is tuple and isinstance(value, (list, tuple)):
+        args = typing.get_args(hint)
+        element = args[0] if args and (len(args) == 2 and args[1] is Ellipsis or len(set(args)) == 1) else None
+        return tuple(_typed(element, item) for item in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -104,15 +134,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
-        values = dict(values)
-        for name in ("betas", "jitter"):
-            if name in values and values[name] is not None:
-                values[name] = tuple(values[name])
-        return cls(**values)
+        return from_dict(cls, values, what="training option")
 
     def replace(self, **changes) -> TrainConfig:
         changes = {k: v for k, v in changes.items() if v is not None}

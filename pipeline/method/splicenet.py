@@ -36,7 +36,6 @@ leaves the latest as OUT/NET_FILE. Reading one for inference (`checkpoint_file`,
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import math
@@ -50,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import SpliceError
+from pipeline.method.config import from_dict
 
 FORMAT = "splicenet/1"  # a SpliceNet checkpoint file (save_net / load_net); checked in load_net only
 NET_FILE = "net.pt"  # what `splice train-net --out OUT` leaves for inference: OUT/net.pt
@@ -81,14 +81,7 @@ class SpliceNetConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> SpliceNetConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown SpliceNet option(s) {unknown}; known: {sorted(known)}")
-        values = dict(values)
-        if "channels" in values:
-            values["channels"] = tuple(values["channels"])
-        return cls(**values)
+        return from_dict(cls, values, what="SpliceNet option")
 
 
 class EqualConv2d(nn.Module):

@@ -28,7 +28,7 @@ from torch import nn
 
 from pipeline.errors import SpliceError
 from pipeline.method.backbone import DinoBackbone
-from pipeline.method.config import TrainConfig
+from pipeline.method.config import TrainConfig, from_dict
 from pipeline.method.devices import device_name, peak_memory, reset_peak_memory
 from pipeline.method.images import downscale_to
 from pipeline.method.result import MethodResult
@@ -38,6 +38,7 @@ from pipeline.method.trainer import resolve_precision
 
 CPU_PACK = 8  # at most this many pairs per task on CPUs when --pack is auto, fewer where that would leave CPUs idle
 NET_RESOLUTIONS = ("native", "training")  # or a short side in pixels
+NEEDS_NET = "method splicenet needs --net URL: a `splice train-net` output folder or its net.pt"
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,7 @@ class SpliceNetOptions:
 
     def __post_init__(self):
         if not self.checkpoint:
-            raise SpliceError(
-                "method splicenet needs --checkpoint URL: a `splice train-net` output folder or its net.pt"
-            )
+            raise SpliceError(NEEDS_NET)
         if not isinstance(self.appearance_strength, (int, float)) or not 0.0 <= self.appearance_strength <= 1.0:
             raise SpliceError(
                 f"--appearance-strength must be between 0 (the structure's own appearance) and 1 (the "
@@ -72,15 +71,9 @@ class SpliceNetOptions:
 
     @classmethod
     def from_dict(cls, values: dict) -> SpliceNetOptions:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise SpliceError(f"unknown splicenet option(s) {unknown}; known: {sorted(known)}")
-        if "checkpoint" not in values:
-            raise SpliceError(
-                "method splicenet needs --checkpoint URL: a `splice train-net` output folder or its net.pt"
-            )
-        return cls(**values)
+        if "checkpoint" in values or not set(values) <= {f.name for f in dataclasses.fields(cls)}:
+            return from_dict(cls, values, what="splicenet option", error=SpliceError)
+        raise SpliceError(NEEDS_NET)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
