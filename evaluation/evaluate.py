@@ -100,6 +100,7 @@ def evaluate_run(
     address: str | None = None,
     force: bool = False,
     progress: bool = True,
+    break_lock: bool = False,
 ) -> EvaluateSummary:
     storage = storage or Storage()
     # 1. read the run: manifest, results, one listing of the pair files, what was evaluated before
@@ -131,13 +132,13 @@ def evaluate_run(
             _merge(rows[update.pair_id], update, ids)
         bar.update(len(updates))
         if time.monotonic() - last_save > SAVE_EVERY_S:
-            _save(folder, rows, ids, skipped, classes)
+            _save(folder, rows, ids, skipped, classes, break_lock)
             last_save = time.monotonic()
     bar.close()
     backend.close()
 
     # 5. write metrics.parquet and evaluation.json
-    _save(folder, rows, ids, skipped, classes)
+    _save(folder, rows, ids, skipped, classes, break_lock)
     statuses = pd.Series([r["status"] for r in rows.values()]).value_counts().to_dict() if rows else {}
     recomputed = {t.pair_id for t in tasks}
     up_to_date = sum(1 for p, r in rows.items() if p not in recomputed and r.get("status") == PairStatus.DONE)
@@ -372,11 +373,13 @@ def _kept_nan(column: str, row: dict, metrics: list[str]) -> bool:
     return column in metrics and isinstance(row.get(f"{column}__version"), str)
 
 
-def _save(folder: RunFolder, rows: dict, ids: dict, skipped: dict, classes: list | None) -> None:
+def _save(
+    folder: RunFolder, rows: dict, ids: dict, skipped: dict, classes: list | None, break_lock: bool = False
+) -> None:
     """Write metrics.parquet and evaluation.json under the eval/ lock, merged with what another evaluation saved
     meanwhile: its metrics' columns and the rows of pairs this one does not know are kept, never lost."""
     hooks.point("evaluate.before_save")
-    with folder.eval_lock(wait=SAVE_LOCK_WAIT_S, break_stale=True):
+    with folder.eval_lock(wait=SAVE_LOCK_WAIT_S, break_stale=True, break_lock=break_lock):
         stored = _stored_rows(folder)
         merged = {pair_id: _merge_stored(stored.get(pair_id), row, ids) for pair_id, row in rows.items()}
         for row in merged.values():

@@ -99,6 +99,7 @@ def import_outputs(
     csv: str | None = None,
     force: bool = False,
     follow_symlinks: bool = False,
+    break_lock: bool = False,
 ) -> ImportSummary:
     storage = storage or Storage()
     if (outputs_dir is None) == (csv is None) or (pattern and csv):
@@ -116,7 +117,7 @@ def import_outputs(
     folder = RunFolder(storage, out_url)
     folder.check_target()
 
-    with folder.lock("splice import"):  # one writer at a time, `splice run` included
+    with folder.lock("splice import", break_lock=break_lock):  # one writer at a time, `splice run` included
         # 2. never into another method's run, a trained run, or over existing outputs (unless force)
         _check_existing(folder, method, set(manifest["pair_id"]), force)
         found, problems = _match(storage, manifest, outputs_dir, pattern, csv, follow_symlinks)

@@ -77,6 +77,7 @@ def build_report(
     assets: str = "inline",
     extremes: int = 5,
     pairs: str = "common",
+    break_lock: bool = False,
 ) -> ReportSummary:
     storage = storage or Storage()
     # 1. load every run's manifest and eval/metrics.parquet; check they compare the same pairs
@@ -86,7 +87,9 @@ def build_report(
     out_dir = absolute(out_dir)
     check_target(storage, out_dir, what="report folder", create=False)
     parent, name = _split(out_dir)
-    with RunLock(storage, parent, command="splice report", name=f".{name}.lock", break_stale=True):
+    with RunLock(
+        storage, parent, command="splice report", name=f".{name}.lock", break_stale=True, break_lock=break_lock
+    ):
         _clean_leftovers(storage, parent, name)
         staging = layout.join(parent, f".{name}.staging-{uuid.uuid4().hex[:12]}")
         try:

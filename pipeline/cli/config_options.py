@@ -3,7 +3,10 @@ plus `--preset NAME`, `--config FILE` and `--set KEY=VALUE`, resolved in one doc
 
 A field `full_image_every: int = setting(75, "...")` becomes `--full-image-every N`, with the field's help text
 (metadata "help"), its choices (metadata "choices"), and a type read from its annotation: bool (`--x/--no-x`),
-int, float, str, `X | None` (the value `none` clears it) and tuples (comma-separated: `--betas 0,0.99`).
+int, float, str, `X | None` (the value `none` clears it), tuples (comma-separated: `--betas 0,0.99`) and lists of
+any length (`tuple[str, ...]`: comma-separated, the flag may be repeated). Metadata "flag" renames the option
+(`domains` is `--domain`), "shown" replaces its default in the help, "old_flags" are older spellings that still
+work, hidden and with a deprecation warning.
 
 Precedence, lowest first (`PRECEDENCE`): the preset, the command's own defaults, the config file, `--set`, the
 option flags. Unknown keys and bad values are errors that name the key, where it came from and what is valid.
@@ -24,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.cli.options import hide_old_spellings
 from pipeline.errors import SpliceError
 
 PRECEDENCE = "preset < command defaults < --config FILE < --set KEY=VALUE < option flags"
@@ -49,14 +53,20 @@ class FieldKind:
     length: int | None = None  # tuples: the number of elements (None: not a tuple)
     choices: tuple = ()
     help: str = ""
+    many: bool = False  # tuple[X, ...]: any number of elements
+    flag_name: str = ""  # the option's name when not the field's
+    shown: str = ""  # the default as the help says it, when not the value
+    old_flags: tuple[str, ...] = ()  # older spellings: hidden, deprecated
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return "--" + (self.flag_name or self.name).replace("_", "-")
 
     def describe(self) -> str:
         if self.choices:
             what = "one of " + ", ".join(map(str, self.choices))
+        elif self.many:
+            what = f"comma-separated {_WORDS[self.base]}s"
         elif self.length is not None:
             what = f"{self.length} comma-separated {_WORDS[self.base]}s"
         else:
@@ -68,6 +78,8 @@ class FieldKind:
         text = text.strip()
         if self.optional and text.lower() in NONE_WORDS:
             return None
+        if self.many:
+            return tuple(self._scalar(item.strip(), text) for item in text.split(",") if item.strip())
         if self.length is not None:
             items = [item for item in text.split(",") if item.strip()]
             if len(items) != self.length:
@@ -83,6 +95,10 @@ class FieldKind:
             if self.optional:
                 return None
             raise ValueError(f"expected {self.describe()}, got null")
+        if self.many:
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"expected a list of {_WORDS[self.base]}s, got {value!r}")
+            return tuple(self._typed(item, value) for item in value)
         if self.length is not None:
             if not isinstance(value, (list, tuple)) or len(value) != self.length:
                 raise ValueError(f"expected a list of {self.length} {_WORDS[self.base]}s, got {value!r}")
@@ -133,12 +149,22 @@ def field_kinds(cls: type) -> dict[str, FieldKind]:
             continue
         base, optional, length = _unpack(hints[f.name], f"{cls.__name__}.{f.name}")
         kinds[f.name] = FieldKind(
-            f.name, base, optional, length, tuple(f.metadata.get("choices", ())), f.metadata.get("help", "")
+            f.name,
+            base,
+            optional,
+            None if length == -1 else length,
+            tuple(f.metadata.get("choices", ())),
+            f.metadata.get("help", ""),
+            many=length == -1,
+            flag_name=f.metadata.get("flag", ""),
+            shown=f.metadata.get("shown", ""),
+            old_flags=tuple(f.metadata.get("old_flags", ())),
         )
     return kinds
 
 
 def _unpack(hint, where: str) -> tuple[type, bool, int | None]:
+    """(element type, optional, number of elements: None for a scalar, -1 for any)"""
     optional = False
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
@@ -146,6 +172,8 @@ def _unpack(hint, where: str) -> tuple[type, bool, int | None]:
         if len(rest) == 1:
             optional, hint = True, rest[0]
             args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis and args[0] in _WORDS:
+        return args[0], optional, -1  # tuple[str, ...]: any number
     if typing.get_origin(hint) is tuple and args and all(a is args[0] for a in args) and args[0] in _WORDS:
         return args[0], optional, len(args)  # tuple[float, float]: a fixed number of one type
     if hint in _WORDS:
@@ -161,8 +189,8 @@ class ConfigOptions:
     """How one command exposes a configuration dataclass on its command line."""
 
     cls: type  # the frozen dataclass, e.g. TrainConfig
-    presets: Mapping[str, Any]  # name -> instance of cls
-    default_preset: str
+    presets: Mapping[str, Any] = field(default_factory=dict)  # name -> instance of cls; none: no --preset
+    default_preset: str | None = None
     command_defaults: Mapping[str, Any] = field(default_factory=dict)  # this command's defaults over the preset
     title: str = "settings"
     help_notes: Mapping[str, str] = field(default_factory=dict)  # field -> sentence appended to its help here
@@ -174,21 +202,23 @@ class ConfigOptions:
         unknown = sorted(set(self.command_defaults) - set(kinds))
         if unknown:
             raise TypeError(f"command defaults name no field of {self.cls.__name__}: {unknown}")
+        precedence = PRECEDENCE if self.presets else PRECEDENCE.split(" < ", 1)[1]
         group = parser.add_argument_group(
-            self.title, f"every field of {self.cls.__name__}. Precedence, lowest first: {PRECEDENCE}."
+            self.title, f"every field of {self.cls.__name__}. Precedence, lowest first: {precedence}."
         )
-        group.add_argument(
-            "--preset",
-            choices=list(self.presets),
-            default=None,
-            help=(preset_help or f"starting values (default {self.default_preset})").replace("%", "%%"),
-        )
+        if self.presets:
+            group.add_argument(
+                "--preset",
+                choices=list(self.presets),
+                default=None,
+                help=(preset_help or f"starting values (default {self.default_preset})").replace("%", "%%"),
+            )
         group.add_argument(
             "--config",
             metavar="FILE",
             dest="config_file",
-            help="JSON or TOML file of settings (a mapping of field names to values; a splice run's "
-            "run.json or a pair's meta.json also works: its recorded settings are used)",
+            help="JSON or TOML file of settings (a mapping of field names to values; a recorded configuration "
+            "also works: a splice run's run.json, a pair's meta.json, a train-net output's train.json)",
         )
         group.add_argument(
             "--set",
@@ -200,13 +230,26 @@ class ConfigOptions:
         )
         defaults = self.defaults()
         for name, kind in kinds.items():
-            shown = _show(defaults.get(name))
+            shown = kind.shown if kind.shown and name not in self.command_defaults else _show(defaults.get(name))
             text = " ".join(t for t in (kind.help, self.help_notes.get(name, "")) if t)
             text = f"{text} (default {shown})".replace("%", "%%")
-            if kind.base is bool and kind.length is None and not kind.optional:
+            if kind.base is bool and kind.length is None and not kind.optional and not kind.many:
                 group.add_argument(
                     kind.flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text
                 )
+                continue
+            if kind.many:
+                action = group.add_argument(
+                    kind.flag,
+                    *kind.old_flags,
+                    dest=name,
+                    type=_argparse_type(kind),
+                    action=_ExtendTuple,
+                    default=argparse.SUPPRESS,
+                    metavar=_WORDS_METAVAR.get(kind.base, "X") + ",...",
+                    help=text.replace(" (default", " (comma-separated; the flag may be repeated; default", 1),
+                )
+                hide_old_spellings(action, kind.old_flags)
                 continue
             metavar = (
                 "{" + ",".join(map(str, kind.choices)) + "}"
@@ -219,14 +262,22 @@ class ConfigOptions:
                 if kind.base is float
                 else "SPEC"
             )
-            group.add_argument(
-                kind.flag, dest=name, type=_argparse_type(kind), default=argparse.SUPPRESS, metavar=metavar, help=text
+            action = group.add_argument(
+                kind.flag,
+                *kind.old_flags,
+                dest=name,
+                type=_argparse_type(kind),
+                default=argparse.SUPPRESS,
+                metavar=metavar,
+                help=text,
             )
+            hide_old_spellings(action, kind.old_flags)
         parser.set_defaults(config_options=self)
 
     def defaults(self, preset: str | None = None) -> dict:
-        """The values before any file or flag: the preset's, then this command's."""
-        return {**dataclasses.asdict(self.presets[preset or self.default_preset]), **self.command_defaults}
+        """The values before any file or flag: the preset's (or the dataclass's), then this command's."""
+        start = self.presets[preset or self.default_preset] if self.presets else self.cls()
+        return {**dataclasses.asdict(start), **self.command_defaults}
 
     def resolve(self, args: argparse.Namespace) -> Resolved:
         """The configuration the command line asks for (see PRECEDENCE)."""
@@ -235,8 +286,9 @@ class ConfigOptions:
         if getattr(args, "config_file", None):
             file_values, file_preset = load_config_file(args.config_file, kinds)
         preset = getattr(args, "preset", None) or file_preset or self.default_preset
-        if preset not in self.presets:
-            raise ConfigError(f"{args.config_file}: unknown preset {preset!r}; valid: {', '.join(self.presets)}")
+        if preset is not None and preset not in self.presets:
+            valid = f"valid: {', '.join(self.presets)}" if self.presets else f"{self.title} have no presets"
+            raise ConfigError(f"{args.config_file}: unknown preset {preset!r}; {valid}")
         set_values = parse_set(getattr(args, "config_set", []) or [], kinds)
         flag_values = {name: getattr(args, name) for name in kinds if hasattr(args, name)}
         values = {**self.defaults(preset), **file_values, **set_values, **flag_values}
@@ -250,13 +302,23 @@ class ConfigOptions:
 @dataclass(frozen=True)
 class Resolved:
     config: Any  # the configuration dataclass instance
-    preset: str
+    preset: str | None  # None: the command has no presets
     explicit: frozenset[str]  # fields set by a config file, --set or a flag (not by the preset or the command)
 
 
 def resolve_config(args: argparse.Namespace) -> Resolved:
     """The configuration of a command whose parser got `ConfigOptions.add_to`."""
     return args.config_options.resolve(args)
+
+
+_WORDS_METAVAR = {str: "NAME", int: "N", float: "X"}
+
+
+class _ExtendTuple(argparse.Action):
+    """A list option (`tuple[X, ...]`): each flag's comma-separated values are added to the ones before."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, (*getattr(namespace, self.dest, ()), *values))
 
 
 def _argparse_type(kind: FieldKind):
@@ -310,7 +372,8 @@ def load_config_file(path: str, kinds: Mapping[str, FieldKind]) -> tuple[dict, s
     """A JSON or TOML file -> ({field: value}, preset named in it or None).
 
     The file is a mapping of field names to values, optionally with "preset"; or a splice run's run.json (its
-    "settings") or a pair's meta.json (its "config"), so a recorded configuration can be run again."""
+    "settings"), a pair's meta.json (its "config") or a train-net output's train.json (its "config"), so a recorded
+    configuration can be run again."""
     try:
         with open(os.path.expanduser(path), "rb") as stream:
             data = stream.read()
@@ -331,6 +394,8 @@ def load_config_file(path: str, kinds: Mapping[str, FieldKind]) -> tuple[dict, s
         mapping = mapping["settings"]
     elif isinstance(mapping.get("config"), dict) and "pair_id" in mapping:  # meta.json
         mapping = mapping["config"]
+    elif isinstance(mapping.get("config"), dict) and str(mapping.get("format", "")).startswith("splicenet-train/"):
+        mapping = mapping["config"]  # a train-net output's train.json
     mapping = dict(mapping)
     preset = mapping.pop("preset", None)
     values = {}

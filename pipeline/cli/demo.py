@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipeline.cli.config_options import resolve_config
 from pipeline.cli.console import add_progress_argument, progress_enabled
-from pipeline.cli.options import add_out_argument
+from pipeline.cli.options import add_address_argument, add_out_argument
 from pipeline.cli.run import add_training_arguments
 from pipeline.errors import SpliceError
 
@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument("--method", default="splice", help="method (default splice)")
     parser.add_argument("--pairs", type=int, default=DEMO_PAIRS, help=f"pairs to draw (default {DEMO_PAIRS})")
     parser.add_argument("--size", type=int, default=DEMO_SIZE, help=f"image side in pixels (default {DEMO_SIZE})")
-    parser.add_argument("--address", help="Ray cluster address (default: an embedded Ray here)")
+    add_address_argument(parser)
     parser.add_argument("--force", action="store_true", help="redo pairs already done in this demo folder")
     add_progress_argument(parser)
     parser.add_argument(

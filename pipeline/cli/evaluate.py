@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.cli.console import add_progress_argument, progress_enabled
-from pipeline.cli.options import add_list_argument, add_storage_arguments
+from pipeline.cli.options import add_address_argument, add_break_lock_argument, add_list_argument, add_storage_arguments
 from pipeline.errors import SpliceError
 
 
@@ -51,13 +51,14 @@ def register(subparsers) -> None:
     evaluate.add_argument("--segmenter-weights", metavar="PATH", help="local weights file of the torchvision segmenter")
     evaluate.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
     evaluate.add_argument("--batch-size", type=int, default=8, help="pairs per backbone batch (default 8)")
-    evaluate.add_argument(
-        "--address",
+    add_address_argument(
+        evaluate,
         help="Ray cluster address to spread pairs over ('auto', ray://HOST:10001, "
         "'local' for a Ray started here); default: RAY_ADDRESS if set, else "
         "evaluate in this process",
     )
     evaluate.add_argument("--force", action="store_true", help="recompute every asked metric of every pair")
+    add_break_lock_argument(evaluate)
     add_storage_arguments(evaluate)
     add_progress_argument(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
@@ -95,6 +96,7 @@ def run_evaluate(args) -> int:
         address=args.address,
         force=args.force,
         progress=progress_enabled(args.progress),
+        break_lock=args.break_lock,
     )
     print(summary.line())
     if not summary.metrics:

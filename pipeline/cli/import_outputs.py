@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.cli.options import add_out_argument, add_storage_arguments
+from pipeline.cli.options import add_break_lock_argument, add_out_argument, add_storage_arguments
 from pipeline.errors import SpliceError
 
 
@@ -47,6 +47,7 @@ def register(subparsers) -> None:
         action="store_true",
         help="write into a folder that already holds outputs (of this or another method), replacing them",
     )
+    add_break_lock_argument(importer)
     add_storage_arguments(importer)
     importer.set_defaults(handler=run_import)
 
@@ -69,6 +70,7 @@ def run_import(args) -> int:
         csv=args.csv,
         force=args.force,
         follow_symlinks=args.follow_symlinks,
+        break_lock=args.break_lock,
     )
     print(summary.line())
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.cli.options import add_list_argument, add_out_argument, add_storage_arguments
+from pipeline.cli.options import add_domain_argument, add_out_argument, add_storage_arguments
 
 
 def register(subparsers) -> None:
@@ -22,13 +22,7 @@ def register(subparsers) -> None:
     )
     afhq.add_argument("root")
     afhq.add_argument("--pairs", type=int, help="pairs in all, spread evenly over the domains (default: one per image)")
-    add_list_argument(
-        afhq,
-        "--domains",
-        default=["cat", "dog", "wild"],
-        metavar="DOMAIN,...",
-        help="domains to draw from (default cat,dog,wild)",
-    )
+    add_domain_argument(afhq, default=["cat", "dog", "wild"], help="domains to draw from (default cat,dog,wild)")
     afhq.add_argument("--split", default="train", choices=["train", "val"])
     afhq.add_argument("--seed", type=int, default=0, help="seed of the pair draw (default 0)")
     afhq.add_argument(
@@ -37,7 +31,7 @@ def register(subparsers) -> None:
         const="all",
         metavar="SRC->DST,...",
         help="structure from one domain, appearance from another: 'cat->dog,dog->cat' (quote it), "
-        "or alone: every ordered pair of --domains",
+        "or alone: every ordered pair of --domain",
     )
     pairs_dir = sources.add_parser(
         "pairs-dir",
@@ -66,7 +60,6 @@ def register(subparsers) -> None:
             source,
             metavar="M.parquet",
             help="manifest to write (.parquet; local or fsspec URL)",
-            old_spellings=("--output",),
         )
         add_storage_arguments(source)
         source.set_defaults(handler=build_command)
@@ -85,7 +78,7 @@ def build_command(args) -> int:
 
     storage = Storage(parse_storage_options(args.storage_option))
     if args.source == "afhq":
-        domains = args.domains
+        domains = args.domain
         cross = builders.parse_cross_domain(args.cross_domain, domains) if args.cross_domain else None
         frame = builders.build_afhq(
             args.root,

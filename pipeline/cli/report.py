@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.cli.options import add_list_argument, add_out_argument, add_storage_arguments
+from pipeline.cli.options import add_break_lock_argument, add_list_argument, add_out_argument, add_storage_arguments
 
 
 def register(subparsers) -> None:
@@ -14,7 +14,7 @@ def register(subparsers) -> None:
         "(60 MB at 1000 pairs x 4 methods), or with --assets external as files under assets/ beside it.",
     )
     report.add_argument("runs", nargs="+", metavar="RUN_URL", help="evaluated run folders, one per method")
-    add_out_argument(report, metavar="REPORT_DIR", help="folder to write the report into", old_spellings=("--output",))
+    add_out_argument(report, metavar="REPORT_DIR", help="folder to write the report into")
     report.add_argument("--reference", metavar="METHOD", help="method to compute every other method's win rate against")
     add_list_argument(
         report,
@@ -46,6 +46,7 @@ def register(subparsers) -> None:
         "full-resolution links to the stored files (for very large runs)",
     )
     report.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the samples (default 0)")
+    add_break_lock_argument(report)
     add_storage_arguments(report)
     report.set_defaults(handler=run_report)
 
@@ -65,6 +66,7 @@ def run_report(args) -> int:
         assets=args.assets,
         extremes=args.worst_best,
         pairs=args.pairs,
+        break_lock=args.break_lock,
     )
     print(summary.line())
     return 0

@@ -7,7 +7,14 @@ import sys
 
 from pipeline.cli.config_options import resolve_config
 from pipeline.cli.console import add_progress_argument, progress_enabled
-from pipeline.cli.options import add_list_argument, add_out_argument, add_storage_arguments
+from pipeline.cli.options import (
+    add_address_argument,
+    add_argument,
+    add_break_lock_argument,
+    add_list_argument,
+    add_out_argument,
+    add_storage_arguments,
+)
 from pipeline.cli.train import preset_help, training_options
 
 RUN_CHECKPOINT_EVERY = 100  # splice run's default: a pair whose worker died resumes from its last 100 steps
@@ -33,7 +40,7 @@ def register(subparsers) -> None:
     from pipeline.cli.splicenet import add_run_arguments as add_splicenet_arguments
 
     add_splicenet_arguments(parser)
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded Ray here)")
+    add_address_argument(parser)
     parser.add_argument(
         "--pack",
         type=_pack_size,
@@ -53,7 +60,14 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--gpus-per-pair", type=float, help="deprecated: --gpus-per-task G --pack 1 (one pair per task)"
     )
-    parser.add_argument("--cpus-per-pair", type=float, default=1.0, help="CPUs per task (default 1)")
+    add_argument(
+        parser,
+        "--cpus-per-task",
+        type=float,
+        default=1.0,
+        help="CPUs per task (one task trains one pack; default 1)",
+        old_spellings=("--cpus-per-pair",),
+    )
     parser.add_argument(
         "--compile",
         choices=("auto", "on", "off"),
@@ -82,11 +96,7 @@ def register(subparsers) -> None:
         help="refuse input files larger than this (default: derived from the pixel cap, 8 bytes per "
         "pixel of 40 megapixels)",
     )
-    parser.add_argument(
-        "--break-lock",
-        action="store_true",
-        help="remove the run folder's lock left by a run that died (only if no other run is writing)",
-    )
+    add_break_lock_argument(parser)
     parser.add_argument(
         "--break-stale-lock",
         action="store_true",
@@ -146,7 +156,7 @@ def run(args) -> int:
         address=args.address,
         backbone_fallback=fallback,
         gpus_per_pair=args.gpus_per_pair,
-        cpus_per_task=args.cpus_per_pair,
+        cpus_per_task=args.cpus_per_task,
         max_retries=args.max_retries,
         limit=args.limit,
         only=tuple(args.only),

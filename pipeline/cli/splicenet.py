@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli.options import add_list_argument, add_out_argument, add_storage_arguments
+from pipeline.cli.options import add_domain_argument, add_net_argument, add_out_argument, add_storage_arguments
 from pipeline.errors import SpliceError
 
 
@@ -13,7 +13,7 @@ def register(subparsers) -> None:
         "splicenet",
         help="SpliceNet tools: appearance modes of a trained net",
         description="Tools for a SpliceNet trained with `splice train-net`; apply one to a manifest with "
-        "`splice run M --method splicenet --checkpoint URL`.",
+        "`splice run M --method splicenet --net URL`.",
     )
     commands = parser.add_subparsers(dest="splicenet_command", metavar="COMMAND", required=True)
     modes = commands.add_parser(
@@ -24,7 +24,9 @@ def register(subparsers) -> None:
         "per mode, the image nearest each centre) and, with --structure, OUT/modes.png (that image "
         "rendered with every mode).",
     )
-    modes.add_argument("checkpoint", help="a `splice train-net` output folder or its net.pt (local path or fsspec URL)")
+    modes.add_argument(
+        "net", metavar="NET", help="a `splice train-net` output folder or its net.pt (local path or fsspec URL)"
+    )
     modes.add_argument("manifest", help="manifest whose images are clustered (e.g. the training manifest)")
     modes.add_argument("-k", type=int, default=9, help="number of modes (default 9)")
     add_out_argument(modes, metavar="MODES_URL", help="output folder (local path or fsspec URL)")
@@ -34,13 +36,7 @@ def register(subparsers) -> None:
         default="both",
         help="which manifest column's images (default both, each image once)",
     )
-    add_list_argument(
-        modes,
-        "--domain",
-        default=[],
-        metavar="NAME,...",
-        help="only rows of these manifest domains (default: every row)",
-    )
+    add_domain_argument(modes, default=[], help="only rows of these manifest domains (default: every row)")
     modes.add_argument("--limit", type=int, help="at most this many images (first in manifest order)")
     modes.add_argument("--seed", type=int, default=0, help="k-means++ seed (default 0)")
     modes.add_argument("--restarts", type=int, default=4, help="k-means seedings, the best kept (default 4)")
@@ -62,7 +58,7 @@ def write_modes(args) -> int:
     if args.k < 1:
         raise SpliceError(f"-k must be at least 1, got {args.k}")
     settings = ModesSettings(
-        checkpoint=args.checkpoint,
+        checkpoint=args.net,
         manifest=args.manifest,
         out=args.out,
         k=args.k,
@@ -91,10 +87,8 @@ def write_modes(args) -> int:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("--method splicenet")
-    group.add_argument(
-        "--checkpoint",
-        metavar="URL",
-        help="the SpliceNet to apply: a `splice train-net` output folder (its net.pt) or the .pt file",
+    add_net_argument(
+        group, help="the SpliceNet to apply: a `splice train-net` output folder (its net.pt) or the .pt file"
     )
     group.add_argument(
         "--appearance-strength",
@@ -114,20 +108,23 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+FLAGS = {"checkpoint": "--net"}  # SpliceNetOptions field -> its flag, where not the field's name
+
+
 def run_options(args, resolved) -> dict:
     """The method options of `splice run` (RunSettings.method_options): splicenet's, or none. `resolved`: the run's
     TrainConfig as resolved from flags, --set and --config (a backbone set there must be the checkpoint's)."""
     given = {
-        "checkpoint": args.checkpoint,
+        "checkpoint": args.net,
         "appearance_strength": args.appearance_strength,
         "net_resolution": args.net_resolution,
     }
     if args.method != "splicenet":
-        named = [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None]
+        named = [FLAGS.get(name, f"--{name.replace('_', '-')}") for name, value in given.items() if value is not None]
         if named:
             raise SpliceError(f"{', '.join(named)} apply to --method splicenet only, not {args.method}")
         return {}
-    if not args.checkpoint:
-        raise SpliceError("--method splicenet needs --checkpoint URL: a `splice train-net` output folder or its net.pt")
+    if not args.net:
+        raise SpliceError("--method splicenet needs --net URL: a `splice train-net` output folder or its net.pt")
     backbone = resolved.config.backbone if "backbone" in resolved.explicit else None
     return {**{name: value for name, value in given.items() if value is not None}, "backbone": backbone}
