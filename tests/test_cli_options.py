@@ -1,6 +1,7 @@
-"""The command line's options: TrainConfig's fields as flags on train/run/demo, --config and --set in a stated
-precedence, clear errors for unknown keys and bad values, one spelling of -o/--out, lists one way, --version,
-`python -m pipeline`, and a parser that imports no heavy library."""
+"""The command line's options: TrainConfig's fields as flags on train/run/demo (NetTrainConfig's on train-net),
+--config and --set in a stated precedence, clear errors for unknown keys and bad values, one spelling per concept
+on every command (old spellings hidden, with a warning), lists one way, --break-lock wherever a lock is taken,
+--version, `python -m pipeline`, and a parser that imports no heavy library."""
 
 from __future__ import annotations
 
@@ -19,15 +20,19 @@ from conftest import TINY_BACKBONE
 from manifests.builders import build_pairs_dir
 from manifests.schema import validate_frame, write_manifest
 from pipeline import __version__
-from pipeline.cli.config_options import PRECEDENCE, field_kinds, resolve_config
+from pipeline.cli.config_options import PRECEDENCE, ConfigError, field_kinds, resolve_config
 from pipeline.cli.main import build_parser, main
+from pipeline.errors import SpliceError
 from pipeline.method.config import PRESETS, TrainConfig
+from pipeline.method.splicenet_config import NetTrainConfig
 
 TRAINING_COMMANDS = {
     "train": ["train", "s.png", "a.png", "-o", "out"],
     "run": ["run", "m.parquet", "-o", "out"],
     "demo": ["demo"],
+    "train-net": ["train-net", "m.parquet", "-o", "out"],
 }
+CONFIG_OF = {"train": TrainConfig, "run": TrainConfig, "demo": TrainConfig, "train-net": NetTrainConfig}
 WRITING_COMMANDS = [
     ["train", "s.png", "a.png"],
     ["run", "m.parquet"],
@@ -47,6 +52,8 @@ def other_value(kind, default):
     if kind.choices:
         value = next(c for c in kind.choices if c != default)
         return str(value), value
+    if kind.many:
+        return "cat,dog", ("cat", "dog")
     if kind.length is not None:
         value = tuple(round(0.5 * x + 0.01, 4) for x in default)
         return ",".join(map(str, value)), value
@@ -66,7 +73,8 @@ def other_value(kind, default):
 def test_every_trainconfig_field_is_settable_by_flag_and_by_set(command):
     base = TRAINING_COMMANDS[command]
     defaults = resolve_config(parse(*base)).config
-    for name, kind in field_kinds(TrainConfig).items():
+    assert type(defaults) is CONFIG_OF[command]
+    for name, kind in field_kinds(CONFIG_OF[command]).items():
         default = getattr(defaults, name)
         if kind.base is bool:
             flag_argv, expected = [kind.flag if not default else "--no-" + kind.flag[2:]], not default
@@ -83,14 +91,14 @@ def test_every_trainconfig_field_is_settable_by_flag_and_by_set(command):
 
 
 def test_help_lists_every_field_with_its_description_and_default(capsys):
-    for command in ("run", "demo", "train"):
+    for command in ("run", "demo", "train", "train-net"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         text = " ".join(capsys.readouterr().out.split())
-        for name, kind in field_kinds(TrainConfig).items():
+        for name, kind in field_kinds(CONFIG_OF[command]).items():
             assert kind.flag in text, (command, name)
             assert kind.help.split()[0] in text
-        assert PRECEDENCE in text
+        assert PRECEDENCE.split(" < ", 1)[1] in text and ("--preset" in text) == (command != "train-net")
     # the demo's own defaults are those its help states
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
@@ -138,6 +146,46 @@ def test_precedence_preset_then_command_then_file_then_set_then_flags(tmp_path):
     assert (
         resolve_config(parse("run", "m", "-o", "o", "--config", str(config), "--preset", "paper")).config.steps == 2000
     )
+
+
+def test_train_net_precedence_and_a_recorded_train_json_as_config(tmp_path):
+    config = tmp_path / "net.json"
+    config.write_text(json.dumps({"steps": 7, "lr": 0.1, "domains": ["cat"], "betas": [0.5, 0.9], "demodulate": False}))
+    argv = ["train-net", "m", "-o", "o", "--config", str(config), "--set", "steps=8", "--set", "lr=0.2", "--steps", "9"]
+    resolved = resolve_config(parse(*argv, "--domain", "dog", "--domain", "wild"))
+    got = resolved.config
+    assert (got.steps, got.lr, got.betas, got.demodulate) == (9, 0.2, (0.5, 0.9), False)
+    assert got.domains == ("dog", "wild")  # the flags' domains replace the file's
+    assert resolve_config(parse(*argv)).config.domains == ("cat",)
+    assert got.resolution == NetTrainConfig().resolution and resolved.preset is None
+    # a train-net output's train.json (its "config") is a config file: the same training again
+    record = {"format": "splicenet-train/1", "config": {**NetTrainConfig(steps=5).to_dict(), "domains": ["cat"]}}
+    (tmp_path / "train.json").write_text(json.dumps(record))
+    again = resolve_config(parse("train-net", "m", "-o", "o", "--config", str(tmp_path / "train.json"))).config
+    assert again == NetTrainConfig(steps=5, domains=("cat",))
+    with pytest.raises(ConfigError, match="unknown setting 'full_image_every'"):
+        resolve_config(parse("train-net", "m", "-o", "o", "--set", "full_image_every=3"))
+
+
+def test_one_strict_from_dict_for_every_settings_dataclass():
+    from pipeline.method.splicenet import SpliceNetConfig
+    from pipeline.method.splicenet_batched import SpliceNetOptions
+
+    assert NetTrainConfig.from_dict({"betas": [0, 0.9], "domains": ["cat"], "lr": 1}) == NetTrainConfig(
+        betas=(0.0, 0.9), domains=("cat",), lr=1.0
+    )
+    assert SpliceNetConfig.from_dict({"channels": [1, 2, 3, 4, 5]}).channels == (1, 2, 3, 4, 5)
+    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+    for cls, error in [
+        (TrainConfig, ValueError),
+        (NetTrainConfig, ValueError),
+        (SpliceNetConfig, ValueError),
+        (SpliceNetOptions, SpliceError),
+    ]:
+        with pytest.raises(error, match=r"unknown .*option\(s\) \['stepz'\]"):
+            cls.from_dict({"checkpoint": "x", "stepz": 1} if cls is SpliceNetOptions else {"stepz": 1})
+    with pytest.raises(SpliceError, match="needs --net URL"):
+        SpliceNetOptions.from_dict({})
 
 
 def test_toml_config_file(tmp_path):
@@ -252,13 +300,108 @@ def test_every_writing_command_takes_o_and_out(capsys):
     assert "required: -o/--out" in capsys.readouterr().err
 
 
-def test_the_old_output_spelling_still_works_with_a_warning_and_is_not_shown(capsys):
-    assert parse("report", "RUN", "--output", "r").out == "r"
-    assert parse("manifest", "build", "csv", "f.csv", "--output=m.parquet").out == "m.parquet"
-    assert capsys.readouterr().err.count("warning: --output is deprecated; use -o/--out") == 2
-    with pytest.raises(SystemExit):
-        main(["report", "--help"])
-    assert "--output" not in capsys.readouterr().out
+# one spelling per concept on every command: concept -> (the flag, visible spellings of it that must not be)
+CONCEPTS = {
+    "where a command writes": ("--out", ["--output", "--output-dir", "--out-dir", "--dest"]),
+    "manifest domains": ("--domain", ["--domains"]),
+    "a trained SpliceNet": ("--net", ["--checkpoint", "--net-checkpoint", "--splicenet"]),
+    "CPUs of a task": ("--cpus-per-task", ["--cpus-per-pair"]),
+    "GPUs of a task": ("--gpus-per-task", ["--gpus-per-pack"]),
+    "the Ray cluster": ("--address", ["--ray-address", "--cluster"]),
+    "storage options": ("--storage-option", ["--storage-options", "--storage"]),
+    "metrics": ("--metrics", ["--metric"]),
+    "pairs by id": ("--only", ["--pair-ids", "--pair-id"]),
+    "taking over a dead command's lock": ("--break-lock", ["--force-lock", "--unlock"]),
+    "training settings": ("--set", ["--override", "--setting"]),
+}
+LOCKING_COMMANDS = [["run", "m", "-o", "o"], ["import", "x", "R", "--manifest", "m", "-o", "o"], ["evaluate", "R"]]
+LOCKING_COMMANDS.append(["report", "R", "-o", "o"])
+DEPRECATED = {  # old spelling -> (a command line using it, the attribute, the value, the new spelling)
+    "--domains": (["manifest", "build", "afhq", "R", "-o", "m", "--domains", "cat"], "domain", ["cat"], "--domain"),
+    "--checkpoint": (["run", "m", "-o", "o", "--checkpoint", "n.pt"], "net", "n.pt", "--net"),
+    "--cpus-per-pair": (["run", "m", "-o", "o", "--cpus-per-pair", "2"], "cpus_per_task", 2.0, "--cpus-per-task"),
+}
+
+
+def walk_parsers(parser, path=("splice",)):
+    """(command path, its parser) for the program and every command and sub-command."""
+    yield " ".join(path), parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from walk_parsers(sub, (*path, name))
+
+
+def test_every_command_spells_each_concept_one_way():
+    seen = {concept: set() for concept in CONCEPTS}
+    for path, parser in walk_parsers(build_parser()):
+        visible = {flag for action in parser._actions for flag in action.option_strings}
+        text = parser.format_help()
+        for concept, (flag, others) in CONCEPTS.items():
+            seen[concept].update([path] if flag in visible else [])
+            for other in others:
+                assert other not in visible, f"{path}: {other} is spelled {flag} on every command ({concept})"
+                assert not re.search(rf"{re.escape(other)}(?![\w-])", text), f"{path}'s help shows {other}"
+    assert all(seen.values()), seen  # each concept's flag exists somewhere
+    assert "splice manifest build afhq" in seen["manifest domains"] and "splice train-net" in seen["manifest domains"]
+    assert {"splice run", "splice import", "splice evaluate", "splice report"} <= seen[
+        "taking over a dead command's lock"
+    ]
+
+
+def test_no_help_shows_default_none(capsys):
+    for path, parser in walk_parsers(build_parser()):
+        text = parser.format_help()
+        assert "default: None" not in text and "(default None)" not in text, path
+
+
+def test_break_lock_is_one_option_on_every_command_that_locks_and_reaches_the_lock(
+    monkeypatch, tmp_path, make_pairs, capsys
+):
+    from pipeline.cli.options import BREAK_LOCK_HELP
+
+    helps = set()
+    for argv in LOCKING_COMMANDS:
+        parser = build_parser()
+        assert parse(*argv).break_lock is False and parse(*argv, "--break-lock").break_lock is True, argv
+        sub = dict(walk_parsers(parser))[f"splice {argv[0]}"]
+        helps.update(a.help for a in sub._actions if "--break-lock" in a.option_strings)
+    assert helps == {BREAK_LOCK_HELP}
+    # it reaches the lock: the lock of a command on another host, renewed just now (so not stale), is taken over
+    from datetime import datetime, timezone
+
+    from pipeline.runs import layout
+
+    run = tmp_path / "run"
+    run.mkdir()
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    holder = {"token": "t", "host": "elsewhere", "pid": 1, "command": "splice run", "since": now, "heartbeat": now}
+    (run / layout.LOCK).write_text(json.dumps(holder))
+
+    def past_the_lock(*args):
+        raise SpliceError("past the lock")
+
+    monkeypatch.setattr("evaluation.importer._check_existing", past_the_lock)
+    manifest = str(tmp_path / "m.parquet")
+    write_manifest(validate_frame(build_pairs_dir(make_pairs(["p0"], size=(40, 40))), "test"), manifest)
+    argv = ["import", "x", str(tmp_path / "outputs"), "--manifest", manifest, "-o", str(run)]
+    (tmp_path / "outputs").mkdir()
+    assert main(argv) == 2
+    assert "is locked by another `splice run`" in capsys.readouterr().err
+    assert main([*argv, "--break-lock"]) == 2
+    assert "past the lock" in capsys.readouterr().err
+
+
+def test_old_spellings_work_with_a_warning_and_are_not_shown(capsys):
+    for old, (argv, attribute, value, new) in DEPRECATED.items():
+        assert getattr(parse(*argv), attribute) == value, old
+        assert capsys.readouterr().err.strip() == f"warning: {old} is deprecated; use {new}"
+        assert getattr(parse(*[new if a == old else a for a in argv]), attribute) == value
+        assert capsys.readouterr().err == ""
+    assert parse("run", "m", "-o", "o").cpus_per_task == 1.0
+    with pytest.raises(SystemExit):  # --output, announced as going, is gone
+        parse("report", "RUN", "-o", "r", "--output", "r")
+    assert "unrecognized arguments: --output" in capsys.readouterr().err
 
 
 def test_lists_are_comma_separated_and_key_values_repeat_and_neither_swallows_positionals():
@@ -280,8 +423,9 @@ def test_lists_are_comma_separated_and_key_values_repeat_and_neither_swallows_po
     )
     assert args.manifest == "m.parquet" and args.only == ["p1", "p2", "p3"] and args.storage_option == ["a=1", "b=2"]
     assert parse("evaluate", "--metrics", "selfsim,dino_i", "RUN").metrics == ["selfsim", "dino_i"]
-    assert parse("manifest", "build", "afhq", "R", "-o", "m").domains == ["cat", "dog", "wild"]
-    assert parse("manifest", "build", "afhq", "R", "-o", "m", "--domains", "cat").domains == ["cat"]  # replaces
+    assert parse("manifest", "build", "afhq", "R", "-o", "m").domain == ["cat", "dog", "wild"]
+    assert parse("manifest", "build", "afhq", "R", "-o", "m", "--domain", "cat").domain == ["cat"]  # replaces
+    assert parse("train-net", "M", "-o", "o", "--domain", "a,b", "--domain", "c").domains == ("a", "b", "c")
 
 
 def test_no_option_takes_a_variable_number_of_values():
@@ -334,7 +478,7 @@ def test_building_the_parser_imports_no_heavy_library():
 
 
 def test_every_command_in_the_documentation_parses(capsys):
-    """The README's and docs' `splice ...` examples use today's spellings (synopsis lines with [optional] parts
+    """The README's and docs' `splice ...` examples use today's spellings, no deprecated one (synopsis lines with [optional] parts
     are not commands and are left out)."""
     from pathlib import Path
 
@@ -361,3 +505,4 @@ def test_every_command_in_the_documentation_parses(capsys):
             parser.parse_args(argv)
         except SystemExit as exit_:
             assert not exit_.code, f"{name}: splice {' '.join(argv)}: {capsys.readouterr().err.strip()}"
+        assert "deprecated" not in capsys.readouterr().err, f"{name}: splice {' '.join(argv)} uses an old spelling"
