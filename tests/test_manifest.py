@@ -148,7 +148,7 @@ def test_afhq_builder_pairs_within_domains_reproducibly(afhq_root, tmp_path):
 
 def test_afhq_cli_writes_a_valid_manifest(afhq_root, tmp_path, capsys):
     out = str(tmp_path / "afhq.parquet")
-    assert main(["manifest", "build", "afhq", afhq_root, "-o", out, "--pairs", "6", "--domains", "cat,wild"]) == 0
+    assert main(["manifest", "build", "afhq", afhq_root, "-o", out, "--pairs", "6", "--domain", "cat,wild"]) == 0
     assert "6 pair(s) (cat: 3, wild: 3)" in capsys.readouterr().out
     manifest = read_manifest(out)
     assert set(manifest.frame["dataset"]) == {"afhq"} and manifest.pair_ids[0] == "afhq-train-cat-00000"

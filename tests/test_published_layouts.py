@@ -132,7 +132,7 @@ def test_afhq_cross_domain_pairs(tmp_path, capsys):
     assert frame["pair_id"].iloc[0] == "afhq-val-cat2dog-00000"
     out = str(tmp_path / "cross.parquet")
     assert (
-        main(["manifest", "build", "afhq", root, "--split", "val", "--domains", "cat,dog", "--cross-domain", "-o", out])
+        main(["manifest", "build", "afhq", root, "--split", "val", "--domain", "cat,dog", "--cross-domain", "-o", out])
         == 0
     )
     assert "(cat->dog: 3, dog->cat: 3)" in capsys.readouterr().out

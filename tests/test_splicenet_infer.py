@@ -67,8 +67,8 @@ def first_run(inputs, ray_session):
 
 
 def run_splicenet(manifest, out, checkpoint, *extra: str) -> int:
-    """`splice run MANIFEST --out OUT --method splicenet --checkpoint CHECKPOINT [extra]` -> its exit code."""
-    args = ["run", str(manifest), "--out", str(out), "--method", "splicenet", "--checkpoint", str(checkpoint)]
+    """`splice run MANIFEST --out OUT --method splicenet --net CHECKPOINT [extra]` -> its exit code."""
+    args = ["run", str(manifest), "--out", str(out), "--method", "splicenet", "--net", str(checkpoint)]
     return main([*args, *extra, "--no-progress"])
 
 
@@ -196,7 +196,7 @@ def test_bad_checkpoint_or_options_give_one_clear_error_before_any_work(problem,
     manifest, checkpoint, _ = inputs
     target = tmp_path / "ckpt"
     target.mkdir()
-    args = ["--method", "splicenet", "--checkpoint", str(target)]
+    args = ["--method", "splicenet", "--net", str(target)]
     if problem == "missing":
         expected = f"{target / 'net.pt'} does not exist"
     elif problem == "garbage":
@@ -206,13 +206,13 @@ def test_bad_checkpoint_or_options_give_one_clear_error_before_any_work(problem,
         torch.save({"format": "something/2", "weights": torch.zeros(2)}, target / "net.pt")
         expected = f"{target / 'net.pt'}: format 'something/2' is not a SpliceNet checkpoint"
     elif problem == "backbone":
-        args = ["--method", "splicenet", "--checkpoint", str(checkpoint), "--backbone", "random:vit_small_patch16_224"]
+        args = ["--method", "splicenet", "--net", str(checkpoint), "--backbone", "random:vit_small_patch16_224"]
         expected = f"was trained on [CLS] codes of backbone {TINY_BACKBONE}"
     elif problem == "method":
-        args = ["--method", "structure-copy", "--checkpoint", str(checkpoint)]
-        expected = "--checkpoint apply to --method splicenet only"
+        args = ["--method", "structure-copy", "--net", str(checkpoint)]
+        expected = "--net apply to --method splicenet only"
     else:
-        args = ["--method", "splicenet", "--checkpoint", str(checkpoint), "--appearance-strength", "1.5"]
+        args = ["--method", "splicenet", "--net", str(checkpoint), "--appearance-strength", "1.5"]
         expected = "--appearance-strength must be between 0"
     out = tmp_path / "run"
     capsys.readouterr()
