@@ -5,8 +5,7 @@ A field `full_image_every: int = setting(75, "...")` becomes `--full-image-every
 (metadata "help"), its choices (metadata "choices"), and a type read from its annotation: bool (`--x/--no-x`),
 int, float, str, `X | None` (the value `none` clears it), tuples (comma-separated: `--betas 0,0.99`) and lists of
 any length (`tuple[str, ...]`: comma-separated, the flag may be repeated). Metadata "flag" renames the option
-(`domains` is `--domain`), "shown" replaces its default in the help, "old_flags" are older spellings that still
-work, hidden and with a deprecation warning.
+(`domains` is `--domain`), "shown" replaces its default in the help.
 
 Precedence, lowest first (`PRECEDENCE`): the preset, the command's own defaults, the config file, `--set`, the
 option flags. Unknown keys and bad values are errors that name the key, where it came from and what is valid.
@@ -27,7 +26,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.cli.options import hide_old_spellings
 from pipeline.errors import SpliceError
 
 PRECEDENCE = "preset < command defaults < --config FILE < --set KEY=VALUE < option flags"
@@ -56,7 +54,6 @@ class FieldKind:
     many: bool = False  # tuple[X, ...]: any number of elements
     flag_name: str = ""  # the option's name when not the field's
     shown: str = ""  # the default as the help says it, when not the value
-    old_flags: tuple[str, ...] = ()  # older spellings: hidden, deprecated
 
     @property
     def flag(self) -> str:
@@ -158,7 +155,6 @@ def field_kinds(cls: type) -> dict[str, FieldKind]:
             many=length == -1,
             flag_name=f.metadata.get("flag", ""),
             shown=f.metadata.get("shown", ""),
-            old_flags=tuple(f.metadata.get("old_flags", ())),
         )
     return kinds
 
@@ -232,24 +228,23 @@ class ConfigOptions:
         for name, kind in kinds.items():
             shown = kind.shown if kind.shown and name not in self.command_defaults else _show(defaults.get(name))
             text = " ".join(t for t in (kind.help, self.help_notes.get(name, "")) if t)
-            text = f"{text} (default {shown})".replace("%", "%%")
+            listed = "comma-separated; the flag may be repeated; " if kind.many else ""
+            text = f"{text} ({listed}default {shown})".replace("%", "%%")
             if kind.base is bool and kind.length is None and not kind.optional and not kind.many:
                 group.add_argument(
                     kind.flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text
                 )
                 continue
             if kind.many:
-                action = group.add_argument(
+                group.add_argument(
                     kind.flag,
-                    *kind.old_flags,
                     dest=name,
                     type=_argparse_type(kind),
                     action=_ExtendTuple,
                     default=argparse.SUPPRESS,
                     metavar=_WORDS_METAVAR.get(kind.base, "X") + ",...",
-                    help=text.replace(" (default", " (comma-separated; the flag may be repeated; default", 1),
+                    help=text,
                 )
-                hide_old_spellings(action, kind.old_flags)
                 continue
             metavar = (
                 "{" + ",".join(map(str, kind.choices)) + "}"
@@ -262,16 +257,14 @@ class ConfigOptions:
                 if kind.base is float
                 else "SPEC"
             )
-            action = group.add_argument(
+            group.add_argument(
                 kind.flag,
-                *kind.old_flags,
                 dest=name,
                 type=_argparse_type(kind),
                 default=argparse.SUPPRESS,
                 metavar=metavar,
                 help=text,
             )
-            hide_old_spellings(action, kind.old_flags)
         parser.set_defaults(config_options=self)
 
     def defaults(self, preset: str | None = None) -> dict:
