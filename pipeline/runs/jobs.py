@@ -18,7 +18,7 @@ from manifests.schema import Manifest, ManifestError, PairSpec
 from pipeline.errors import SpliceError
 from pipeline.method.config import TrainConfig
 from pipeline.method.images import max_input_bytes
-from pipeline.method.splicenet_train import NetTrainConfig
+from pipeline.method.splicenet_config import NetTrainConfig
 from pipeline.runs import layout
 from pipeline.storage import redact_url
 
