@@ -396,10 +396,10 @@ def estimate_lines(found: Estimate) -> list[str]:
             continue
         rate = f", {cost.rate.low:.3g}-{cost.rate.high:.3g} s per pair-step" if cost.rate else ""
         steps = f", {cost.pair_steps} pair-steps" if cost.pair_steps else ""
+        evaluation = f", evaluation {duration(cost.eval_s[0])}-{duration(cost.eval_s[1])}" if cost.eval_s[1] else ""
         lines.append(
             f"  {cost.label}: {cost.pairs} pair(s) in {cost.packs} pack(s) of up to {cost.pack_size}{steps}{rate}; "
-            f"tasks {duration(cost.task_s[0])}-{duration(cost.task_s[1])}, evaluation "
-            f"{duration(cost.eval_s[0])}-{duration(cost.eval_s[1])}"
+            f"tasks {duration(cost.task_s[0])}-{duration(cost.task_s[1])}{evaluation}"
         )
     low, high = found.device_hours
     lines.append(
