@@ -248,8 +248,6 @@ device = "cpu"
 [datasets.shapes]
 builder = "pairs-dir"
 root = "pairs"
-[methods.colour]
-method = "color-transfer"
 [methods.copy]
 method = "structure-copy"
 """

@@ -356,7 +356,7 @@ def _write_record(plan: Plan, storage: Storage, summary: BenchSummary, reports: 
         by_label.setdefault(outcome.label, []).append(asdict(outcome))
     record = {
         "format": BENCH_FORMAT,
-        "spec": {"path": spec.path, "sha256": spec.sha256, "text": spec.text, "parsed": describe_spec(spec)},
+        "spec": {"path": spec.path, "sha256": spec.sha256, "text": _masked(spec), "parsed": describe_spec(spec)},
         "started_at": begun,
         "finished_at": _now(),
         "seconds": round(summary.seconds, 1),
@@ -383,6 +383,15 @@ def _write_record(plan: Plan, storage: Storage, summary: BenchSummary, reports: 
     }
     buffer = io.BytesIO(json.dumps(record, indent=2, default=str).encode())
     storage.write_bytes(plan.bench_json_url, buffer.getvalue())
+
+
+def _masked(spec: BenchSpec) -> str:
+    """The spec's text without the values of its storage options (credentials never reach bench.json)."""
+    text = spec.text
+    for value in spec.storage_options.values():
+        if isinstance(value, str) and len(value) >= 3:
+            text = text.replace(value, "***")
+    return redact_text(text)
 
 
 def _now() -> str:
