@@ -316,10 +316,24 @@ def _sum(pairs) -> tuple[float, float]:
 # --- calibration -------------------------------------------------------------------------------------------------
 
 
-def calibrate(runs, *, storage: Storage, manifests: dict, steps: int = 3, warmup: int = 1) -> dict:
+def calibrate(
+    runs, *, storage: Storage, manifests: dict, steps: int = 3, warmup: int = 2, cpus_per_task: float = 1.0
+) -> dict:
     """(family, side, K) -> Rate: `warmup` + `steps` training steps of each distinct pack shape of the plan's
     training runs, with their own first pairs' images, on this machine's device (a few seconds each on a CPU with a
-    tiny backbone). The device is this machine's: for a remote cluster, run the dry run where its GPUs are."""
+    tiny backbone), with as many torch threads on a CPU as a task gets (Ray sets a worker's OMP_NUM_THREADS to its
+    CPUs). The device is this machine's: for a remote cluster, run the dry run where its GPUs are."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(max(1, int(cpus_per_task)))
+        return _calibrate(runs, storage, manifests, steps, warmup)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _calibrate(runs, storage: Storage, manifests: dict, steps: int, warmup: int) -> dict:
     import torch
 
     from pipeline.method.backbone import load_backbone

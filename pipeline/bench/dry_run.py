@@ -21,7 +21,9 @@ def bench_dry_run(spec: BenchSpec, *, cluster: dict | None = None, calibrate: bo
     options.update({"cpus_per_task": spec.run.get("cpus_per_task")})
     options.update({k: v for k, v in (cluster or {}).items() if v is not None})
     found = cost.describe_cluster(**options)
-    rates = cost.calibrate(plan.runs, storage=storage, manifests=manifests) if calibrate else None
+    rates = None
+    if calibrate:
+        rates = cost.calibrate(plan.runs, storage=storage, manifests=manifests, cpus_per_task=found.cpus_per_task)
     reports = len(plan.datasets) if any(r.state != DONE or r.evaluation.state != DONE for r in plan.runs) else 0
     estimate = cost.estimate(
         plan.runs,
@@ -106,7 +108,9 @@ def run_dry_run(manifest_url: str, settings, *, calibrate: bool = False) -> list
     found = cost.describe_cluster(
         settings.address, gpus_per_task=settings.gpus_per_task, cpus_per_task=settings.cpus_per_task
     )
-    rates = cost.calibrate([run], storage=storage, manifests={"run": manifest}) if calibrate else None
+    rates = None
+    if calibrate:
+        rates = cost.calibrate([run], storage=storage, manifests={"run": manifest}, cpus_per_task=found.cpus_per_task)
     estimate = cost.estimate(
         [run], found, storage=storage, pack=settings.pack, calibrated=rates, manifests={"run": manifest}
     )

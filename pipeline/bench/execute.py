@@ -99,11 +99,15 @@ def run_bench(
     evaluation = eval_settings(spec)
     context = _Context(spec, storage, evaluation, address)
     started_ray = _connect(chains, address)
+    pool = ThreadPoolExecutor(max(1, concurrency or spec.run.get("concurrency") or DEFAULT_CONCURRENCY))
     try:
-        with ThreadPoolExecutor(max(1, concurrency or spec.run.get("concurrency") or DEFAULT_CONCURRENCY)) as pool:
-            for found in pool.map(context.chain, chains):
-                outcomes += found
+        for found in pool.map(context.chain, chains):
+            outcomes += found
+    except BaseException:  # Ctrl-C, SIGTERM: start no other chain; ending Ray's job ends the running ones' tasks
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
     finally:
+        pool.shutdown(wait=False)
         if started_ray:
             import ray
 
