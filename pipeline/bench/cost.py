@@ -37,6 +37,15 @@ class Cluster:
     gpus_per_task: float
     cpus_per_task: float
     source: str  # where these figures come from
+    load: float | None = None  # this machine's load average, for an embedded Ray here (None: a cluster)
+
+    @property
+    def contention(self) -> float:
+        """How many times over this machine's CPUs are asked for now (1: not over): a shared machine's tasks get
+        that much less of a CPU, so the estimate's high end is scaled by it."""
+        if self.load is None or self.gpus:
+            return 1.0
+        return max(1.0, min(8.0, self.load / max(self.cpus, 1.0)))
 
     @property
     def slots(self) -> int:
@@ -110,7 +119,7 @@ def describe_cluster(
     from pipeline.runs import ray_session
 
     cpus_per_task = 1.0 if cpus_per_task is None else cpus_per_task
-    target = ray_session.address(address)
+    target, load = ray_session.address(address), None
     if gpus is not None or cpus is not None or device is not None:
         found_gpus, found_cpus, kind, source = gpus or 0.0, cpus or float(os.cpu_count() or 1), device, "as given"
     elif target:
@@ -128,9 +137,10 @@ def describe_cluster(
         found_cpus = float(os.cpu_count() or 1)
         kind = torch.cuda.get_device_name(0) if found_gpus else None
         source = "this machine (embedded Ray)"
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     kind = gpu_kind(kind) if found_gpus else "cpu"
     per_task = gpus_per_task if gpus_per_task is not None else (1.0 if found_gpus else 0.0)
-    return Cluster(kind, found_gpus, found_cpus, per_task, cpus_per_task, source)
+    return Cluster(kind, found_gpus, found_cpus, per_task, cpus_per_task, source, load)
 
 
 def gpu_kind(name: str | None) -> str:
@@ -220,6 +230,13 @@ def estimate(
         ray_start[1] + driver[1] + spread_high + report[1],
     )
     notes = sorted({n for c in costs for n in c.notes})
+    if cluster.contention > 1 and not calibrated:  # a calibration ran under the same load already
+        wall = (wall[0], wall[1] * cluster.contention)
+        hours = (hours[0], hours[1] * cluster.contention)
+        notes.append(
+            f"this machine is shared: load average {cluster.load:.1f} on {cluster.cpus:g} CPUs; the high end is "
+            f"x{cluster.contention:.1f} (the table's rows are for a quiet machine)"
+        )
     return Estimate(cluster, costs, hours, wall, notes)
 
 
