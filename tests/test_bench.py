@@ -151,6 +151,21 @@ def test_dry_run_plans_everything_writes_nothing_and_estimates(tiny, capsys):
     assert "8 GPU(s) (h100)" in printed and "GPU-hours" in printed and "ESTIMATE" in printed
 
 
+def test_splice_run_dry_run_says_the_same_for_one_run(tiny, capsys):
+    from manifests.builders import build_pairs_dir
+    from manifests.schema import validate_frame, write_manifest
+    from pipeline.cli.main import main
+
+    manifest = str(tiny / "m.parquet")
+    write_manifest(validate_frame(build_pairs_dir(str(tiny / "pairs")), "test"), manifest)
+    out = tiny / "run"
+    args = ["run", manifest, "--out", str(out), "--backbone", TINY_BACKBONE, "--steps", "5", "--dry-run"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "run to do: 2 of 2 pair(s)" in printed and "2 pair(s) in 2 pack(s) of up to 1, 10 pair-steps" in printed
+    assert "CPU-hours; wall time" in printed and not out.exists()
+
+
 def test_cost_table_rows_say_where_they_come_from():
     from pipeline.bench.cost import backbone_family, gpu_kind, load_table, table_rate
 
@@ -229,6 +244,16 @@ def test_bench_end_to_end_rerun_edit_and_a_failing_method(ray_session, tiny, cap
     for method in ("splice-tiny", "colour", "copy", "boom"):
         assert f"| {method} |" in tables
     assert (tiny / "out" / "runs" / "shapes" / old / "run.json").exists()
+
+    # 4. a damaged output: the dry run says so, and the bench redoes that pair (the run folder's own rule)
+    copy = Path(third.runs["shapes/copy"])
+    (copy / "pairs" / "p0" / "output.png").write_bytes(b"cut")
+    plan, _ = bench_dry_run(edited)
+    damaged = next(run for run in plan.runs if run.method.name == "copy")
+    assert (damaged.state, damaged.damaged, damaged.todo_ids) == ("damaged", 1, ["p0"])
+    fourth = run_bench(edited)
+    assert {o.label for o in fourth.worked("run")} == {"shapes/copy", "shapes/boom"}
+    assert "shapes/copy" not in [o.label for o in fourth.missing]
 
 
 @pytest.mark.slow
