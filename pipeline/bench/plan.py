@@ -93,7 +93,7 @@ def plan_bench(spec: BenchSpec, storage: Storage | None = None) -> Plan:
     settings = eval_settings(spec)
     runs = []
     for name, dataset in datasets.items():
-        existing = _run_folders(storage, layout.join(spec.out, "runs", name))
+        existing = _run_folders(storage, layout.join(spec.out, "runs", name)) if dataset.manifest is not None else []
         for method in spec.methods_for(name):
             runs.append(plan_method(spec, dataset, method, storage, settings, existing))
     return Plan(spec, datasets, runs, layout.join(spec.out, "report"), layout.join(spec.out, "bench.json"))
@@ -191,13 +191,13 @@ def plan_method(
     mine = f"{method.name}-{fingerprint}"
     plan.superseded = sorted(f for f in existing if f.rsplit("-", 1)[0] == method.name and f != mine)
     if dataset.manifest is None:
-        plan.state, plan.note = BLOCKED, f"dataset {dataset.spec.name} failed: {dataset.error}"
+        plan.state, plan.note = BLOCKED, f"dataset {dataset.spec.name} failed"
         plan.evaluation = EvalPlan(BLOCKED)
         return plan
     try:
         inspect_run(plan, dataset.manifest, storage)
         plan.evaluation = plan_evaluation(RunFolder(storage, plan.url), plan, settings)
-    except (SpliceError, OSError) as exc:
+    except Exception as exc:  # the store cannot be read, or the folder is not what this run would make
         plan.state, plan.note = CONFLICT, _line(exc)
         plan.evaluation = EvalPlan(BLOCKED)
     return plan
@@ -365,7 +365,7 @@ def _run_folders(storage: Storage, url: str) -> list[str]:
         fs, path = storage.fs(url)
         fs.invalidate_cache(path)
         return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(path, detail=False))
-    except (FileNotFoundError, OSError):
+    except Exception:  # none yet, or the store cannot be listed (the runs' own reads say why)
         return []
 
 
