@@ -94,6 +94,14 @@ def tiny(tmp_path, make_pairs):
         (("batch_size = 4", "batch_size = 0"), "spec.toml: evaluation.batch_size: must be at least 1, got 0"),
         (("value = 0.030", 'value = "low"'), "spec.toml: published[0].value: expected an integer or a number"),
         (("concurrency = 4", "concurrenc = 4"), "spec.toml: run.concurrenc: unknown key (did you mean concurrency?)"),
+        (
+            ('method = "structure-copy"', 'method = "splicenet"'),
+            "spec.toml: methods.copy.net: missing: method splicenet",
+        ),
+        (
+            ('method = "structure-copy"', 'method = "structure-copy"\nnet = "n"'),
+            "spec.toml: methods.copy.net: applies to",
+        ),
     ],
 )
 def test_a_bad_spec_is_one_line_naming_the_key(tmp_path, change, message):
@@ -118,6 +126,11 @@ def test_settings_resolve_as_splice_run_and_name_the_run_folder(tiny):
     before = {name: settings_fingerprint(m) for name, m in spec.methods.items()}
     after = {name: settings_fingerprint(m) for name, m in edited.methods.items()}
     assert [name for name in before if before[name] != after[name]] == ["splice-tiny"]  # the edited method only
+    net = (
+        Path(write_spec(tiny)).read_text().replace('method = "structure-copy"', 'method = "splicenet"\nnet = "nets/a"')
+    )
+    options = parse_spec(net.encode(), str(tiny / "spec.toml")).methods["copy"].options
+    assert options == {"checkpoint": str(tiny / "nets" / "a")}  # as `splice run --net`, relative to the spec
     quieter = Path(write_spec(tiny)).read_text().replace('"log_every=1"', '"log_every=5"')
     assert (
         settings_fingerprint(parse_spec(quieter.encode(), str(tiny / "spec.toml")).methods["splice-tiny"])

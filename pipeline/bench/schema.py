@@ -39,9 +39,9 @@ TOP_KEYS = (
 )
 RUN_KEYS = ("address", "gpus_per_task", "cpus_per_task", "pack", "max_retries", "compile", "concurrency")
 EVAL_KEYS = ("metric_backbone", "lpips_weights", "segmenter", "segmenter_weights", "batch_size", "device")
-METHOD_KEYS = ("method", "preset", "settings", "set", "datasets", "checkpoint", "appearance_strength", "net_resolution")
+METHOD_KEYS = ("method", "preset", "settings", "set", "datasets", "net", "appearance_strength", "net_resolution")
 IMPORT_KEYS = ("method", "root", "pattern", "csv", "follow_symlinks", "datasets")
-SPLICENET_OPTIONS = ("checkpoint", "appearance_strength", "net_resolution")
+SPLICENET_OPTIONS = ("net", "appearance_strength", "net_resolution")  # `splice run`'s --net, ...
 PUBLISHED_KEYS = ("method", "dataset", "metric", "value", "source", "protocol", "ci", "n")
 
 
@@ -62,7 +62,9 @@ class MethodSpec:
     method: str  # splice | a reference method | splicenet | py:... plug-in | import
     config: TrainConfig | None = None  # resolved training settings (None for imports)
     explicit: frozenset = frozenset()  # settings given in the spec (not by the preset or the run's defaults)
-    options: dict = field(default_factory=dict)  # splicenet: checkpoint, appearance_strength, net_resolution
+    options: dict = field(
+        default_factory=dict
+    )  # splicenet's method options: checkpoint (the spec's net), strength, ...
     source: dict = field(default_factory=dict)  # import: root, pattern, csv, follow_symlinks
     datasets: tuple[str, ...] | None = None  # only these datasets (None: every one)
 

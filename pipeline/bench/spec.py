@@ -236,11 +236,12 @@ class _Checker:
         if options and method != "splicenet":
             raise self.error(prefix + next(iter(options)), f"applies to method splicenet only, not {method}")
         if method == "splicenet":
-            if not options.get("checkpoint"):
-                raise self.error(f"{prefix}checkpoint", "missing: method splicenet needs its checkpoint URL")
-            options["checkpoint"] = self.location(
-                self.optional(table, "checkpoint", str, prefix), prefix + "checkpoint"
-            )
+            if not options.get("net"):
+                raise self.error(
+                    f"{prefix}net", "missing: method splicenet needs its net (a `splice train-net` output)"
+                )
+            options["checkpoint"] = self.location(self.optional(options, "net", str, prefix), prefix + "net")
+            del options["net"]  # RunSettings.method_options' name for it, as `splice run --net`
             self.optional(table, "appearance_strength", (int, float), prefix)
             self.optional(table, "net_resolution", str, prefix)
         config, explicit = self._config(table, prefix)
