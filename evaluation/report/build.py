@@ -28,6 +28,7 @@ import pandas as pd
 from evaluation.registry import describe, remember
 from evaluation.report import html as html_report
 from evaluation.report import pairs as report_pairs
+from evaluation.report import published as published_rows
 from evaluation.report import svg, tables
 from evaluation.report.images import build_store
 from evaluation.report.notes import collect_warnings, metric_descriptions
@@ -78,10 +79,14 @@ def build_report(
     extremes: int = 5,
     pairs: str = "common",
     break_lock: bool = False,
+    labels: dict[str, str] | None = None,
+    published: list | None = None,
 ) -> ReportSummary:
+    """`labels`: run URL -> the method's label in the tables (default: run.json's method); `published`: numbers typed
+    in from elsewhere, shown in their own rows and never in our statistics (evaluation.report.published)."""
     storage = storage or Storage()
     # 1. load every run's manifest and eval/metrics.parquet; check they compare the same pairs
-    runs = _load_runs(storage, run_urls)
+    runs = _load_runs(storage, run_urls, labels)
     warnings = _input_warnings(runs)
     frame = pd.concat([r.metrics for r in runs], ignore_index=True)
     out_dir = absolute(out_dir)
@@ -94,7 +99,19 @@ def build_report(
         staging = layout.join(parent, f".{name}.staging-{uuid.uuid4().hex[:12]}")
         try:
             summary = _write_report(
-                storage, runs, frame, staging, reference, group_by, thumbnails, n_boot, seed, pairs, assets, extremes
+                storage,
+                runs,
+                frame,
+                staging,
+                reference,
+                group_by,
+                thumbnails,
+                n_boot,
+                seed,
+                pairs,
+                assets,
+                extremes,
+                published or [],
             )
             hooks.point("report.before_publish")
             _publish(storage, staging, out_dir)
@@ -104,7 +121,7 @@ def build_report(
 
 
 def _write_report(
-    storage, runs, frame, out_dir, reference, group_by, thumbnails, n_boot, seed, pairs, assets, extremes
+    storage, runs, frame, out_dir, reference, group_by, thumbnails, n_boot, seed, pairs, assets, extremes, published
 ) -> ReportSummary:
     """Steps 2-6 into `out_dir` (the staging folder)."""
     # 2. the tables, in three formats
@@ -119,9 +136,14 @@ def _write_report(
         for r in runs
         if r.run.info.get("backbone_fallback")
     ]
-    storage.write_bytes(layout.join(out_dir, "tables.md"), tables.to_markdown(table).encode())
+    table.notes += published_rows.protocol_warnings(published)
+    markdown = tables.to_markdown(table) + published_rows.markdown(published, table.metrics)
+    storage.write_bytes(layout.join(out_dir, "tables.md"), markdown.encode())
     storage.write_bytes(layout.join(out_dir, "tables.csv"), tables.to_csv(table).encode())
-    storage.write_bytes(layout.join(out_dir, "tables.tex"), tables.to_latex(table).encode())
+    latex = tables.to_latex(table) + published_rows.latex(published, table.metrics)
+    storage.write_bytes(layout.join(out_dir, "tables.tex"), latex.encode())
+    if published:  # their own file: never rows of our tables.csv
+        storage.write_bytes(layout.join(out_dir, "published.csv"), published_rows.csv(published).encode())
 
     # 3. per pair: every method's outcome, a seeded sample, the worst and best, loss curves
     records = report_pairs.pair_records(runs)
@@ -155,12 +177,13 @@ def _write_report(
         k=extremes,
         store=store,
         layout_classes=classes,
+        published=published_rows.html(published, table.metrics),
     )
     storage.write_bytes(layout.join(out_dir, "report.html"), page.encode())
     return ReportSummary(out_dir, [r.label for r in runs], int(frame["pair_id"].nunique()))
 
 
-def _load_runs(storage: Storage, run_urls: list[str]) -> list[RunData]:
+def _load_runs(storage: Storage, run_urls: list[str], labels: dict[str, str] | None = None) -> list[RunData]:
     if not run_urls:
         raise RunFolderError("give at least one run folder to report on")
     seen = Counter(absolute(url).rstrip("/") for url in run_urls)
@@ -179,6 +202,8 @@ def _load_runs(storage: Storage, run_urls: list[str]) -> list[RunData]:
         label = run.method if names[run.method] == 1 else f"{run.method} ({posixpath.basename(run.url.rstrip('/'))})"
         if names[run.method] > 1 and label in [r.label for r in runs]:
             label = f"{run.method} #{counts[run.method]}"
+        given = (labels or {}).get(run.url) or (labels or {}).get(absolute(run.url))
+        label = given if given and given not in [r.label for r in runs] else label
         try:
             stored = run.folder.metrics()
         except RunFolderError as exc:

@@ -46,6 +46,7 @@ def render(
     k: int,
     store,
     layout_classes=None,
+    published: str = "",
 ) -> str:
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     methods = [r.label for r in runs]
@@ -63,6 +64,7 @@ def render(
         'be evaluated: they are in no mean. <span class="random">†</span> computed with random weights: a smoke test, '
         "not a result.</p>",
         *(_group_html(table, group) for group in table.groups),
+        published,
         '<h2 id="tradeoff">Structure against appearance</h2>',
         f"<figure>{tradeoff}</figure>"
         if tradeoff

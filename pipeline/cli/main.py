@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "pipeline.cli.evaluate",  # splice evaluate
     "pipeline.cli.report",  # splice report
     "pipeline.cli.import_outputs",  # splice import
+    "pipeline.cli.bench",  # splice bench
     "pipeline.cli.weights",  # splice weights fetch | status | export
 ]
 

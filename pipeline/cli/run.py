@@ -103,6 +103,12 @@ def register(subparsers) -> None:
         help="take the lock over only if it is stale: its process is gone (same host) or it was not "
         "renewed for 2 minutes; safe for automatic retries such as a RayJob's",
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what the run would do (pairs done, to do or damaged; packs) and its cost estimate (GPU-hours, "
+        "wall time, as a range; as `splice bench --dry-run`); write nothing",
+    )
     add_storage_arguments(parser)
     add_progress_argument(parser)
     add_training_arguments(parser)
@@ -172,6 +178,11 @@ def run(args) -> int:
         compile=args.compile,
         method_options=method_options,
     )
+    if args.dry_run:  # the plan and its estimate; nothing is written (pipeline/bench/dry_run.py)
+        from pipeline.bench.dry_run import run_dry_run
+
+        print("\n".join(run_dry_run(args.manifest, settings)))
+        return 0
     summary = run_manifest(args.manifest, settings)
     print_summary(summary)
     return summary.exit_code
