@@ -20,8 +20,8 @@ from conftest import TINY_BACKBONE
 from manifests.builders import build_pairs_dir
 from manifests.schema import validate_frame, write_manifest
 from pipeline import __version__
-from pipeline.cli.config_options import PRECEDENCE, ConfigError, field_kinds, resolve_config
 from pipeline.cli.main import build_parser, main
+from pipeline.config_options import PRECEDENCE, ConfigError, field_kinds, resolve_config
 from pipeline.errors import SpliceError
 from pipeline.method.config import PRESETS, TrainConfig
 from pipeline.method.splicenet_config import NetTrainConfig

@@ -5,7 +5,7 @@ docs/bench.md; every error is one line that names the file and the key, e.g.
     afhq.toml: methods.splice-paper.preset: unknown preset 'papr' (one of: paper, authors, preview)
 
 `load_spec(path)` reads and checks the whole file before anything runs. Training settings of a method resolve as
-`splice run` resolves them (pipeline/cli/config_options.py): preset < run's defaults < `settings` < `set`.
+`splice run` resolves them (pipeline/config_options.py): preset < run's defaults < `settings` < `set`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pipeline.bench.schema import (
     describe_spec,
     settings_fingerprint,
 )
-from pipeline.cli.config_options import ConfigError, ConfigOptions, field_kinds, parse_set
+from pipeline.config_options import ConfigError, ConfigOptions, field_kinds, parse_set
 from pipeline.errors import SpliceError
 from pipeline.method.config import PRESETS, TrainConfig
 from pipeline.storage import protocol_of

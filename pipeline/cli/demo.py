@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pipeline.cli.config_options import resolve_config
 from pipeline.cli.console import add_progress_argument, progress_enabled
 from pipeline.cli.options import add_address_argument, add_out_argument
 from pipeline.cli.run import add_training_arguments
+from pipeline.config_options import resolve_config
 from pipeline.errors import SpliceError
 
 DEMO_PAIRS = 4

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli.config_options import resolve_config
 from pipeline.cli.console import add_progress_argument, progress_enabled
 from pipeline.cli.options import (
     add_address_argument,
@@ -16,6 +15,7 @@ from pipeline.cli.options import (
     add_storage_arguments,
 )
 from pipeline.cli.train import preset_help, training_options
+from pipeline.config_options import resolve_config
 
 RUN_CHECKPOINT_EVERY = 100  # splice run's default: a pair whose worker died resumes from its last 100 steps
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from pipeline.cli.config_options import ConfigOptions, resolve_config
 from pipeline.cli.console import add_progress_argument, progress_enabled
 from pipeline.cli.options import add_out_argument
+from pipeline.config_options import ConfigOptions, resolve_config
 from pipeline.method.config import PRESETS, TrainConfig
 
 

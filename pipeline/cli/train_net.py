@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli.config_options import ConfigOptions, resolve_config
 from pipeline.cli.options import add_address_argument, add_out_argument, add_storage_arguments
+from pipeline.config_options import ConfigOptions, resolve_config
 from pipeline.errors import SpliceError
 from pipeline.method.splicenet_config import NetTrainConfig
 

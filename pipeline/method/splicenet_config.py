@@ -1,5 +1,5 @@
 """SpliceNet's training settings (`NetTrainConfig`), apart from the training code so that `splice train-net`'s
-options are generated from the dataclass without importing torch (see pipeline/cli/config_options.py).
+options are generated from the dataclass without importing torch (see pipeline/config_options.py).
 
 Defaults the papers leave open, and why: docs/splicenet.md and pipeline/method/splicenet_train.py."""
 
