@@ -1,5 +1,5 @@
 """`splice evaluate --address` (or RAY_ADDRESS): pairs spread over a Ray cluster. A thin layer over
-`evaluate.evaluate_chunk`.
+`backends.evaluate_chunk`, following `backends.Backend`.
 
 One actor per GPU (or, on a CPU-only cluster, one per few CPUs of a node) loads the metric models once and
 evaluates chunks of pairs, reading images and outputs from storage itself; the driver only merges the small
@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
+from evaluation.backends import PairUpdate, evaluate_chunk, model_info
 from evaluation.models import EvalSettings, best_device, load_metric_models
 from evaluation.weights import MetricUnavailable
 from pipeline.runs import hooks
@@ -27,10 +30,6 @@ MAX_TASK_RETRIES = -1  # ... and the chunks it held are re-run until it is back 
 
 class _Worker:
     def __init__(self, settings: EvalSettings, storage_options: dict, threads: int | None):
-        import torch
-
-        from evaluation.evaluate import model_info
-
         if threads:
             torch.set_num_threads(threads)
         self.settings = settings
@@ -47,8 +46,6 @@ class _Worker:
         return self.error, None if self.error else self.info
 
     def evaluate(self, tasks):
-        from evaluation.evaluate import evaluate_chunk
-
         hooks.point("evaluate.chunk")
         return evaluate_chunk(tasks, self.models, self.settings, self.storage, self.device)
 
@@ -89,8 +86,6 @@ class RayBackend:
 
     def run(self, chunks):
         """Yield each chunk's updates as it finishes; every actor holds at most two chunks at a time."""
-        from evaluation.evaluate import PairUpdate
-
         chunks = iter(chunks)
         pending: dict = {}  # object ref -> (actor, chunk)
 

@@ -19,55 +19,28 @@ modification time, is unchanged is not re-read). `force` recomputes everything a
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
 import time
-from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import pandas as pd
 import torch
 
-from evaluation.engine import PairImages, compute_metrics
-from evaluation.models import EvalSettings, MetricModels, best_device, load_metric_models
+from evaluation.backends import Backend, LocalBackend, PairTask, PairUpdate
+from evaluation.distributed import RayBackend
+from evaluation.models import EvalSettings, best_device
 from evaluation.registry import describe, metric_columns
-from pipeline.method.images import ImageError, decode_image, max_input_bytes
 from pipeline.runs import hooks, layout
 from pipeline.runs.run_folder import COST_COLUMNS, PairStatus, Run, RunFolder, RunFolderError
-from pipeline.storage import Storage, redact_text, redact_url
+from pipeline.storage import Storage, redact_url
 
 log = logging.getLogger(__name__)
 
 SAVE_EVERY_S = 30.0  # rewrite metrics.parquet at least this often during a long evaluation
-READ_THREADS = 8
 SAVE_LOCK_WAIT_S = 120.0  # another evaluation saving into the same eval/: wait this long for it
-
-
-@dataclass(frozen=True)
-class PairTask:
-    """One pair to (re)evaluate; small and picklable, so it can travel to a Ray worker."""
-
-    pair_id: str
-    structure_uri: str
-    appearance_uri: str
-    output_url: str
-    known_hash: str | None  # content hash of the output the stored values were computed on
-    fresh: tuple[str, ...]  # metrics whose stored values stay valid if the hash is unchanged
-    wanted: tuple[str, ...]  # metrics asked for
-
-
-@dataclass
-class PairUpdate:
-    pair_id: str
-    output_sha256: str | None = None
-    values: dict[str, float] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-    changed: bool = False  # the output's content differs from the one the stored values were computed on
-    image_error: str | None = None
 
 
 @dataclass
@@ -111,9 +84,8 @@ def evaluate_run(
 
     # 2. the models (locally, or on the Ray workers) and the provenance id of every available metric
     address = address or os.environ.get("RAY_ADDRESS")  # as `splice run` does
+    backend: Backend
     if address:
-        from evaluation.distributed import RayBackend
-
         backend = RayBackend(address, settings, storage.options)
     else:
         backend = LocalBackend(settings, device or best_device(), storage)
@@ -143,83 +115,6 @@ def evaluate_run(
     recomputed = {t.pair_id for t in tasks}
     up_to_date = sum(1 for p, r in rows.items() if p not in recomputed and r.get("status") == PairStatus.DONE)
     return EvaluateSummary(run_url, len(tasks), up_to_date, statuses, list(ids), skipped, folder.metrics_url)
-
-
-class LocalBackend:
-    """Evaluates in this process, on one device."""
-
-    def __init__(self, settings: EvalSettings, device, storage: Storage):
-        self.settings, self.device, self.storage = settings, torch.device(device), storage
-        self.models = load_metric_models(settings, self.device)
-
-    def model_info(self):
-        return model_info(self.models)
-
-    def run(self, chunks):
-        for chunk in chunks:
-            yield evaluate_chunk(chunk, self.models, self.settings, self.storage, self.device)
-
-    def close(self):
-        pass
-
-
-def model_info(models: MetricModels) -> tuple[dict[str, str], dict[str, str], list[str] | None]:
-    """Provenance id per available metric, why others were skipped, and the segmenter's class names."""
-    classes = list(getattr(models.segmenter, "class_names", []) or []) or None
-    return dict(models.ids), dict(models.skipped), classes
-
-
-def evaluate_chunk(
-    tasks: list[PairTask], models: MetricModels, settings: EvalSettings, storage: Storage, device
-) -> list[PairUpdate]:
-    """Read and hash outputs, decide per pair what to compute, decode the images and compute in batches."""
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        loaded = list(pool.map(lambda t: _load_pair(t, storage, settings.max_pixels), tasks))
-    groups: dict[tuple[str, ...], list[PairImages]] = defaultdict(list)
-    updates = []
-    for update, images, needed in loaded:
-        updates.append(update)
-        if images is not None and needed:
-            groups[needed].append(images)
-    by_id = {u.pair_id: u for u in updates}
-    for needed, pairs in groups.items():
-        for pair_id, scores in compute_metrics(pairs, list(needed), models, device, settings.batch_size).items():
-            by_id[pair_id].values.update(scores.values)
-            by_id[pair_id].errors.update(scores.errors)
-    return updates
-
-
-def _load_pair(task: PairTask, storage: Storage, max_pixels: int):
-    update = PairUpdate(task.pair_id)
-    try:
-        data = storage.read_bytes(task.output_url)
-        update.output_sha256 = "sha256:" + hashlib.sha256(data).hexdigest()
-        update.changed = update.output_sha256 != task.known_hash
-        needed = tuple(m for m in task.wanted if update.changed or m not in task.fresh)
-        if not needed:
-            return update, None, needed
-        limit = max_input_bytes(max_pixels)
-        images = PairImages(
-            task.pair_id,
-            structure=decode_image(
-                storage.read_input(task.structure_uri, max_bytes=limit),
-                f"structure image {redact_url(task.structure_uri)}",
-                max_pixels,
-            ),
-            appearance=decode_image(
-                storage.read_input(task.appearance_uri, max_bytes=limit),
-                f"appearance image {redact_url(task.appearance_uri)}",
-                max_pixels,
-            ),
-            output=decode_image(data, f"output {redact_url(task.output_url)}", max_pixels),
-        )
-        return update, images, needed
-    except FileNotFoundError as exc:
-        update.image_error = redact_text(f"pair '{task.pair_id}': {exc.filename or exc} does not exist")
-        return update, None, ()
-    except (ImageError, OSError) as exc:
-        update.image_error = redact_text(f"pair '{task.pair_id}': {exc}")
-        return update, None, ()
 
 
 def _plan(run: Run, files, stored, ids, force):

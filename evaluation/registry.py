@@ -13,6 +13,9 @@ calls the function on batches: fn(model, *features) -> (B,) values.
     def cls_mse(model, appearance_cls, output_cls):  # (B, D), (B, D) -> (B,)
         return mse_per_item(appearance_cls, output_cls)
 
+The built-in metrics (evaluation.metrics) are registered when the package is imported (evaluation/__init__.py), so
+whoever imports the registry knows them; the registry itself imports no metric.
+
 Plug-ins (pipeline/plugins.py) use the same decorator in a file of their own and are named `py:MODULE:NAME` or by an
 entry point of group `splice.metrics`; `get_metric` resolves either and registers it, so it is then known by name.
 """
@@ -186,8 +189,3 @@ def _check(metric: Metric) -> None:
     for need in metric.needs:
         if need.image not in IMAGES:
             raise ValueError(f"metric {metric.name}: image {need.image!r} is not one of {', '.join(IMAGES)}")
-
-
-# the built-in metrics register themselves here: importing the registry always brings them (at the end, because
-# they import the names above)
-from evaluation import metrics as _builtins  # noqa: E402, F401

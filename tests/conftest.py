@@ -173,13 +173,12 @@ class ColourSegmenter:
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     """No cached weights anywhere and no network: what a fresh offline machine looks like."""
-    import pipeline.method.backbone
+    import pipeline.method.weights
 
     monkeypatch.setenv("SPLICE_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(pipeline.method.backbone, "_cached_hub_file", lambda hub_id: None)
-    import pipeline.method.weights
+    monkeypatch.setattr(pipeline.method.weights, "cached_hub_file", lambda hub_id: None)
 
     monkeypatch.setattr(
         pipeline.method.weights, "_announced", set()

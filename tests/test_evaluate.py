@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-import evaluation.evaluate as evaluate_module
+import evaluation.backends as backends_module
 from conftest import TINY_BACKBONE as TINY
 from conftest import ColourSegmenter, save_image
 from evaluation.evaluate import evaluate_run
@@ -135,13 +135,13 @@ def test_evaluate_writes_one_row_per_pair_with_provenance_and_counts_failures(ru
 
 def test_re_running_computes_only_what_is_missing(run, monkeypatch):
     calls = []
-    real = evaluate_module.compute_metrics
+    real = backends_module.compute_metrics
 
     def spy(pairs, names, *args, **kwargs):
         calls.append((sorted(p.pair_id for p in pairs), sorted(names)))
         return real(pairs, names, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate_module, "compute_metrics", spy)
+    monkeypatch.setattr(backends_module, "compute_metrics", spy)
     settings = EvalSettings(metrics=("selfsim",), metric_backbone=TINY)
 
     def evaluate(**changes):

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from pipeline.cli.console import add_progress_argument, progress_enabled
+from pipeline.cli.demo_defaults import DEMO_PAIRS, DEMO_SIZE, DEMO_STEPS
 from pipeline.cli.options import add_address_argument, add_out_argument
 from pipeline.cli.run import add_training_arguments
 from pipeline.config_options import resolve_config
 from pipeline.errors import SpliceError
-
-DEMO_PAIRS = 4
-DEMO_STEPS = 40  # a few minutes for 4 pairs on 2 CPU cores with the preview preset
-DEMO_SIZE = 128  # pixels, square
 
 
 def register(subparsers) -> None:

@@ -14,7 +14,7 @@ import random
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.cli.demo import DEMO_PAIRS, DEMO_SIZE
+from pipeline.cli.demo_defaults import DEMO_PAIRS, DEMO_SIZE
 from pipeline.runs import layout
 from pipeline.storage import Storage
 

@@ -15,7 +15,15 @@ import urllib.parse
 from dataclasses import dataclass
 
 from pipeline.errors import SpliceError
-from pipeline.method.weights import WEIGHTS_DIR_ENV, dino_hub_id, export_path, file_sha256, weights_dir_file
+from pipeline.method.weights import (
+    DINO_BACKBONES,
+    WEIGHTS_DIR_ENV,
+    cached_hub_file,
+    dino_hub_id,
+    export_path,
+    file_sha256,
+    weights_dir_file,
+)
 
 
 @dataclass(frozen=True)
@@ -32,12 +40,10 @@ class WeightsFile:
     def location(self) -> tuple[str | None, str]:
         """(path of the file here or None, where it was found: 'SPLICE_WEIGHTS_DIR', 'Hugging Face cache', ...)."""
         if self.kind == "hf":
-            from pipeline.method.backbone import _cached_hub_file
-
             exported = weights_dir_file("hf", self.source)
             if exported:
                 return exported, WEIGHTS_DIR_ENV
-            cached = _cached_hub_file(self.source)
+            cached = cached_hub_file(self.source)
             return (cached, "Hugging Face cache") if cached else (None, "missing")
         from evaluation.weights import hub_cache_path
 
@@ -59,7 +65,6 @@ def catalogue() -> list[WeightsFile]:
     from torchvision.models import AlexNet_Weights, get_model_weights
 
     from evaluation.segmenter import DEFAULT_SEGMENTER
-    from pipeline.method.backbone import DINO_BACKBONES
 
     dino_roles = {
         "dino_vitb8": "training (paper preset); metrics selfsim, dino_i, cls_mse",

@@ -29,17 +29,11 @@ from torch import nn
 from torchvision.transforms.v2.functional._geometry import _compute_resized_output_size as _torchvision_resized_size
 
 from pipeline.errors import SpliceError
-from pipeline.method.weights import RANDOM_WEIGHTS_ID, weights_dir_file
+from pipeline.method.weights import DINO_BACKBONES, RANDOM_WEIGHTS_ID, dino_hub_id, local_hub_file
 from pipeline.network import reachable
 
 log = logging.getLogger(__name__)
 
-DINO_BACKBONES = {
-    "dino_vitb8": "vit_base_patch8_224.dino",
-    "dino_vits8": "vit_small_patch8_224.dino",
-    "dino_vitb16": "vit_base_patch16_224.dino",
-    "dino_vits16": "vit_small_patch16_224.dino",
-}
 SHORT_SIDE = 224  # backbone input: short side resized to this ...
 LONG_SIDE_MAX = 480  # ... unless the long side would exceed this
 
@@ -224,9 +218,8 @@ def weights_hash(module: nn.Module) -> str:
 def _vit_from_timm_cache(spec: str, timm_name: str) -> nn.Module:
     import timm
 
-    config = timm.models.get_pretrained_cfg(timm_name)
-    hub_id = getattr(config, "hf_hub_id", None) or timm_name
-    cached = weights_dir_file("hf", hub_id) or _cached_hub_file(hub_id)  # SPLICE_WEIGHTS_DIR first
+    hub_id = dino_hub_id(timm_name)
+    cached = local_hub_file(hub_id)  # SPLICE_WEIGHTS_DIR first
     if cached:
         # load the cached file directly: no network round-trip, no retries when offline
         return timm.create_model(
@@ -246,18 +239,6 @@ def _vit_from_timm_cache(spec: str, timm_name: str) -> nn.Module:
             f"backbone {spec} (timm {timm_name}): downloading weights failed ({exc}); "
             f"pass --backbone file:PATH with a local copy"
         ) from exc
-
-
-def _cached_hub_file(hub_id: str) -> str | None:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    for filename in ("model.safetensors", "pytorch_model.bin"):
-        path = try_to_load_from_cache(hub_id, filename)
-        if isinstance(path, str) and os.path.exists(path):
-            return path
-    return None
 
 
 def _vit_from_file(path: str) -> nn.Module:

@@ -20,6 +20,12 @@ import os
 import sys
 
 WEIGHTS_DIR_ENV = "SPLICE_WEIGHTS_DIR"
+DINO_BACKBONES = {  # backbone spec -> timm model name (pipeline/method/backbone.py loads them)
+    "dino_vitb8": "vit_base_patch8_224.dino",
+    "dino_vits8": "vit_small_patch8_224.dino",
+    "dino_vitb16": "vit_base_patch16_224.dino",
+    "dino_vits16": "vit_small_patch16_224.dino",
+}
 RANDOM_WEIGHTS_ID = "random"  # the weights id of every randomly initialised network (backbones, metric models)
 _announced: set[str] = set()  # fallback banners already printed by this process
 
@@ -53,13 +59,30 @@ def export_path(kind: str, name: str, filename: str | None = None) -> str:
     raise ValueError(f"unknown weights kind {kind!r}")
 
 
+def cached_hub_file(hub_id: str) -> str | None:
+    """The weights file of Hugging Face repo `hub_id` in the Hugging Face cache, if it is there."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        path = try_to_load_from_cache(hub_id, filename)
+        if isinstance(path, str) and os.path.exists(path):
+            return path
+    return None
+
+
+def local_hub_file(hub_id: str) -> str | None:
+    """The weights file of Hugging Face repo `hub_id` on this machine: $SPLICE_WEIGHTS_DIR first, then the cache."""
+    return weights_dir_file("hf", hub_id) or cached_hub_file(hub_id)
+
+
 def dino_location(spec: str) -> tuple[str | None, str]:
     """(where the weights of DINO backbone `spec` are, or None; a description for messages)."""
-    from pipeline.method.backbone import DINO_BACKBONES, _cached_hub_file
     from pipeline.network import reachable
 
     hub_id = dino_hub_id(DINO_BACKBONES[spec])
-    local = weights_dir_file("hf", hub_id) or _cached_hub_file(hub_id)
+    local = local_hub_file(hub_id)
     if local:
         return local, local
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
@@ -77,16 +100,12 @@ def dino_hub_id(timm_name: str) -> str:
 
 def random_twin(spec: str) -> str:
     """The randomly initialised network of the same architecture: dino_vits16 -> random:vit_small_patch16_224."""
-    from pipeline.method.backbone import DINO_BACKBONES
-
     return "random:" + DINO_BACKBONES[spec].split(".")[0]
 
 
 def resolve_backbone(spec: str, *, explicit: bool) -> tuple[str, str | None]:
     """(spec to use, why it fell back to random weights or None). Only a default (not `explicit`) DINO backbone whose
     weights cannot be had falls back; anything else is returned as it is (and fails later if it must)."""
-    from pipeline.method.backbone import DINO_BACKBONES
-
     if explicit or spec not in DINO_BACKBONES:
         return spec, None
     where, why = dino_location(spec)
