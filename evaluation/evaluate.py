@@ -34,7 +34,7 @@ from evaluation.distributed import RayBackend
 from evaluation.models import EvalSettings, best_device
 from evaluation.registry import describe, metric_columns
 from pipeline.runs import hooks, layout
-from pipeline.runs.run_folder import COST_COLUMNS, PairStatus, Run, RunFolder, RunFolderError
+from pipeline.runs.run_folder import COST_COLUMNS, PairListing, PairStatus, Run, RunFolder, RunFolderError
 from pipeline.storage import Storage, redact_url
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def evaluate_run(
     # 1. read the run: manifest, results, one listing of the pair files, what was evaluated before
     folder = RunFolder(storage, run_url)
     run = folder.read()
-    files = folder.pair_stamps()
+    listing = folder.listing()  # which pairs are done, damaged, pending
     stored = _stored_rows(folder)
 
     # 2. the models (locally, or on the Ray workers) and the provenance id of every available metric
@@ -92,7 +92,7 @@ def evaluate_run(
     ids, skipped, classes = backend.model_info()
 
     # 3. plan: which pairs have outputs, and what is stale for each
-    rows, tasks = _plan(run, files, stored, ids, force)
+    rows, tasks = _plan(run, listing, stored, ids, force)
 
     # 4. compute, merging results into the rows as they come and saving now and then
     from tqdm.auto import tqdm
@@ -117,7 +117,7 @@ def evaluate_run(
     return EvaluateSummary(run_url, len(tasks), up_to_date, statuses, list(ids), skipped, folder.metrics_url)
 
 
-def _plan(run: Run, files, stored, ids, force):
+def _plan(run: Run, listing: PairListing, stored, ids, force):
     """Rows for every manifest pair (stored values kept where still valid) and the tasks of pairs to (re)compute."""
     results = {}
     if run.results is not None and "pair_id" in run.results:
@@ -129,8 +129,8 @@ def _plan(run: Run, files, stored, ids, force):
         row = {k: v for k, v in old.items() if k not in ("dataset", "domain")}  # labels: in the manifest (format 3)
         row.update(pair_id=pair_id, method=run.method, **_cost(results.get(pair_id)))
         rows[pair_id] = row
-        present = files.get(pair_id, {})
-        if layout.SUCCESS in present and layout.OUTPUT_PNG not in present:  # marked done, output gone: damaged
+        state = listing.state(pair_id)  # the run folder's word, from one listing
+        if state == PairStatus.DAMAGED:  # marked done, output gone
             _clear_metrics(row)
             row.update(
                 output_sha256=None,
@@ -140,11 +140,11 @@ def _plan(run: Run, files, stored, ids, force):
                 f"marks it done; `splice run` again redoes it (`splice status` lists damaged pairs)",
             )
             continue
-        if layout.OUTPUT_PNG not in present or layout.SUCCESS not in present:
+        if state != PairStatus.DONE:
             _clear_metrics(row)
             row.update(output_sha256=None, output_stamp=None, **_failure(pair_id, results.get(pair_id)))
             continue
-        stamp = present[layout.OUTPUT_PNG]
+        stamp = listing.output_stamp(pair_id)
         fresh = () if force else tuple(m for m in ids if _is_fresh(old, m, ids[m]))
         same_stamp = not force and old.get("output_stamp") == stamp and old.get("status") == PairStatus.DONE
         if same_stamp and all(m in fresh for m in ids):

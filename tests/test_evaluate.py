@@ -17,10 +17,10 @@ import evaluation.backends as backends_module
 from conftest import TINY_BACKBONE as TINY
 from conftest import ColourSegmenter, save_image
 from evaluation.evaluate import evaluate_run
-from evaluation.importer import ImportRefused, import_outputs
 from evaluation.models import EvalSettings
 from pipeline.cli.main import main
 from pipeline.method.images import read_image_file
+from pipeline.runs.importer import ImportRefused, import_outputs
 from pipeline.storage import Storage
 
 ALL = EvalSettings(metric_backbone=TINY, lpips_weights="random", segmenter=ColourSegmenter(), explicit=True)

@@ -182,7 +182,7 @@ def test_losing_a_worker_node_mid_run_redoes_its_pairs_and_loses_none(tmp_path):
 def test_losing_a_node_mid_evaluation_redoes_its_chunk_and_evaluate_honours_ray_address(tmp_path):
     import time
 
-    from evaluation.importer import import_outputs
+    from pipeline.runs.importer import import_outputs
 
     manifest, structures = write_pairs(tmp_path / "data", 8)
     outputs = tmp_path / "outputs"

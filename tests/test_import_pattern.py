@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from conftest import save_image
-from evaluation.importer import ImportRefused, import_outputs
 from pipeline.cli.main import main
+from pipeline.runs.importer import ImportRefused, import_outputs
 
 WCT2 = ["0_cat5", "1_dog12", "2_wild3", "3_cat5"]  # Wild-Pairs ids; WCT2 appends its settings to each
 

@@ -98,7 +98,7 @@ def test_a_plugin_method_file_runs_on_ray_workers_and_its_outputs_are_evaluated(
 @pytest.fixture
 def imported_run(tmp_path, make_pairs):
     """A run of outputs: p0's output is its structure image, p1's its appearance image."""
-    from evaluation.importer import import_outputs
+    from pipeline.runs.importer import import_outputs
 
     pairs = make_pairs(["p0", "p1"])
     frame = validate_frame(build_pairs_dir(pairs), "test")

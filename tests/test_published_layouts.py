@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from evaluation.importer import ImportRefused, import_outputs
 from manifests.builders import apply_direction, build_afhq, build_folders, build_pairs_dir
 from manifests.schema import ManifestError, read_manifest
 from pipeline.cli.main import main
+from pipeline.runs.importer import ImportRefused, import_outputs
 from pipeline.storage import Storage
 
 

@@ -21,11 +21,11 @@ from PIL import Image
 from conftest import TINY_BACKBONE as TINY
 from conftest import save_image
 from evaluation.evaluate import evaluate_run
-from evaluation.importer import import_outputs
 from evaluation.models import EvalSettings
 from evaluation.report import tables as T
 from evaluation.report.build import build_report
 from pipeline.cli.main import main
+from pipeline.runs.importer import import_outputs
 from pipeline.runs.run_folder import RunFolderError as RunError
 
 NAN = float("nan")

@@ -28,13 +28,13 @@ from PIL import Image
 from conftest import TINY_BACKBONE as TINY
 from conftest import tiny_image_bytes
 from evaluation.evaluate import evaluate_run
-from evaluation.importer import ImportRefused, import_outputs
 from evaluation.metrics import METRICS
 from evaluation.models import EvalSettings
 from evaluation.report.build import build_report
 from faults import FaultyS3, Rule, fault_env, wait_for
 from pipeline.cli.main import main
 from pipeline.errors import StoreUnreachable
+from pipeline.runs.importer import ImportRefused, import_outputs
 from pipeline.runs.run_folder import RunFolderError as RunError
 from pipeline.runs.run_lock import RunLock, RunLocked
 from pipeline.storage import Storage, redact_text, redact_url

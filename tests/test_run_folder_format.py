@@ -19,10 +19,10 @@ import pytest
 from conftest import TINY_BACKBONE as TINY
 from conftest import tiny_image_bytes
 from evaluation.evaluate import evaluate_run
-from evaluation.importer import import_outputs
 from evaluation.models import EvalSettings
 from evaluation.report.build import build_report
 from pipeline.cli.main import main
+from pipeline.runs.importer import import_outputs
 from pipeline.runs.run_folder import FORMAT, PairStatus, RunFolder, RunFolderError
 from pipeline.storage import Storage
 

@@ -35,7 +35,7 @@ from evaluation.report.notes import collect_warnings, metric_descriptions
 from evaluation.report.pairs import LABEL_COLUMNS, LOSS_TERMS
 from pipeline.runs import hooks, layout
 from pipeline.runs.rerun import same_content
-from pipeline.runs.run_folder import PairStatus, Run, RunFolder, RunFolderError, check_target
+from pipeline.runs.run_folder import PairListing, PairStatus, Run, RunFolder, RunFolderError, check_target
 from pipeline.runs.run_lock import RunLock
 from pipeline.storage import Storage, absolute, is_local, redact_url
 
@@ -50,7 +50,7 @@ class RunData:
     label: str  # the method's name, made unique among the runs
     metrics: pd.DataFrame  # one row per manifest pair, labels from the manifest (never evaluated: 'pending')
     evaluation: dict  # eval/evaluation.json
-    files: dict  # pair_id -> {file name -> stamp}
+    listing: PairListing  # what one listing of its pair folders says: done, damaged, pending, their files
 
 
 @dataclass
@@ -217,7 +217,7 @@ def _load_runs(storage: Storage, run_urls: list[str], labels: dict[str, str] | N
         remember(
             evaluation.get("metrics") or {}
         )  # plug-in metrics evaluated elsewhere: labelled as they were described
-        runs.append(RunData(run, label, _per_pair(run, stored, label), evaluation, run.folder.pair_stamps()))
+        runs.append(RunData(run, label, _per_pair(run, stored, label), evaluation, run.folder.listing()))
     return runs
 
 

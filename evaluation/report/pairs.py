@@ -76,8 +76,7 @@ def pair_records(runs) -> list[PairRecord]:
         )
         for method_index, (run, by_pair) in enumerate(zip(runs, rows)):
             row = by_pair.get(pair_id)
-            files = run.files.get(pair_id, {})
-            has_output = layout.OUTPUT_PNG in files and layout.SUCCESS in files
+            has_output = run.listing.is_done(pair_id)  # output.png under _SUCCESS, as the run folder says
             if row is None:
                 record.outputs.append(
                     Output(run.label, "not in run", "this run's manifest has no such pair", {}, {}, None)
@@ -158,7 +157,7 @@ def extremes(records: list[PairRecord], methods: list[str], metrics: list[str], 
 
 def read_losses(storage, runs, records: list[PairRecord]) -> dict[tuple[str, str], pd.DataFrame]:
     """(method label, pair_id) -> losses.parquet of every pair of every run that stored non-empty loss tables."""
-    jobs = [(run, pair_id) for run in runs for pair_id, names in run.files.items() if layout.LOSSES in names]
+    jobs = [(run, pair_id) for run in runs for pair_id in run.listing.with_file(layout.LOSSES)]
 
     def read(job):
         run, pair_id = job

@@ -53,7 +53,7 @@ def register(subparsers) -> None:
 
 
 def run_import(args) -> int:
-    from evaluation.importer import import_outputs
+    from pipeline.runs.importer import import_outputs
     from pipeline.storage import Storage, parse_storage_options
 
     if args.csv and args.outputs:

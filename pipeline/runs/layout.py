@@ -1,4 +1,4 @@
-"""Where a run's files live (see DESIGN.md, "Storage layout of a run"; docs/run-layout.md). Paths are fsspec URLs
+"""Where a run's files live (see docs/run-layout.md). Paths are fsspec URLs
 joined with '/'. Only RunFolder and PairFolder (run_folder.py, pair_folder.py) build paths into a run folder."""
 
 from __future__ import annotations

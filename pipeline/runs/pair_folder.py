@@ -74,6 +74,11 @@ class PairFolder:
     def file(self, name: str) -> str:
         return layout.join(self.url, name)
 
+    @property
+    def progress_url(self) -> str:
+        """progress.json: the pair's last reported step while it trains (pipeline/runs/progress.py)."""
+        return self.file(layout.PROGRESS_JSON)
+
     # --- done or not ---------------------------------------------------------------------------------------
 
     def is_done(self) -> bool:

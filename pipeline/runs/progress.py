@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 from pipeline.runs import layout
+from pipeline.runs.pair_folder import PairFolder
+from pipeline.runs.run_folder import RunFolder
 from pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -41,17 +43,17 @@ class ProgressRecorder:
 
     def __init__(self, storage: Storage, interval_s: float = INTERVAL_S, clock=time.time):
         self.storage, self.interval_s, self.clock = storage, interval_s, clock
-        self._pairs: dict[str, tuple[str, int]] = {}  # pair_id -> (pair folder, total steps)
+        self._pairs: dict[str, tuple[str, int]] = {}  # pair_id -> (its progress.json, total steps)
         self._last: dict[str, float] = {}  # pair_id -> time of its last write
 
     def track(self, pair_id: str, pair_dir: str, steps: int) -> None:
-        self._pairs[pair_id] = (pair_dir, int(steps))
+        self._pairs[pair_id] = (PairFolder(self.storage, pair_dir, pair_id).progress_url, int(steps))
         self._last.pop(pair_id, None)
 
     def __call__(self, pair_id: str, step: int) -> None:
         if pair_id not in self._pairs:  # not a pair this recorder tracks (e.g. a method without training steps)
             return
-        pair_dir, steps = self._pairs[pair_id]
+        url, steps = self._pairs[pair_id]
         now = self.clock()
         last = self._last.get(pair_id)
         if last is not None and now - last < self.interval_s and step < steps:
@@ -68,18 +70,18 @@ class ProgressRecorder:
             "pid": os.getpid(),
         }
         try:
-            self.storage.write_json(layout.join(pair_dir, layout.PROGRESS_JSON), record)
+            self.storage.write_json(url, record)
         except Exception as exc:  # progress is a courtesy: it never fails a pair
             log.debug("could not write the progress of pair %s: %s", pair_id, exc)
 
     def finish(self, pair_id: str) -> None:
         """The pair ended (done or failed): remove its record."""
-        pair_dir, _ = self._pairs.pop(pair_id, (None, 0))
+        url, _ = self._pairs.pop(pair_id, (None, 0))
         self._last.pop(pair_id, None)
-        if pair_dir is None:
+        if url is None:
             return
         try:
-            self.storage.remove(layout.join(pair_dir, layout.PROGRESS_JSON))
+            self.storage.remove(url)
         except Exception as exc:
             log.debug("could not remove the progress record of pair %s: %s", pair_id, exc)
 
@@ -89,16 +91,14 @@ class ProgressRecorder:
 
 def read_progress(storage: Storage, run: str, pair_ids=None) -> dict[str, dict]:
     """pair_id -> its progress record: of `pair_ids` (one read each), or of every pair that has one (one listing)."""
-    if pair_ids is None:
-        urls = storage.glob(layout.join(run, layout.PAIRS, "*", layout.PROGRESS_JSON))
-        pair_ids = [url.rstrip("/").split("/")[-2] for url in urls]
-    pair_ids = list(pair_ids)
+    folder = RunFolder(storage, run)  # the run folder's owner says where the records are
+    pair_ids = list(folder.pairs_with(layout.PROGRESS_JSON) if pair_ids is None else pair_ids)
     if not pair_ids:
         return {}
 
     def read(pair_id):
         try:
-            record = storage.read_json(layout.pair_file(run, pair_id, layout.PROGRESS_JSON))
+            record = storage.read_json(folder.pair(pair_id).progress_url)
         except (FileNotFoundError, ValueError):
             return pair_id, None
         except OSError as exc:

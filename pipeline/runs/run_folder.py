@@ -1,4 +1,4 @@
-"""The run folder (DESIGN.md, "Storage layout of a run"; docs/run-layout.md), format 3, and its one owner.
+"""The run folder (docs/run-layout.md), format 3, and its one owner.
 
 `RunFolder(storage, url)` is the only code that knows where a run's files are and what they hold. `splice run`,
 `import`, `evaluate`, `status` and `report` read and write a run through it:
@@ -9,10 +9,12 @@
 - run.json (`record`, `write_record`) with its `format`; a format newer than this code reads is a clear error;
 - manifest.parquet (`write_manifest`, `manifest`): validated once, by the command that creates the run (`splice
   run`, `import`), from the user's manifest; readers trust the run's copy and only check its columns;
-- results.parquet (`results`, `write_results`; `ResultsTable` for the driver), rebuilt from the pairs' markers
-  where it is unreadable; `scan` tells done pairs from damaged ones;
+- results.parquet (`results`, `write_results`; `ResultsTable` for the driver, results_table.py), rebuilt from the
+  pairs' markers where it is unreadable;
+- which pairs are done, damaged or pending: `listing` from one listing (pair_listing.PairListing: evaluate, import,
+  report), `scan` with every marker checked (run, status);
 - eval/metrics.parquet and eval/evaluation.json (`metrics`, `write_metrics`, `evaluation`, `write_evaluation`);
-- ONE status vocabulary, `PairStatus`, in every table and command.
+- ONE status vocabulary, `PairStatus` (pair_status.py), in every table and command.
 
 Formats: 1: run.json without `format`, empty `_SUCCESS`; 2: input records in run.json, `_SUCCESS` with sizes,
 hashes and the results row; 3: one status vocabulary (metrics.parquet says `done` where it said `ok`, the report
@@ -27,11 +29,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -40,6 +39,9 @@ from pipeline.redaction import is_masked
 from pipeline.runs import layout
 from pipeline.runs.layout import FORMAT
 from pipeline.runs.pair_folder import PairFolder, RunFolderError, read_parquet
+from pipeline.runs.pair_listing import PairListing, Scan
+from pipeline.runs.pair_status import PairStatus, status_words
+from pipeline.runs.results_table import ResultsTable, damaged_row, row_from_meta
 from pipeline.runs.run_lock import LockLost, RunLock
 from pipeline.runs.target import check_target
 from pipeline.storage import Storage, redact_text, redact_url
@@ -47,7 +49,7 @@ from pipeline.transient import with_retries
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FORMAT", "PairStatus", "RunFolder", "RunFolderError", "ResultsTable", "Run", "Scan", "check_target"]
+__all__ = ["FORMAT", "PairListing", "PairStatus", "RunFolder", "RunFolderError", "ResultsTable", "Run", "Scan"]
 LISTING_THREADS = 16
 RESULT_COLUMNS = [
     "pair_id",
@@ -66,38 +68,6 @@ RESULT_COLUMNS = [
 COST_COLUMNS = {"seconds": "train_seconds", "device": "train_device", "peak_memory_bytes": "train_peak_memory_bytes"}
 
 
-class PairStatus(str, Enum):
-    """What is known of a pair: the one vocabulary of results.parquet, metrics.parquet, tables, report and status."""
-
-    PENDING = "pending"  # not run, not finished, or not evaluated yet: work is left, nothing is wrong
-    DONE = "done"  # its output is stored under _SUCCESS (in metrics.parquet: and its metrics are computed)
-    FAILED = "failed"  # the method failed on it (run), or its imported output is unreadable (import)
-    MISSING = "missing"  # the imported method has no output for it, or several where one was expected
-    DAMAGED = "damaged"  # marked done, but its files no longer match _SUCCESS: `splice run` redoes it
-    ERROR = "error"  # evaluation could not read its files, or a metric failed on them
-
-    def __str__(self) -> str:
-        return self.value
-
-    @classmethod
-    def of(cls, word) -> PairStatus:
-        """The status a stored word means, older formats' words included ('ok', 'not evaluated')."""
-        if isinstance(word, cls):
-            return word
-        if word is None or (isinstance(word, float) and math.isnan(word)) or word is pd.NA:
-            return cls.PENDING
-        text = str(word).strip().lower()
-        try:
-            return cls(OLDER_WORDS.get(text, text))
-        except ValueError:
-            raise RunFolderError(
-                f"unknown pair status {word!r}: expected one of {', '.join(s.value for s in cls)}"
-            ) from None
-
-
-OLDER_WORDS = {"ok": "done", "not evaluated": "pending", "none": "pending", "": "pending"}  # formats 1 and 2
-
-
 INPUT_URIS = ("structure_uri", "appearance_uri")  # columns of inputs.parquet: text
 INPUT_RECORDS = ("structure", "appearance", "settings")  # columns of inputs.parquet: JSON text (fingerprints, settings)
 
@@ -111,20 +81,6 @@ FORMAT_1_MARKERS = "format_1_markers"  # run.json of a folder begun in format 1:
 
 def _has_format_1_markers(record: dict | None) -> bool:
     return record is not None and (record.get("format", 1) == 1 or bool(record.get(FORMAT_1_MARKERS)))
-
-
-def status_words(statuses) -> list[str]:
-    """Stored status words (any format) as words of `PairStatus`."""
-    return [PairStatus.of(s).value for s in statuses]
-
-
-@dataclass
-class Scan:
-    """What the pair folders say: pairs done (verified), pairs whose marker does not match their files."""
-
-    done: set[str] = field(default_factory=set)
-    damaged: dict[str, str] = field(default_factory=dict)  # pair_id -> what is wrong
-    markers: dict[str, dict | None] = field(default_factory=dict)  # pair_id -> marker (None: old, empty marker)
 
 
 @dataclass
@@ -410,42 +366,18 @@ class RunFolder:
 
     # --- the pairs --------------------------------------------------------------------------------------------
 
-    def list_pair_files(self) -> dict[str, dict[str, dict]]:
-        """pair_id -> {file name -> the store's listing info (size, ETag or mtime, ...)} for every file under
-        <run>/pairs/, in one listing."""
-        fs, root = self.storage.fs(self.path(layout.PAIRS))
-        try:
-            fs.invalidate_cache(root)
-            found = fs.find(root, detail=True)
-        except FileNotFoundError:
-            return {}
-        prefix = root.rstrip("/") + "/"
-        files: dict[str, dict[str, dict]] = {}
-        for path, info in found.items():
-            relative = path[len(prefix) :] if path.startswith(prefix) else ""
-            if relative.count("/") == 1:
-                pair_id, name = relative.split("/")
-                files.setdefault(pair_id, {})[name] = info
-        return files
+    def listing(self) -> PairListing:
+        """What one listing of <run>/pairs/ says of each pair (done, damaged, pending: `PairListing.state`), no file
+        read: the one answer `evaluate`, `import` and `report` take."""
+        return PairListing.read(self.storage, self.path(layout.PAIRS))
 
-    def list_pairs(self) -> dict[str, dict[str, int | None]]:
-        """pair_id -> {file name -> size} for every file under <run>/pairs/, in one listing."""
-        return {
-            pair_id: {name: info.get("size") for name, info in files.items()}
-            for pair_id, files in self.list_pair_files().items()
-        }
-
-    def pair_stamps(self) -> dict[str, dict[str, str]]:
-        """pair_id -> {file name -> stamp}: size and ETag, checksum or modification time, which change when the
-        file is rewritten (evaluation uses them not to re-read outputs whose content hash it knows)."""
-        return {
-            pair_id: {name: _stamp(info) for name, info in files.items()}
-            for pair_id, files in self.list_pair_files().items()
-        }
+    def pairs_with(self, name: str) -> list[str]:
+        """The pairs that have a file `name` now (e.g. progress.json while they train), from one glob of pairs/*/."""
+        return [url.rstrip("/").split("/")[-2] for url in self.storage.glob(self.pair_file("*", name))]
 
     def scan(self, *, verify: bool = False) -> Scan:
         """Check every `_SUCCESS` against its pair's files: sizes from one listing, sha256 too with verify=True."""
-        listing = self.list_pairs()
+        listing = self.listing().sizes()
         marked = sorted(p for p, files in listing.items() if layout.SUCCESS in files)
         legacy = self._marker_format() == 1  # format 1 wrote empty markers; later ones, sizes and hashes
         with ThreadPoolExecutor(LISTING_THREADS) as pool:
@@ -511,104 +443,3 @@ class RunFolder:
         buffer = io.BytesIO()
         frame.to_parquet(buffer, index=False)
         self.storage.write_bytes(url, buffer.getvalue())
-
-
-def row_from_meta(pair_id: str, meta: dict) -> dict:
-    """The results row of a done pair, from its meta.json (whatever is readable of it)."""
-    return {
-        "pair_id": pair_id,
-        "status": PairStatus.DONE.value,
-        "error": None,
-        "seconds": meta.get("seconds"),
-        "device": meta.get("device_name") or meta.get("device"),
-        "peak_memory_bytes": meta.get("peak_memory_bytes"),
-        "attempts": meta.get("attempt"),
-        "method": meta.get("method"),
-        "weights_id": meta.get("weights_id"),
-        "started_at": meta.get("started_at"),
-        "finished_at": meta.get("finished_at"),
-    }
-
-
-def damaged_row(pair_id: str, problem: str) -> dict:
-    return {
-        "pair_id": pair_id,
-        "status": PairStatus.DAMAGED.value,
-        "error": f"pair {pair_id!r} is damaged ({problem}): `splice run` redoes it",
-    }
-
-
-def _stamp(info: dict) -> str:
-    version = next(
-        (
-            info[k]
-            for k in (
-                "ETag",
-                "etag",
-                "md5Hash",
-                "crc32c",
-                "mtime",
-                "LastModified",
-                "last_modified",
-                "updated",
-                "created",
-            )
-            if info.get(k) is not None
-        ),
-        "",
-    )
-    return f"{info.get('size')}:{version}"
-
-
-class ResultsTable:
-    """results.parquet as `splice run`'s driver keeps it: one row per pair of the run's manifest, in memory,
-    written now and then and at the end, so an interrupted driver loses nothing."""
-
-    def __init__(self, folder: RunFolder, pair_ids: list[str], found: Scan, flush_seconds: float = 5.0):
-        self.folder, self.flush_seconds = folder, flush_seconds
-        previous = folder.results()
-        previous = {} if previous is None else {r["pair_id"]: r for r in previous.to_dict("records")}
-        self.rows: dict[str, dict] = {}
-        for pair_id in pair_ids:
-            old = previous.get(pair_id)
-            status = old and old.get("status")
-            if pair_id in found.done:
-                self.rows[pair_id] = (
-                    old if status == PairStatus.DONE else folder.done_row(pair_id, found.markers.get(pair_id))
-                )
-            elif pair_id in found.damaged:
-                self.rows[pair_id] = damaged_row(pair_id, found.damaged[pair_id])
-            elif status == PairStatus.FAILED:
-                self.rows[pair_id] = old  # still failed until a new attempt says otherwise
-            else:
-                self.rows[pair_id] = {"pair_id": pair_id, "status": PairStatus.PENDING.value}
-        self._written = float("-inf")
-
-    def update(self, row: dict) -> None:
-        self.rows[row["pair_id"]] = row
-
-    def maybe_write(self) -> None:
-        if time.monotonic() - self._written >= self.flush_seconds:
-            self.write()
-
-    def write(self) -> None:
-        self.folder.write_results(list(self.rows.values()))
-        self._written = time.monotonic()
-
-    def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys((s.value for s in PairStatus), 0)
-        for row in self.rows.values():
-            counts[PairStatus.of(row["status"]).value] += 1
-        return counts
-
-    def failures(self) -> list[tuple[str, str]]:
-        return [(r["pair_id"], r.get("error") or "") for r in self.rows.values() if r["status"] == PairStatus.FAILED]
-
-    def weights_ids(self) -> list[str]:
-        return sorted({r["weights_id"] for r in self.rows.values() if isinstance(r.get("weights_id"), str)})
-
-    def mark_done(self, found: Scan) -> None:
-        """Pairs whose _SUCCESS appeared without their row reaching the driver (e.g. interrupted just then)."""
-        for pair_id in found.done & self.rows.keys():
-            if self.rows[pair_id].get("status") != PairStatus.DONE:
-                self.rows[pair_id] = self.folder.done_row(pair_id, found.markers.get(pair_id))
