@@ -29,7 +29,7 @@ from evaluation.registry import describe, remember
 from evaluation.report import html as html_report
 from evaluation.report import pairs as report_pairs
 from evaluation.report import published as published_rows
-from evaluation.report import svg, tables
+from evaluation.report import statistics, svg, tables
 from evaluation.report.images import build_store
 from evaluation.report.notes import collect_warnings, metric_descriptions
 from evaluation.report.pairs import LABEL_COLUMNS, LOSS_TERMS
@@ -126,7 +126,7 @@ def _write_report(
     """Steps 2-6 into `out_dir` (the staging folder)."""
     # 2. the tables, in three formats
     try:
-        table = tables.build_tables(
+        table = statistics.build_tables(
             frame, group_by=group_by, reference=reference, n_boot=n_boot, seed=seed, pairs=pairs
         )
     except ValueError as exc:
@@ -238,7 +238,7 @@ def _per_pair(run: Run, stored: pd.DataFrame, label: str) -> pd.DataFrame:
 
 def _distribution(frame: pd.DataFrame, metric: str, runs: list[RunData]) -> dict:
     info = describe(metric)
-    ok = frame[tables.metric_done(frame, metric)]
+    ok = frame[statistics.metric_done(frame, metric)]
     series = {r.label: ok.loc[ok["method"] == r.label, metric].to_numpy() for r in runs}
     note = f"{info.better} is better"
     return {
@@ -249,7 +249,7 @@ def _distribution(frame: pd.DataFrame, metric: str, runs: list[RunData]) -> dict
     }
 
 
-def _tradeoff(table: tables.Tables, records, methods: list[str]) -> str:
+def _tradeoff(table: statistics.Tables, records, methods: list[str]) -> str:
     """Structure metric (x) against appearance metric (y): per-pair points and each method's mean with its CI."""
     structure = next((m for m in table.metrics if describe(m).aspect == "structure"), None)
     appearance = next((m for m in table.metrics if describe(m).aspect == "appearance"), None)

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from html import escape
 
 from evaluation.report import html_pairs
+from evaluation.report import statistics as S
 from evaluation.report import tables as T
 from evaluation.report.assets import SCRIPT, STYLE
 from pipeline.storage import redact_url
@@ -32,7 +33,7 @@ SECTIONS = [
 
 
 def render(
-    table: T.Tables,
+    table: S.Tables,
     *,
     runs,
     warnings,
@@ -135,7 +136,7 @@ def _runs_section(runs) -> str:
     )
 
 
-def _group_html(table: T.Tables, group: T.GroupTable) -> str:
+def _group_html(table: S.Tables, group: S.GroupTable) -> str:
     head = ["method", *(T.header(m) for m in table.metrics), "n evaluated", "n failed", "n pending", *T.COST_HEADERS]
     rows = []
     for row in group.rows:
@@ -177,7 +178,7 @@ def _group_html(table: T.Tables, group: T.GroupTable) -> str:
     return "".join(html)
 
 
-def _cell(row: T.MethodRow, metric: str) -> str:
+def _cell(row: S.MethodRow, metric: str) -> str:
     """Mean on the first line, the 95% CI (and n where it differs) below it."""
     cell = row.cells.get(metric)
     if cell is None:
