@@ -14,7 +14,7 @@ import pandas as pd
 from evaluation.registry import describe, metric_columns
 from evaluation.report import svg
 from evaluation.report.images import ImageSource
-from pipeline.method.objective import TERMS
+from pipeline.method.objective import OBJECTIVE_TERMS
 from pipeline.runs import layout
 from pipeline.runs.run_folder import PairStatus, RunFolderError
 
@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 
 LABEL_COLUMNS = ("dataset", "domain", "split")
 COST_COLUMNS = ("train_seconds", "train_device", "train_peak_memory_bytes")
-LOSS_TERMS = ["total", *TERMS]  # the columns of losses.parquet the report plots: the objective's terms and their sum
+LOSS_TERMS = [
+    "total",
+    *OBJECTIVE_TERMS,
+]  # the columns of losses.parquet the report plots: the objective's terms and their sum
 LOSS_POINTS = 60  # per-pair loss curves are thinned to at most this many steps
 READ_THREADS = 8
 

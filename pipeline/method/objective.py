@@ -34,7 +34,7 @@ from pipeline.method.augment import StepBatch
 from pipeline.method.backbone import DinoBackbone, self_similarity
 from pipeline.method.config import TrainConfig
 
-TERMS = ("appearance", "structure", "identity", "full_appearance", "full_structure")
+OBJECTIVE_TERMS = ("appearance", "structure", "identity", "full_appearance", "full_structure")
 
 
 @dataclass(frozen=True)
@@ -274,7 +274,7 @@ def pack_losses(
         columns["full_appearance"] = _in_rows(torch.cat(appearance_parts), full_rows, count)
 
     # 5. per group: its rows of every term, and the weighted total
-    names = tuple(name for name in TERMS if name in columns)
+    names = tuple(name for name in OBJECTIVE_TERMS if name in columns)
     values = torch.stack([columns[name] for name in names], dim=1)  # (P, T)
     weight_table = torch.tensor([[getattr(w, name) for name in names] for w in weights], dtype=values.dtype)
     totals = (values.nan_to_num() * weight_table.to(values.device, non_blocking=True)).sum(dim=1)  # (P,)

@@ -23,11 +23,11 @@ from pipeline.method.backbone import DinoBackbone
 from pipeline.method.config import TrainConfig
 from pipeline.method.generator import SkipGenerator
 from pipeline.method.images import downscale_to, from_unit_float, to_unit_float
-from pipeline.method.objective import TERMS, full_structure_target
+from pipeline.method.objective import OBJECTIVE_TERMS, full_structure_target
 
 log = logging.getLogger(__name__)
 # options that may change between an interrupted run and its resumption without invalidating the checkpoint
-RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "steps")
+PAIR_RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "steps")
 # settings added since checkpoints were first written, with the value a checkpoint without them was made with
 ADDED_SETTINGS = {"crop_schedule": 1, "crop_schedule_seed": 0}
 # the smallest image side that trains: a 0.95 crop of it, halved five times, must keep more than one pixel per channel
@@ -120,7 +120,7 @@ class PairRun:
     def log(self, step: int, values: dict[str, float]) -> None:
         """Record the terms of `step`; a non-finite one fails the pair."""
         row = {"step": step, "total": values["total"]}
-        row.update({name: values.get(name, float("nan")) for name in TERMS})
+        row.update({name: values.get(name, float("nan")) for name in OBJECTIVE_TERMS})
         if not all(_finite(values[name]) for name in values):  # terms that were off are NaN by design
             raise TrainingError(
                 f"loss became non-finite at step {step} ({_format(row)}); nothing was written. "
@@ -181,7 +181,7 @@ def _fingerprint(*images: torch.Tensor) -> str:
 def _checkpoint_fits(checkpoint: dict, config: TrainConfig, fingerprint: str, pair_id: str) -> bool:
     saved = {**ADDED_SETTINGS, **checkpoint.get("config", {})}
     current = config.to_dict()
-    for name in RESUMABLE_CHANGES:
+    for name in PAIR_RESUMABLE_CHANGES:
         saved.pop(name, None)
         current.pop(name, None)
     saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}

@@ -279,9 +279,9 @@ def read_parquet(storage: Storage, url: str, columns: list[str] | None = None) -
 
 
 def losses_to_parquet(rows: list[dict]) -> bytes:
-    from pipeline.method.objective import TERMS  # torch: only writers of outputs pay for it
+    from pipeline.method.objective import OBJECTIVE_TERMS  # torch: only writers of outputs pay for it
 
-    frame = pd.DataFrame(rows, columns=["step", "total", *TERMS]).astype({"step": "int64"})
+    frame = pd.DataFrame(rows, columns=["step", "total", *OBJECTIVE_TERMS]).astype({"step": "int64"})
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     return buffer.getvalue()
