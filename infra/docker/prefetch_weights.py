@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.method.backbone import DINO_BACKBONES, load_backbone
+from pipeline.method.backbone import load_backbone
+from pipeline.method.weights import DINO_BACKBONES
 
 EVAL = "eval"
 
