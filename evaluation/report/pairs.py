@@ -22,10 +22,8 @@ log = logging.getLogger(__name__)
 
 LABEL_COLUMNS = ("dataset", "domain", "split")
 COST_COLUMNS = ("train_seconds", "train_device", "train_peak_memory_bytes")
-LOSS_TERMS = [
-    "total",
-    *OBJECTIVE_TERMS,
-]  # the columns of losses.parquet the report plots: the objective's terms and their sum
+# the columns of losses.parquet the report plots: the objective's terms and their sum
+LOSS_TERMS = ["total", *OBJECTIVE_TERMS]
 LOSS_POINTS = 60  # per-pair loss curves are thinned to at most this many steps
 READ_THREADS = 8
 
