@@ -381,7 +381,7 @@ def test_break_lock_is_one_option_on_every_command_that_locks_and_reaches_the_lo
     def past_the_lock(*args):
         raise SpliceError("past the lock")
 
-    monkeypatch.setattr("evaluation.importer._check_existing", past_the_lock)
+    monkeypatch.setattr("pipeline.runs.importer._check_existing", past_the_lock)
     manifest = str(tmp_path / "m.parquet")
     write_manifest(validate_frame(build_pairs_dir(make_pairs(["p0"], size=(40, 40))), "test"), manifest)
     argv = ["import", "x", str(tmp_path / "outputs"), "--manifest", manifest, "-o", str(run)]

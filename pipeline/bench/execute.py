@@ -215,7 +215,7 @@ class _Context:
         return Outcome("run", run.label, "incomplete" if summary.failed or summary.pending else "done", detail)
 
     def _import(self, run: RunPlan, manifest_url: str) -> Outcome:
-        from evaluation.importer import import_outputs  # moving to pipeline/runs/importer.py (issue 21's merge)
+        from pipeline.runs.importer import import_outputs
 
         source = run.method.source
         root = source["root"].replace("{dataset}", run.dataset) if source["root"] else None

@@ -300,8 +300,8 @@ def evaluation_todo(folder: RunFolder, settings) -> tuple[int, int]:
     """(pairs with an output to (re)compute, pairs without an output whose status is not recorded yet)."""
     from evaluation.registry import describe, get_metric
 
-    stamps = folder.pair_stamps()
-    with_output = {p for p, files in stamps.items() if layout.SUCCESS in files and layout.OUTPUT_PNG in files}
+    listing = folder.listing()  # the run folder's word on which pairs are done (as `splice evaluate` reads it)
+    with_output = {p for p in listing.files if listing.is_done(p)}
     try:
         frame = folder.metrics()
         evaluation = folder.evaluation()
@@ -323,7 +323,7 @@ def evaluation_todo(folder: RunFolder, settings) -> tuple[int, int]:
             status = PairStatus.of(expected.get(pair_id)).value
             unrecorded += row is None or row.get("status") != status
             continue
-        if row is None or row.get("output_stamp") != stamps[pair_id][layout.OUTPUT_PNG]:
+        if row is None or row.get("output_stamp") != listing.output_stamp(pair_id):
             todo += 1
             continue
         for metric in wanted:
