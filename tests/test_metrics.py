@@ -12,6 +12,7 @@ from evaluation import metrics as M
 from evaluation.engine import PairImages, compute_metrics
 from evaluation.models import EvalSettings, MetricModels, load_lpips, load_metric_models
 from evaluation.segmenter import load_segmenter
+from evaluation.views import resize, vit_size
 from evaluation.weights import MetricUnavailable, hub_cache_path
 from pipeline.method.backbone import load_backbone, self_similarity
 
@@ -181,8 +182,8 @@ def test_engine_batches_mixed_sizes_and_keeps_the_identities(models):
     # and so does the definition written out by hand: the output resized to the structure image's size, then both
     # to the backbone's input size, the MSE of their key self-similarities
     structure = unit(s0)
-    size = M.vit_size(40, 56)
-    inputs = torch.cat([M.resize(structure, size), M.resize(M.resize(unit(a0), (40, 56)), size)])
+    size = vit_size(40, 56)
+    inputs = torch.cat([resize(structure, size), resize(resize(unit(a0), (40, 56)), size)])
     backbone = models.get("vitb8")
     similarity = self_similarity(backbone.last_block(backbone.prepare(inputs)).keys)
     expected = (similarity[0] - similarity[1]).pow(2).mean().item()
