@@ -4,7 +4,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -13,6 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY_BACKBONE as TINY
+from faults import wait_for
 from pipeline.method.backbone import load_backbone
 from pipeline.method.config import TrainConfig
 from pipeline.method.generator import SkipGenerator
@@ -149,11 +149,16 @@ def test_interrupted_splice_train_resumes_and_matches_an_uninterrupted_run(tmp_p
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 120
-    while not (interrupted / "checkpoint.pt").exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    try:
+        wait_for(
+            lambda: (interrupted / "checkpoint.pt").exists() or process.poll() is not None,
+            timeout=120,
+            interval=0.05,
+            what="the first checkpoint",
+        )
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
     assert (interrupted / "checkpoint.pt").exists() and not (interrupted / "_SUCCESS").exists()
     resumed = splice("train", *args, "-o", str(interrupted))
     assert resumed.returncode == 0, resumed.stderr
