@@ -121,6 +121,7 @@ def protocol_reference(
     return selfsim, dino_i
 
 
+@pytest.mark.slow
 def test_published_protocol_matches_a_reference_built_from_pil_and_torchvision():
     # ViT-S/8 shape with DINO's input normalisation: patch 8 as in the protocol's ViT-B/8, small enough for a test
     backbone = load_backbone("random:vit_small_patch8_224.dino", "cpu")
@@ -152,6 +153,7 @@ def test_layout_miou_is_one_for_identical_images_and_lower_otherwise(models):
     assert scores_of(models, ["layout_miou"], structure, other, other)["layout_miou"] < 1.0
 
 
+@pytest.mark.slow
 def test_engine_batches_mixed_sizes_and_keeps_the_identities(models):
     s0, s1, a0 = smooth_image(10, 40, 56), smooth_image(11, 48, 48), smooth_image(12, 36, 44)
     pairs = [

@@ -148,6 +148,7 @@ def test_manifest_errors_stop_the_run_before_any_work(tmp_path, capsys):
 # --- reliability ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_pair_is_retried_and_done_exactly_once(ray_session, tmp_path, manifest, inject_faults):
     path = manifest(["k0", "k1", "k2"])
     # k1's first attempt writes half an output.png and dies; k2's dies just after finishing its pair
@@ -181,6 +182,7 @@ def test_worker_killed_without_retries_fails_cleanly_and_is_redone_next_time(
     assert Image.open(pair_file(out, "z1", "output.png")).size == (64, 48)
 
 
+@pytest.mark.slow
 def test_interrupted_driver_resumes_with_nothing_lost_or_done_twice(ray_session, tmp_path, manifest):
     ids = [f"i{n}" for n in range(8)]
     path = manifest(ids)
@@ -404,6 +406,7 @@ def test_color_transfer_moves_lab_statistics_and_keeps_structure():
     assert np.abs(lab_to_srgb(srgb_to_lab(colours)).astype(int) - colours).max() <= 1
 
 
+@pytest.mark.slow
 def test_an_address_with_no_cluster_fails_in_seconds_with_what_to_check(tmp_path):
     import socket
 
@@ -440,6 +443,7 @@ def test_an_address_with_no_cluster_fails_in_seconds_with_what_to_check(tmp_path
 # --- packs (--pack K: several pairs trained together per task) ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_splice_run_in_packs_matches_pairs_trained_alone(ray_session, tmp_path, manifest, inject_faults, capsys):
     from pipeline.method.backbone import load_backbone
     from pipeline.method.trainer import train_pair

@@ -260,6 +260,7 @@ def test_2_import_never_overwrites_a_run_and_takes_the_lock(ray_session, tmp_pat
 # (--break-lock refusing a live holder on this host: tests/test_run.py::test_a_second_run_into_the_same_out_refuses)
 
 
+@pytest.mark.slow
 def test_3_a_run_whose_lock_was_taken_over_stops_writing(ray_session, tmp_path):
     with slow_run_in_flight(tmp_path, ray_session, [f"f{n}" for n in range(4)]) as (out, driver):
         assert driver.poll() is None and not list(out.glob("pairs/*/_SUCCESS"))
@@ -290,6 +291,7 @@ def test_3_a_run_whose_lock_was_taken_over_stops_writing(ray_session, tmp_path):
 # --- 4. two evaluations at once --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_4_concurrent_evaluations_with_different_metrics_keep_both(tmp_path):
     inputs = write_inputs(tmp_path / "in", ["p0", "p1"])
     manifest = manifest_of(tmp_path / "m.parquet", inputs)
@@ -325,6 +327,7 @@ def test_4_concurrent_evaluations_with_different_metrics_keep_both(tmp_path):
     assert {first, second} <= set(described) and not (run / "eval" / "_LOCK").exists()
 
 
+@pytest.mark.slow
 def test_4_an_evaluation_saving_late_keeps_the_rows_of_pairs_it_never_saw(tmp_path):
     inputs = write_inputs(tmp_path / "in", ["p0", "p1", "p2"])
     outputs = tmp_path / "outputs"
@@ -380,6 +383,7 @@ def _evaluated_import(tmp_path, name, manifest, inputs, seed) -> str:
     return run
 
 
+@pytest.mark.slow
 def test_5_reports_are_atomic_and_compare_like_with_like(tmp_path, caplog):
     inputs = write_inputs(tmp_path / "in", ["p0", "p1"])
     manifest = manifest_of(tmp_path / "m.parquet", inputs)
@@ -596,6 +600,7 @@ def test_7_the_cap_holds_while_reading_and_slow_reads_time_out(tmp_path):
     assert len(tries) >= 2  # retried (with backoff) before giving up
 
 
+@pytest.mark.slow
 def test_7_sigterm_releases_the_lock_and_records_results(ray_session, tmp_path):
     with slow_run_in_flight(tmp_path, ray_session, ["t0", "t1", "t2"]) as (out, driver):
         driver.send_signal(signal.SIGTERM)

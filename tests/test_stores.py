@@ -141,6 +141,7 @@ def report_time(capsys, endpoint: str) -> tuple[float, str]:
     return seconds, error
 
 
+@pytest.mark.slow
 def test_a_dead_store_is_reported_in_seconds_with_what_to_check(capsys, monkeypatch):
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"):
         monkeypatch.delenv(name, raising=False)
