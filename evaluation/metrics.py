@@ -35,8 +35,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from evaluation.registry import METRICS, MetricInfo, Need, register_metric  # noqa: F401  (METRICS, MetricInfo: re-exported)
-from evaluation.views import PROTOCOL_SIDE, SMALL_SIDE, protocol_image, resize, small_size, vit_size  # noqa: F401
+from evaluation.registry import METRICS, Need, register_metric  # noqa: F401  (METRICS: re-exported)
+from evaluation.views import PROTOCOL_SIDE, SMALL_SIDE
 
 PROTOCOL = (
     "published protocol (Ctrl-X evaluation, genforce/ctrl-x data/evaluation; Splice's losses): "

@@ -33,8 +33,7 @@ import fsspec
 
 from pipeline.errors import SpliceError, StorageError
 from pipeline.filesystems import library_options, open_filesystem
-from pipeline.redaction import (  # noqa: F401  (re-exported: callers redact through storage)
-    REDACTED,
+from pipeline.redaction import (  # noqa: F401  (redact re-exported: callers redact through storage)
     has_userinfo,
     redact,
     redact_text,

@@ -6,6 +6,8 @@
   process reach it through the environment from `FaultyS3.client_env()`.
 - `free_port`, `start_session`, `kill_session`: run a command tree (a Ray cluster, a driver with its embedded Ray)
   in a session of its own and end exactly that session, whatever its processes did with their process groups.
+- `wait_for` (poll a condition, with a deadline) and `finishes_within` (a call, with a deadline): how tests wait,
+  instead of fixed sleeps and asserts on measured durations.
 - `hook` and `fault_env`: this file is also the test hook module of pipeline/runs/hooks.py. `fault_env(plan)` gives
   the environment that installs it; the plan (SPLICE_TEST_FAULTS) says what happens at which hook point:
     kill-once=ID1,ID2:    on the pair's first attempt the worker writes a partial output.png and exits hard (os._exit);
@@ -16,6 +18,8 @@
     eval-sleep=S:         every chunk of `splice evaluate` on Ray sleeps S seconds before it starts;
     pause=POINT:PATH:     a command reaching hook point POINT creates PATH.waiting, then waits until PATH exists, so
                           that a test can act (run a second command, kill this one) at a known point.
+    record=PATH:          every hook point reached appends a line "POINT PAIR_ID" to PATH (PAIR_ID "-" where the point
+                          has none), in any process: what a command did, without timing it (`recorded(PATH)`).
   e.g. "kill-once=k1;kill-after-write=k2;sleep=1.5". Parts are separated by ';'.
 """
 
@@ -118,13 +122,40 @@ def kill_session(process: subprocess.Popen, *, term_first: float = 0.0) -> None:
 
 
 def wait_for(predicate, *, timeout: float, interval: float = 0.1, what: str = "condition"):
+    """Poll `predicate()` until it returns something true, and return that; fail with a TimeoutError naming `what`
+    after `timeout` seconds. The way tests wait for something to happen: never a fixed sleep, never an assert on
+    how long something took (a loaded machine makes both flaky); `timeout` is a generous limit, not an expectation."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         value = predicate()
         if value:
             return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def finishes_within(seconds: float, fn, *, what: str):
+    """fn()'s value (or its exception, raised here) if it returns within `seconds`; else a TimeoutError naming
+    `what`, at the deadline (fn goes on in a daemon thread). For what must not hang or back off for long (a dead
+    store reported, a FIFO refused): a generous deadline that fails at once and says what hung, instead of timing
+    the call and asserting on the difference afterwards (which a hang never reaches)."""
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # handed to the caller
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"finishes_within: {what}", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"{what}: still running after {seconds:.0f} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 # --- crashes and delays at the pipeline's hook points (pipeline/runs/hooks.py) -------------------------------
@@ -171,6 +202,17 @@ def hook(point: str, **context) -> None:
             _pause(value.partition(":")[2])
         elif name == "pause" and value.partition(":")[0] == point:
             _pause(value.partition(":")[2])
+        elif name == "record":
+            with open(value, "a") as f:  # one short append per line: whole lines, whatever the process
+                f.write(f"{point} {context.get('pair_id', '-')}\n")
+
+
+def recorded(path) -> list[tuple[str, str]]:
+    """The (point, pair_id) lines a `record=PATH` plan wrote, in order; [] if none was reached."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [tuple(line.split(" ", 1)) for line in f.read().splitlines()]
 
 
 def _pause(path: str, timeout: float = 300.0) -> None:

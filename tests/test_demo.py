@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import TINY_BACKBONE
@@ -39,6 +40,7 @@ def test_demo_inputs_are_reproducible_and_distinct(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_demo_runs_offline_and_says_where_the_outputs_are(ray_session, tmp_path, capsys):
     out = tmp_path / "demo"
     argv = [
@@ -76,6 +78,7 @@ def test_demo_runs_offline_and_says_where_the_outputs_are(ray_session, tmp_path,
     assert "2 done (2 skipped as already done)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_demo_starts_an_embedded_ray_when_given_no_address(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     command = [

@@ -133,6 +133,7 @@ def test_evaluate_writes_one_row_per_pair_with_provenance_and_counts_failures(ru
     assert not (run / "pairs" / "p0" / "eval").exists()  # nothing written beside the training outputs
 
 
+@pytest.mark.slow
 def test_re_running_computes_only_what_is_missing(run, monkeypatch):
     calls = []
     real = backends_module.compute_metrics
@@ -201,6 +202,7 @@ def test_cli_offline_skips_unavailable_metrics_unless_asked_for(run, offline, ca
     assert "not a run folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_on_ray_matches_local(run, tmp_path, ray_session):
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)

@@ -40,6 +40,7 @@ BIN = Path(sys.executable).parent  # the environment under test: its `splice` an
 SPLICE = str(BIN / "splice") if (BIN / "splice").exists() else shutil.which("splice")
 RAY = str(BIN / "ray") if (BIN / "ray").exists() else shutil.which("ray")
 PAIR_FILES = ("output.png", "losses.parquet", "meta.json")
+pytestmark = pytest.mark.slow  # Ray clusters, killed drivers, a faulty store: 15-80 s each
 
 
 # --- helpers -------------------------------------------------------------------------------------------------

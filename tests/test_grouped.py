@@ -232,6 +232,7 @@ def test_a_same_size_pack_with_another_size_gets_what_each_gets_alone(backbone, 
         assert_same_result(results[pair_id], reference)
 
 
+@pytest.mark.slow
 def test_pairs_leaving_mid_pack_and_resuming_in_another_pack(backbone, alone):
     """p0 stops after 2 steps (a slice of its stack while p1 and p2 go on); then p0, resumed from its checkpoint,
     trains in a pack with a fresh pair of its size (another stack: they are at other steps)."""
@@ -249,6 +250,7 @@ def test_pairs_leaving_mid_pack_and_resuming_in_another_pack(backbone, alone):
     assert_same_result(resumed["p3"], alone["p3"][0])
 
 
+@pytest.mark.slow
 def test_a_checkpoint_made_before_the_shared_schedule_resumes_on_schedule_1(backbone):
     legacy = CONFIG.replace(crop_schedule=1)
     saved = []
@@ -275,6 +277,7 @@ def test_a_run_recorded_before_the_shared_schedule_goes_on_with_schedule_1(tmp_p
     assert rerun.keep_crop_schedule(fresh, method, settings).config.crop_schedule == 2
 
 
+@pytest.mark.slow
 def test_compiled_generators_give_the_eager_results(backbone, caplog):
     """--compile captures each crop shape's grouped call (here with dynamo's 'eager' backend: no C++ compiler on
     CI); a backend that cannot compile falls back to eager with one warning; both give the eager results."""

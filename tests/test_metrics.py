@@ -12,6 +12,7 @@ from evaluation import metrics as M
 from evaluation.engine import PairImages, compute_metrics
 from evaluation.models import EvalSettings, MetricModels, load_lpips, load_metric_models
 from evaluation.segmenter import load_segmenter
+from evaluation.views import resize, vit_size
 from evaluation.weights import MetricUnavailable, hub_cache_path
 from pipeline.method.backbone import load_backbone, self_similarity
 
@@ -120,6 +121,7 @@ def protocol_reference(
     return selfsim, dino_i
 
 
+@pytest.mark.slow
 def test_published_protocol_matches_a_reference_built_from_pil_and_torchvision():
     # ViT-S/8 shape with DINO's input normalisation: patch 8 as in the protocol's ViT-B/8, small enough for a test
     backbone = load_backbone("random:vit_small_patch8_224.dino", "cpu")
@@ -151,6 +153,7 @@ def test_layout_miou_is_one_for_identical_images_and_lower_otherwise(models):
     assert scores_of(models, ["layout_miou"], structure, other, other)["layout_miou"] < 1.0
 
 
+@pytest.mark.slow
 def test_engine_batches_mixed_sizes_and_keeps_the_identities(models):
     s0, s1, a0 = smooth_image(10, 40, 56), smooth_image(11, 48, 48), smooth_image(12, 36, 44)
     pairs = [
@@ -181,8 +184,8 @@ def test_engine_batches_mixed_sizes_and_keeps_the_identities(models):
     # and so does the definition written out by hand: the output resized to the structure image's size, then both
     # to the backbone's input size, the MSE of their key self-similarities
     structure = unit(s0)
-    size = M.vit_size(40, 56)
-    inputs = torch.cat([M.resize(structure, size), M.resize(M.resize(unit(a0), (40, 56)), size)])
+    size = vit_size(40, 56)
+    inputs = torch.cat([resize(structure, size), resize(resize(unit(a0), (40, 56)), size)])
     backbone = models.get("vitb8")
     similarity = self_similarity(backbone.last_block(backbone.prepare(inputs)).keys)
     expected = (similarity[0] - similarity[1]).pow(2).mean().item()

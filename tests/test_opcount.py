@@ -40,6 +40,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_a_pack_of_four_same_size_pairs_dispatches_less_than_1_3x_the_ops_of_a_pack_of_one(backbone, one_thread):
     alone = opcount.count_ops_per_step(1, same_size=True, steps=STEPS, backbone=backbone)
     pack = opcount.count_ops_per_step(4, same_size=True, steps=STEPS, backbone=backbone)
@@ -51,6 +52,7 @@ def test_a_pack_of_four_same_size_pairs_dispatches_less_than_1_3x_the_ops_of_a_p
     )
 
 
+@pytest.mark.slow
 def test_a_mixed_size_pack_still_trains_and_is_counted(backbone, one_thread):
     counted = opcount.count_ops_per_step(3, same_size=False, steps=STEPS, backbone=backbone)
     sizes = {tuple(map(tuple, pair)) for pair in counted["sizes"]}

@@ -98,6 +98,7 @@ def test_a_packed_run_resumes_per_pair_even_in_another_pack(backbone, alone, pac
         assert_same_result(resumed[pair_id], alone[pair_id][0])
 
 
+@pytest.mark.slow
 def test_a_failing_pair_fails_alone_and_its_pack_mates_are_unchanged(backbone, alone, monkeypatch):
     """A pair that diverges mid-training inside a grouped generator call (its stack-mate 'a' has the same sizes)
     leaves the pack at once, by a slice; 'a' and 'c' get exactly what they get alone."""
@@ -137,6 +138,7 @@ def test_a_failing_pair_fails_alone_and_its_pack_mates_are_unchanged(backbone, a
         assert_same_result(results[pair_id], alone[pair_id][0], steps={0, 2})
 
 
+@pytest.mark.slow
 def test_compiled_backbone_falls_back_to_eager_where_compiling_fails(backbone, caplog):
     def no_compiler(graph, inputs):  # what a machine without a working compiler does
         raise RuntimeError("no C++ compiler found")

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY_BACKBONE
-from faults import FAULTS_ENV, fault_env
+from faults import FAULTS_ENV, fault_env, recorded, wait_for
 from manifests.builders import build_pairs_dir
 from manifests.schema import ManifestError, validate_frame, write_manifest
 from pipeline.cli.main import main
@@ -117,15 +116,19 @@ def test_splice_run_with_a_corrupt_pair_then_a_rerun_that_skips(ray_session, tmp
     assert "4 pair(s): 3 done, 1 failed, 0 pending" in printed and "pair 'bad'" in printed
 
 
-def test_rerun_of_a_finished_run_is_near_instant(ray_session, tmp_path, manifest, capsys, monkeypatch):
+def test_rerun_of_a_finished_run_starts_no_pair(ray_session, tmp_path, manifest, capsys, monkeypatch, inject_faults):
+    """A re-run of a finished run is near instant because it sends no pair to a worker: checked at the workers' hook
+    points (every point a command reaches is recorded), not with a clock."""
     path = manifest(["a", "b", "c"])
     monkeypatch.chdir(tmp_path)
     argv = ["run", path, "--out", "run", "--method", "structure-copy", "--no-progress"]  # relative: this folder
+    inject_faults(f"record={tmp_path / 'first.points'}")
     assert main(argv) == 0
     assert len(list(tmp_path.glob("run/pairs/*/_SUCCESS"))) == 3
-    started = time.perf_counter()
+    assert {p for point, p in recorded(tmp_path / "first.points") if point == "pair.started"} == {"a", "b", "c"}
+    inject_faults(f"record={tmp_path / 'again.points'}")
     assert main(argv) == 0
-    assert time.perf_counter() - started < 3.0
+    assert recorded(tmp_path / "again.points") == []  # no pair started, read or written
     assert "3 done (3 skipped as already done), 0 failed" in capsys.readouterr().out
 
 
@@ -145,6 +148,7 @@ def test_manifest_errors_stop_the_run_before_any_work(tmp_path, capsys):
 # --- reliability ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_pair_is_retried_and_done_exactly_once(ray_session, tmp_path, manifest, inject_faults):
     path = manifest(["k0", "k1", "k2"])
     # k1's first attempt writes half an output.png and dies; k2's dies just after finishing its pair
@@ -178,6 +182,7 @@ def test_worker_killed_without_retries_fails_cleanly_and_is_redone_next_time(
     assert Image.open(pair_file(out, "z1", "output.png")).size == (64, 48)
 
 
+@pytest.mark.slow
 def test_interrupted_driver_resumes_with_nothing_lost_or_done_twice(ray_session, tmp_path, manifest):
     ids = [f"i{n}" for n in range(8)]
     path = manifest(ids)
@@ -199,10 +204,16 @@ def test_interrupted_driver_resumes_with_nothing_lost_or_done_twice(ray_session,
     release = tmp_path / "release"  # i2..i7 are held until the driver has been interrupted
     held = {**os.environ, **fault_env(f"hold={','.join(ids[2:])}:{release}")}
     driver = subprocess.Popen(command, env=held, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 90
-    while len(list(out.glob("pairs/*/_SUCCESS"))) < 2:
-        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[0]
-        time.sleep(0.1)
+    try:
+        wait_for(
+            lambda: len(list(out.glob("pairs/*/_SUCCESS"))) >= 2 or driver.poll() is not None,
+            timeout=90,
+            what="two pairs done",
+        )
+    finally:
+        if driver.poll() is None and len(list(out.glob("pairs/*/_SUCCESS"))) < 2:
+            driver.kill()
+    assert driver.poll() is None, driver.communicate()[0]
     driver.send_signal(signal.SIGINT)
     output = driver.communicate(timeout=60)[0]
     assert driver.returncode == 130, output
@@ -395,6 +406,7 @@ def test_color_transfer_moves_lab_statistics_and_keeps_structure():
     assert np.abs(lab_to_srgb(srgb_to_lab(colours)).astype(int) - colours).max() <= 1
 
 
+@pytest.mark.slow
 def test_an_address_with_no_cluster_fails_in_seconds_with_what_to_check(tmp_path):
     import socket
 
@@ -408,7 +420,6 @@ def test_an_address_with_no_cluster_fails_in_seconds_with_what_to_check(tmp_path
         subprocess.run([*splice, "manifest", "build", "csv", str(csv), "-o", str(tmp_path / "m.parquet")]).returncode
         == 0
     )
-    started = time.monotonic()
     done = subprocess.run(
         [
             *splice,
@@ -423,15 +434,16 @@ def test_an_address_with_no_cluster_fails_in_seconds_with_what_to_check(tmp_path
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=60,  # the deadline: "in seconds", not after Ray's own minutes of retries
     )
     assert done.returncode == 2 and f"no Ray cluster answers at 127.0.0.1:{port}" in done.stderr
-    assert "Traceback" not in done.stderr and time.monotonic() - started < 60
+    assert "Traceback" not in done.stderr
 
 
 # --- packs (--pack K: several pairs trained together per task) ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_splice_run_in_packs_matches_pairs_trained_alone(ray_session, tmp_path, manifest, inject_faults, capsys):
     from pipeline.method.backbone import load_backbone
     from pipeline.method.trainer import train_pair

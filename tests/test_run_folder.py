@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from evaluation.evaluate import evaluate_run
 from evaluation.metrics import METRICS
 from evaluation.models import EvalSettings
 from evaluation.report.build import build_report
-from faults import FaultyS3, Rule, fault_env, wait_for
+from faults import FaultyS3, Rule, fault_env, finishes_within, wait_for
 from pipeline.cli.main import main
 from pipeline.errors import StoreUnreachable
 from pipeline.runs.importer import ImportRefused, import_outputs
@@ -261,6 +260,7 @@ def test_2_import_never_overwrites_a_run_and_takes_the_lock(ray_session, tmp_pat
 # (--break-lock refusing a live holder on this host: tests/test_run.py::test_a_second_run_into_the_same_out_refuses)
 
 
+@pytest.mark.slow
 def test_3_a_run_whose_lock_was_taken_over_stops_writing(ray_session, tmp_path):
     with slow_run_in_flight(tmp_path, ray_session, [f"f{n}" for n in range(4)]) as (out, driver):
         assert driver.poll() is None and not list(out.glob("pairs/*/_SUCCESS"))
@@ -291,6 +291,7 @@ def test_3_a_run_whose_lock_was_taken_over_stops_writing(ray_session, tmp_path):
 # --- 4. two evaluations at once --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_4_concurrent_evaluations_with_different_metrics_keep_both(tmp_path):
     inputs = write_inputs(tmp_path / "in", ["p0", "p1"])
     manifest = manifest_of(tmp_path / "m.parquet", inputs)
@@ -326,6 +327,7 @@ def test_4_concurrent_evaluations_with_different_metrics_keep_both(tmp_path):
     assert {first, second} <= set(described) and not (run / "eval" / "_LOCK").exists()
 
 
+@pytest.mark.slow
 def test_4_an_evaluation_saving_late_keeps_the_rows_of_pairs_it_never_saw(tmp_path):
     inputs = write_inputs(tmp_path / "in", ["p0", "p1", "p2"])
     outputs = tmp_path / "outputs"
@@ -381,6 +383,7 @@ def _evaluated_import(tmp_path, name, manifest, inputs, seed) -> str:
     return run
 
 
+@pytest.mark.slow
 def test_5_reports_are_atomic_and_compare_like_with_like(tmp_path, caplog):
     inputs = write_inputs(tmp_path / "in", ["p0", "p1"])
     manifest = manifest_of(tmp_path / "m.parquet", inputs)
@@ -547,11 +550,15 @@ def test_7_fifos_devices_and_oversized_inputs_are_refused_before_reading(ray_ses
     inputs["fifo"] = (fifo, inputs["fifo"][1])
     inputs["zero"] = (Path("/dev/zero"), inputs["zero"][1])
     manifest = manifest_of(tmp_path / "m.parquet", inputs)
-    started = time.monotonic()
-    code, _, err = cli(capsys, "manifest", "validate", manifest, "--check-images")
+    # a FIFO with no writer blocks whoever opens it: a deadline, so that a regression fails instead of hanging
+    code, _, err = finishes_within(
+        60, lambda: cli(capsys, "manifest", "validate", manifest, "--check-images"), what="validating a FIFO"
+    )
     assert code == 2 and "pipe.png is a FIFO (named pipe), not a regular file" in err and "/dev/zero is a device" in err
-    code, _, err = run_cli(capsys, manifest, tmp_path / "run", method="color-transfer")
-    assert code == 1 and time.monotonic() - started < 60
+    code, _, err = finishes_within(
+        60, lambda: run_cli(capsys, manifest, tmp_path / "run", method="color-transfer"), what="running over a FIFO"
+    )
+    assert code == 1
     table = results(tmp_path / "run")
     assert table.at["ok", "status"] == "done"
     assert "FIFO" in table.at["fifo", "error"] and "device" in table.at["zero", "error"]
@@ -573,19 +580,27 @@ def test_7_the_cap_holds_while_reading_and_slow_reads_time_out(tmp_path):
     with pytest.raises(OSError, match="larger than the cap of 1000 bytes"):
         storage.read_input("memory://b/big.png", max_bytes=1000)
 
-    class Slow(MemoryFileSystem):
+    answer, tries = threading.Event(), []
+
+    class Hung(MemoryFileSystem):  # a read that does not answer until the test is over
         def cat_file(self, path, *args, **kwargs):
-            time.sleep(5)
+            tries.append(path)
+            answer.wait(60)
             return super().cat_file(path, *args, **kwargs)
 
-    storage._filesystems["memory"] = slow = Slow(skip_instance_cache=True)
-    slow.pipe_file("/b/slow.png", b"x")
-    started = time.monotonic()
-    with pytest.raises(TimeoutError, match="took longer than"):
-        storage.read_input("memory://b/slow.png", max_bytes=100, timeout=0.2)
-    assert time.monotonic() - started < 15  # retried a few times (with backoff), each try cut off at 0.2 s, not 5 s
+    storage._filesystems["memory"] = hung = Hung(skip_instance_cache=True)
+    hung.pipe_file("/b/slow.png", b"x")
+    try:  # each try is cut off at 0.2 s: a read that waited for the answer would return b"x", not raise
+        with pytest.raises(TimeoutError, match="took longer than"):
+            finishes_within(
+                45, lambda: storage.read_input("memory://b/slow.png", max_bytes=100, timeout=0.2), what="a hung read"
+            )
+    finally:
+        answer.set()
+    assert len(tries) >= 2  # retried (with backoff) before giving up
 
 
+@pytest.mark.slow
 def test_7_sigterm_releases_the_lock_and_records_results(ray_session, tmp_path):
     with slow_run_in_flight(tmp_path, ray_session, ["t0", "t1", "t2"]) as (out, driver):
         driver.send_signal(signal.SIGTERM)
@@ -794,9 +809,9 @@ def test_11_symlink_loops_and_refused_connections_are_not_retried(tmp_path, capl
         with pytest.raises(OSError) as loop:
             storage.read_input(str(loop_a), max_bytes=1000)
         assert "symbolic links" in str(loop.value) or loop.value.errno == 40
-        started = time.monotonic()
         with pytest.raises(StoreUnreachable):
-            storage.read_input("s3://bucket/x.png", max_bytes=1000)
+            finishes_within(20, lambda: storage.read_input("s3://bucket/x.png", max_bytes=1000), what="a refused read")
         with pytest.raises(StoreUnreachable):
-            with_retries(lambda: socket.create_connection(("127.0.0.1", port), timeout=2), what="connecting")
-    assert "retrying" not in caplog.text and time.monotonic() - started < 20
+            connect = lambda: socket.create_connection(("127.0.0.1", port), timeout=2)  # noqa: E731
+            finishes_within(20, lambda: with_retries(connect, what="connecting"), what="a refused connection")
+    assert "retrying" not in caplog.text

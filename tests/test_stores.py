@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from faults import free_port
+from faults import finishes_within, free_port
 from pipeline.cli.main import main
 from pipeline.errors import StoreUnreachable
 from pipeline.filesystems import open_filesystem
@@ -22,7 +22,7 @@ from pipeline.transient import NO_ANSWER_WINDOW_S, with_retries
 AZURITE_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="  # public dev key
 )
-DEADLINE_S = 30.0
+DEADLINE_S = 30.0  # a dead store is reported within this, or the test fails at it (finishes_within)
 
 
 def round_trip(storage: Storage, base: str) -> None:
@@ -121,34 +121,33 @@ class SilentServer:
 
 
 def report_time(capsys, endpoint: str) -> tuple[float, str]:
-    """Run `splice manifest validate` against a dead S3 endpoint; (seconds, stderr)."""
+    """Run `splice manifest validate` against a dead S3 endpoint, within DEADLINE_S; (seconds, stderr)."""
     started = time.monotonic()
-    code = main(
-        [
-            "manifest",
-            "validate",
-            "s3://bucket/m.parquet",
-            "--storage-option",
-            f"endpoint_url={endpoint}",
-            "--storage-option",
-            "key=AKIAEXAMPLEKEY",
-            "--storage-option",
-            "secret=do-not-print-me",
-        ]
-    )
+    argv = [
+        "manifest",
+        "validate",
+        "s3://bucket/m.parquet",
+        "--storage-option",
+        f"endpoint_url={endpoint}",
+        "--storage-option",
+        "key=AKIAEXAMPLEKEY",
+        "--storage-option",
+        "secret=do-not-print-me",
+    ]
+    code = finishes_within(DEADLINE_S, lambda: main(argv), what=f"reporting the dead store at {endpoint}")
     seconds = time.monotonic() - started
     error = capsys.readouterr().err
     assert code == 2
     return seconds, error
 
 
+@pytest.mark.slow
 def test_a_dead_store_is_reported_in_seconds_with_what_to_check(capsys, monkeypatch):
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"):
         monkeypatch.delenv(name, raising=False)
     # 1. nothing listens on the port (connection refused)
     closed = free_port()
     refused_s, error = report_time(capsys, f"http://127.0.0.1:{closed}")
-    assert refused_s < DEADLINE_S, error
     assert "the store did not answer while reading s3://bucket/m.parquet" in error and f"127.0.0.1:{closed}" in error
     assert "endpoint_url" in error and "reachable" in error
     assert "do-not-print-me" not in error and "AKIAEXAMPLEKEY" not in error
@@ -160,7 +159,6 @@ def test_a_dead_store_is_reported_in_seconds_with_what_to_check(capsys, monkeypa
     finally:
         silent.close()
     print(f"\ndead store reported in: {refused_s:.1f} s (nothing listening), {hung_s:.1f} s (accepts, never answers)")
-    assert hung_s < DEADLINE_S, error
     assert "the store did not answer" in error and "timeout" in error.lower() and "do-not-print-me" not in error
 
 
@@ -172,10 +170,9 @@ def test_a_dead_azure_store_is_reported_in_seconds():
     storage = Storage({"connection_string": connection})
     started = time.monotonic()
     with pytest.raises(StoreUnreachable, match="did not answer while reading az://container/m.parquet") as caught:
-        storage.read_bytes("az://container/m.parquet")
-    seconds = time.monotonic() - started
-    print(f"\ndead Azure store, nothing listening: reported in {seconds:.1f} s")
-    assert seconds < DEADLINE_S and AZURITE_KEY not in str(caught.value)
+        finishes_within(DEADLINE_S, lambda: storage.read_bytes("az://container/m.parquet"), what="a dead Azure store")
+    print(f"\ndead Azure store, nothing listening: reported in {time.monotonic() - started:.1f} s")
+    assert AZURITE_KEY not in str(caught.value)
 
 
 def test_no_answer_is_given_up_on_after_the_window_and_not_retried_again(monkeypatch):

@@ -149,6 +149,7 @@ def read_png(path: Path) -> torch.Tensor:
     return read_image_file(str(path))
 
 
+@pytest.mark.slow
 def test_two_ray_train_workers_match_one_and_a_killed_training_resumes(reference, ray_session, tmp_path):
     """One scenario, two Ray Train launches (each costs seconds): a two-worker CLI training is killed after its
     first checkpoint, which must hold the one-worker weights of that step; the same command resumes it and ends

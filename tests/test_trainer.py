@@ -4,7 +4,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -13,6 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY_BACKBONE as TINY
+from faults import wait_for
 from pipeline.method.backbone import load_backbone
 from pipeline.method.config import TrainConfig
 from pipeline.method.generator import SkipGenerator
@@ -52,6 +52,7 @@ def test_generator_is_fully_convolutional_at_any_size():
         assert generator(torch.rand(1, 3, *size)).shape == (1, 3, *size)
 
 
+@pytest.mark.slow
 def test_loss_falls_and_output_has_the_structure_images_size(backbone):
     structure, appearance = make_pair(structure_size=(45, 67))
     config = TrainConfig(backbone=TINY, steps=40, log_every=1)
@@ -63,6 +64,7 @@ def test_loss_falls_and_output_has_the_structure_images_size(backbone):
     assert result.meta["final_losses"]["step"] == 39
 
 
+@pytest.mark.slow
 def test_seeded_runs_are_reproducible(backbone):
     structure, appearance = make_pair()
     config = TrainConfig(backbone=TINY, steps=6, log_every=1)
@@ -74,6 +76,7 @@ def test_seeded_runs_are_reproducible(backbone):
     assert not same_losses(first.losses, other.losses)
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_reaches_the_uninterrupted_result(backbone):
     structure, appearance = make_pair()
     config = TrainConfig(backbone=TINY, steps=12, log_every=2, checkpoint_every=5, full_image_every=4)
@@ -119,6 +122,7 @@ def pair_files(tmp_path):
     return save_png(tmp_path / "structure.png", structure), save_png(tmp_path / "appearance.png", appearance)
 
 
+@pytest.mark.slow
 def test_splice_train_writes_output_meta_and_losses(tmp_path, pair_files):
     out = tmp_path / "out"
     done = splice(
@@ -139,6 +143,7 @@ def test_splice_train_writes_output_meta_and_losses(tmp_path, pair_files):
     assert again.returncode == 0 and "already holds a finished result" in again.stdout
 
 
+@pytest.mark.slow
 def test_interrupted_splice_train_resumes_and_matches_an_uninterrupted_run(tmp_path, pair_files):
     args = [*pair_files, "--backbone", TINY, "--steps", "60", "--checkpoint-every", "10", "--no-progress"]
     reference = tmp_path / "reference"
@@ -149,11 +154,16 @@ def test_interrupted_splice_train_resumes_and_matches_an_uninterrupted_run(tmp_p
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 120
-    while not (interrupted / "checkpoint.pt").exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    try:
+        wait_for(
+            lambda: (interrupted / "checkpoint.pt").exists() or process.poll() is not None,
+            timeout=120,
+            interval=0.05,
+            what="the first checkpoint",
+        )
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
     assert (interrupted / "checkpoint.pt").exists() and not (interrupted / "_SUCCESS").exists()
     resumed = splice("train", *args, "-o", str(interrupted))
     assert resumed.returncode == 0, resumed.stderr
@@ -179,6 +189,7 @@ def test_splice_train_refuses_images_above_max_pixels(tmp_path, pair_files):
     assert done.returncode == 2 and "structure.png" in done.stderr and "--max-pixels" in done.stderr
 
 
+@pytest.mark.slow
 def test_splice_train_non_finite_loss_writes_nothing(tmp_path, pair_files, backbone):
     state = {k: v.clone() for k, v in backbone.vit.state_dict().items()}
     state["blocks.0.attn.qkv.weight"].fill_(float("nan"))

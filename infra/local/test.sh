@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Set up, lint, then run the test suite (CPU only, no network; starts its own Ray and S3 servers on 127.0.0.1).
 # The lint step takes seconds and stops at the first problem; SPLICE_SKIP_LINT=1 skips it (e.g. while iterating).
+# Arguments go to pytest. With none it runs EVERY test (what CI runs) and lists the 15 slowest; while iterating,
+#   bash infra/local/test.sh -m "not slow"
+# leaves out the tests marked slow (Ray clusters, driver subprocesses, Ray Train, long trainings): minutes, not a quarter
+# of an hour. A single file or test: bash infra/local/test.sh tests/test_run.py -k rerun
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash infra/local/setup.sh
@@ -24,4 +28,4 @@ if [ "${SPLICE_SKIP_LINT:-0}" != 1 ]; then
   echo "lint: ruff check, ruff format --check and lint-imports passed"
 fi
 
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q --durations=15 "$@"  # a later --durations in "$@" wins

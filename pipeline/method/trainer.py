@@ -26,14 +26,12 @@ import torch
 from pipeline.method.backbone import DinoBackbone
 from pipeline.method.devices import device_name, peak_memory, reset_peak_memory, resolve_device
 from pipeline.method.objective import Features, GroupStep, GroupTerms, last_block_reader, pack_losses
-from pipeline.method.pair_run import MIN_SIDE, PAIR_RESUMABLE_CHANGES, PairInput, PairRun, TrainingError
+from pipeline.method.pair_run import PairInput, PairRun, TrainingError
 from pipeline.method.pair_stack import PairStack, form_stacks
 from pipeline.method.result import MethodResult
 
 log = logging.getLogger(__name__)
 __all__ = [
-    "MIN_SIDE",
-    "PAIR_RESUMABLE_CHANGES",
     "MethodResult",
     "PairInput",
     "TrainOptions",

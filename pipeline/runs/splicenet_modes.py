@@ -149,21 +149,6 @@ def write_modes(settings: ModesSettings) -> dict:
     return record
 
 
-def read_modes(url: str, storage: Storage | None = None) -> dict:
-    """A modes.pt written by `write_modes` (its folder or the file): {'centres': (k, D), 'counts', 'backbone', ...}."""
-    storage = storage or Storage()
-    path = url if url.rstrip("/").endswith(".pt") else layout.join(url, "modes.pt")
-    try:
-        value = torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise SpliceError(
-            f"appearance modes {redact_url(path)} do not exist: write them with `splice splicenet modes`"
-        ) from None
-    if not isinstance(value, dict) or value.get("format") != MODES_FORMAT:
-        raise SpliceError(f"{redact_url(path)} is not an appearance-modes file ({MODES_FORMAT})")
-    return value
-
-
 def _image_uris(settings: ModesSettings, storage: Storage) -> list[str]:
     manifest = read_manifest(settings.manifest, storage)
     frame = manifest.frame
