@@ -4,8 +4,8 @@
     python benchmarks/opcount.py --quick                # K = 1, 4 and fewer steps: about two minutes
     python benchmarks/opcount.py --baseline REF --json out.json
 
-The count is a property of the code, not of the machine or the image size (shared/PERFORMANCE.md, "Launches per
-pair-step with packing"), so it is measured here on the CPU and holds for a GPU's launches (estimate below).
+The count is a property of the code, not of the machine or the image size (docs/performance.md, "Packing";
+benchmarks/RESULTS.md), so it is measured here on the CPU and holds for a GPU's launches (estimate below).
 
 What is counted
   Every aten op that reaches the Python dispatch key (a `TorchDispatchMode` around a whole `train_pack` call),
