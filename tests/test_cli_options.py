@@ -315,7 +315,7 @@ CONCEPTS = {
     "training settings": ("--set", ["--override", "--setting"]),
 }
 LOCKING_COMMANDS = [["run", "m", "-o", "o"], ["import", "x", "R", "--manifest", "m", "-o", "o"], ["evaluate", "R"]]
-LOCKING_COMMANDS.append(["report", "R", "-o", "o"])
+LOCKING_COMMANDS += [["report", "R", "-o", "o"], ["bench", "spec.toml"]]
 DEPRECATED = {  # old spelling -> (a command line using it, the attribute, the value, the new spelling)
     "--domains": (["manifest", "build", "afhq", "R", "-o", "m", "--domains", "cat"], "domain", ["cat"], "--domain"),
     "--checkpoint": (["run", "m", "-o", "o", "--checkpoint", "n.pt"], "net", "n.pt", "--net"),

@@ -84,8 +84,14 @@ class BenchSummary:
 
 
 def run_bench(
-    spec: BenchSpec, *, address: str | None = None, concurrency: int | None = None, storage: Storage | None = None
+    spec: BenchSpec,
+    *,
+    address: str | None = None,
+    concurrency: int | None = None,
+    storage: Storage | None = None,
+    break_lock: bool = False,
 ) -> BenchSummary:
+    """`break_lock`: take over the locks of run folders, eval/ folders and reports whose commands died."""
     from pipeline.runs.target import check_target
 
     started, begun = time.perf_counter(), _now()
@@ -97,7 +103,7 @@ def run_bench(
     chains = [run for run in plan.runs if run.state != BLOCKED]
     outcomes += [Outcome("run", r.label, "failed", r.note) for r in plan.runs if r.state == BLOCKED]
     evaluation = eval_settings(spec)
-    context = _Context(spec, storage, evaluation, address)
+    context = _Context(spec, storage, evaluation, address, break_lock)
     started_ray = _connect(chains, address)
     pool = ThreadPoolExecutor(max(1, concurrency or spec.run.get("concurrency") or DEFAULT_CONCURRENCY))
     try:
@@ -113,7 +119,7 @@ def run_bench(
 
             ray.shutdown()
     previous = _previous(storage, plan.bench_json_url)
-    reports, index_url = _reports(plan, storage, previous, outcomes)
+    reports, index_url = _reports(plan, storage, previous, outcomes, break_lock)
     summary = BenchSummary(outcomes, index_url, plan.bench_json_url, time.perf_counter() - started)
     summary.runs = {run.label: run.url for run in plan.runs}
     _write_record(plan, storage, summary, reports, begun)
@@ -148,11 +154,11 @@ def _write_manifests(plan: Plan, storage: Storage) -> list[Outcome]:
 class _Context:
     """What every chain shares: the spec, the store, the evaluation settings, one lock for cluster evaluations."""
 
-    def __init__(self, spec: BenchSpec, storage: Storage, evaluation, address: str | None):
+    def __init__(self, spec: BenchSpec, storage: Storage, evaluation, address: str | None, break_lock: bool = False):
         from pipeline.runs.ray_session import address as cluster
 
         self.spec, self.storage, self.evaluation = spec, storage, evaluation
-        self.address = address
+        self.address, self.break_lock = address, break_lock
         self.eval_address = cluster(address)  # on a cluster, evaluations spread over its actors, one at a time
         self.eval_lock = threading.Lock()
 
@@ -207,6 +213,7 @@ class _Context:
             storage_options=self.spec.storage_options,
             progress=False,
             method_options=options,
+            break_lock=self.break_lock,
         )
         summary = run_manifest(manifest_url, settings)
         detail = f"{summary.done} done ({summary.skipped} before), {summary.failed} failed, {summary.pending} pending"
@@ -230,6 +237,7 @@ class _Context:
             csv=csv,
             force=RunFolder(self.storage, run.url).record() is not None,  # a re-import of a changed dataset
             follow_symlinks=source["follow_symlinks"],
+            break_lock=self.break_lock,
         )
         detail = f"{summary.imported} imported, {summary.missing} missing, {summary.failed} unreadable"
         return Outcome("import", run.label, "incomplete" if summary.missing or summary.failed else "done", detail)
@@ -246,7 +254,13 @@ class _Context:
         lock = self.eval_lock if self.eval_address else _NoLock()
         with lock:
             summary = evaluate_run(
-                run.url, self.evaluation, storage=self.storage, device=device, address=self.eval_address, progress=False
+                run.url,
+                self.evaluation,
+                storage=self.storage,
+                device=device,
+                address=self.eval_address,
+                progress=False,
+                break_lock=self.break_lock,
             )
         errors = summary.statuses.get("error", 0)
         detail = f"{summary.computed} pair(s) evaluated, {summary.up_to_date} up to date" + (
@@ -266,7 +280,9 @@ class _NoLock:
 # --- reports ------------------------------------------------------------------------------------------------------
 
 
-def _reports(plan: Plan, storage: Storage, previous: dict, outcomes: list[Outcome]) -> tuple[dict, str]:
+def _reports(
+    plan: Plan, storage: Storage, previous: dict, outcomes: list[Outcome], break_lock: bool = False
+) -> tuple[dict, str]:
     """One report per dataset over its evaluated runs, then the index; each rebuilt only when its inputs changed."""
     from evaluation.report.build import build_report
     from pipeline.bench.index import write_index
@@ -298,6 +314,7 @@ def _reports(plan: Plan, storage: Storage, previous: dict, outcomes: list[Outcom
                 pairs=spec.pairs,
                 labels={r.url: r.method.name for r in runs},
                 published=published,
+                break_lock=break_lock,
             )
         except Exception as exc:
             outcomes.append(Outcome("report", dataset, "failed", _line(exc)))

@@ -3,7 +3,7 @@ cost, nothing else."""
 
 from __future__ import annotations
 
-from pipeline.cli.options import add_storage_arguments
+from pipeline.cli.options import add_break_lock_argument, add_storage_arguments
 
 
 def register(subparsers) -> None:
@@ -42,6 +42,7 @@ def register(subparsers) -> None:
     estimate.add_argument("--cpus", type=float, help="CPUs in the cluster")
     estimate.add_argument("--device", help="GPU kind of the table's rows, e.g. h100 (default: as found)")
     add_storage_arguments(parser)
+    add_break_lock_argument(parser)
     parser.set_defaults(handler=run_bench_command)
 
 
@@ -67,7 +68,7 @@ def run_bench_command(args) -> int:
         raise SpliceError("--calibrate, --gpus, --cpus and --device go with --dry-run")
     from pipeline.bench.execute import run_bench
 
-    summary = run_bench(spec, address=args.address, concurrency=args.concurrency)
+    summary = run_bench(spec, address=args.address, concurrency=args.concurrency, break_lock=args.break_lock)
     print("\n".join(summary.lines()))
     return summary.exit_code
 

@@ -89,7 +89,7 @@ BREAK_LOCK_HELP = (
 
 
 def add_break_lock_argument(parser: argparse.ArgumentParser) -> None:
-    """`--break-lock`, the same on every command that takes a lock (run, import, evaluate, report)."""
+    """`--break-lock`, the same on every command that takes a lock (run, import, evaluate, report, bench)."""
     parser.add_argument("--break-lock", action="store_true", help=BREAK_LOCK_HELP)
 
 
