@@ -202,7 +202,10 @@ class Storage:
                     chunks.append(chunk)
             return b"".join(chunks)
 
-        return with_retries(lambda: _with_timeout(read, timeout, f"reading {name}"), what=f"reading {name}")
+        timeout_error = f"reading {name} took longer than {timeout:.0f} s"
+        return with_retries(
+            lambda: call_with_timeout(read, timeout, timeout_error=timeout_error), what=f"reading {name}"
+        )
 
     def exists(self, url: str) -> bool:
         fs, path = self.fs(url)
@@ -263,8 +266,9 @@ def _regular_size(fs, path: str, name: str, local: bool) -> int | None:
     return int(size) if isinstance(size, (int, float)) else None
 
 
-def _with_timeout(fn: Callable[[], T], timeout: float, what: str) -> T:
-    """fn() in a helper thread; a TimeoutError (retried as transient) if it has not returned within `timeout`."""
+def call_with_timeout(fn: Callable[[], T], timeout: float, *, timeout_error: str, name: str = "splice-read") -> T:
+    """fn()'s value (or its exception, raised here) if it returns within `timeout`; else TimeoutError(timeout_error)
+    at the deadline, fn going on in a daemon thread named `name` (a read that hangs is retried as transient)."""
     outcome: dict = {}
 
     def target():
@@ -273,11 +277,11 @@ def _with_timeout(fn: Callable[[], T], timeout: float, what: str) -> T:
         except BaseException as exc:  # handed to the caller
             outcome["error"] = exc
 
-    thread = threading.Thread(target=target, name="splice-read", daemon=True)
+    thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        raise TimeoutError(f"{what} took longer than {timeout:.0f} s")
+        raise TimeoutError(timeout_error)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]

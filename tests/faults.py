@@ -140,22 +140,11 @@ def finishes_within(seconds: float, fn, *, what: str):
     `what`, at the deadline (fn goes on in a daemon thread). For what must not hang or back off for long (a dead
     store reported, a FIFO refused): a generous deadline that fails at once and says what hung, instead of timing
     the call and asserting on the difference afterwards (which a hang never reaches)."""
-    outcome: dict = {}
+    from pipeline.storage import call_with_timeout  # the storage's own deadline, so one thread-and-join exists
 
-    def target():
-        try:
-            outcome["value"] = fn()
-        except BaseException as exc:  # handed to the caller
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, name=f"finishes_within: {what}", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        raise TimeoutError(f"{what}: still running after {seconds:.0f} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+    return call_with_timeout(
+        fn, seconds, timeout_error=f"{what}: still running after {seconds:.0f} s", name=f"finishes_within: {what}"
+    )
 
 
 # --- crashes and delays at the pipeline's hook points (pipeline/runs/hooks.py) -------------------------------
