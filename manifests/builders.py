@@ -29,6 +29,42 @@ DATAROOT_LAYOUT = "<pair>/A/* + <pair>/B/* (the Splice authors' dataroot layout;
 MAX_LISTED = 10
 
 
+SOURCES = ("afhq", "pairs-dir", "folders", "csv")
+
+
+def build(
+    source: str,
+    root: str,
+    *,
+    appearances: str | None = None,
+    pairs: int | None = None,
+    domains: list[str] | None = None,
+    split: str = "train",
+    seed: int = 0,
+    cross_domain: str | None = None,
+    direction: str = "AtoB",
+    storage: Storage | None = None,
+) -> pd.DataFrame:
+    """The pairs frame of one builder, as `splice manifest build SOURCE` and a bench spec's datasets make it (not yet
+    validated; notes for the console in `frame.attrs`). `root` is the CSV file for csv and the structures folder
+    for folders (`appearances` the other); `cross_domain` is the text of --cross-domain ('all' or 'cat->dog,...')."""
+    if source == "afhq":
+        domains = list(domains or AFHQ_DOMAINS)
+        cross = parse_cross_domain(cross_domain, domains) if cross_domain else None
+        frame = build_afhq(
+            root, pairs=pairs, domains=domains, split=split, seed=seed, cross_domain=cross, storage=storage
+        )
+    elif source == "pairs-dir":
+        frame = build_pairs_dir(root, storage=storage)
+    elif source == "folders":
+        frame = build_folders(root, appearances, storage=storage)
+    elif source == "csv":
+        frame = build_csv(root, storage=storage)
+    else:
+        raise ManifestError(f"unknown manifest builder {source!r}: one of {', '.join(SOURCES)}")
+    return apply_direction(frame, direction)
+
+
 def build_afhq(
     root: str,
     *,

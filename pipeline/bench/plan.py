@@ -107,26 +107,19 @@ def build_frame(dataset: DatasetSpec, storage: Storage) -> pd.DataFrame:
     from manifests import builders
 
     args = dataset.args
-    if dataset.builder == "afhq":
-        domains = args.get("domains") or list(builders.AFHQ_DOMAINS)
-        cross = args.get("cross_domain")
-        cross = builders.parse_cross_domain("all" if cross is True else cross, domains) if cross else None
-        frame = builders.build_afhq(
-            args["root"],
-            pairs=args.get("pairs"),
-            domains=domains,
-            split=args.get("split", "train"),
-            seed=args.get("seed", 0),
-            cross_domain=cross,
-            storage=storage,
-        )
-    elif dataset.builder == "pairs-dir":
-        frame = builders.build_pairs_dir(args["root"], storage=storage)
-    elif dataset.builder == "folders":
-        frame = builders.build_folders(args["structures"], args["appearances"], storage=storage)
-    else:
-        frame = builders.build_csv(args["path"], storage=storage)
-    frame = builders.apply_direction(frame, args.get("direction", "AtoB"))
+    cross = args.get("cross_domain")
+    frame = builders.build(
+        dataset.builder,
+        args.get("root") or args.get("structures") or args.get("path"),
+        appearances=args.get("appearances"),
+        pairs=args.get("pairs"),
+        domains=args.get("domains"),
+        split=args.get("split", "train"),
+        seed=args.get("seed", 0),
+        cross_domain="all" if cross is True else cross or None,
+        direction=args.get("direction", "AtoB"),
+        storage=storage,
+    )
     frame = validate_frame(frame, f"dataset {dataset.name}")
     frame.attrs = {}
     return frame.assign(dataset=dataset.name).reset_index(drop=True)

@@ -77,25 +77,18 @@ def build_command(args) -> int:
     from pipeline.storage import Storage, parse_storage_options, redact_url
 
     storage = Storage(parse_storage_options(args.storage_option))
-    if args.source == "afhq":
-        domains = args.domain
-        cross = builders.parse_cross_domain(args.cross_domain, domains) if args.cross_domain else None
-        frame = builders.build_afhq(
-            args.root,
-            pairs=args.pairs,
-            domains=domains,
-            split=args.split,
-            seed=args.seed,
-            cross_domain=cross,
-            storage=storage,
-        )
-    elif args.source == "pairs-dir":
-        frame = builders.build_pairs_dir(args.root, storage=storage)
-    elif args.source == "folders":
-        frame = builders.build_folders(args.root, args.appearances, storage=storage)
-    else:
-        frame = builders.build_csv(args.root, storage=storage)
-    frame = builders.apply_direction(frame, getattr(args, "direction", "AtoB"))
+    frame = builders.build(
+        args.source,
+        args.root,
+        appearances=getattr(args, "appearances", None),
+        pairs=getattr(args, "pairs", None),
+        domains=getattr(args, "domain", None),
+        split=getattr(args, "split", "train"),
+        seed=getattr(args, "seed", 0),
+        cross_domain=getattr(args, "cross_domain", None),
+        direction=getattr(args, "direction", "AtoB"),
+        storage=storage,
+    )
     notes = list(frame.attrs.get("notes", []))
     frame = validate_frame(frame, f"built from {redact_url(args.root)}")
     frame.attrs = {}  # the notes are for the console, not for the file
