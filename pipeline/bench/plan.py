@@ -211,10 +211,8 @@ def inspect_run(plan: RunPlan, manifest: Manifest, storage: Storage) -> None:
         plan.todo_ids = list(wanted)
         plan.state = TODO
         return
-    found = folder.scan()
-    results = folder.results(wanted)
-    failed = set() if results is None else set(results.loc[results["status"] == PairStatus.FAILED, "pair_id"])
     if plan.method.imported:
+        found = folder.scan()
         imported = record.get("imported") and record.get("method") == plan.method.name
         recorded = set(folder.pair_ids()) if folder.has_manifest() else set()
         if not imported:
@@ -230,22 +228,27 @@ def inspect_run(plan: RunPlan, manifest: Manifest, storage: Storage) -> None:
     from pipeline.method.registry import get_method
 
     method = get_method(plan.method.method)
-    mismatch = rerun.settings_mismatch(record, plan.url, method, plan.config)
-    if mismatch:
-        plan.state, plan.note = CONFLICT, mismatch
-        return
-    relevant = found.done | set(found.damaged)
-    changed = rerun.changed_pairs(
-        folder.inputs(record), rerun.pair_inputs(storage, [p for p in manifest.pairs() if p.pair_id in relevant])
+    seen = rerun.compare_run(  # what `splice run` compares, read only; pairs without outputs need no fingerprint
+        folder,
+        manifest,
+        set(),
+        verify=False,
+        settings_check=lambda existing: rerun.settings_mismatch(existing, plan.url, method, plan.config),
     )
-    changed_done = sorted(set(changed) & relevant)
+    if seen.mismatch:
+        plan.state, plan.note = CONFLICT, seen.mismatch
+        return
+    changed_done = sorted(seen.changed_done)
     if changed_done:
         plan.state = CONFLICT
         plan.note = (
             f"{len(changed_done)} done pair(s) were made from other inputs than the dataset gives them now (e.g. "
-            f"{changed_done[0]}: {changed[changed_done[0]]}): the run refuses; remove the folder to redo them"
+            f"{changed_done[0]}: {seen.changed[changed_done[0]]}): the run refuses; remove the folder to redo them"
         )
         return
+    found = seen.found
+    results = folder.results(wanted)
+    failed = set() if results is None else set(results.loc[results["status"] == PairStatus.FAILED, "pair_id"])
     plan.done = len(found.done & set(wanted))
     plan.damaged = len(set(found.damaged) & set(wanted))
     plan.failed_before = len(failed - found.done)

@@ -166,6 +166,44 @@ class RerunPlan:
     unmark: set  # pairs whose _SUCCESS goes before any work: redone
 
 
+@dataclass
+class Comparison:
+    """A run folder against a manifest and settings, read only (`compare_run`)."""
+
+    existing: dict | None  # run.json as found
+    mismatch: str | None  # why the run-level settings differ, or None
+    found: Scan  # done and damaged pairs, as stored
+    inputs: dict  # the inputs of the pairs that matter (selected, done or damaged), fingerprinted now
+    old_inputs: dict  # what inputs.parquet records
+    changed: dict  # pair -> how its inputs or per-pair settings changed
+
+    @property
+    def changed_done(self) -> dict:
+        """The changed pairs that have outputs: a run refuses them unless --force."""
+        with_outputs = self.found.done | set(self.found.damaged)
+        return {p: why for p, why in self.changed.items() if p in with_outputs}
+
+
+def compare_run(
+    folder: RunFolder,
+    manifest,
+    selected: set[str],
+    *,
+    verify: bool,
+    settings_check: Callable[[dict | None], str | None],
+) -> Comparison:
+    """What the folder holds against what a run of `manifest` would make: reads, never writes (`splice run` acts on
+    it in `plan_rerun`; `splice bench --dry-run` only reports it)."""
+    existing = folder.record()
+    found = folder.scan(verify=verify)
+    # the pairs whose inputs matter now: those to run, and those with outputs (their inputs must not have changed);
+    # the others are fingerprinted when they run, so `--only 2` of a large manifest costs 2 pairs' fingerprints
+    relevant = selected | found.done | set(found.damaged)
+    inputs = pair_inputs(folder.storage, [pair for pair in manifest.pairs() if pair.pair_id in relevant])
+    old_inputs = folder.inputs(existing or {})
+    return Comparison(existing, settings_check(existing), found, inputs, old_inputs, changed_pairs(old_inputs, inputs))
+
+
 def plan_rerun(
     folder: RunFolder,
     manifest,
@@ -179,27 +217,18 @@ def plan_rerun(
     differ (`settings_check(run.json)` says why) or when done pairs were made from other inputs or per-pair
     settings, unless `force`, which then redoes exactly the pairs concerned (every selected pair for a settings
     change); damaged pairs are redone."""
-    storage, run = folder.storage, folder.url
-    existing = folder.record()
-    mismatch = settings_check(existing)
-    found = folder.scan(verify=verify)
-    # the pairs whose inputs matter now: those to run, and those with outputs (their inputs must not have changed);
-    # the others are fingerprinted when they run, so `--only 2` of a large manifest costs 2 pairs' fingerprints
-    relevant = selected | found.done | set(found.damaged)
-    inputs = pair_inputs(storage, [pair for pair in manifest.pairs() if pair.pair_id in relevant])
-    old_inputs = folder.inputs(existing or {})
-    if existing and not folder.has_inputs(existing):
+    run = folder.url
+    seen = compare_run(folder, manifest, selected, verify=verify, settings_check=settings_check)
+    found, changed_done = seen.found, seen.changed_done
+    if seen.existing and not folder.has_inputs(seen.existing):
         log.info(
             "run.json of %s (format %s) records no pair inputs: they are recorded from now on",
             redact_url(run),
-            existing.get("format", 1),
+            seen.existing.get("format", 1),
         )
-    changed = changed_pairs(old_inputs, inputs)
-    with_outputs = found.done | set(found.damaged)
-    changed_done = {p: why for p, why in changed.items() if p in with_outputs}
     if not force:
-        if mismatch:
-            raise RunMismatch(mismatch)
+        if seen.mismatch:
+            raise RunMismatch(seen.mismatch)
         if changed_done:
             raise RunMismatch(
                 f"run {redact_url(run)} holds outputs of {len(changed_done)} pair(s) made from other inputs or "
@@ -209,9 +238,9 @@ def plan_rerun(
             )
     redo = set()
     if force:
-        redo = selected if mismatch or not changed_done else set(changed_done) & selected
+        redo = selected if seen.mismatch or not changed_done else set(changed_done) & selected
     kept_old = set(changed_done) - redo  # changed and done, but outside the selection: keep their old record
-    for pair_id in set(changed) - set(changed_done):  # not done: a checkpoint of the old inputs must not be resumed
+    for pair_id in set(seen.changed) - set(changed_done):  # not done: an old checkpoint must not be resumed
         folder.pair(pair_id).remove_checkpoint()
     if found.damaged:
         log.warning(
@@ -221,8 +250,8 @@ def plan_rerun(
         )
     unmark = (found.done & redo) | set(found.damaged)
     found.done -= redo
-    recorded = {**old_inputs, **{p: v for p, v in inputs.items() if p not in kept_old}}
-    return RerunPlan(existing, recorded, _run_manifest_frame(folder, manifest, kept_old), found, unmark)
+    recorded = {**seen.old_inputs, **{p: v for p, v in seen.inputs.items() if p not in kept_old}}
+    return RerunPlan(seen.existing, recorded, _run_manifest_frame(folder, manifest, kept_old), found, unmark)
 
 
 def _run_manifest_frame(folder: RunFolder, manifest, kept_old: set[str]) -> pd.DataFrame:
