@@ -300,3 +300,31 @@ method = "structure-copy"
     again = run_bench(load_spec(str(tmp_path / "s3.toml")))
     assert again.worked() == [], [o.line() for o in again.worked()]
     assert os.environ.get("RAY_ADDRESS") is None  # the bench used the test session's Ray, started nothing
+
+
+@pytest.mark.slow
+def test_bench_break_lock_takes_over_a_dead_commands_lock(ray_session, tmp_path, make_pairs):
+    from datetime import datetime, timezone
+
+    from pipeline.bench.dry_run import bench_dry_run
+    from pipeline.bench.execute import run_bench
+    from pipeline.runs import layout
+
+    make_pairs(["p0"])
+    (tmp_path / "copy.toml").write_text(
+        'out = "out"\nmetrics = ["selfsim"]\n[evaluation]\n'
+        f'metric_backbone = "{TINY_BACKBONE}"\ndevice = "cpu"\n'
+        '[datasets.shapes]\nbuilder = "pairs-dir"\nroot = "pairs"\n[methods.copy]\nmethod = "structure-copy"\n'
+    )
+    spec = load_spec(str(tmp_path / "copy.toml"))
+    run = Path(bench_dry_run(spec)[0].runs[0].url)
+    run.mkdir(parents=True)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")  # renewed just now, on another host: not stale
+    holder = {"token": "t", "host": "elsewhere", "pid": 1, "command": "splice run", "since": now, "heartbeat": now}
+    (run / layout.LOCK).write_text(json.dumps(holder))
+    held = run_bench(spec)
+    assert held.exit_code == 1 and "shapes/copy" in [o.label for o in held.missing], held.lines()
+    assert "run again with --break-lock" in "\n".join(held.lines())
+    taken = run_bench(spec, break_lock=True)
+    assert taken.exit_code == 0, taken.lines()
+    assert (run / "pairs" / "p0" / layout.SUCCESS).exists()
