@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.runs.packs import auto_pack_size, downscaled, image_size
+from pipeline.runs.packs import auto_pack_size, downscaled, probe_sizes
 from pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -307,22 +307,11 @@ def pair_sizes(storage: Storage, manifest, pair_ids: list[str], max_side: int | 
     """((h, w) structure, (h, w) appearance) after --max-side, of a sample of the pairs, from the images' headers."""
     if manifest is None:
         return []
-    from concurrent.futures import ThreadPoolExecutor
-
     frame = manifest.frame.set_index("pair_id")
     sample = [p for p in pair_ids[:SIZE_SAMPLE] if p in frame.index]
-
-    def read(uri: str):
-        fs, path = storage.fs(uri)
-        return image_size(lambda count: fs.cat_file(path, start=0, end=count))
-
-    def probe(pair_id: str):
-        row = frame.loc[pair_id]
-        return read(row["structure_uri"]), read(row["appearance_uri"])
-
-    with ThreadPoolExecutor(8) as pool:
-        found = [s for s in pool.map(probe, sample) if all(s)]
-    return [(downscaled(s, max_side), downscaled(a, max_side)) for s, a in found]
+    rows = [(p, frame.at[p, "structure_uri"], frame.at[p, "appearance_uri"]) for p in sample]
+    found = probe_sizes(rows, storage)
+    return [(downscaled(s, max_side), downscaled(a, max_side)) for s, a in (found[p] for p in sample if p in found)]
 
 
 def _sum(pairs) -> tuple[float, float]:

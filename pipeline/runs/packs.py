@@ -146,7 +146,9 @@ def plan(todo: list[PairJob], settings: RunSettings, gpus: float) -> tuple[list[
         packs = [[job] for job in todo]
         why = "one pair per task" + ("" if method.packs or method.batched else f" (method {method.name} does not pack)")
         return packs, packing_record(packs, f"{rule}: {why}", 1, lambda job: None)
-    sizes = _probe_sizes(todo, Storage(settings.storage_options))
+    sizes = probe_sizes(
+        [(job.pair_id, job.structure_uri, job.appearance_uri) for job in todo], Storage(settings.storage_options)
+    )
     if size is None:
         size = _auto_pack_size(todo, sizes, settings, gpus)
         rule = "auto: same-size pairs first, K from the GPU's memory (pipeline/runs/packs.py)"
@@ -168,18 +170,19 @@ def plan(todo: list[PairJob], settings: RunSettings, gpus: float) -> tuple[list[
     return packs, record
 
 
-def _probe_sizes(jobs: list[PairJob], storage: Storage) -> dict[str, tuple]:
-    """{pair_id: ((structure h, w), (appearance h, w))} from the images' headers, read in parallel."""
+def probe_sizes(pairs: list[tuple[str, str, str]], storage: Storage) -> dict[str, tuple]:
+    """{pair_id: ((structure h, w), (appearance h, w))} of (pair_id, structure URI, appearance URI) triples, from
+    the images' headers, read in parallel; pairs with an unreadable header are left out."""
 
     def read_header(uri: str):
         fs, path = storage.fs(uri)
         return image_size(lambda count: fs.cat_file(path, start=0, end=count))
 
-    def probe(job: PairJob):
-        return job.pair_id, (read_header(job.structure_uri), read_header(job.appearance_uri))
+    def probe(pair: tuple[str, str, str]):
+        return pair[0], (read_header(pair[1]), read_header(pair[2]))
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        return {pair_id: sizes for pair_id, sizes in pool.map(probe, jobs) if all(sizes)}
+        return {pair_id: sizes for pair_id, sizes in pool.map(probe, pairs) if all(sizes)}
 
 
 def _auto_pack_size(todo: list[PairJob], sizes: dict, settings: RunSettings, gpus: float) -> int:
