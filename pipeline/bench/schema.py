@@ -118,11 +118,10 @@ def settings_fingerprint(method: MethodSpec, config: TrainConfig | None = None, 
         identity: dict[str, Any] = {"import": method.source}
     else:
         from pipeline.method.registry import get_method
-        from pipeline.runs.rerun import CHANGEABLE_SETTINGS
+        from pipeline.runs.rerun import comparable_settings
 
         found = get_method(method.method)
-        config = config or method.config
-        settings = {k: v for k, v in found.settings(config).items() if k not in CHANGEABLE_SETTINGS}
+        settings = comparable_settings(found, config or method.config)
         identity = {
             "method": found.name,
             "version": found.version,

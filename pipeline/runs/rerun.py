@@ -278,6 +278,13 @@ def _run_manifest_frame(folder: RunFolder, manifest, kept_old: set[str]) -> pd.D
 # --- run.json of `splice run` --------------------------------------------------------------------------------
 
 
+def comparable_settings(method, config) -> dict:
+    """The settings that make a run's outputs what they are, as JSON values (run.json's `settings` without those a
+    run may change between invocations): what a re-run must match, and what names a bench's run folder."""
+    settings = {k: v for k, v in method.settings(config).items() if k not in CHANGEABLE_SETTINGS}
+    return json.loads(json.dumps(settings, default=str))
+
+
 def settings_mismatch(existing: dict | None, run: str, method, config) -> str | None:
     """Why the run folder's finished pairs are not comparable with `method` and `config` now, or None."""
     if not existing:
@@ -288,9 +295,7 @@ def settings_mismatch(existing: dict | None, run: str, method, config) -> str | 
             f"write to another --out, or pass --force to redo every pair with {method.name!r}"
         )
     old = {k: v for k, v in (existing.get("settings") or {}).items() if k not in CHANGEABLE_SETTINGS}
-    new = json.loads(
-        json.dumps({k: v for k, v in method.settings(config).items() if k not in CHANGEABLE_SETTINGS}, default=str)
-    )
+    new = comparable_settings(method, config)
     old.update({k: legacy for k, legacy in ADDED_SETTINGS.items() if k in new and k not in old})  # made before them
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
